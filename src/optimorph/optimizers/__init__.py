@@ -1,0 +1,24 @@
+"""The optimizer zoo: every optimizer an optax GradientTransformation with named state."""
+
+from optimorph.optimizers import first_order, optax_wrapped  # noqa: F401  (registers the zoo)
+from optimorph.optimizers.registry import (
+    REGISTRY,
+    Entry,
+    HParam,
+    OptimizerSpec,
+    list_optimizers,
+    optimizer,
+    register,
+    resolve,
+)
+
+__all__ = [
+    "REGISTRY",
+    "Entry",
+    "HParam",
+    "OptimizerSpec",
+    "list_optimizers",
+    "optimizer",
+    "register",
+    "resolve",
+]
