@@ -1,0 +1,180 @@
+"""The ``optimorph`` command: list the zoo, train, run the demo, redraw reports.
+
+Human-readable output goes to stderr (progress) and stdout (tables); bad input ends with one line
+``optimorph: error: ...`` naming the fix and exit status 2, never a traceback from inside JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEMO_OPTIMIZERS = [
+    "sgd(lr=power_law(0.15, tau=5e4, alpha=1))",
+    "momentum(lr=0.05, beta=0.9, form='pytorch')",
+    "nesterov(lr=0.05, beta=0.9)",
+    "rmsprop(lr=1e-3)",
+    "adam(lr=1e-3)",
+    "adagrad(lr=0.05)",
+    "signum(lr=1e-3)",
+    "lion(lr=3e-4)",
+]
+DEMO_PROBLEM = "two-moons(n=500, noise=0.1, flip=0.1)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``optimorph`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return 2
+    import jax
+
+    # The CLI owns its process, so float64 and emulated formats are available here (the library
+    # never flips this flag behind a user's back).
+    jax.config.update("jax_enable_x64", True)
+    try:
+        return args.run(args) or 0
+    except KeyboardInterrupt:
+        print("optimorph: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
+        print(f"optimorph: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="optimorph", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    ls = sub.add_parser("list", help="list registered optimizers or problems")
+    ls.add_argument("what", choices=["optimizers", "problems"])
+    ls.set_defaults(run=_list)
+
+    tr = sub.add_parser("train", help="train optimizers on a problem and write a run directory")
+    tr.add_argument("--problem", required=True, help="problem spec, e.g. 'two-moons(n=500)'")
+    tr.add_argument(
+        "--optimizer",
+        action="append",
+        required=True,
+        help="optimizer spec (repeat for several), e.g. 'adam(lr=1e-3)' or 'pkg.mod:factory'",
+    )
+    _common_train_args(tr)
+    tr.add_argument("--out", required=True, type=Path, help="run directory to write")
+    tr.set_defaults(run=_train)
+
+    demo = sub.add_parser("demo", help="train the zoo on noisy two moons and write a report")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--steps", type=int, default=4000)
+    demo.add_argument("--seeds", type=int, default=3)
+    demo.set_defaults(run=_demo)
+
+    rep = sub.add_parser("report", help="redraw the figures and HTML report of a run directory")
+    rep.add_argument("run_dir", type=Path)
+    rep.set_defaults(run=_report)
+    return p
+
+
+def _common_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=None, help="default: full batch")
+    p.add_argument("--precision", default="fp32", help="e.g. fp32, bf16, e5m10, 'bf16,v=fp32'")
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _list(args) -> int:
+    if args.what == "optimizers":
+        from optimorph.optimizers import list_optimizers
+
+        for e in list_optimizers():
+            print(f"{e.name:<10} {e.summary}  [{e.family}]")
+            for h in e.hparams:
+                print(f"    {h.describe():<45} {h.doc}")
+    else:
+        from optimorph.problems import list_problems
+
+        for name, params, doc in list_problems():
+            print(f"{name:<16} {doc}")
+            print(f"    {params}")
+    return 0
+
+
+def _train(args) -> int:
+    from optimorph.engine import train
+    from optimorph.results import write_run
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    result = train(
+        args.problem,
+        args.optimizer,
+        seeds=args.seeds,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        eval_every=args.eval_every,
+        log_every=args.log_every,
+        checkpoint_dir=out / "checkpoints",
+        progress=not args.quiet,
+    )
+    write_run(result, out)
+    _print_summary(result)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _demo(args) -> int:
+    from optimorph.engine import train
+    from optimorph.report import write_report
+    from optimorph.results import write_run
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"optimorph demo: {len(DEMO_OPTIMIZERS)} optimizers x {args.seeds} seeds on "
+          f"{DEMO_PROBLEM}, {args.steps} steps, batch 32", file=sys.stderr)
+    result = train(
+        DEMO_PROBLEM,
+        DEMO_OPTIMIZERS,
+        seeds=args.seeds,
+        steps=args.steps,
+        batch_size=32,
+        precision="fp32",
+        eval_every=max(args.steps // 40, 1),
+        checkpoint_dir=out / "checkpoints",
+    )
+    write_run(result, out)
+    report = write_report(out, title="optimorph demo: the zoo on noisy two moons")
+    _print_summary(result)
+    print(f"report: {report}", file=sys.stderr)
+    return 0
+
+
+def _report(args) -> int:
+    from optimorph.report import redraw, write_report
+
+    redraw(args.run_dir)
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _print_summary(result) -> None:
+    keys = [k for k in result.evals if k.startswith("test")] or list(result.evals)
+    header = f"{'optimizer':<48}" + "".join(f"{k:>18}" for k in keys)
+    print(header)
+    for i, name in enumerate(result.optimizers):
+        row = f"{name[:47]:<48}"
+        for k in keys:
+            final = result.evals[k][i, :, -1]
+            row += f"{final.mean():>11.4f} ±{final.std():<6.4f}"
+        print(row)
+    for opt, seed, step in result.diverged():
+        print(f"diverged: {opt} seed {seed} at step {step}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

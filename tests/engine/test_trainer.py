@@ -1,0 +1,128 @@
+"""The compiled trainer against a plain Python loop, and its grid, divergence and resume paths."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optimorph
+from optimorph.engine import TrainingError, train, trainer
+
+
+def _reference_run(prob, spec, seed, steps, batch):
+    """The same run written as the textbook loop: per-epoch permutation from the seed's key."""
+    init_key, data_key, _ = jax.random.split(jax.random.key(seed), 3)
+    params = prob.init(init_key)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    tx = optimorph.optimizer(spec)
+    state = tx.init(params)
+    x, y = (jnp.asarray(a, jnp.float64) for a in prob.train)
+    n = x.shape[0]
+    per_epoch = n // batch
+    losses = []
+    for t in range(steps):
+        epoch, pos = divmod(t, per_epoch)
+        if pos == 0:
+            perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+        idx = perm[pos * batch : (pos + 1) * batch]
+        loss, g = jax.value_and_grad(prob.loss)(params, (x[idx], y[idx]))
+        losses.append(float(loss))
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    return params, np.array(losses)
+
+
+def test_matches_a_python_loop_in_float64():
+    prob = optimorph.problem("least-squares(n=40, d=5, hetero=10)")
+    spec = "momentum(lr=0.02, beta=0.9)"
+    result = train(prob, spec, seeds=[3], steps=30, batch_size=8, precision="fp64",
+                   eval_every=10, progress=False)
+    ref_params, ref_losses = _reference_run(prob, spec, seed=3, steps=30, batch=8)
+    np.testing.assert_allclose(result.train_loss[0, 0], ref_losses, rtol=1e-12)
+    for ours, ref in zip(jax.tree.leaves(result.final_params[0]), jax.tree.leaves(ref_params)):
+        np.testing.assert_allclose(ours[0], ref, rtol=1e-12)
+
+
+def test_grid_lanes_equal_separate_runs_and_compile_once(monkeypatch):
+    builds = []
+    original = trainer._build_programs
+    monkeypatch.setattr(trainer, "_build_programs", lambda *a: builds.append(1) or original(*a))
+    trainer._PROGRAMS.clear()
+    prob = optimorph.problem("two-moons(n=100)")
+    grid = [f"adam(lr={lr}, b1={b1})" for lr in (1e-3, 3e-3) for b1 in (0.8, 0.9)]
+    kw = dict(seeds=2, steps=40, batch_size=10, precision="fp64", eval_every=20, progress=False)
+    together = train(prob, grid, **kw)
+    assert len(builds) == 1, "a grid of numbers must share one compiled program"
+    for i, spec in enumerate(grid):
+        alone = train(prob, spec, **kw)
+        np.testing.assert_allclose(together.train_loss[i], alone.train_loss[0], rtol=1e-13)
+
+
+def test_seeds_pair_initialisation_and_batches_across_optimizers():
+    r = train("two-moons(n=100)", ["sgd(lr=0.1)", "adam(lr=1e-3)"], seeds=3, steps=10,
+              batch_size=10, progress=False)
+    # Step-1 loss is taken before any update: same params and batch for both optimizers.
+    np.testing.assert_array_equal(r.train_loss[0, :, 0], r.train_loss[1, :, 0])
+    assert len(set(r.train_loss[0, :, 0].tolist())) == 3, "different seeds, different runs"
+
+
+def test_divergence_is_reported_per_run_not_raised():
+    r = train("quadratic(dim=4, kappa=100)", ["sgd(lr=0.01)", "sgd(lr=5.0)"], seeds=2,
+              steps=400, progress=False)
+    assert (r.diverged_at[0] == -1).all()
+    assert (r.diverged_at[1] > 0).all() and (r.diverged_at[1] < 400).all()
+    assert [d[0] for d in r.diverged()] == ["sgd(lr=5.0)"] * 2
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    kw = dict(seeds=2, steps=60, batch_size=10, eval_every=10, chunk_steps=20, progress=False)
+    full = train("two-moons(n=100)", "sgd(lr=0.1)", **kw)
+
+    saved = []
+    original = trainer._save_checkpoint
+
+    def crash_after_two(*args):
+        original(*args)
+        saved.append(1)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_save_checkpoint", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train("two-moons(n=100)", "sgd(lr=0.1)", checkpoint_dir=tmp_path, **kw)
+    monkeypatch.setattr(trainer, "_save_checkpoint", original)
+    resumed = train("two-moons(n=100)", "sgd(lr=0.1)", checkpoint_dir=tmp_path, **kw)
+    np.testing.assert_array_equal(resumed.train_loss, full.train_loss)
+    for key in full.evals:
+        np.testing.assert_array_equal(resumed.evals[key], full.evals[key])
+
+
+def test_low_precision_parameters_stay_in_their_format():
+    r = train("two-moons(n=100)", "adam(lr=1e-2)", steps=20, batch_size=10,
+              precision="params=bf16,state=fp32", progress=False)
+    assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(r.final_params[0]))
+    assert np.isfinite(r.train_loss).all()
+
+
+def test_bf16_counter_stalls_bias_correction_at_256():
+    """A bf16 step counter stops at 256; the run still completes and records it."""
+    prob = optimorph.problem("quadratic(dim=2, kappa=2)")
+    a = train(prob, "adam(lr=1e-3)", steps=400, precision="fp64", progress=False)
+    b = train(prob, "adam(lr=1e-3)", steps=400, precision="fp64,count=bf16", progress=False)
+    np.testing.assert_array_equal(a.train_loss[0, 0, :257], b.train_loss[0, 0, :257])
+    assert not np.array_equal(a.train_loss[0, 0, 300:], b.train_loss[0, 0, 300:])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(steps=0), "steps must be a positive integer"),
+        (dict(steps=10, eval_every=3), "must divide steps"),
+        (dict(steps=10, batch_size=-1), "batch_size must be a positive integer"),
+        (dict(steps=10, seeds=[]), "at least one seed"),
+    ],
+)
+def test_bad_arguments_get_one_clear_error(kwargs, match):
+    with pytest.raises(TrainingError, match=match):
+        train("quadratic(dim=2)", "sgd", progress=False, **kwargs)
