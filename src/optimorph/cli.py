@@ -7,6 +7,7 @@ Human-readable output goes to stderr (progress) and stdout (tables); bad input e
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -123,6 +124,7 @@ def _train(args) -> int:
         progress=not args.quiet,
     )
     write_run(result, out)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
     _print_summary(result)
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -148,6 +150,7 @@ def _demo(args) -> int:
         checkpoint_dir=out / "checkpoints",
     )
     write_run(result, out)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
     report = write_report(out, title="optimorph demo: the zoo on noisy two moons")
     _print_summary(result)
     print(f"report: {report}", file=sys.stderr)
@@ -164,13 +167,13 @@ def _report(args) -> int:
 
 def _print_summary(result) -> None:
     keys = [k for k in result.evals if k.startswith("test")] or list(result.evals)
-    header = f"{'optimizer':<48}" + "".join(f"{k:>18}" for k in keys)
+    header = f"{'optimizer':<48}" + "".join(f"{k:>22}" for k in keys)
     print(header)
     for i, name in enumerate(result.optimizers):
         row = f"{name[:47]:<48}"
         for k in keys:
             final = result.evals[k][i, :, -1]
-            row += f"{final.mean():>11.4f} ±{final.std():<6.4f}"
+            row += f"{final.mean():>14.4f} ±{final.std():<7.4f}"
         print(row)
     for opt, seed, step in result.diverged():
         print(f"diverged: {opt} seed {seed} at step {step}", file=sys.stderr)

@@ -1,0 +1,192 @@
+"""Figures of a run: training-loss curves, evaluation curves, final metrics over seeds.
+
+Each function takes a ``TrainResult`` and returns a ``matplotlib.figure.Figure`` built without
+pyplot (no global figure registry, no backend switching: safe in servers, tests and threads).
+Curves show the mean over seeds as a line and the min-max range over seeds as a band, both over
+the runs that are finite and have not diverged at that step, so a diverged seed drops out of the
+curve from the step it broke instead of turning the whole mean into NaN.
+
+>>> import numpy as np
+>>> from optimorph.engine.result import TrainResult
+>>> r = TrainResult(["sgd"], [0], np.arange(1, 4), np.ones((1, 1, 3)), np.arange(0, 4, 3),
+...                 {"test/loss": np.ones((1, 1, 2))}, np.full((1, 1), -1))
+>>> len(loss_figure(r).axes)
+2
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from optimorph.engine.result import TrainResult
+from optimorph.results.summary import FINAL_FRACTION, TRAIN_LOSS_KEY, final_values, summarize
+
+__all__ = ["loss_figure", "eval_figure", "final_metrics_figure", "headline_eval_key"]
+
+_PANEL = (5.5, 4.0)  # inches per panel
+
+
+def loss_figure(result: TrainResult) -> Figure:
+    """Training loss against step per optimizer, beside the headline evaluation metric if any.
+
+    The loss axis is logarithmic when every finite loss is positive. The second panel shows
+    ``headline_eval_key(result.evals)`` (held-out accuracy when there is one).
+    """
+    key = headline_eval_key(list(result.evals)) if result.evals else None
+    n_panels = 2 if key else 1
+    fig = Figure(figsize=(_PANEL[0] * n_panels, _PANEL[1]), layout="constrained")
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    steps, losses, window = _smoothed(result.steps, result.train_loss)
+    _plot_curves(axes[0], result, steps, losses)
+    title = "training loss (minibatch)"
+    axes[0].set_title(f"{title}, mean of {window} steps" if window > 1 else title)
+    _log_if_positive(axes[0], result.train_loss)
+    if key:
+        _plot_curves(axes[1], result, result.eval_steps, result.evals[key])
+        axes[1].set_title(key)
+        if key.endswith("loss"):
+            _log_if_positive(axes[1], result.evals[key])
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def _smoothed(steps: np.ndarray, losses: np.ndarray, points: int = 200):
+    """Minibatch losses averaged over consecutive windows so that about ``points`` remain.
+
+    Per-step minibatch losses are too noisy to compare optimizers by eye; window means keep the
+    trend and NaNs (a diverged run stays NaN from its window on).
+    """
+    window = max(1, len(steps) // points)
+    if window == 1:
+        return steps, losses, 1
+    n = (len(steps) // window) * window
+    shaped = losses[..., :n].reshape(*losses.shape[:-1], n // window, window)
+    return steps[window - 1 : n : window], shaped.mean(axis=-1), window
+
+
+def eval_figure(result: TrainResult, keys: Sequence[str] | None = None) -> Figure:
+    """One panel per evaluation metric (all of ``result.evals`` unless ``keys`` is given).
+
+    Raises:
+      ValueError: there is no evaluation metric to draw.
+    """
+    keys = list(result.evals) if keys is None else list(keys)
+    if not keys:
+        raise ValueError("the result has no evaluation metrics to plot")
+    ncols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig = Figure(figsize=(_PANEL[0] * ncols, _PANEL[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, key in zip(axes, keys):
+        _plot_curves(ax, result, result.eval_steps, result.evals[key])
+        ax.set_title(key)
+        if key.endswith("loss"):
+            _log_if_positive(ax, result.evals[key])
+    for ax in axes[len(keys) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def final_metrics_figure(result: TrainResult) -> Figure:
+    """Final value of every metric per optimizer: each seed as a dot, mean ± std as a bar.
+
+    The numbers are those of ``summary.json``: the final training loss is averaged over the last
+    ``FINAL_FRACTION`` of the steps, evaluation metrics are taken at the last evaluation, and
+    diverged seeds are left out (their count is added to the optimizer's label).
+    """
+    summary = summarize(result)
+    finals = final_values(result)
+    ok = result.diverged_at < 0
+    labels = [
+        _label(o["optimizer"]) + (f"\n({o['n_diverged']} diverged)" if o["n_diverged"] else "")
+        for o in summary["optimizers"]
+    ]
+    x = np.arange(len(result.optimizers))
+    # Fixed offsets rather than random jitter: the figure is reproducible byte for byte.
+    jitter = np.linspace(-0.2, 0.2, len(result.seeds)) if len(result.seeds) > 1 else np.zeros(1)
+    ncols = min(3, len(finals))
+    nrows = math.ceil(len(finals) / ncols)
+    width = max(_PANEL[0], 0.9 * len(x) + 1.5)
+    fig = Figure(figsize=(width * ncols, (_PANEL[1] + 0.5) * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (key, values) in zip(axes, finals.items()):
+        for i, opt in enumerate(summary["optimizers"]):
+            stats = opt["final"][key]
+            ax.scatter(x[i] + jitter[ok[i]], values[i][ok[i]], s=14, color=f"C{i % 10}", zorder=3)
+            if stats["mean"] is not None:
+                ax.errorbar(
+                    x[i],
+                    stats["mean"],
+                    yerr=stats["std"] or 0.0,
+                    fmt="_",
+                    markersize=24,
+                    capsize=6,
+                    color="black",
+                    zorder=4,
+                )
+        ax.set_title(key + (f" (last {FINAL_FRACTION:.0%})" if key == TRAIN_LOSS_KEY else ""))
+        ax.set_xticks(x, labels, rotation=20, ha="right", fontsize="small")
+        ax.set_xlim(-0.6, len(x) - 0.4)
+    for ax in axes[len(finals) :]:
+        ax.set_visible(False)
+    return fig
+
+
+def headline_eval_key(keys: Sequence[str]) -> str:
+    """The evaluation metric a one-glance figure should show: held-out before training-set
+    metrics, accuracy before anything else, otherwise the first key."""
+    # min keeps the first of equally ranked keys, so the run's own order breaks ties.
+    return min(keys, key=lambda k: (k.startswith("train/"), not k.endswith("/accuracy")))
+
+
+def _plot_curves(ax: Axes, result: TrainResult, steps: np.ndarray, values: np.ndarray) -> None:
+    """Mean over seeds as a line and min-max over seeds as a band, per optimizer.
+
+    A run's values from its divergence step on are left out even where finite: the accuracy of
+    NaN parameters is a number, but not a measurement of the optimizer.
+    """
+    diverged = result.diverged_at[:, :, None]
+    after = (diverged >= 0) & (np.asarray(steps)[None, None, :] >= diverged)
+    values = np.where(after, np.nan, values)
+    for i, name in enumerate(result.optimizers):
+        mean, low, high = _seed_band(values[i])
+        n_div = int((result.diverged_at[i] >= 0).sum())
+        label = _label(name) + (f" ({n_div}/{len(result.seeds)} diverged)" if n_div else "")
+        (line,) = ax.plot(steps, mean, label=label, color=f"C{i % 10}", linewidth=1.5)
+        if len(result.seeds) > 1:
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
+
+
+def _seed_band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, min and max over axis 0 of the finite entries; NaN where no entry is finite.
+
+    Written with masks instead of np.nanmean/nanmin, which warn on all-NaN columns (the steps
+    after every seed diverged) and treat inf as a number.
+    """
+    finite = np.isfinite(values)
+    count = finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite, values, 0.0).sum(axis=0) / count
+    low = np.where(finite, values, np.inf).min(axis=0)
+    high = np.where(finite, values, -np.inf).max(axis=0)
+    none = count == 0
+    return mean, np.where(none, np.nan, low), np.where(none, np.nan, high)
+
+
+def _log_if_positive(ax: Axes, values: np.ndarray) -> None:
+    finite = values[np.isfinite(values)]
+    if finite.size and (finite > 0).all():
+        ax.set_yscale("log")
+
+
+def _label(name: str) -> str:
+    # matplotlib reads text between two '$' as TeX math; an optimizer spec is plain text.
+    return name.replace("$", r"\$")

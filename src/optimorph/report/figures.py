@@ -1,0 +1,51 @@
+"""The standard figures of a run directory, drawn from a result or redrawn from stored files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from optimorph.engine.result import TrainResult
+from optimorph.report.curves import eval_figure, final_metrics_figure, loss_figure
+from optimorph.results.atomic import atomic_path
+from optimorph.results.rundir import read_run
+
+__all__ = ["DPI", "save_figure", "save_figures", "redraw"]
+
+DPI = 120
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Save ``fig`` as a PNG at ``path`` atomically and return the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return path
+
+
+def save_figures(result: TrainResult, run_dir: str | os.PathLike) -> list[Path]:
+    """Draw the standard figures of ``result`` into ``run_dir``.
+
+    Writes ``loss_curves.png``, ``eval_curves.png`` (when there are evaluations) and
+    ``final_metrics.png``.
+
+    Returns:
+      The paths written.
+    """
+    run_dir = Path(run_dir)
+    figures = {"loss_curves.png": loss_figure(result)}
+    if result.evals:
+        figures["eval_curves.png"] = eval_figure(result)
+    figures["final_metrics.png"] = final_metrics_figure(result)
+    return [save_figure(fig, run_dir / name) for name, fig in figures.items()]
+
+
+def redraw(run_dir: str | os.PathLike) -> list[Path]:
+    """Redraw the standard figures of a run directory from its stored results, without training.
+
+    Returns:
+      The paths written.
+    """
+    return save_figures(read_run(run_dir), run_dir)

@@ -1,0 +1,183 @@
+"""One self-contained HTML page per run: config, summary table, figures, extra sections.
+
+The page references nothing outside itself (figures are embedded as base64 ``data:`` URIs, the
+style sheet is inline, there is no script), so it can be mailed, archived or opened offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from optimorph.results.atomic import write_text_atomic
+from optimorph.results.rundir import read_config, read_summary
+
+__all__ = ["REPORT_FILE", "FIGURE_ORDER", "write_report"]
+
+REPORT_FILE = "report.html"
+FIGURE_ORDER = ("loss_curves.png", "eval_curves.png", "final_metrics.png")
+"""Figures shown first, in this order; any other PNG of the run directory follows by name."""
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
+       color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code { font-size: 0.9em; white-space: pre-wrap; }
+figure { margin: 1em 0; }
+img { max-width: 100%; }
+"""
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    title: str | None = None,
+    sections: Iterable[tuple[str, str]] | None = None,
+) -> Path:
+    """Write ``report.html`` into a run directory and return its path.
+
+    Args:
+      run_dir: a run directory written by ``optimorph.results.write_run``.
+      title: the page title; defaults to the directory's name.
+      sections: extra ``(heading, html_fragment)`` pairs appended to the page. Headings are
+        escaped; fragments are inserted as given (they are HTML), so build them with
+        ``html.escape`` around any text that is not yours.
+
+    Returns:
+      The path of ``report.html``.
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    summary = read_summary(run_dir)
+    title = title if title is not None else f"optimorph run {run_dir.resolve().name}"
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        "<h2>Summary</h2>",
+        _summary_table(summary),
+        _diverged_list(summary),
+        "<h2>Figures</h2>",
+        *(_figure(path) for path in _figures(run_dir)),
+        "<h2>Configuration</h2>",
+        _mapping_table(config.get("config", {})),
+    ]
+    if "problem" in config:
+        body += ["<h3>Problem</h3>", _mapping_table(config["problem"])]
+    run = {k: config[k] for k in ("optimizers", "seeds", "wall_time") if k in config}
+    body += ["<h3>Run</h3>", _mapping_table(run)]
+    body += ["<h3>Environment</h3>", _mapping_table(config.get("environment", {}))]
+    for heading, fragment in sections or ():
+        body += [f"<h2>{_e(heading)}</h2>", fragment]
+    page = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            f"<title>{_e(title)}</title>",
+            f"<style>{_STYLE}</style>",
+            "</head>",
+            "<body>",
+            *body,
+            "</body>",
+            "</html>",
+        ]
+    )
+    path = run_dir / REPORT_FILE
+    write_text_atomic(path, page + "\n")
+    return path
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    """Optimizer | final metrics as mean ± std over non-diverged seeds | diverged count."""
+    optimizers = summary["optimizers"]
+    keys = list(dict.fromkeys(k for o in optimizers for k in o["final"]))
+    n_seeds = len(summary["seeds"])
+    head = "".join(f"<th>{_e(k)}</th>" for k in ["optimizer", *keys, "diverged"])
+    rows = []
+    for o in optimizers:
+        cells = [f"<td><code>{_e(o['optimizer'])}</code></td>"]
+        for key in keys:
+            cells.append(f'<td class="num">{_e(_format_stats(o["final"].get(key), n_seeds))}</td>')
+        cells.append(f'<td class="num">{o["n_diverged"]} / {n_seeds}</td>')
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    note = (
+        f"<p>Final values: mean ± sample std over the seeds that did not diverge (n shown when "
+        f"fewer than {n_seeds}); the training loss is averaged over steps "
+        f"{_e(str(summary['train_window']))}, evaluations are at step "
+        f"{_e(str(summary['last_eval_step']))}.</p>"
+    )
+    return f"<table><tr>{head}</tr>\n" + "\n".join(rows) + "</table>\n" + note
+
+
+def _format_stats(stats: dict[str, Any] | None, n_seeds: int) -> str:
+    """``mean ± std``, the mean given to the std's second significant digit (at least 4 digits
+    when the std is 0 or unknown): ``1.0800 ± 0.0018``, not ``1.08 ± 0.0018``."""
+    if not stats or stats["mean"] is None:
+        return "—"
+    mean, std = stats["mean"], stats["std"]
+    digits = 4
+    if std and mean:
+        digits = min(12, max(2, _exponent(mean) - _exponent(std) + 2))
+    text = f"{mean:#.{digits}g}".rstrip(".")
+    if std is not None:
+        text += f" ± {std:.2g}"
+    if stats["n"] < n_seeds:
+        text += f" (n={stats['n']})"
+    return text
+
+
+def _exponent(x: float) -> int:
+    return math.floor(math.log10(abs(x)))
+
+
+def _diverged_list(summary: dict[str, Any]) -> str:
+    items = [
+        f"<li><code>{_e(o['optimizer'])}</code>: seed {d['seed']} at step {d['step']}</li>"
+        for o in summary["optimizers"]
+        for d in o["diverged"]
+    ]
+    if not items:
+        return "<p>No run diverged.</p>"
+    return "<p>Diverged runs (first step with NaN/inf):</p>\n<ul>" + "".join(items) + "</ul>"
+
+
+def _figures(run_dir: Path) -> list[Path]:
+    # Dot files are excluded: they are other writers' temporary files (results.atomic).
+    found = {p.name: p for p in run_dir.glob("*.png") if not p.name.startswith(".")}
+    order = [n for n in FIGURE_ORDER if n in found] + sorted(set(found) - set(FIGURE_ORDER))
+    return [found[name] for name in order]
+
+
+def _figure(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    name = _e(path.name)
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{name}">'
+        f"<figcaption>{name}</figcaption></figure>"
+    )
+
+
+def _mapping_table(mapping: dict[str, Any]) -> str:
+    if not mapping:
+        return "<p>(none recorded)</p>"
+    rows = [
+        f"<tr><th>{_e(str(key))}</th><td><code>{_e(_format_value(value))}</code></td></tr>"
+        for key, value in mapping.items()
+    ]
+    return "<table>" + "\n".join(rows) + "</table>"
+
+
+def _format_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)

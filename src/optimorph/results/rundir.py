@@ -1,0 +1,329 @@
+"""A run directory: everything a training run produced, as files that outlive the process.
+
+```
+<run>/config.json        result.config (under "config"), optimizers, seeds, eval keys, divergence,
+                         wall time, the problem, and the environment (versions, backend, devices,
+                         host, UTC time)
+<run>/metrics.parquet    every number of the run in tidy long form, one row per value:
+                         optimizer, optimizer_index, seed, step, split, metric, value
+<run>/summary.json       final statistics over seeds per optimizer (optimorph.results.summary)
+<run>/final_params.npz   final parameters, when the result carries them
+<run>/*.png              figures (optimorph.report.figures), redrawable from the files above
+```
+
+In ``metrics.parquet`` the per-step minibatch loss ``train_loss`` has ``split='train_step'``,
+``metric='loss'``; an evaluation ``evals["test/accuracy"]`` has ``split='test'``,
+``metric='accuracy'``. NaN values (diverged runs) are stored as NaN, not null.
+
+Every file is written atomically; ``config.json`` is written after the data, so a directory with a
+``config.json`` has its data complete even if the process died while drawing figures.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import jax
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from optimorph.engine.result import TrainResult
+from optimorph.problems.base import Problem
+from optimorph.results.atomic import atomic_path, write_json_atomic
+from optimorph.results.summary import TRAIN_SPLIT, summarize
+
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "SUMMARY_FILE",
+    "PARAMS_FILE",
+    "METRICS_SCHEMA",
+    "write_run",
+    "read_run",
+    "read_config",
+    "read_summary",
+    "metrics_table",
+    "environment",
+    "query",
+]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.parquet"
+SUMMARY_FILE = "summary.json"
+PARAMS_FILE = "final_params.npz"
+
+METRICS_SCHEMA = pa.schema(
+    [
+        ("optimizer", pa.string()),
+        ("optimizer_index", pa.int32()),
+        ("seed", pa.int64()),
+        ("step", pa.int64()),
+        ("split", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+    ]
+)
+"""Columns of ``metrics.parquet``. ``optimizer_index`` tells apart two rows of one spec."""
+
+
+def write_run(
+    result: TrainResult,
+    out_dir: str | os.PathLike,
+    *,
+    problem: Problem | None = None,
+    figures: bool = True,
+) -> Path:
+    """Write ``result`` as a run directory (layout in the module docstring).
+
+    Args:
+      result: the finished run.
+      out_dir: the directory; created if missing. Files already there are replaced.
+      problem: the problem trained on; its name, sizes and ``info`` go into ``config.json``.
+      figures: also draw the standard figures (``optimorph.report.figures.save_figures``).
+
+    Returns:
+      The run directory's path.
+
+    Raises:
+      ValueError: an array's shape disagrees with the optimizers, seeds or steps, or an eval key is
+        not of the form ``"split/metric"``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = metrics_table(result)
+    with atomic_path(out / METRICS_FILE) as tmp:
+        pq.write_table(table, tmp)
+    write_json_atomic(out / SUMMARY_FILE, summarize(result))
+    if result.final_params:
+        _write_params(result, out / PARAMS_FILE)
+    write_json_atomic(out / CONFIG_FILE, _config(result, problem))
+    if figures:
+        # Imported here, not at the top: optimorph.report reads run directories (redraw), so a
+        # module-level import in this direction would be circular.
+        from optimorph.report.figures import save_figures
+
+        save_figures(result, out)
+    return out
+
+
+def read_run(run_dir: str | os.PathLike) -> TrainResult:
+    """Rebuild the ``TrainResult`` of a run directory from ``metrics.parquet`` and ``config.json``.
+
+    Arrays come back as float64 (``steps``, ``eval_steps``, ``diverged_at`` as int64) with the
+    values written, NaN included. ``final_params`` is left empty: load ``final_params.npz`` with
+    ``np.load`` when needed. ``eval_steps`` is empty when the run had no evaluations.
+
+    Raises:
+      ValueError: ``metrics.parquet`` does not hold exactly one value per (optimizer, seed, step)
+        of every metric that ``config.json`` lists.
+    """
+    run_dir = Path(run_dir)
+    meta = read_config(run_dir)
+    table = pq.read_table(run_dir / METRICS_FILE)
+    col = {name: table.column(name).to_numpy() for name in table.column_names}
+    n_opt = len(meta["optimizers"])
+    seeds = np.asarray(meta["seeds"], dtype=np.int64)
+    seed_order = np.argsort(seeds)
+    seed_pos = seed_order[np.searchsorted(seeds, col["seed"], sorter=seed_order)]
+
+    def unstack(mask: np.ndarray, steps: np.ndarray, what: str) -> np.ndarray:
+        out = np.full((n_opt, len(seeds), len(steps)), np.nan)
+        step_pos = np.searchsorted(steps, col["step"][mask])
+        index = (col["optimizer_index"][mask], seed_pos[mask], step_pos)
+        filled = np.zeros(out.shape, dtype=bool)
+        filled[index] = True
+        if mask.sum() != out.size or not filled.all():
+            raise ValueError(
+                f"{run_dir / METRICS_FILE} does not hold one row of {what} per (optimizer, seed, "
+                f"step): {mask.sum()} rows for {out.shape} values"
+            )
+        out[index] = col["value"][mask]
+        return out
+
+    is_train = col["split"] == TRAIN_SPLIT
+    steps = np.unique(col["step"][is_train])
+    train_loss = unstack(is_train, steps, "the training loss")
+    eval_steps = np.unique(col["step"][~is_train])
+    evals = {}
+    for key in meta["eval_keys"]:
+        split, metric = _split_key(key)
+        evals[key] = unstack((col["split"] == split) & (col["metric"] == metric), eval_steps, key)
+    return TrainResult(
+        optimizers=list(meta["optimizers"]),
+        seeds=[int(s) for s in seeds],
+        steps=steps,
+        train_loss=train_loss,
+        eval_steps=eval_steps,
+        evals=evals,
+        diverged_at=np.asarray(meta["diverged_at"], dtype=np.int64).reshape(n_opt, len(seeds)),
+        wall_time=float(meta["wall_time"]),
+        config=meta["config"],
+    )
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``config.json`` of a run directory."""
+    return json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``summary.json`` of a run directory (format: ``optimorph.results.summary``)."""
+    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
+
+
+def metrics_table(result: TrainResult) -> pa.Table:
+    """Every value of ``result`` as a long table with ``METRICS_SCHEMA``.
+
+    Rows are ordered by metric, then optimizer, seed and step.
+    """
+    _check_shapes(result)
+    blocks = [(TRAIN_SPLIT, "loss", result.steps, result.train_loss)]
+    blocks += [(*_split_key(k), result.eval_steps, v) for k, v in result.evals.items()]
+    names = np.asarray(result.optimizers, dtype=object)
+    seeds = np.asarray(result.seeds, dtype=np.int64)
+    tables = []
+    for split, metric, steps, values in blocks:
+        o, s, t = np.indices(values.shape).reshape(3, -1)
+        n = values.size
+        columns = [
+            names[o],
+            o.astype(np.int32),
+            seeds[s],
+            np.asarray(steps, dtype=np.int64)[t],
+            np.full(n, split, dtype=object),
+            np.full(n, metric, dtype=object),
+            np.asarray(values, dtype=np.float64).reshape(-1),
+        ]
+        tables.append(pa.Table.from_arrays(columns, schema=METRICS_SCHEMA))
+    return pa.concat_tables(tables)
+
+
+def environment() -> dict[str, Any]:
+    """Versions, JAX backend and devices, host and UTC time: what a run's numbers depend on."""
+    return {
+        "python": platform.python_version(),
+        **{pkg: _version(pkg) for pkg in ("jax", "jaxlib", "optax", "numpy")},
+        "platform": platform.platform(),
+        "backend": jax.default_backend(),
+        "devices": [d.device_kind for d in jax.devices()],
+        "hostname": socket.gethostname(),
+        "written_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def query(run_dirs: Iterable[str | os.PathLike], sql: str) -> pa.Table:
+    """Run a DuckDB SQL query over the metrics of several run directories.
+
+    The query sees a view ``metrics``: the rows of every ``metrics.parquet`` (``METRICS_SCHEMA``)
+    plus a column ``run`` holding the run directory as given.
+
+    Args:
+      run_dirs: run directories.
+      sql: one SELECT statement.
+
+    Returns:
+      The result as a ``pyarrow.Table`` (``.to_pylist()`` gives a list of dicts).
+
+    >>> query(["runs/a", "runs/b"],                                           # doctest: +SKIP
+    ...       "select run, optimizer, avg(value) from metrics "
+    ...       "where split = 'test' and metric = 'accuracy' group by all")
+    """
+    run_dirs = [str(d) for d in run_dirs]
+    if not run_dirs:
+        raise ValueError("query needs at least one run directory")
+    selects = [
+        f"select *, {_sql_string(d)} as run "
+        f"from read_parquet({_sql_string(str(Path(d) / METRICS_FILE))})"
+        for d in run_dirs
+    ]
+    with duckdb.connect() as con:
+        con.sql("create view metrics as " + " union all ".join(selects))
+        return con.sql(sql).to_arrow_table()
+
+
+def _config(result: TrainResult, problem: Problem | None) -> dict[str, Any]:
+    config = {
+        "config": result.config,
+        "optimizers": list(result.optimizers),
+        "seeds": [int(s) for s in result.seeds],
+        "eval_keys": list(result.evals),
+        "diverged_at": np.asarray(result.diverged_at, dtype=np.int64).tolist(),
+        "wall_time": float(result.wall_time),
+    }
+    if problem is not None:
+        config["problem"] = {
+            "name": problem.name,
+            "n_train": problem.n_train,
+            "evals": {name: int(np.shape(batch[0])[0]) for name, batch in problem.evals.items()},
+            "info": dict(problem.info),
+        }
+    config["environment"] = environment()
+    return config
+
+
+def _write_params(result: TrainResult, path: Path) -> None:
+    """Flatten each optimizer's parameter pytree into ``opt<i><keystr>`` entries of one npz."""
+    arrays = {}
+    for i, params in enumerate(result.final_params):
+        for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            array = np.asarray(leaf)
+            # np.save writes ml_dtypes formats (bfloat16, float8) as raw bytes that load back as
+            # void; every one of them is exactly representable in float32.
+            if array.dtype.kind not in "biufc":
+                array = array.astype(np.float32)
+            arrays[f"opt{i}{jax.tree_util.keystr(key_path)}"] = array
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
+def _check_shapes(result: TrainResult) -> None:
+    shape = (len(result.optimizers), len(result.seeds))
+    expected = {
+        "train_loss": (*shape, len(result.steps)),
+        "diverged_at": shape,
+        **{f"evals[{k!r}]": (*shape, len(result.eval_steps)) for k in result.evals},
+    }
+    actual = {
+        "train_loss": np.shape(result.train_loss),
+        "diverged_at": np.shape(result.diverged_at),
+        **{f"evals[{k!r}]": np.shape(v) for k, v in result.evals.items()},
+    }
+    for name, want in expected.items():
+        if actual[name] != want:
+            raise ValueError(
+                f"TrainResult.{name} has shape {actual[name]}, expected {want} "
+                f"(optimizers, seeds{', steps' if len(want) == 3 else ''})"
+            )
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    """``"test/accuracy"`` -> ``("test", "accuracy")``; the split is what precedes the first '/'."""
+    split, sep, metric = key.partition("/")
+    if not (sep and split and metric) or split == TRAIN_SPLIT:
+        raise ValueError(
+            f"eval key {key!r} must be 'split/metric' (e.g. 'test/accuracy') with a split other "
+            f"than {TRAIN_SPLIT!r}, which names the per-step training loss"
+        )
+    return split, metric
+
+
+def _sql_string(text: str) -> str:
+    # SQL string literal: the only escape inside single quotes is a doubled quote.
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
