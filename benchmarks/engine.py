@@ -80,7 +80,10 @@ def torch_steps_per_s(x, y, batch, steps, seed=0):
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = torch.nn.Sequential(
-        torch.nn.Linear(2, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+        torch.nn.Linear(2, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
         torch.nn.Linear(64, 2),
     )
     opt = torch.optim.SGD(model.parameters(), lr=ETA0)
@@ -150,8 +153,10 @@ def main() -> None:
     if args.quick:
         args.steps, args.peer_steps = 2000, 300
     x, y = _data()
-    print(f"{'batch':>5} {'seeds':>5} {'optimorph':>12} {'numpy':>10} {'torch':>10} "
-          f"{'x numpy':>8} {'x torch':>8}   (model-steps/s)")
+    print(
+        f"{'batch':>5} {'seeds':>5} {'optimorph':>12} {'numpy':>10} {'torch':>10} "
+        f"{'x numpy':>8} {'x torch':>8}   (model-steps/s)"
+    )
     rows = {}
     for batch in (4, 32, 500):
         np_rate = numpy_steps_per_s(x, y, batch, args.peer_steps)
@@ -159,12 +164,16 @@ def main() -> None:
         for seeds in (1, 10):
             ours = optimorph_steps_per_s(batch, seeds, args.steps)
             rows[batch, seeds] = ours
-            print(f"{batch:>5} {seeds:>5} {ours:>12.0f} {np_rate:>10.0f} {torch_rate:>10.0f} "
-                  f"{ours / np_rate:>8.1f} {ours / torch_rate:>8.1f}")
+            print(
+                f"{batch:>5} {seeds:>5} {ours:>12.0f} {np_rate:>10.0f} {torch_rate:>10.0f} "
+                f"{ours / np_rate:>8.1f} {ours / torch_rate:>8.1f}"
+            )
     peak = matmul_flops()
     achieved = max(rows[500, 1], rows[500, 10]) * model_flops_per_step(500)
-    print(f"batch 500: {achieved / 1e9:.2f} GFLOP/s achieved vs {peak / 1e9:.2f} GFLOP/s "
-          f"matmul rate -> {peak / achieved:.1f}x below the matmul rate (target <= 2x)")
+    print(
+        f"batch 500: {achieved / 1e9:.2f} GFLOP/s achieved vs {peak / 1e9:.2f} GFLOP/s "
+        f"matmul rate -> {peak / achieved:.1f}x below the matmul rate (target <= 2x)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
 """Tests for optimorph.precision: bit-exact rounding, stochastic rounding, policies, updates."""
 
-import doctest
-import importlib
 from typing import NamedTuple
 
 import jax
@@ -550,9 +548,3 @@ def test_update_rounds_the_sum_once(mode):
     emulated, _ = mode(precision("e5m10").apply_updates)(jnp.asarray(p16, jnp.float64), u)
     assert emulated.dtype == np.float64
     assert_same_float64_bits(emulated, ref_fp16(p16.astype(np.float64) + u))
-
-
-def test_docstring_examples():
-    module = importlib.import_module("optimorph.precision")  # optimorph.precision is the function
-    failures, tests = doctest.testmod(module)
-    assert tests > 0 and failures == 0

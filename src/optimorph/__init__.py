@@ -10,7 +10,7 @@ Importing optimorph never changes JAX's configuration; float64 and emulated form
 ``jax.config.update("jax_enable_x64", True)`` when they are used.
 """
 
-from optimorph.engine import TrainResult, TrainingError, train
+from optimorph.engine import TrainingError, TrainResult, train
 from optimorph.optimizers import list_optimizers, optimizer, register, resolve
 from optimorph.precision import Precision, PrecisionWarning, parse_format, precision
 from optimorph.problems import Problem, list_problems, problem

@@ -137,8 +137,11 @@ def _demo(args) -> int:
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    print(f"optimorph demo: {len(DEMO_OPTIMIZERS)} optimizers x {args.seeds} seeds on "
-          f"{DEMO_PROBLEM}, {args.steps} steps, batch 32", file=sys.stderr)
+    print(
+        f"optimorph demo: {len(DEMO_OPTIMIZERS)} optimizers x {args.seeds} seeds on "
+        f"{DEMO_PROBLEM}, {args.steps} steps, batch 32",
+        file=sys.stderr,
+    )
     result = train(
         DEMO_PROBLEM,
         DEMO_OPTIMIZERS,

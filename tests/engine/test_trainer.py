@@ -36,8 +36,16 @@ def _reference_run(prob, spec, seed, steps, batch):
 def test_matches_a_python_loop_in_float64():
     prob = optimorph.problem("least-squares(n=40, d=5, hetero=10)")
     spec = "momentum(lr=0.02, beta=0.9)"
-    result = train(prob, spec, seeds=[3], steps=30, batch_size=8, precision="fp64",
-                   eval_every=10, progress=False)
+    result = train(
+        prob,
+        spec,
+        seeds=[3],
+        steps=30,
+        batch_size=8,
+        precision="fp64",
+        eval_every=10,
+        progress=False,
+    )
     ref_params, ref_losses = _reference_run(prob, spec, seed=3, steps=30, batch=8)
     np.testing.assert_allclose(result.train_loss[0, 0], ref_losses, rtol=1e-12)
     for ours, ref in zip(jax.tree.leaves(result.final_params[0]), jax.tree.leaves(ref_params)):
@@ -60,16 +68,27 @@ def test_grid_lanes_equal_separate_runs_and_compile_once(monkeypatch):
 
 
 def test_seeds_pair_initialisation_and_batches_across_optimizers():
-    r = train("two-moons(n=100)", ["sgd(lr=0.1)", "adam(lr=1e-3)"], seeds=3, steps=10,
-              batch_size=10, progress=False)
+    r = train(
+        "two-moons(n=100)",
+        ["sgd(lr=0.1)", "adam(lr=1e-3)"],
+        seeds=3,
+        steps=10,
+        batch_size=10,
+        progress=False,
+    )
     # Step-1 loss is taken before any update: same params and batch for both optimizers.
     np.testing.assert_array_equal(r.train_loss[0, :, 0], r.train_loss[1, :, 0])
     assert len(set(r.train_loss[0, :, 0].tolist())) == 3, "different seeds, different runs"
 
 
 def test_divergence_is_reported_per_run_not_raised():
-    r = train("quadratic(dim=4, kappa=100)", ["sgd(lr=0.01)", "sgd(lr=5.0)"], seeds=2,
-              steps=400, progress=False)
+    r = train(
+        "quadratic(dim=4, kappa=100)",
+        ["sgd(lr=0.01)", "sgd(lr=5.0)"],
+        seeds=2,
+        steps=400,
+        progress=False,
+    )
     assert (r.diverged_at[0] == -1).all()
     assert (r.diverged_at[1] > 0).all() and (r.diverged_at[1] < 400).all()
     assert [d[0] for d in r.diverged()] == ["sgd(lr=5.0)"] * 2
@@ -99,8 +118,14 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
 
 
 def test_low_precision_parameters_stay_in_their_format():
-    r = train("two-moons(n=100)", "adam(lr=1e-2)", steps=20, batch_size=10,
-              precision="params=bf16,state=fp32", progress=False)
+    r = train(
+        "two-moons(n=100)",
+        "adam(lr=1e-2)",
+        steps=20,
+        batch_size=10,
+        precision="params=bf16,state=fp32",
+        progress=False,
+    )
     assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(r.final_params[0]))
     assert np.isfinite(r.train_loss).all()
 
@@ -126,3 +151,18 @@ def test_bf16_counter_stalls_bias_correction_at_256():
 def test_bad_arguments_get_one_clear_error(kwargs, match):
     with pytest.raises(TrainingError, match=match):
         train("quadratic(dim=2)", "sgd", progress=False, **kwargs)
+
+
+def test_stochastic_rounding_is_seeded_and_kahan_beats_stagnation():
+    """bf16 params with a tiny rate stall under round-to-nearest; Kahan and SR keep moving."""
+    prob = optimorph.problem("quadratic(dim=16, kappa=10)")
+    kw = dict(seeds=1, steps=300, progress=False)
+    spec = "sgd(lr=1e-3)"
+    exact = train(prob, spec, precision="fp32", **kw).train_loss[0, 0, -1]
+    nearest = train(prob, spec, precision="bf16", **kw).train_loss[0, 0, -1]
+    kahan = train(prob, spec, precision="bf16,kahan=true", **kw).train_loss[0, 0, -1]
+    sr1 = train(prob, spec, precision="bf16,rounding=stochastic", **kw).train_loss[0, 0]
+    sr2 = train(prob, spec, precision="bf16,rounding=stochastic", **kw).train_loss[0, 0]
+    np.testing.assert_array_equal(sr1, sr2)  # reproducible from the seed
+    assert abs(kahan - exact) < 0.1 * abs(nearest - exact)
+    assert abs(sr1[-1] - exact) < 0.5 * abs(nearest - exact)

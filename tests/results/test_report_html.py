@@ -1,15 +1,10 @@
 """The HTML report: one self-contained file with embedded figures and escaped text."""
 
 import base64
-import doctest
 import re
 
 import pytest
 
-import optimorph.report.curves
-import optimorph.results.atomic
-import optimorph.results.rundir
-import optimorph.results.summary
 from optimorph.report import write_report
 from optimorph.results import write_run
 
@@ -52,16 +47,3 @@ def test_report_shows_config_and_summary(report):
     for text in ("two-moons(n=500)", "fp32", "batch_size", "jaxlib", "devices", "1 / 3"):
         assert text in page, text
     assert "seed 1 at step 23" in page
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        optimorph.results.atomic,
-        optimorph.results.summary,
-        optimorph.results.rundir,
-        optimorph.report.curves,
-    ],
-)
-def test_docstring_examples(module):
-    assert doctest.testmod(module).failed == 0

@@ -24,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optimorph import precision as precision_lib
 from optimorph.engine.progress import Progress
 from optimorph.engine.result import TrainResult
 from optimorph.optimizers import OptimizerSpec, resolve
-from optimorph.problems import Problem, problem as make_problem
+from optimorph.precision import precision as make_precision
+from optimorph.problems import Problem
+from optimorph.problems import problem as make_problem
 from optimorph.results.atomic import atomic_path
 
 __all__ = ["train", "TrainingError"]
@@ -83,16 +84,18 @@ def train(
     """
     started = time.perf_counter()
     prob = problem if isinstance(problem, Problem) else make_problem(problem)
-    optimizers = [optimizers] if isinstance(optimizers, (str, OptimizerSpec)) or not isinstance(
-        optimizers, Sequence
-    ) else list(optimizers)
+    optimizers = (
+        [optimizers]
+        if isinstance(optimizers, (str, OptimizerSpec)) or not isinstance(optimizers, Sequence)
+        else list(optimizers)
+    )
     specs = [resolve(o) for o in optimizers]
     if not specs:
         raise TrainingError("give at least one optimizer")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise TrainingError("give at least one seed (seeds=N or a list)")
-    policy = precision_lib.precision(precision)
+    policy = make_precision(precision)
     plan = _Plan.make(prob, steps, batch_size, eval_every, log_every, chunk_steps)
     for s in specs:
         policy.warn_hparams(_numeric_hparams(s))
@@ -121,7 +124,7 @@ def train(
     diverged = np.full((len(specs), len(seed_list)), -1, np.int64)
     final_params: list[Any] = [None] * len(specs)
     bar = Progress(plan.steps * len(groups), "train", enabled=progress)
-    for g, members in enumerate(groups.values()):
+    for members in groups.values():
         group_specs = [specs[i] for i in members]
         ckpt = None
         if checkpoint_dir is not None:
@@ -266,7 +269,9 @@ def _run_group(prob, specs, seeds, policy, plan, data, ckpt, bar):
         cols += [np.asarray(e[key]).reshape(lanes, -1) for e in evs[1:]]
         ev_out[key] = np.concatenate(cols, axis=1).reshape(n_cfg, n_seed, -1)
     div = np.asarray(carry["diverged"]).reshape(n_cfg, n_seed)
-    params = jax.tree.map(lambda a: np.asarray(a).reshape(n_cfg, n_seed, *a.shape[1:]), carry["params"])
+    params = jax.tree.map(
+        lambda a: np.asarray(a).reshape(n_cfg, n_seed, *a.shape[1:]), carry["params"]
+    )
     return losses, ev_out, div, params
 
 
@@ -291,7 +296,10 @@ def _build_programs(prob, template, policy, plan):
     def init_lane(key, hv):
         init_key, data_key, sr_key = jax.random.split(key, 3)
         params = policy.cast_params(prob.init(init_key))
-        state = policy.round_state(template.build(hv).init(policy.to_compute(params)))
+        # The initial state is rounded like every later one (SR needs a key; init values are
+        # usually exact zeros, so the draw rarely matters).
+        init_state = template.build(hv).init(policy.to_compute(params))
+        state = policy.round_state(init_state, sr_key if policy.rounding == "stochastic" else None)
         comp = policy.init_compensation(params) if policy.kahan else None
         return {
             "params": params,
@@ -362,7 +370,6 @@ def _build_programs(prob, template, policy, plan):
         donate_argnums=(0,),
     )
     return init_all, eval_all, chunk_all
-
 
 
 def _permutation(key, epoch, n):

@@ -295,9 +295,7 @@ _ADAM_HPARAMS = (
 )
 
 
-@register(
-    "adam", *_ADAM_HPARAMS, summary="m, v EMAs; theta -= eta m_hat / (sqrt(v_hat) + eps)"
-)
+@register("adam", *_ADAM_HPARAMS, summary="m, v EMAs; theta -= eta m_hat / (sqrt(v_hat) + eps)")
 def adam(lr, b1, b2, eps, bias_correction) -> optax.GradientTransformation:
     """Adam (Kingma & Ba 2015).
 
@@ -428,7 +426,9 @@ def lion(lr, b1, b2, weight_decay) -> optax.GradientTransformation:
         direction = tmap(jnp.sign, _ema(state.m, grads, b1))
         if not (isinstance(weight_decay, float) and weight_decay == 0.0):
             if params is None:
-                raise ValueError("lion with weight_decay needs params in update(grads, state, params)")
+                raise ValueError(
+                    "lion with weight_decay needs params in update(grads, state, params)"
+                )
             direction = tmap(lambda d, p: d + _like(weight_decay, p) * p, direction, params)
         m = _ema(state.m, grads, b2)
         return _scale(direction, -_rate(lr, t)), LionState(count, m)

@@ -1,0 +1,82 @@
+"""The optimorph command, run in-process: listings, a training run, the demo, and bad input."""
+
+import json
+import textwrap
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from optimorph import cli
+from optimorph.optimizers import REGISTRY
+from optimorph.problems import list_problems
+
+
+def test_list_optimizers_prints_every_registered_one(capsys):
+    assert cli.main(["list", "optimizers"]) == 0
+    out = capsys.readouterr().out
+    for name in REGISTRY:
+        assert f"\n{name} " in "\n" + out
+    assert "form='pytorch' one of heavy_ball|pytorch|ema" in out
+
+
+def test_list_problems_prints_every_problem(capsys):
+    assert cli.main(["list", "problems"]) == 0
+    out = capsys.readouterr().out
+    assert all(info.name in out for info in list_problems())
+
+
+def test_train_writes_a_complete_run_directory(tmp_path, capsys, monkeypatch):
+    # A user's own optimizer, named by package.module:attribute, without touching optimorph.
+    (tmp_path / "my_opts.py").write_text(
+        textwrap.dedent(
+            """
+            import optax
+            def clipped_sgd(lr=0.1, clip=1.0):
+                return optax.chain(optax.clip(clip), optax.sgd(lr))
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    argv = ["train", "--problem", "two-moons(n=100)", "--optimizer", "sgd(lr=0.1)",
+            "--optimizer", "my_opts:clipped_sgd(lr=0.05)", "--seeds", "2", "--steps", "40",
+            "--batch-size", "10", "--eval-every", "10", "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    for name in ("config.json", "metrics.parquet", "summary.json", "loss_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert not (out / "checkpoints").exists(), "a finished run leaves no checkpoint behind"
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["optimizers"] == ["sgd(lr=0.1)", "my_opts:clipped_sgd(lr=0.05)"]
+    table = pq.read_table(out / "metrics.parquet").to_pylist()
+    steps = [r for r in table if r["split"] == "train_step" and r["optimizer_index"] == 1]
+    assert len(steps) == 2 * 40 and all(np.isfinite(r["value"]) for r in steps)
+    assert "test/accuracy" in capsys.readouterr().out
+
+
+def test_demo_writes_a_report(tmp_path):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--steps", "80", "--seeds", "1"]) == 0
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "lion" in html
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--problem", "two-moonz", "--optimizer", "sgd"], "unknown problem 'two-moonz'"),
+        (["--problem", "two-moons", "--optimizer", "adamm"], "unknown optimizer 'adamm'"),
+        (["--problem", "two-moons", "--optimizer", "adam(b1=2)"], "b1=2.0 is out of range"),
+        (["--problem", "two-moons", "--optimizer", "adam(lr=)"], "cannot parse"),
+        (["--problem", "two-moons", "--optimizer", "sgd", "--precision", "fp13"], "fp13"),
+        (["--problem", "fashion-mnist(path='/nonexistent')", "--optimizer", "sgd"],
+         "dataset-fashion-mnist"),
+        (["--problem", "two-moons", "--optimizer", "sgd", "--steps", "0"], "steps must be"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(argv, message, tmp_path, capsys):
+    code = cli.main(["train", *argv, "--out", str(tmp_path / "x"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("optimorph: error:") and message in err
+    assert "Traceback" not in err
