@@ -166,3 +166,22 @@ def test_stochastic_rounding_is_seeded_and_kahan_beats_stagnation():
     np.testing.assert_array_equal(sr1, sr2)  # reproducible from the seed
     assert abs(kahan - exact) < 0.1 * abs(nearest - exact)
     assert abs(sr1[-1] - exact) < 0.5 * abs(nearest - exact)
+
+
+def test_noise_replicas_give_a_rounding_sized_floor_and_trajectories():
+    prob = optimorph.problem("least-squares(n=40, d=6, hetero=10)")
+    kw = dict(seeds=2, steps=60, batch_size=8, eval_every=10, progress=False)
+    plain = train(prob, "adam(lr=1e-2)", precision="fp64", **kw)
+    floors = {}
+    for p in ("fp64", "fp32", "e5m10"):
+        r = train(prob, "adam(lr=1e-2)", precision=p, replicas=4, record_params=True, **kw)
+        assert r.replica_distance.shape == (1, 2, 7, 4)
+        final = np.concatenate([np.ravel(x[0]) for x in jax.tree.leaves(r.final_params[0])])
+        assert r.trajectory.shape == (1, 2, 7, final.size)  # at 7 evaluations
+        np.testing.assert_array_equal(r.trajectory[0, 0, -1], final)
+        assert (r.replica_distance[..., 0, :] == 0).all(), "replicas start from the same point"
+        floors[p] = np.median(r.noise_floor()[0, :, -1])
+        if p == "fp64":  # the noise-free replica 0 is the plain run (to a few ulps: XLA may
+            # fuse the vmapped replica program differently)
+            np.testing.assert_allclose(r.train_loss, plain.train_loss, rtol=1e-14)
+    assert 0 < floors["fp64"] < 1e-12 < floors["fp32"] < 1e-4 < floors["e5m10"]

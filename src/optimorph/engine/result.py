@@ -26,6 +26,12 @@ class TrainResult:
       final_params: per optimizer, the parameter pytree with a leading seed axis (NumPy).
       wall_time: seconds spent training (compilation included).
       config: everything needed to reproduce the run (problem, optimizers, precision, steps, ...).
+      stalled: ``[O, S, T]`` fraction of coordinates whose nonzero update rounding absorbed
+        (x + dx == x), averaged like ``train_loss``.
+      replica_distance: ``[O, S, E, k]`` with ``replicas=k``: ||theta_replica - theta|| of each
+        noisy replica at each evaluation (the noise floor is their median), else None.
+      trajectory: ``[O, S, E, P]`` with ``record_params``: flattened parameters at each
+        evaluation (float64), else None.
     """
 
     optimizers: list[str]
@@ -38,6 +44,15 @@ class TrainResult:
     final_params: list[Any] = dataclasses.field(default_factory=list)
     wall_time: float = 0.0
     config: dict = dataclasses.field(default_factory=dict)
+    stalled: np.ndarray | None = None
+    replica_distance: np.ndarray | None = None
+    trajectory: np.ndarray | None = None
+
+    def noise_floor(self) -> np.ndarray:
+        """``[O, S, E]`` median over replicas of the replica distance (DESIGN.md section 3)."""
+        if self.replica_distance is None:
+            raise ValueError("this run has no noise replicas; train with replicas=4")
+        return np.median(self.replica_distance, axis=-1)
 
     def diverged(self) -> list[tuple[str, int, int]]:
         """``(optimizer, seed, step)`` for every run that produced NaN/inf."""

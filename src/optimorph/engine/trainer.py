@@ -28,6 +28,7 @@ from optimorph.engine.progress import Progress
 from optimorph.engine.result import TrainResult
 from optimorph.optimizers import OptimizerSpec, resolve
 from optimorph.precision import precision as make_precision
+from optimorph.precision import require_x64
 from optimorph.problems import Problem
 from optimorph.problems import problem as make_problem
 from optimorph.results.atomic import atomic_path
@@ -56,6 +57,8 @@ def train(
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
     keep_params: bool = True,
+    replicas: int = 0,
+    record_params: bool = False,
 ) -> TrainResult:
     """Train every optimizer on ``problem`` for every seed, compiled end to end.
 
@@ -73,6 +76,11 @@ def train(
       checkpoint_dir: where to keep checkpoints; a rerun with the same arguments resumes.
       progress: print a progress line on stderr.
       keep_params: return each run's final parameters.
+      replicas: k noisy replicas per run for the rounding noise floor (DESIGN.md section 3):
+        each replica multiplies every stored value by (1 + u xi), xi ~ U(-1, 1), u the params
+        format's unit roundoff, before it is rounded; ``replica_distance`` then holds
+        ||theta_replica(t) - theta(t)||. Needs x64 (the unrounded value is formed in float64).
+      record_params: return the flattened parameters at every evaluation (``trajectory``).
 
     Returns:
       A :class:`TrainResult` with arrays indexed ``[optimizer, seed, time]``.
@@ -96,7 +104,15 @@ def train(
     if not seed_list:
         raise TrainingError("give at least one seed (seeds=N or a list)")
     policy = make_precision(precision)
-    plan = _Plan.make(prob, steps, batch_size, eval_every, log_every, chunk_steps)
+    plan = _Plan.make(prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas)
+    plan.record_params = bool(record_params)
+    if plan.replicas:
+        require_x64("noise replicas (the noise floor)")
+        if policy.kahan or policy.rounding != "nearest":
+            raise TrainingError(
+                "noise replicas need round-to-nearest without Kahan; drop 'kahan' or "
+                "'rounding=stochastic' from the precision, or set replicas=0"
+            )
     for s in specs:
         policy.warn_hparams(_numeric_hparams(s))
 
@@ -111,18 +127,19 @@ def train(
         "precision": str(policy),
         "eval_every": plan.eval_every,
         "log_every": plan.log_every,
+        "replicas": plan.replicas,
         "problem_info": dict(prob.info),
     }
     groups: dict[tuple, list[int]] = {}
     for i, s in enumerate(specs):
         groups.setdefault(s.static_key(), []).append(i)
 
+    n_opt, n_seed = len(specs), len(seed_list)
     n_logs = plan.steps // plan.log_every
     n_evals = plan.steps // plan.eval_every + 1
-    train_loss = np.full((len(specs), len(seed_list), n_logs), np.nan)
-    evals: dict[str, np.ndarray] = {}
-    diverged = np.full((len(specs), len(seed_list)), -1, np.int64)
-    final_params: list[Any] = [None] * len(specs)
+    series: dict[str, np.ndarray] = {}
+    diverged = np.full((n_opt, n_seed), -1, np.int64)
+    final_params: list[Any] = [None] * n_opt
     bar = Progress(plan.steps * len(groups), "train", enabled=progress)
     for members in groups.values():
         group_specs = [specs[i] for i in members]
@@ -130,26 +147,31 @@ def train(
         if checkpoint_dir is not None:
             tag = _fingerprint(config, [s.canonical for s in group_specs])
             ckpt = Path(checkpoint_dir) / f"checkpoint-{tag}.npz"
-        out = _run_group(prob, group_specs, seed_list, policy, plan, data, ckpt, bar)
-        losses, group_evals, group_div, params = out
+        out, group_div, params = _run_group(
+            prob, group_specs, seed_list, policy, plan, data, ckpt, bar
+        )
         for k, i in enumerate(members):
-            train_loss[i] = losses[k]
             diverged[i] = group_div[k]
             final_params[i] = jax.tree.map(lambda a, k=k: a[k], params) if keep_params else None
-            for name, arr in group_evals.items():
-                evals.setdefault(name, np.full((len(specs), len(seed_list), n_evals), np.nan))
-                evals[name][i] = arr[k]
+            for name, arr in out.items():
+                if name not in series:
+                    series[name] = np.full((n_opt, *arr.shape[1:]), np.nan, arr.dtype)
+                series[name][i] = arr[k]
+    evals = {k[5:]: v for k, v in series.items() if k.startswith("eval:")}
     return TrainResult(
         optimizers=[s.text for s in specs],
         seeds=seed_list,
         steps=np.arange(1, n_logs + 1) * plan.log_every,
-        train_loss=train_loss,
+        train_loss=series["loss"],
         eval_steps=np.arange(n_evals) * plan.eval_every,
         evals=evals,
         diverged_at=diverged,
         final_params=final_params if keep_params else [],
         wall_time=time.perf_counter() - started,
         config=config,
+        stalled=series["stalled"],
+        replica_distance=series.get("replica_distance"),
+        trajectory=series.get("trajectory"),
     )
 
 
@@ -165,7 +187,7 @@ class _Plan:
         self.__dict__.update(kw)
 
     @classmethod
-    def make(cls, prob, steps, batch_size, eval_every, log_every, chunk_steps) -> "_Plan":
+    def make(cls, prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas) -> "_Plan":
         steps = _positive_int(steps, "steps")
         n = prob.n_train
         full = prob.full_batch or batch_size is None or batch_size >= n
@@ -197,12 +219,20 @@ class _Plan:
             log_every=log_every,
             intervals_per_chunk=min(per_chunk, n_intervals),
             n_intervals=n_intervals,
+            replicas=_non_negative_int(replicas, "replicas"),
+            record_params=False,
         )
 
 
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise TrainingError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _non_negative_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise TrainingError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
 
 
@@ -230,7 +260,12 @@ class _Data:
 
 
 def _run_group(prob, specs, seeds, policy, plan, data, ckpt, bar):
-    """Train one compiled program: lanes = len(specs) x len(seeds)."""
+    """Train one compiled program: lanes = len(specs) x len(seeds).
+
+    Returns ``(series, diverged [C, S], final params [C, S, ...])`` where ``series`` maps
+    ``loss``/``stalled`` to ``[C, S, T]``, ``eval:<set>/<metric>`` to ``[C, S, E]``, and (when
+    asked) ``replica_distance`` to ``[C, S, E, k]`` and ``trajectory`` to ``[C, S, E, P]``.
+    """
     n_cfg, n_seed = len(specs), len(seeds)
     lanes = n_cfg * n_seed
     # Traced hyperparameters per lane: rounded to the policy's hyperparameter format, except
@@ -247,33 +282,37 @@ def _run_group(prob, specs, seeds, policy, plan, data, ckpt, bar):
     carry = init_all(root, hvals)
     resumed = _load_checkpoint(ckpt, carry)
     if resumed is not None:
-        carry, done, logs, evs = resumed
+        carry, done, parts = resumed
         bar.advance(done * plan.eval_every, "(resumed)")
     else:
-        done, logs = 0, []
-        evs = [jax.tree.map(np.asarray, eval_all(carry["params"], arrays))]
+        done = 0
+        first = eval_all(carry, arrays)  # evaluation at step 0
+        parts = {k: [np.asarray(v).reshape(lanes, 1, *np.shape(v)[1:])] for k, v in first.items()}
     while done < plan.n_intervals:
         n = min(plan.intervals_per_chunk, plan.n_intervals - done)
         t0 = jnp.asarray(done * plan.eval_every, jnp.int32)
-        carry, logged, ev = chunk_all(carry, hvals, arrays, t0, n)
-        logs.append(np.asarray(logged).reshape(lanes, -1))
-        evs.append({k: np.asarray(v) for k, v in ev.items()})
+        carry, out = chunk_all(carry, hvals, arrays, t0, n)
+        for k, v in out.items():
+            v = np.asarray(v)
+            # Per-step series arrive as [lanes, intervals, window]: flatten time.
+            v = v.reshape(lanes, -1) if k in _STEP_SERIES else v
+            parts.setdefault(k, []).append(v)
         done += n
-        _save_checkpoint(ckpt, carry, done, logs, evs)
+        _save_checkpoint(ckpt, carry, done, parts)
         bar.advance(n * plan.eval_every)
 
-    losses = np.concatenate(logs, axis=1).reshape(n_cfg, n_seed, -1)
-    ev_out = {}
-    for key in evs[0]:
-        cols = [np.asarray(evs[0][key]).reshape(lanes, 1)]
-        cols += [np.asarray(e[key]).reshape(lanes, -1) for e in evs[1:]]
-        ev_out[key] = np.concatenate(cols, axis=1).reshape(n_cfg, n_seed, -1)
-    div = np.asarray(carry["diverged"]).reshape(n_cfg, n_seed)
+    series = {
+        k: np.concatenate(v, axis=1).reshape(n_cfg, n_seed, *np.concatenate(v, 1).shape[1:])
+        for k, v in parts.items()
+    }
+    div = np.asarray(carry["diverged"])[:, 0].reshape(n_cfg, n_seed)  # replica 0: the run
     params = jax.tree.map(
-        lambda a: np.asarray(a).reshape(n_cfg, n_seed, *a.shape[1:]), carry["params"]
+        lambda a: np.asarray(a[:, 0]).reshape(n_cfg, n_seed, *a.shape[2:]), carry["params"]
     )
-    return losses, ev_out, div, params
+    return series, div, params
 
+
+_STEP_SERIES = ("loss", "stalled")
 
 # Compiled programs are kept across calls (a benchmark or a sweep calls train repeatedly); the key
 # holds everything the traced functions close over. Data arrays are arguments, never constants.
@@ -291,57 +330,98 @@ def _programs(prob, template, policy, plan):
 
 
 def _build_programs(prob, template, policy, plan):
+    """The vmapped init, evaluation and chunk programs of one group.
+
+    A lane's carry has a leading replica axis of size 1 + replicas: replica 0 is the run itself,
+    the others are its noisy copies (same batches, same hyperparameters).
+    """
     n = prob.n_train
+    n_rep = 1 + plan.replicas
+    u = policy.unit_roundoff
+    noise = jnp.asarray([0.0] + [u] * plan.replicas)  # per replica: relative noise amplitude
 
     def init_lane(key, hv):
-        init_key, data_key, sr_key = jax.random.split(key, 3)
+        init_key, data_key, sr_key, noise_key = jax.random.split(key, 4)
         params = policy.cast_params(prob.init(init_key))
         # The initial state is rounded like every later one (SR needs a key; init values are
         # usually exact zeros, so the draw rarely matters).
         init_state = template.build(hv).init(policy.to_compute(params))
         state = policy.round_state(init_state, sr_key if policy.rounding == "stochastic" else None)
         comp = policy.init_compensation(params) if policy.kahan else None
-        return {
+        replica = {
             "params": params,
             "state": state,
             "comp": comp,
-            "data_key": data_key,
             "sr_key": sr_key,
             "diverged": jnp.asarray(-1, jnp.int32),
         }
+        carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_rep, *x.shape)), replica)
+        carry["noise_key"] = jax.random.split(noise_key, n_rep)
+        carry["data_key"] = data_key
+        return carry
 
-    def step_lane(carry, hv, arrays, t, perm):
+    def perturbed(tree, key, scale):
+        # x (1 + scale * xi) formed in float64, before the rounding that follows.
+        leaves, treedef = jax.tree.flatten(tree)
+        keys = jax.random.split(key, max(len(leaves), 1))
+        out = []
+        for leaf, k in zip(leaves, keys, strict=False):
+            if jnp.issubdtype(leaf.dtype, jnp.floating):
+                xi = jax.random.uniform(k, leaf.shape, jnp.float64, -1.0, 1.0)
+                leaf = leaf.astype(jnp.float64) * (1.0 + scale * xi)
+            out.append(leaf)
+        return jax.tree.unflatten(treedef, out)
+
+    def step_replica(rep, noise_key, scale, hv, batch, t):
         tx = template.build(hv)
-        epoch, pos = t // plan.steps_per_epoch, t % plan.steps_per_epoch
-        if plan.full_batch:
-            batch = arrays["train"]
-        else:
-            # t is shared by all lanes, so this stays a real branch under vmap: one sort per epoch.
-            perm = jax.lax.cond(
-                pos == 0, lambda: _permutation(carry["data_key"], epoch, n), lambda: perm
-            )
-            idx = jax.lax.dynamic_slice(perm, (pos * plan.batch_size,), (plan.batch_size,))
-            batch = tuple(jnp.take(a, idx, axis=0) for a in arrays["train"])
-        params_c = policy.to_compute(carry["params"])
+        params_c = policy.to_compute(rep["params"])
         loss, grads = jax.value_and_grad(prob.loss)(params_c, batch)
-        sr = jax.random.fold_in(carry["sr_key"], t) if policy.rounding == "stochastic" else None
+        sr = jax.random.fold_in(rep["sr_key"], t) if policy.rounding == "stochastic" else None
         keys = jax.random.split(sr, 3) if sr is not None else (None, None, None)
         grads = policy.round_grads(grads, keys[0])
-        updates, state = tx.update(grads, policy.to_compute(carry["state"]), params_c)
+        updates, state = tx.update(grads, policy.to_compute(rep["state"]), params_c)
+        if plan.replicas:
+            k_state, k_params = jax.random.split(jax.random.fold_in(noise_key, t))
+            state = perturbed(state, k_state, scale)
+            exact = jax.tree.map(
+                lambda p, d: p.astype(jnp.float64) + d.astype(jnp.float64), rep["params"], updates
+            )
+            params, comp = policy.cast_params(perturbed(exact, k_params, scale)), rep["comp"]
+        else:
+            params, comp = policy.apply_updates(rep["params"], updates, rep["comp"], keys[2])
         state = policy.round_state(state, keys[1])
-        params, comp = policy.apply_updates(carry["params"], updates, carry["comp"], keys[2])
+        stalled = policy.stalled(rep["params"], updates, params)
         bad = ~jnp.isfinite(loss) | ~_all_finite(params)
-        first_bad = (carry["diverged"] < 0) & bad
-        diverged = jnp.where(first_bad, (t + 1).astype(jnp.int32), carry["diverged"])
-        new = dict(carry, params=params, state=state, comp=comp, diverged=diverged)
-        return new, perm, loss
+        first_bad = (rep["diverged"] < 0) & bad
+        diverged = jnp.where(first_bad, (t + 1).astype(jnp.int32), rep["diverged"])
+        new = dict(rep, params=params, state=state, comp=comp, diverged=diverged)
+        return new, loss, stalled
 
-    def evaluate_lane(params, arrays):
+    replicas_step = jax.vmap(step_replica, in_axes=(0, 0, 0, None, None, None))
+
+    def evaluate_lane(carry, arrays):
+        params = jax.tree.map(lambda a: a[0], carry["params"])
         params_c = policy.to_compute(params)
         out = {}
         for set_name, batch in arrays["evals"].items():
             for metric, value in prob.evaluate(params_c, batch).items():
-                out[f"{set_name}/{metric}"] = jnp.asarray(value, jnp.result_type(float))
+                out[f"eval:{set_name}/{metric}"] = jnp.asarray(value, jnp.result_type(float))
+        if plan.replicas or plan.record_params:
+            flat = jnp.stack(
+                [
+                    jnp.concatenate(
+                        [
+                            jnp.ravel(x[r]).astype(jnp.result_type(float))
+                            for x in jax.tree.leaves(carry["params"])
+                        ]
+                    )
+                    for r in range(n_rep)
+                ]
+            )
+            if plan.replicas:
+                out["replica_distance"] = jnp.linalg.norm(flat[1:] - flat[:1], axis=1)
+            if plan.record_params:
+                out["trajectory"] = flat[0]
         return out
 
     def chunk_lane(carry, hv, arrays, t0, n_intervals):
@@ -349,18 +429,33 @@ def _build_programs(prob, template, policy, plan):
         # needs checkpointing), then scan: intervals of eval_every steps, each ending in an eval.
         perm0 = _permutation(carry["data_key"], t0 // plan.steps_per_epoch, n)
 
+        def one(state, t):
+            carry, perm = state
+            epoch, pos = t // plan.steps_per_epoch, t % plan.steps_per_epoch
+            if plan.full_batch:
+                batch = arrays["train"]
+            else:
+                # t is shared by all lanes, so this stays a real branch under vmap: one sort per
+                # epoch, not one per step.
+                perm = jax.lax.cond(
+                    pos == 0, lambda: _permutation(carry["data_key"], epoch, n), lambda: perm
+                )
+                idx = jax.lax.dynamic_slice(perm, (pos * plan.batch_size,), (plan.batch_size,))
+                batch = tuple(jnp.take(a, idx, axis=0) for a in arrays["train"])
+            reps = {k: carry[k] for k in ("params", "state", "comp", "sr_key", "diverged")}
+            reps, loss, stalled = replicas_step(reps, carry["noise_key"], noise, hv, batch, t)
+            return (dict(carry, **reps), perm), (loss[0], stalled[0])
+
         def interval(state, i):
-            def one(state, j):
-                t = (t0 + i * plan.eval_every + j).astype(jnp.int32)
-                carry, perm, loss = step_lane(state[0], hv, arrays, t, state[1])
-                return (carry, perm), loss
+            t = t0 + i * plan.eval_every + jnp.arange(plan.eval_every, dtype=jnp.int32)
+            (carry, perm), (losses, stalled) = jax.lax.scan(one, state, t)
+            out = evaluate_lane(carry, arrays)
+            out["loss"] = losses.reshape(-1, plan.log_every).mean(axis=1)
+            out["stalled"] = stalled.reshape(-1, plan.log_every).mean(axis=1)
+            return (carry, perm), out
 
-            (carry, perm), losses = jax.lax.scan(one, state, jnp.arange(plan.eval_every))
-            logged = losses.reshape(-1, plan.log_every).mean(axis=1)
-            return (carry, perm), (logged, evaluate_lane(carry["params"], arrays))
-
-        (carry, _), (logged, ev) = jax.lax.scan(interval, (carry, perm0), jnp.arange(n_intervals))
-        return carry, logged, ev
+        (carry, _), out = jax.lax.scan(interval, (carry, perm0), jnp.arange(n_intervals))
+        return carry, out
 
     init_all = jax.jit(jax.vmap(init_lane))
     eval_all = jax.jit(jax.vmap(evaluate_lane, in_axes=(0, None)))
@@ -389,19 +484,15 @@ def _fingerprint(config: dict, group: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(path, carry, done, logs, evs) -> None:
-    """Leaves of the carry, the finished step count and the metrics so far, written atomically."""
+def _save_checkpoint(path, carry, done, parts) -> None:
+    """Leaves of the carry, the finished interval count and the series so far, atomically."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"carry_{i}": np.asarray(_key_data(x)) for i, x in enumerate(jax.tree.leaves(carry))}
     arrays["done"] = np.asarray(done)
-    arrays["logs"] = np.concatenate(logs, axis=1)
-    for key in evs[0]:
-        lanes = np.asarray(evs[0][key]).shape[0]
-        arrays[f"eval::{key}"] = np.concatenate(
-            [np.asarray(e[key]).reshape(lanes, -1) for e in evs], axis=1
-        )
+    for key, chunks in parts.items():
+        arrays[f"series::{key}"] = np.concatenate(chunks, axis=1)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -416,7 +507,7 @@ def _key_data(x):
 
 
 def _load_checkpoint(path, template):
-    """The saved carry (shaped like ``template``, a fresh init) and metrics, or None."""
+    """The saved carry (shaped like ``template``, a fresh init) and series, or None."""
     if path is None or not path.exists():
         return None
     with np.load(path) as z:
@@ -426,8 +517,5 @@ def _load_checkpoint(path, template):
             saved = jnp.asarray(z[f"carry_{i}"])
             restored.append(jax.random.wrap_key_data(saved) if _is_key(like) else saved)
         carry = jax.tree.unflatten(treedef, restored)
-        done = int(z["done"])
-        logs = [z["logs"]]
-        first = {k[6:]: z[k][:, :1] for k in z.files if k.startswith("eval::")}
-        rest = {k[6:]: z[k][:, 1:] for k in z.files if k.startswith("eval::")}
-    return carry, done, logs, [first, rest]
+        parts = {k[8:]: [z[k]] for k in z.files if k.startswith("series::")}
+        return carry, int(z["done"]), parts
