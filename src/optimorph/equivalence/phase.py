@@ -1,0 +1,217 @@
+"""Phase diagram: which pairs are p-equivalent, over mantissa bits x gradient heterogeneity.
+
+The problem family is the diagonal quadratic f(x) = 1/2 sum_i lambda_i x_i^2 with lambda
+log-spaced from 1/h to 1 (largest curvature 1, so one learning rate is stable in every cell),
+started at x_i = +-1, so the gradient heterogeneity max|g_i| / min|g_i| is exactly h at the
+start. Each cell (mantissa bits m, heterogeneity h) runs
+every optimizer with k noisy replicas for a few seeds, and applies the noise-floor rule of
+:mod:`optimorph.equivalence.compare` (d(t) <= C max(N_A, N_B, u ||theta||), median over seeds).
+
+Speed: the whole grid is ONE compiled program per optimizer. The mantissa width is a traced
+number (rounding by integer bit operations on float64, exponent range of float64: an ``e11mY``
+format), and heterogeneity, seeds and replicas are vmapped axes. Unlike :func:`compare`, the
+phase diagram applies the distance rule only (no state-map condition numbers), and keeps the
+hyperparameters at full precision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optimorph.optimizers import resolve
+from optimorph.precision import require_x64
+
+__all__ = ["round_to_bits", "PhaseDiagram", "phase_diagram", "MANTISSA_BITS", "HETEROGENEITY"]
+
+MANTISSA_BITS = (4, 5, 7, 8, 10, 12, 16, 20, 23, 30, 40, 52)  # bf16 = 7, fp16 = 10, fp32 = 23
+HETEROGENEITY = tuple(float(h) for h in np.logspace(0, 4, 8))
+
+_SIGN = np.uint64(1 << 63)
+_EXP = np.uint64(0x7FF << 52)
+
+
+def round_to_bits(x: jax.Array, bits: jax.Array) -> jax.Array:
+    """Round float64 ``x`` to ``bits`` explicit mantissa bits (nearest, ties to even).
+
+    ``bits`` may be traced (0..52), which is what lets one program serve every precision. The
+    exponent range stays float64's; NaN and inf pass through.
+
+    >>> import jax; jax.config.update("jax_enable_x64", True)
+    >>> float(round_to_bits(jnp.float64(1 + 2**-11 + 2**-30), 10))  # up: above the tie
+    1.0009765625
+    >>> float(round_to_bits(jnp.float64(1 + 2**-11), 10))  # a tie: to even (1.0)
+    1.0
+    """
+    u = jax.lax.bitcast_convert_type(x, jnp.uint64)
+    drop = (52 - jnp.asarray(bits, jnp.uint64)).astype(jnp.uint64)
+    one = jnp.uint64(1)
+    half = jnp.where(drop > 0, one << jnp.maximum(drop, one) - one, jnp.uint64(0))
+    lsb = (u >> drop) & one
+    mask = ~((one << drop) - one)
+    # Adding half - 1 + lsb then truncating is round-half-to-even; a carry into the exponent
+    # is the correct rounding up to the next binade (and to inf past the largest value).
+    rounded = (u + half - one + lsb) & mask
+    rounded = jnp.where(drop > 0, rounded, u)
+    out = jax.lax.bitcast_convert_type(rounded, jnp.float64)
+    return jnp.where(jnp.isfinite(x), out, x)
+
+
+@dataclasses.dataclass
+class PhaseDiagram:
+    """``equivalent[pair, bits, hetero]`` with the ratios that decided each cell."""
+
+    pairs: list[tuple[str, str]]
+    mantissa_bits: list[int]
+    heterogeneity: list[float]
+    equivalent: np.ndarray  # bool [P, M, H]
+    ratio: np.ndarray  # [P, M, H] max over t of the median over seeds of d / floor
+    stalled: np.ndarray  # [O, M, H] mean fraction of absorbed updates, per optimizer
+    optimizers: list[str]
+    settings: dict
+
+    def table(self) -> list[dict]:
+        """One row per (pair, bits, heterogeneity) cell."""
+        rows = []
+        for p, (a, b) in enumerate(self.pairs):
+            for m, bits in enumerate(self.mantissa_bits):
+                for h, het in enumerate(self.heterogeneity):
+                    rows.append(
+                        {
+                            "a": a,
+                            "b": b,
+                            "mantissa_bits": bits,
+                            "heterogeneity": het,
+                            "equivalent": bool(self.equivalent[p, m, h]),
+                            "ratio": float(self.ratio[p, m, h]),
+                        }
+                    )
+        return rows
+
+
+def phase_diagram(
+    pairs: Sequence[tuple[str, str]],
+    *,
+    mantissa_bits: Sequence[int] = MANTISSA_BITS,
+    heterogeneity: Sequence[float] = HETEROGENEITY,
+    dim: int = 32,
+    steps: int = 200,
+    evals: int = 10,
+    seeds: int = 3,
+    replicas: int = 4,
+    C: float = 10.0,
+) -> PhaseDiagram:
+    """Measure which pairs are equivalent in each (mantissa bits, heterogeneity) cell.
+
+    Args:
+      pairs: ``(A, B)`` optimizer specs.
+      mantissa_bits: explicit mantissa bits of the emulated formats (exponent range of float64).
+      heterogeneity: condition numbers h of the diagonal quadratic (= gradient heterogeneity).
+      dim, steps, evals: problem size, updates and evaluations per run (steps % evals == 0).
+      seeds, replicas: paired seeds (random signs of x0 and noise) and noise replicas.
+      C: the noise-floor constant.
+
+    >>> import jax; jax.config.update("jax_enable_x64", True)
+    >>> pd = phase_diagram([("sgd(lr=0.01)", "signsgd(lr=0.01)")], mantissa_bits=[10, 52],
+    ...                    heterogeneity=[1.0, 1e3], steps=40, evals=4, seeds=2)
+    >>> pd.equivalent.shape
+    (1, 2, 2)
+    """
+    require_x64("the phase diagram (emulated formats)")
+    if steps % evals:
+        raise ValueError(f"evals={evals} must divide steps={steps}")
+    names = list(dict.fromkeys(s for pair in pairs for s in pair))
+    bits = jnp.asarray(mantissa_bits, jnp.int32)
+    het = jnp.asarray(heterogeneity, jnp.float64)
+    traj, stalled = {}, {}
+    for name in names:
+        t, s = _run_grid(name, bits, het, dim, steps, evals, seeds, replicas)
+        traj[name], stalled[name] = np.asarray(t), np.asarray(s)  # [M, H, S, R, E, D], [M, H]
+    u = 2.0 ** -(np.asarray(mantissa_bits, float) + 1)
+    equivalent = np.zeros((len(pairs), len(mantissa_bits), len(heterogeneity)), bool)
+    ratio = np.zeros(equivalent.shape)
+    for p, (a, b) in enumerate(pairs):
+        ta, tb = traj[a], traj[b]
+        d = np.linalg.norm(ta[:, :, :, 0] - tb[:, :, :, 0], axis=-1)  # [M, H, S, E]
+        floor_a = np.median(np.linalg.norm(ta[:, :, :, 1:] - ta[:, :, :, :1], axis=-1), axis=3)
+        floor_b = np.median(np.linalg.norm(tb[:, :, :, 1:] - tb[:, :, :, :1], axis=-1), axis=3)
+        scale = u[:, None, None, None] * np.linalg.norm(ta[:, :, :, 0], axis=-1)
+        floor = np.maximum.reduce([floor_a, floor_b, scale])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(d == 0, 0.0, d / floor)
+        r = np.where(np.isnan(r), np.inf, r)  # NaN in one run only is a difference
+        med = np.median(r, axis=2).max(axis=-1)  # [M, H]
+        ratio[p] = med
+        equivalent[p] = med <= C
+    return PhaseDiagram(
+        pairs=[(a, b) for a, b in pairs],
+        mantissa_bits=[int(b) for b in mantissa_bits],
+        heterogeneity=[float(h) for h in heterogeneity],
+        equivalent=equivalent,
+        ratio=ratio,
+        stalled=np.stack([stalled[n] for n in names]),
+        optimizers=names,
+        settings={
+            "dim": dim,
+            "steps": steps,
+            "evals": evals,
+            "seeds": seeds,
+            "replicas": replicas,
+            "C": C,
+            "exponent_bits": 11,
+        },
+    )
+
+
+def _run_grid(spec, bits, het, dim, steps, evals, seeds, replicas):
+    """[M, H, S, R, E, D] parameter trajectories and [M, H] stagnation of one optimizer."""
+    tx = resolve(spec).build()
+    n_rep = 1 + replicas
+
+    def lane(m, h, seed, rep):
+        lam = jnp.logspace(-jnp.log10(h), 0.0, dim)
+        key = jax.random.key(seed)
+        x0 = jnp.where(jax.random.bernoulli(jax.random.fold_in(key, 0), 0.5, (dim,)), 1.0, -1.0)
+        noise = jnp.where(rep == 0, 0.0, 2.0 ** -(m.astype(jnp.float64) + 1))
+        nkey = jax.random.fold_in(jax.random.fold_in(key, 1), rep)
+
+        def rnd(tree, k):
+            leaves, treedef = jax.tree.flatten(tree)
+            out = []
+            for i, x in enumerate(leaves):
+                if jnp.issubdtype(x.dtype, jnp.floating):
+                    xi = jax.random.uniform(jax.random.fold_in(k, i), x.shape, jnp.float64, -1, 1)
+                    x = round_to_bits(x * (1.0 + noise * xi), m)
+                out.append(x)
+            return jax.tree.unflatten(treedef, out)
+
+        def step(carry, t):
+            x, state = carry
+            g = round_to_bits(lam * x, m)
+            upd, state = tx.update({"x": g}, state, {"x": x})
+            k = jax.random.fold_in(nkey, t)
+            state = rnd(state, jax.random.fold_in(k, 1))
+            new = rnd({"x": x + upd["x"]}, jax.random.fold_in(k, 2))["x"]
+            asked = upd["x"] != 0
+            absorbed = jnp.sum(asked & (new == x)) / jnp.maximum(jnp.sum(asked), 1)
+            return (new, state), absorbed
+
+        def block(carry, i):
+            ts = i * (steps // evals) + jnp.arange(steps // evals)
+            carry, absorbed = jax.lax.scan(step, carry, ts)
+            return carry, (carry[0], absorbed.mean())
+
+        x0 = round_to_bits(x0, m)
+        _, (xs, absorbed) = jax.lax.scan(block, (x0, tx.init({"x": x0})), jnp.arange(evals))
+        x_init = x0[None]
+        return jnp.concatenate([x_init, xs]), absorbed.mean()
+
+    f = lane
+    for axis in range(4):  # vmap over replica, seed, heterogeneity, bits (innermost first)
+        f = jax.vmap(f, in_axes=tuple(0 if a == 3 - axis else None for a in range(4)))
+    traj, absorbed = jax.jit(f)(bits, het, jnp.arange(seeds), jnp.arange(n_rep))
+    return traj, absorbed[:, :, :, 0].mean(axis=-1)  # replica 0, mean over seeds
