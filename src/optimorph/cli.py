@@ -72,6 +72,37 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, default=3)
     demo.set_defaults(run=_demo)
 
+    cmp_ = sub.add_parser("compare", help="are two optimizers p-equivalent? (noise-floor rule)")
+    cmp_.add_argument("a", help="optimizer spec A")
+    cmp_.add_argument("b", help="optimizer spec B")
+    _equivalence_args(cmp_)
+    cmp_.set_defaults(run=_compare)
+
+    cls = sub.add_parser("classes", help="equivalence classes of several optimizers per precision")
+    cls.add_argument(
+        "--optimizers",
+        required=True,
+        help="comma-separated specs, e.g. 'sgd(lr=0.1),adam(lr=1e-3)'",
+    )
+    _equivalence_args(cls)
+    cls.set_defaults(run=_classes)
+
+    ph = sub.add_parser("phase-diagram", help="equivalence over mantissa bits x heterogeneity")
+    ph.add_argument("--pairs", nargs="+", required=True, help="pairs 'A|B'")
+    ph.add_argument(
+        "--problem-family",
+        default="quadratic",
+        choices=["quadratic"],
+        help="diagonal quadratic whose condition number is the heterogeneity knob",
+    )
+    ph.add_argument("--mantissa-bits", default=None, help="comma-separated, default 4..52")
+    ph.add_argument("--heterogeneity", default=None, help="comma-separated, default 1..1e4")
+    ph.add_argument("--steps", type=int, default=200)
+    ph.add_argument("--seeds", type=int, default=3)
+    ph.add_argument("--out", type=Path, required=True)
+    ph.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    ph.set_defaults(run=_phase)
+
     rep = sub.add_parser("report", help="redraw the figures and HTML report of a run directory")
     rep.add_argument("run_dir", type=Path)
     rep.set_defaults(run=_report)
@@ -86,6 +117,175 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--log-every", type=int, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _equivalence_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--problem", required=True, help="problem spec")
+    p.add_argument(
+        "--precision",
+        default="fp16,fp32,fp64",
+        help="comma-separated precisions (plain formats; roles via the Python API)",
+    )
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--C", type=float, default=10.0, help="noise-floor constant")
+    p.add_argument("--out", type=Path, default=None, help="also write figures and JSON here")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _split_specs(text: str) -> list[str]:
+    """Split 'a(x=1, y=2),b' on top-level commas only."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "(["
+        depth -= ch in ")]"
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return [x for x in [*out, cur.strip()] if x]
+
+
+def _compare(args) -> int:
+    from optimorph.equivalence.compare import compare
+
+    result = compare(
+        args.a,
+        args.b,
+        problem=args.problem,
+        precision=args.precision.split(","),
+        seeds=args.seeds,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        C=args.C,
+    )
+    doc = {
+        "problem": result.problem,
+        "a": args.a,
+        "b": args.b,
+        "settings": result.settings,
+        "precisions": {p: v[0].summary() for p, v in result.pairs.items()},
+    }
+    for p, (v,) in result.pairs.items():
+        word = "EQUIVALENT" if v.equivalent else "different"
+        print(
+            f"{p:>6}: {word:<10} d/floor={v.distance_ratio:<10.3g} defect={v.defect_ab:.2g}/"
+            f"{v.defect_ba:.2g} kappa={v.kappa_phi:.3g}/{v.kappa_psi:.3g} map={v.map} "
+            f"p={v.p_value:.3g} tost_p={v.tost_p_value:.3g}  {v.reason}",
+            file=sys.stderr,
+        )
+    if args.out:
+        _write_equivalence_outputs(args.out, doc, result)
+    _emit(doc, args.json)
+    return 0
+
+
+def _classes(args) -> int:
+    from optimorph.equivalence.compare import classes
+
+    specs = _split_specs(args.optimizers)
+    result = classes(
+        specs,
+        problem=args.problem,
+        precisions=args.precision.split(","),
+        seeds=args.seeds,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        C=args.C,
+    )
+    doc = {
+        "problem": result.comparison.problem,
+        "optimizers": specs,
+        "precisions": {p: c for p, c in result.classes.items()},
+        "non_transitive": result.non_transitive,
+        "stalled_pairs": result.stalled_pairs,
+        "pairs": {p: [v.summary() for v in vs] for p, vs in result.comparison.pairs.items()},
+    }
+    for p, cl in result.classes.items():
+        print(
+            f"{p:>6}: {len(cl)} classes: " + " | ".join(" ~ ".join(c) for c in cl), file=sys.stderr
+        )
+    if args.out:
+        _write_equivalence_outputs(args.out, doc, result.comparison)
+    _emit(doc, args.json)
+    return 0
+
+
+def _phase(args) -> int:
+    from optimorph.equivalence.phase import HETEROGENEITY, MANTISSA_BITS, phase_diagram
+    from optimorph.report.equivalence_figures import phase_diagram_figure
+    from optimorph.report.figures import save_figure
+    from optimorph.results.atomic import write_json_atomic
+
+    pairs = []
+    for text in args.pairs:
+        if "|" not in text:
+            raise ValueError(f"a pair is 'A|B', got {text!r}")
+        a, b = text.split("|", 1)
+        pairs.append((a.strip(), b.strip()))
+    bits = [int(b) for b in args.mantissa_bits.split(",")] if args.mantissa_bits else MANTISSA_BITS
+    het = [float(h) for h in args.heterogeneity.split(",")] if args.heterogeneity else HETEROGENEITY
+    pd = phase_diagram(
+        pairs, mantissa_bits=bits, heterogeneity=het, steps=args.steps, seeds=args.seeds
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "pairs": [list(p) for p in pd.pairs],
+        "mantissa_bits": pd.mantissa_bits,
+        "heterogeneity": pd.heterogeneity,
+        "settings": pd.settings,
+        "cells": pd.table(),
+    }
+    write_json_atomic(args.out / "phase_diagram.json", doc)
+    labels = [f"{a} | {b}" for a, b in pd.pairs]
+    save_figure(
+        phase_diagram_figure(pd.mantissa_bits, pd.heterogeneity, pd.equivalent, labels),
+        args.out / "phase_diagram.png",
+    )
+    for p, label in enumerate(labels):
+        print(label, file=sys.stderr)
+        for m, b in enumerate(pd.mantissa_bits):
+            row = "".join("#" if e else "." for e in pd.equivalent[p, m])
+            print(f"  mantissa {b:>2}: {row}", file=sys.stderr)
+    _emit(doc, args.json)
+    return 0
+
+
+def _write_equivalence_outputs(out: Path, doc: dict, comparison) -> None:
+    from optimorph.report.equivalence_figures import divergence_grid
+    from optimorph.report.figures import save_figure
+    from optimorph.results.atomic import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "equivalence.json", doc)
+    panels = []
+    for p, verdicts in comparison.pairs.items():
+        for v in verdicts:
+            panels.append(
+                {
+                    "t": v.eval_steps,
+                    "d": v.distance,
+                    "floor_a": v.floor_a,
+                    "floor_b": v.floor_b,
+                    "title": f"{v.a} vs {v.b} @ {p}",
+                    "labels": (v.a, v.b),
+                    "pair": f"{v.a} | {v.b}",
+                    "precision": p,
+                }
+            )
+    save_figure(divergence_grid(panels), out / "divergence.png")
+
+
+def _emit(doc: dict, as_json: bool) -> None:
+    if as_json:
+        import json
+
+        print(json.dumps(doc, indent=2, default=str))
 
 
 def _list(args) -> int:

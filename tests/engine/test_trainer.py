@@ -159,7 +159,11 @@ def test_stochastic_rounding_is_seeded_and_kahan_beats_stagnation():
     kw = dict(seeds=1, steps=300, progress=False)
     spec = "sgd(lr=1e-3)"
     exact = train(prob, spec, precision="fp32", **kw).train_loss[0, 0, -1]
-    nearest = train(prob, spec, precision="bf16", **kw).train_loss[0, 0, -1]
+    stalled_run = train(prob, spec, precision="bf16", track_stalled=True, **kw)
+    nearest = stalled_run.train_loss[0, 0, -1]
+    assert stalled_run.stalled[0, 0, -50:].mean() > 0.5, "bf16 absorbs most tiny updates"
+    fp32 = train(prob, spec, precision="fp32", track_stalled=True, **kw)
+    assert fp32.stalled[0, 0].mean() < 0.05
     kahan = train(prob, spec, precision="bf16,kahan=true", **kw).train_loss[0, 0, -1]
     sr1 = train(prob, spec, precision="bf16,rounding=stochastic", **kw).train_loss[0, 0]
     sr2 = train(prob, spec, precision="bf16,rounding=stochastic", **kw).train_loss[0, 0]

@@ -59,6 +59,7 @@ def train(
     keep_params: bool = True,
     replicas: int = 0,
     record_params: bool = False,
+    track_stalled: bool = False,
 ) -> TrainResult:
     """Train every optimizer on ``problem`` for every seed, compiled end to end.
 
@@ -81,6 +82,8 @@ def train(
         format's unit roundoff, before it is rounded; ``replica_distance`` then holds
         ||theta_replica(t) - theta(t)||. Needs x64 (the unrounded value is formed in float64).
       record_params: return the flattened parameters at every evaluation (``trajectory``).
+      track_stalled: measure per step the fraction of updates that rounding absorbed
+        (``stalled``; NaN when not tracked).
 
     Returns:
       A :class:`TrainResult` with arrays indexed ``[optimizer, seed, time]``.
@@ -106,6 +109,7 @@ def train(
     policy = make_precision(precision)
     plan = _Plan.make(prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas)
     plan.record_params = bool(record_params)
+    plan.track_stalled = bool(track_stalled)
     if plan.replicas:
         require_x64("noise replicas (the noise floor)")
         if policy.kahan or policy.rounding != "nearest":
@@ -169,7 +173,7 @@ def train(
         final_params=final_params if keep_params else [],
         wall_time=time.perf_counter() - started,
         config=config,
-        stalled=series["stalled"],
+        stalled=series["stalled"] if track_stalled else None,
         replica_distance=series.get("replica_distance"),
         trajectory=series.get("trajectory"),
     )
@@ -221,6 +225,7 @@ class _Plan:
             n_intervals=n_intervals,
             replicas=_non_negative_int(replicas, "replicas"),
             record_params=False,
+            track_stalled=False,
         )
 
 
@@ -390,7 +395,11 @@ def _build_programs(prob, template, policy, plan):
         else:
             params, comp = policy.apply_updates(rep["params"], updates, rep["comp"], keys[2])
         state = policy.round_state(state, keys[1])
-        stalled = policy.stalled(rep["params"], updates, params)
+        # Stagnation costs two reductions per step (about 2x at tiny batch sizes): on request.
+        if plan.track_stalled:
+            stalled = policy.stalled(rep["params"], updates, params)
+        else:
+            stalled = jnp.zeros((), jnp.float32)
         bad = ~jnp.isfinite(loss) | ~_all_finite(params)
         first_bad = (rep["diverged"] < 0) & bad
         diverged = jnp.where(first_bad, (t + 1).astype(jnp.int32), rep["diverged"])

@@ -1,0 +1,475 @@
+"""Is A the same algorithm as B at precision p? The noise-floor rule of DESIGN.md section 3.
+
+For each precision every optimizer is trained once (seeds paired: same initialisation and
+batches) together with k noisy replicas of itself, whose spread is its rounding noise floor
+N(t). A pair (A, B) is **p-equivalent** when
+
+    d(t) = ||theta_A(t) - theta_B(t)|| <= C * max(N_A(t), N_B(t), u_p ||theta_A(t)||)
+
+at every evaluation t <= T (C = 10 by default), and the state maps between them have bounded
+condition numbers (kappa <= ``kappa_max``). Choices added to the definition (all arguments):
+- over seeds, the rule is applied to the median over seeds of the ratio at each t, so one
+  unlucky seed does not decide; ``ratio_per_seed`` keeps every seed's maximum;
+- t = 0 is skipped (d = 0 = floor there);
+- a run that went NaN/inf where the other did not is a difference, reported with its first step;
+  both diverged is reported as undecidable (not equivalent);
+- a verdict reached while both optimizers had most of their updates absorbed by rounding
+  (stagnation > ``stall_limit``) is flagged ``stalled``: collapse by stalling is not evidence
+  that the algorithms are the same.
+Final performance is compared with a paired t-test and a TOST equivalence test whose margin is
+stated up front (``margin``, relative to B's mean final loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from optimorph import stats
+from optimorph.engine import train
+from optimorph.equivalence import defect as defect_lib
+from optimorph.equivalence import theory
+from optimorph.optimizers import resolve
+from optimorph.precision import precision as make_precision
+from optimorph.precision import require_x64
+from optimorph.problems import Problem
+from optimorph.problems import problem as make_problem
+
+__all__ = ["PairVerdict", "Comparison", "measure", "compare", "DEFAULTS"]
+
+DEFAULTS = {
+    "C": 10.0,  # DESIGN.md section 3
+    "replicas": 4,  # k noisy replicas per run
+    "kappa_max": 1e4,  # bound on kappa(phi), kappa(psi)
+    "margin": 0.05,  # TOST margin, relative to B's mean final loss
+    "stall_limit": 0.5,  # mean fraction of absorbed updates above which a run counts as stalled
+}
+
+
+@dataclasses.dataclass
+class PairVerdict:
+    """Everything measured about one pair at one precision, and the verdict with its reasons."""
+
+    a: str
+    b: str
+    precision: str
+    equivalent: bool
+    reason: str
+    distance_ratio: float
+    ratio_per_seed: list[float]
+    growth_exponent: float
+    defect_ab: float
+    defect_ba: float
+    defect_ab_median: float
+    defect_ba_median: float
+    kappa_phi: float
+    kappa_psi: float
+    map: str
+    map_residual: float | None
+    stalled: bool
+    stalled_a: float
+    stalled_b: float
+    first_nan_a: int | None
+    first_nan_b: int | None
+    intrinsic_error_a: float
+    intrinsic_error_b: float
+    p_value: float
+    tost_p_value: float
+    tost_margin: float
+    final_metric: str
+    theory: dict
+    # Curves for figures: [S, E] arrays over evaluation steps.
+    eval_steps: np.ndarray = dataclasses.field(repr=False, default=None)
+    distance: np.ndarray = dataclasses.field(repr=False, default=None)
+    floor_a: np.ndarray = dataclasses.field(repr=False, default=None)
+    floor_b: np.ndarray = dataclasses.field(repr=False, default=None)
+
+    def summary(self) -> dict:
+        """The JSON-able numbers (no curves), names as in the CLI's ``--json`` output."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("eval_steps", "distance", "floor_a", "floor_b"):
+                continue
+            out[f.name] = _jsonable(getattr(self, f.name))
+        return out
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Per precision, the verdicts of every measured pair."""
+
+    problem: str
+    optimizers: list[str]
+    precisions: list[str]
+    pairs: dict[str, list[PairVerdict]]  # precision -> verdicts
+    settings: dict
+
+    def verdict(self, a: str, b: str, precision: str) -> PairVerdict:
+        for v in self.pairs[precision]:
+            if {v.a, v.b} == {a, b}:
+                return v
+        raise KeyError((a, b, precision))
+
+
+@dataclasses.dataclass
+class _Runs:
+    """One precision's training of every optimizer, with replicas and trajectories."""
+
+    result: Any  # TrainResult
+    floor: np.ndarray  # [O, S, E]
+    norm: np.ndarray  # [O, S, E] ||theta||
+
+
+def measure(
+    problem: Any,
+    optimizers: Sequence[Any],
+    *,
+    precision: str,
+    seeds: int = 5,
+    steps: int = 500,
+    batch_size: int | None = None,
+    eval_every: int | None = None,
+    replicas: int = DEFAULTS["replicas"],
+    progress: bool = True,
+) -> _Runs:
+    """Train every optimizer once at ``precision`` with noise replicas and recorded trajectories."""
+    result = train(
+        problem,
+        list(optimizers),
+        seeds=seeds,
+        steps=steps,
+        batch_size=batch_size,
+        precision=precision,
+        eval_every=eval_every,
+        replicas=replicas,
+        record_params=True,
+        track_stalled=True,
+        progress=progress,
+        keep_params=False,
+    )
+    return _Runs(result, result.noise_floor(), np.linalg.norm(result.trajectory, axis=-1))
+
+
+def compare(
+    a: Any,
+    b: Any,
+    *,
+    problem: Any,
+    precision: str | Sequence[str] = "fp32",
+    seeds: int = 5,
+    steps: int = 500,
+    batch_size: int | None = None,
+    eval_every: int | None = None,
+    phi: Any = None,
+    progress: bool = True,
+    **settings: Any,
+) -> Comparison:
+    """Compare two optimizers at one or several precisions.
+
+    Args:
+      a, b: spec strings, registered names or any optax GradientTransformation.
+      problem: a Problem or problem spec.
+      precision: one precision spec or several (``["fp16", "fp32", "fp64"]``).
+      seeds, steps, batch_size, eval_every: the training runs (seeds are paired).
+      phi: a :class:`~optimorph.equivalence.maps.StateMap` from A to B; default: the registered
+        exact map, else a fitted one.
+      **settings: override ``DEFAULTS`` (C, replicas, kappa_max, margin, stall_limit).
+
+    Returns:
+      A :class:`Comparison`; ``comparison.pairs[p][0]`` is the verdict at precision p.
+
+    >>> import jax; jax.config.update("jax_enable_x64", True)
+    >>> c = compare("sgd(lr=0.05)", "momentum(lr=0.05, beta=0)", problem="quadratic(dim=4)",
+    ...             precision="fp32", seeds=2, steps=40, progress=False)
+    >>> c.pairs["fp32"][0].equivalent
+    True
+    """
+    return _evaluate(
+        [a, b],
+        problem,
+        precision,
+        seeds,
+        steps,
+        batch_size,
+        eval_every,
+        progress,
+        settings,
+        maps={(0, 1): phi} if phi is not None else {},
+    )
+
+
+def _evaluate(
+    optimizers,
+    problem,
+    precision,
+    seeds,
+    steps,
+    batch_size,
+    eval_every,
+    progress,
+    settings,
+    maps=None,
+    pairs=None,
+) -> Comparison:
+    require_x64("numerical equivalence (noise floors and emulated formats)")
+    unknown = set(settings) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}; valid: {', '.join(DEFAULTS)}")
+    cfg = {**DEFAULTS, **settings}
+    prob = problem if isinstance(problem, Problem) else make_problem(problem)
+    specs = [resolve(o) for o in optimizers]
+    names = [s.text for s in specs]
+    precisions = [precision] if isinstance(precision, str) else list(precision)
+    pairs = pairs or list(itertools.combinations(range(len(specs)), 2))
+    out: dict[str, list[PairVerdict]] = {}
+    for p in precisions:
+        p_name = str(make_precision(p))
+        runs = measure(
+            prob,
+            specs,
+            precision=p,
+            seeds=seeds,
+            steps=steps,
+            batch_size=batch_size,
+            eval_every=eval_every,
+            replicas=int(cfg["replicas"]),
+            progress=progress,
+        )
+        out[p] = [
+            _pair_verdict(
+                prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, (maps or {}).get((i, j))
+            )
+            for i, j in pairs
+        ]
+    return Comparison(
+        prob.name,
+        names,
+        precisions,
+        out,
+        {**cfg, "seeds": seeds, "steps": steps, "batch_size": batch_size},
+    )
+
+
+def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, smap):
+    r = runs.result
+    u = make_precision(p).unit_roundoff
+    d = np.linalg.norm(r.trajectory[i] - r.trajectory[j], axis=-1)  # [S, E]
+    floor = np.maximum.reduce([runs.floor[i], runs.floor[j], u * runs.norm[i]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(d == 0, 0.0, d / floor)[:, 1:]  # t = 0 skipped
+    med = np.median(ratio, axis=0)
+    distance_ratio = float(np.nanmax(med)) if np.isfinite(med).any() else float("inf")
+    per_seed = [float(np.nanmax(x)) if np.isfinite(x).any() else float("inf") for x in ratio]
+    t = r.eval_steps[1:].astype(float)
+    growth = stats.growth_exponent(t, np.median(d[:, 1:], axis=0))[0]
+
+    nan_a, nan_b = _first_nan(r.diverged_at[i]), _first_nan(r.diverged_at[j])
+    every = max(steps // 20, 1)
+    dfx = defect_lib.simulation_defect(
+        specs[i],
+        specs[j],
+        prob,
+        p,
+        smap=smap,
+        seed=0,
+        steps=steps,
+        batch_size=batch_size,
+        every=every,
+    )
+    stalled_a = float(np.nanmean(r.stalled[i]))
+    stalled_b = float(np.nanmean(r.stalled[j]))
+    stalled = stalled_a > cfg["stall_limit"] and stalled_b > cfg["stall_limit"]
+    intrinsic_a = _intrinsic_error(prob, specs[i], p, steps, batch_size, every)
+    intrinsic_b = _intrinsic_error(prob, specs[j], p, steps, batch_size, every)
+
+    key = _final_metric(r.evals)
+    fa, fb = r.evals[key][i, :, -1], r.evals[key][j, :, -1]
+    ttest = stats.paired_t_test(fa, fb)
+    margin = cfg["margin"] * abs(float(np.nanmean(fb))) if np.isfinite(fb).all() else float("nan")
+    tost = stats.tost(fa, fb, cfg["margin"], relative=True)
+
+    kappa_ok = max(dfx.kappa_phi, dfx.kappa_psi) <= cfg["kappa_max"]
+    if nan_a is not None or nan_b is not None:
+        equivalent = False
+        if nan_a is not None and nan_b is not None:
+            reason = f"both diverged (A at step {nan_a}, B at step {nan_b}): undecidable"
+        else:
+            who, step = ("A", nan_a) if nan_a is not None else ("B", nan_b)
+            reason = f"{who} produced NaN/inf at step {step} and the other did not"
+    elif distance_ratio > cfg["C"]:
+        equivalent, reason = False, f"d/floor reached {distance_ratio:.3g} > C={cfg['C']:g}"
+    elif not kappa_ok:
+        equivalent = False
+        reason = (
+            f"d/floor {distance_ratio:.3g} <= C but kappa(phi)={dfx.kappa_phi:.3g}, "
+            f"kappa(psi)={dfx.kappa_psi:.3g} exceed {cfg['kappa_max']:g}"
+        )
+    else:
+        equivalent = True
+        reason = f"d/floor <= {distance_ratio:.3g} <= C={cfg['C']:g}, kappa bounded"
+    if stalled:
+        reason += (
+            f"; WARNING: both runs mostly stalled (updates absorbed: A {stalled_a:.0%}, "
+            f"B {stalled_b:.0%}): a collapse by stagnation, not evidence of one algorithm"
+        )
+    checks = _theory(prob, specs[i], specs[j], p, steps, batch_size, every)
+    return PairVerdict(
+        a=specs[i].text,
+        b=specs[j].text,
+        precision=p_name,
+        equivalent=equivalent,
+        reason=reason,
+        distance_ratio=distance_ratio,
+        ratio_per_seed=per_seed,
+        growth_exponent=float(growth),
+        defect_ab=dfx.ab_max,
+        defect_ba=dfx.ba_max,
+        defect_ab_median=dfx.ab_median,
+        defect_ba_median=dfx.ba_median,
+        kappa_phi=dfx.kappa_phi,
+        kappa_psi=dfx.kappa_psi,
+        map=dfx.map_name if dfx.map_kind == "exact" else "fitted",
+        map_residual=dfx.residual,
+        stalled=stalled,
+        stalled_a=stalled_a,
+        stalled_b=stalled_b,
+        first_nan_a=nan_a,
+        first_nan_b=nan_b,
+        intrinsic_error_a=intrinsic_a,
+        intrinsic_error_b=intrinsic_b,
+        p_value=ttest.p_value,
+        tost_p_value=tost.p_value,
+        tost_margin=margin,
+        final_metric=key,
+        theory=checks,
+        eval_steps=r.eval_steps,
+        distance=d,
+        floor_a=runs.floor[i],
+        floor_b=runs.floor[j],
+    )
+
+
+def _first_nan(steps: np.ndarray) -> int | None:
+    bad = steps[steps >= 0]
+    return int(bad.min()) if bad.size else None
+
+
+def _final_metric(evals: dict) -> str:
+    for key in ("test/loss", "train/loss"):
+        if key in evals:
+            return key
+    return next(iter(evals))
+
+
+def _intrinsic_error(prob, spec, p, steps, batch_size, every) -> float:
+    """Median over visited states of ||U_p(s, g) - U(s, g)|| / ||U(s, g) - s|| on parameters:
+    how much of each update rounding at p changes (U computed in float64 without rounding)."""
+    visited = defect_lib.visited_states(
+        prob, spec, p, seed=0, steps=steps, batch_size=batch_size, every=every
+    )
+    errs = []
+    for params, state, grads in visited:
+        rounded = _flat(defect_lib.one_step(spec, p, params, state, grads)[0])
+        exact = _flat(defect_lib.one_step(spec, "fp64", params, state, grads)[0])
+        step = np.linalg.norm(exact - _flat(params))
+        if step > 0:
+            errs.append(np.linalg.norm(rounded - exact) / step)
+    return float(np.median(errs)) if errs else float("nan")
+
+
+def _theory(prob, spec_a, spec_b, p, steps, batch_size, every) -> dict:
+    """The proposal's bounds, measured on A's visited gradients (and Hessian when small)."""
+    visited = defect_lib.visited_states(
+        prob, spec_a, p, seed=0, steps=steps, batch_size=batch_size, every=every
+    )
+    grads = [g for _, _, g in visited]
+    params = [s for s, _, _ in visited]
+    try:
+        return _jsonable(theory.theory_checks(prob, grads, params))
+    except ValueError as err:  # model too large for an exact Hessian
+        return {"note": str(err)}
+
+
+def _flat(tree) -> np.ndarray:
+    import jax
+
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else (None if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+@dataclasses.dataclass
+class Classes:
+    """Per precision: the equivalence classes of the given optimizers, with the verdicts."""
+
+    comparison: Comparison
+    classes: dict[str, list[list[str]]]  # precision -> classes (lists of specs as given)
+    non_transitive: dict[str, list[tuple[str, str, str]]]
+    stalled_pairs: dict[str, list[tuple[str, str]]]
+
+
+def classes(
+    optimizers: Sequence[Any],
+    *,
+    problem: Any,
+    precisions: str | Sequence[str] = ("fp16", "fp32", "fp64"),
+    seeds: int = 5,
+    steps: int = 500,
+    batch_size: int | None = None,
+    eval_every: int | None = None,
+    progress: bool = True,
+    **settings: Any,
+) -> Classes:
+    """The equivalence graph of ``optimizers`` at each precision and its connected components.
+
+    Every optimizer is trained once per precision (with its noise replicas); every pair is then
+    judged by :func:`compare`'s rule. Components are the classes; triples with a ~ b, b ~ c but
+    not a ~ c are reported (p-equivalence is not transitive in general).
+
+    >>> import jax; jax.config.update("jax_enable_x64", True)
+    >>> c = classes(["sgd(lr=0.05)", "momentum(lr=0.05, beta=0)", "signsgd(lr=0.05)"],
+    ...             problem="least-squares(n=32, d=4, hetero=30)", precisions="fp64", seeds=2,
+    ...             steps=40, progress=False)
+    >>> c.classes["fp64"]
+    [['sgd(lr=0.05)', 'momentum(lr=0.05, beta=0)'], ['signsgd(lr=0.05)']]
+    """
+    from optimorph.equivalence import classes as graph_lib
+
+    comp = _evaluate(
+        list(optimizers),
+        problem,
+        precisions,
+        seeds,
+        steps,
+        batch_size,
+        eval_every,
+        progress,
+        settings,
+    )
+    names = comp.optimizers
+    out, triples, stalled = {}, {}, {}
+    for p, verdicts in comp.pairs.items():
+        edges = {(v.a, v.b): v.equivalent for v in verdicts}
+        graph = graph_lib.equivalence_graph(names, edges)
+        out[p] = graph_lib.components(graph)
+        triples[p] = graph_lib.non_transitive_triples(graph)
+        stalled[p] = [(v.a, v.b) for v in verdicts if v.stalled and v.equivalent]
+    return Classes(comp, out, triples, stalled)
