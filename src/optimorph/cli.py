@@ -103,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     ph.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     ph.set_defaults(run=_phase)
 
+    ex = sub.add_parser("run", help="run a named experiment (proposal16)")
+    ex.add_argument("experiment", choices=["proposal16"])
+    ex.add_argument("--quick", action="store_true", help="the same pipeline, small enough for CI")
+    ex.add_argument("--out", type=Path, default=None, help="default runs/<experiment>")
+    ex.add_argument("--quiet", action="store_true")
+    ex.set_defaults(run=_experiment)
+
     rep = sub.add_parser("report", help="redraw the figures and HTML report of a run directory")
     rep.add_argument("run_dir", type=Path)
     rep.set_defaults(run=_report)
@@ -279,6 +286,22 @@ def _write_equivalence_outputs(out: Path, doc: dict, comparison) -> None:
                 }
             )
     save_figure(divergence_grid(panels), out / "divergence.png")
+
+
+def _experiment(args) -> int:
+    from optimorph.experiments import proposal16
+
+    out = args.out or Path("runs") / (args.experiment + ("-quick" if args.quick else ""))
+    recipe = proposal16.Recipe.quick() if args.quick else proposal16.Recipe()
+    doc = proposal16.run(out, recipe, progress=not args.quiet)
+    for label, res in doc["problems"].items():
+        print(f"{label}: {res['problem']}")
+        for p, cl in res["classes"].items():
+            print(f"  {p}: {len(cl)} classes: " + " | ".join(" ~ ".join(c) for c in cl))
+        for r in res["expectations"]:
+            print(f"  [{'held' if r['held'] else 'FAILED'}] {r['claim']}: {r['evidence']}")
+    print(f"report: {out / 'report.html'}", file=sys.stderr)
+    return 0
 
 
 def _emit(doc: dict, as_json: bool) -> None:

@@ -184,8 +184,9 @@ def compare(
       A :class:`Comparison`; ``comparison.pairs[p][0]`` is the verdict at precision p.
 
     >>> import jax; jax.config.update("jax_enable_x64", True)
-    >>> c = compare("sgd(lr=0.05)", "momentum(lr=0.05, beta=0)", problem="quadratic(dim=4)",
-    ...             precision="fp32", seeds=2, steps=40, progress=False)
+    >>> c = compare("sgd(lr=0.05)", "momentum(lr=0.05, beta=0)",
+    ...             problem="quadratic(dim=4, kappa=10)", precision="fp32", seeds=2, steps=40,
+    ...             progress=False)
     >>> c.pairs["fp32"][0].equivalent
     True
     """

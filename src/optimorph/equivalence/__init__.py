@@ -1,0 +1,1 @@
+"""Numerical equivalence of optimizers at a precision (DESIGN.md section 3)."""

@@ -1,0 +1,437 @@
+"""The one-step simulation defect between two optimizers at a precision (DESIGN.md section 3).
+
+An optimizer at precision p is the rounded map U_p(s, g) = fl_p(U(s, g)) on states
+s = (params, optimizer state). Given a state map phi: S_A -> S_B (inverse psi), B simulates A for
+one step from s when U_B(phi(s), g) = phi(U_A(s, g)). The defect measures how far that fails on
+the states A actually visits:
+
+    D_AB = max_s ||U_B(phi(s), g) - phi(U_A(s, g))|| / ||phi(U_A(s, g))||,
+
+and D_BA the same with the roles swapped (B's visited states, psi). Norms are Euclidean over the
+whole flattened state: params and the state fields the map keeps (dropped fields and the integer
+count are left out). phi's outputs are rounded to B's formats (the policy's params and state
+formats), because a state B could be in has its stored values at p; phi itself is applied in
+float64 (float32 without x64) to the exactly widened stored values, so fl_p(phi(s)) is phi
+rounded once. All maps keep params, so the gradient at phi(s) is the gradient g recorded at s.
+
+Visited states come from a compiled run that computes as the engine does (same seed -> same init,
+same batches, bit for bit the engine's parameters), so they are states of a real training run.
+
+Choices made here (documented, not in DESIGN.md):
+
+* The optimizers run with their hyperparameters stored in the policy's hparams format, as in the
+  engine, while an exact map's factors (1 - beta, eta) are the spec's real values. At low
+  precision that mismatch (e.g. 0.9 stored as 0.8999 in fp16) is part of the measured defect; it
+  is of the order of the unit roundoff, like the rest.
+* Only deterministic rounding is supported: stochastic rounding makes U_p random and Kahan
+  summation adds a compensation to the state, so both raise a ValueError.
+* A coordinate that is NaN in both states, or equal infinities, agrees; NaN or inf in one state
+  only makes that state's defect inf (e.g. Adam with eps = 0 on a zero gradient gives 0/0 where
+  sign descent gives 0). 0/0 for the ratio (both states zero) is 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optimorph.equivalence.maps import StateMap, find_map, fit_map
+from optimorph.optimizers import OptimizerSpec, resolve
+from optimorph.precision import FP32, FP64, Precision
+from optimorph.precision import precision as make_precision
+from optimorph.problems import Problem
+from optimorph.problems import problem as make_problem
+
+__all__ = ["Defect", "one_step", "simulation_defect", "visited_states"]
+
+PyTree = Any
+Visited = tuple[PyTree, PyTree, PyTree]  # (params, state, grads)
+
+_CACHE_MAX = 32
+_VISIT: dict = {}  # compiled runs, keyed by what they close over (and holding those objects)
+_STEP: dict = {}  # compiled one-step maps (vmapped over a leading axis of states)
+
+
+@dataclasses.dataclass(frozen=True)
+class Defect:
+    """One-step simulation defects of a pair of optimizers at a precision, both directions
+    (made by :func:`simulation_defect`, whose docstring has an example).
+
+    Attributes:
+      a, b: the optimizers' canonical specs.
+      precision: the policy's spec.
+      ab_max, ab_median: max and median over A's visited states of
+        ||U_B(phi(s), g) - phi(U_A(s, g))|| / ||phi(U_A(s, g))||.
+      ba_max, ba_median: the same over B's visited states with psi.
+      ab, ba: the per-state values, in visiting order.
+      map_name, map_kind: the map used (``'exact'`` or ``'fitted'``).
+      kappa_phi, kappa_psi: its condition numbers.
+      residual: the fit residual of a fitted map (None for exact maps).
+      dropped: fields the map does not carry (left out of the norms).
+    """
+
+    a: str
+    b: str
+    precision: str
+    ab_max: float
+    ab_median: float
+    ba_max: float
+    ba_median: float
+    ab: tuple[float, ...]
+    ba: tuple[float, ...]
+    map_name: str
+    map_kind: str
+    kappa_phi: float
+    kappa_psi: float
+    residual: float | None
+    dropped: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# The rounded update, as the engine computes it
+
+
+def _policy(precision: Any) -> Precision:
+    policy = make_precision(precision)
+    if policy.rounding != "nearest" or policy.kahan:
+        # Stochastic rounding makes U_p random and Kahan adds a compensation to the state: the
+        # one-step defect is defined for the deterministic rounded map only.
+        raise ValueError(
+            f"the simulation defect needs rounding=nearest without kahan; got {policy.name!r}"
+        )
+    return policy
+
+
+def _transformation(spec: OptimizerSpec, policy: Precision) -> optax.GradientTransformation:
+    """The optimizer with its hyperparameters stored in the policy's hparams format, as the
+    engine does (schedule parameters stay in high precision, like a host-side schedule)."""
+    traced = {}
+    for name, value in spec.traced_values().items():
+        arr = jnp.asarray(value, jnp.result_type(float))
+        traced[name] = arr if "." in name else policy.round_hparam(arr)
+    return spec.build(traced)
+
+
+def _update(tx, policy: Precision, params, state, grads) -> tuple[PyTree, PyTree]:
+    """U_p: the engine's step from (params, state) with a given (already rounded) gradient."""
+    params_c = policy.to_compute(params)
+    updates, new_state = tx.update(grads, policy.to_compute(state), params_c)
+    return policy.apply_updates(params, updates)[0], policy.round_state(new_state)
+
+
+def _spec_key(spec: OptimizerSpec) -> tuple:
+    return (spec.canonical, id(spec.custom))
+
+
+def _cached(cache: dict, key: tuple, make, keep: tuple):
+    if key not in cache:
+        if len(cache) >= _CACHE_MAX:
+            cache.pop(next(iter(cache)))
+        cache[key] = (keep, make())  # `keep` holds the objects whose ids are in the key
+    return cache[key][1]
+
+
+def _stepper(spec: OptimizerSpec, policy: Precision):
+    """jit(vmap(U_p)) over a leading axis of (params, state, grads)."""
+
+    def make():
+        tx = _transformation(spec, policy)
+        return jax.jit(jax.vmap(lambda p, s, g: _update(tx, policy, p, s, g)))
+
+    return _cached(_STEP, (_spec_key(spec), policy), make, (spec,))
+
+
+def one_step(
+    spec: Any, precision: Any, params: PyTree, state: PyTree, grads: PyTree
+) -> tuple[PyTree, PyTree]:
+    """The rounded update U_p: one step of the optimizer at the precision, as the engine takes it.
+
+    params <- fl_p(params + u) and state <- fl_p(state') where (u, state') = update(g, state).
+
+    Args:
+      spec: optimizer spec (string or OptimizerSpec).
+      precision: precision spec or policy (round to nearest, no Kahan).
+      params: params in the policy's params format.
+      state: optimizer state in the policy's state formats.
+      grads: the gradient, already rounded to the grads format.
+
+    Returns:
+      ``(params, state)`` after the step, in the policy's formats.
+
+    >>> import jax.numpy as jnp
+    >>> p, s = one_step("sgd(lr=0.5)", "fp32", {"w": jnp.ones(2, jnp.float32)},
+    ...                 resolve("sgd").build().init(None), {"w": jnp.ones(2, jnp.float32)})
+    >>> p["w"].tolist(), int(s.count)
+    ([0.5, 0.5], 1)
+    """
+    spec, policy = resolve(spec), _policy(precision)
+    batch = jax.tree.map(lambda x: jnp.asarray(x)[None], (params, state, grads))
+    new = _stepper(spec, policy)(*batch)
+    return jax.tree.map(lambda x: x[0], new)
+
+
+# ---------------------------------------------------------------------------------------------
+# Visited states
+
+
+def _runner(prob: Problem, spec: OptimizerSpec, policy: Precision, plan: tuple):
+    """A compiled run ``seed key -> stacked (params, state, grads)`` at every ``every``-th step."""
+    steps, every, batch, full = plan
+    n = prob.n_train
+    per_epoch = max(n // batch, 1)
+
+    def make():
+        tx = _transformation(spec, policy)
+
+        def run(key, train):
+            # The engine's key layout: (init, data, stochastic rounding, noise replicas).
+            init_key, data_key, _, _ = jax.random.split(key, 4)
+            params = policy.cast_params(prob.init(init_key))
+            state = policy.round_state(tx.init(policy.to_compute(params)))
+
+            def step(carry, t):
+                params, state = carry
+                if full:
+                    data = train
+                else:
+                    perm = jax.random.permutation(jax.random.fold_in(data_key, t // per_epoch), n)
+                    idx = jax.lax.dynamic_slice(perm, ((t % per_epoch) * batch,), (batch,))
+                    data = tuple(jnp.take(x, idx, axis=0) for x in train)
+                g = jax.grad(prob.loss)(policy.to_compute(params), data)
+                g = policy.round_grads(g)
+                return _update(tx, policy, params, state, g), (params, state, g)
+
+            def inner(carry, t):
+                # The record rides in the carry and is replaced at the interval's first step:
+                # one traced step (half the compile time of a separate first step) and no
+                # per-step outputs kept in memory.
+                state, record = carry
+                state, now = step(state, t)
+                keep = t % every == 0
+                record = jax.tree.map(lambda r, n: jnp.where(keep, n, r), record, now)
+                return (state, record), None
+
+            def interval(carry, k):
+                ts = k * every + jnp.arange(every, dtype=jnp.int32)
+                (carry, record), _ = jax.lax.scan(inner, (carry, blank), ts)
+                return carry, record
+
+            grads0 = jax.tree.map(lambda p: jnp.zeros(p.shape, policy.grads.storage_dtype), params)
+            blank = (params, state, grads0)
+            ks = jnp.arange(steps // every, dtype=jnp.int32)
+            return jax.lax.scan(interval, (params, state), ks)[1]
+
+        return jax.jit(run)
+
+    key = (id(prob), _spec_key(spec), policy, plan)
+    return _cached(_VISIT, key, make, (prob, spec))
+
+
+def _visit(problem, spec, policy, seed, steps, batch_size, every) -> Visited:
+    """Stacked (params, state, grads) with a leading axis over the recorded steps."""
+    prob = problem if isinstance(problem, Problem) else make_problem(problem)
+    for name, value in (("steps", steps), ("every", every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if steps % every:
+        raise ValueError(f"every={every} must divide steps={steps}")
+    n = prob.n_train
+    full = prob.full_batch or batch_size is None or batch_size >= n
+    batch = n if full else int(batch_size)
+    policy.warn_hparams({k: v for k, v in spec.traced_values().items() if "." not in k})
+    train = tuple(
+        jnp.asarray(x, policy.compute_dtype)
+        if np.issubdtype(np.asarray(x).dtype, np.floating)
+        else jnp.asarray(x)
+        for x in prob.train
+    )
+    run = _runner(prob, spec, policy, (steps, every, batch, full))
+    return run(jax.random.key(seed), train)
+
+
+def _unstack(stacked: PyTree) -> list:
+    count = jax.tree.leaves(stacked)[0].shape[0]
+    return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(count)]
+
+
+def visited_states(
+    problem: Any,
+    spec: Any,
+    precision: Any,
+    *,
+    seed: int = 0,
+    steps: int = 200,
+    batch_size: int | None = None,
+    every: int = 10,
+) -> list[Visited]:
+    """The states a training run of ``spec`` at ``precision`` visits, with their gradients.
+
+    The run computes as the engine does: params stored in the params format; at step t,
+    g = round_grads(grad loss(to_compute(params), batch_t)), (u, state) = update(g, state),
+    state rounded to its formats, params = fl(params + u). Seed s gives the engine's
+    initialisation and batch order (epoch permutations drawn from the seed); ``batch_size=None``
+    is full batch. The run is one compiled ``lax.scan``.
+
+    Args:
+      problem: a Problem or problem spec.
+      spec: optimizer spec.
+      precision: precision spec or policy (round to nearest, no Kahan).
+      seed: training seed.
+      steps: updates to run; must be a multiple of ``every``.
+      batch_size: minibatch size, None for full batch.
+      every: record every this many steps (steps 0, every, 2 every, ...).
+
+    Returns:
+      ``steps // every`` tuples ``(params, state, grads)``: the state *before* the update at that
+      step and the gradient that update uses.
+
+    >>> v = visited_states("quadratic(dim=3)", "sgd(lr=0.1)", "fp32", steps=20, every=10)
+    >>> len(v), [int(s.count) for _, s, _ in v]
+    (2, [0, 10])
+    """
+    stacked = _visit(problem, resolve(spec), _policy(precision), seed, steps, batch_size, every)
+    return _unstack(stacked)
+
+
+# ---------------------------------------------------------------------------------------------
+# The defect
+
+
+def _wide_format():
+    return FP64 if jax.config.jax_enable_x64 else FP32
+
+
+def _widen(tree: PyTree) -> PyTree:
+    """Float leaves converted exactly to float64 (float32 without x64); others untouched."""
+    fmt = _wide_format()
+    return jax.tree.map(
+        lambda x: fmt.round(x) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree
+    )
+
+
+def _mapped(fn, policy: Precision, params: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
+    """fl_p(fn(params, state)) for a stack of states: the map applied in the wide dtype, then
+    params rounded to the params format and the state to its formats."""
+    params_m, state_m = jax.vmap(fn)(_widen(params), _widen(state))
+    return policy.cast_params(params_m), policy.round_state(state_m)
+
+
+def _kept(params: PyTree, state: PyTree, fields: set[str]) -> list:
+    """Float leaves of params and of the state fields in ``fields`` ('state': all of them)."""
+    if hasattr(state, "_fields"):
+        parts = [getattr(state, f) for f in state._fields if f in fields]
+    else:
+        parts = [state] if "state" in fields else []
+    return [
+        np.asarray(x).astype(np.float64)
+        for x in jax.tree.leaves((params, parts))
+        if jnp.issubdtype(jnp.result_type(x), jnp.floating)
+    ]
+
+
+def _relative(got: list, want: list) -> float:
+    """||got - want|| / ||want|| over the concatenation of one state's leaves.
+
+    Coordinates equal in both (infinities included) or NaN in both count as agreeing; a NaN or
+    inf in one and not the other makes the defect inf. 0/0 is 0 (both states are zero).
+    """
+    num = den = 0.0
+    for x, y in zip(got, want, strict=True):
+        with np.errstate(over="ignore", invalid="ignore"):  # inf - inf, overflowing squares
+            same = (x == y) | (np.isnan(x) & np.isnan(y))
+            diff = np.where(same, 0.0, x - y)
+            if not np.all(np.isfinite(diff)):
+                return math.inf
+            num += float(np.sum(diff**2))
+            den += float(np.sum(np.where(np.isfinite(y), y, 0.0) ** 2))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return math.sqrt(num / den)
+
+
+def _direction(visited: Visited, step_src, step_dst, smap: StateMap, policy) -> list[float]:
+    """Per visited state s of the source: ||U_dst(phi(s), g) - phi(U_src(s, g))|| / ||...||."""
+    params, state, grads = visited
+    params_src, state_src = step_src(params, state, grads)
+    want = _mapped(smap.phi, policy, params_src, state_src)
+    start = _mapped(smap.phi, policy, params, state)
+    got = step_dst(*start, grads)
+    fields = set(smap.scales)
+    got_rows, want_rows = _unstack(got), _unstack(want)
+    return [
+        _relative(_kept(*g, fields), _kept(*w, fields))
+        for g, w in zip(got_rows, want_rows, strict=True)
+    ]
+
+
+def simulation_defect(
+    a: Any,
+    b: Any,
+    problem: Any,
+    precision: Any,
+    *,
+    smap: StateMap | None = None,
+    family: str = "scalar",
+    seed: int = 0,
+    steps: int = 200,
+    batch_size: int | None = None,
+    every: int = 10,
+) -> Defect:
+    """D_AB and D_BA, the one-step simulation defects of A and B at a precision.
+
+    D_AB = max over A's visited states s of ||U_B(phi(s), g) - phi(U_A(s, g))|| /
+    ||phi(U_A(s, g))||, with phi's outputs rounded to B's formats (see the module docstring);
+    D_BA symmetrically over B's visited states with psi. Medians are reported beside the maxima.
+
+    Args:
+      a, b: optimizer specs.
+      problem: a Problem or problem spec.
+      precision: precision spec or policy (round to nearest, no Kahan).
+      smap: the map A -> B; default: the registered exact map (:func:`find_map`), else one
+        fitted by :func:`fit_map` on the visited states of A and B of matched runs (same seed,
+        same batches), at the same steps the defect is measured on.
+      family: the fitted map's family, ``'scalar'`` or ``'diagonal'``.
+      seed, steps, batch_size, every: the runs (see :func:`visited_states`).
+
+    Returns:
+      A :class:`Defect`.
+
+    >>> d = simulation_defect("adam(lr=0.01, b1=0, b2=0, eps=0)", "signsgd(lr=0.01)",
+    ...                       "quadratic(dim=4, kappa=10)", "fp32", steps=20, every=10)
+    >>> d.ab_max, d.ba_max, d.map_kind, d.dropped
+    (0.0, 0.0, 'exact', ('m', 'v'))
+    """
+    spec_a, spec_b, policy = resolve(a), resolve(b), _policy(precision)
+    prob = problem if isinstance(problem, Problem) else make_problem(problem)
+    visit_a = _visit(prob, spec_a, policy, seed, steps, batch_size, every)
+    visit_b = _visit(prob, spec_b, policy, seed, steps, batch_size, every)
+    if smap is None:
+        smap = find_map(spec_a, spec_b)
+    if smap is None:
+        smap = fit_map(_unstack(visit_a), _unstack(visit_b), family)
+    step_a, step_b = _stepper(spec_a, policy), _stepper(spec_b, policy)
+    ab = _direction(visit_a, step_a, step_b, smap, policy)
+    ba = _direction(visit_b, step_b, step_a, smap.inverse(), policy)
+    return Defect(
+        a=spec_a.canonical,
+        b=spec_b.canonical,
+        precision=policy.name,
+        ab_max=float(np.max(ab)),
+        ab_median=float(np.median(ab)),
+        ba_max=float(np.max(ba)),
+        ba_median=float(np.median(ba)),
+        ab=tuple(ab),
+        ba=tuple(ba),
+        map_name=smap.name,
+        map_kind=smap.kind,
+        kappa_phi=smap.kappa_phi,
+        kappa_psi=smap.kappa_psi,
+        residual=smap.residual,
+        dropped=smap.dropped,
+    )

@@ -1,0 +1,215 @@
+"""The Proposal-16 suite: is the optimizer zoo one algorithm in disguise, precision by precision?
+
+Five experiments of the proposal (seeds/000: "numerical equivalence of optimizers"), run with one
+fixed recipe (statistics fixed before running, STYLE.md item 11):
+
+1. trajectory distance of every pair against the rounding noise floor (divergence figure);
+2. final performance over seeds (paired t-test and TOST, margin stated in the recipe);
+3. transformation verification: registered exact maps (momentum forms, Adam without moments as
+   sign descent) give rounding-level simulation defects;
+4. non-equivalence of signSGD with the first-order methods, beside the proposal's bound;
+5. precision sensitivity: equivalence classes at fp16, fp32 and fp64.
+
+The report states plainly which of the proposal's expected results held and which did not.
+Fashion-MNIST is used for the MLP when it is installed, scikit-learn's digits otherwise; the CNN
+runs on digits (8x8), the small image set available offline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import sys
+from pathlib import Path
+
+from optimorph.equivalence.compare import classes, compare
+from optimorph.problems import DatasetNotFound, problem
+from optimorph.results.atomic import write_json_atomic
+
+OPTIMIZERS = [
+    "sgd(lr=0.1)",
+    "momentum(lr=0.01, beta=0.9)",
+    "adam(lr=1e-3, b1=0.9, b2=0.999)",
+    "adam(lr=1e-3, b1=0.9, b2=0.001)",
+    "rmsprop(lr=1e-3, beta=0.99)",
+    "signsgd(lr=1e-3)",
+    "adagrad(lr=0.01)",
+]
+VERIFY_PAIRS = [
+    ("momentum(lr=0.01, beta=0.9)", "momentum(lr=0.01, beta=0.9, form='ema')"),
+    ("momentum(lr=0.01, beta=0.9)", "momentum(lr=0.01, beta=0.9, form='heavy_ball')"),
+    ("adam(lr=1e-3, b1=0, b2=0, eps=0)", "signsgd(lr=1e-3)"),
+]
+PRECISIONS = ["fp16", "fp32", "fp64"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything the suite runs with, fixed before any number is seen."""
+
+    mlp_problem: str = "fashion-mnist(model=mlp, widths=[256, 256])"
+    mlp_fallback: str = "digits(model=mlp, widths=[256, 256])"
+    cnn_problem: str = "digits(model=cnn)"
+    seeds: int = 10
+    steps: int = 2000
+    batch_size: int = 128
+    replicas: int = 4
+    C: float = 10.0
+    margin: float = 0.05  # TOST margin, relative to the reference's mean final test loss
+
+    @classmethod
+    def quick(cls) -> "Recipe":
+        """The same pipeline, small enough for CI (minutes on 2 cores)."""
+        return cls(
+            mlp_problem="digits(model=mlp, widths=[32])",
+            mlp_fallback="digits(model=mlp, widths=[32])",
+            cnn_problem="digits(model=cnn)",
+            seeds=3,
+            steps=60,
+            batch_size=32,
+            replicas=2,
+        )
+
+
+def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
+    """Run the suite into ``out``: ``proposal16.json``, figures and ``report.html``."""
+    from optimorph.report.equivalence_figures import divergence_grid
+    from optimorph.report.figures import save_figure
+
+    recipe = recipe or Recipe()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = dict(seeds=recipe.seeds, steps=recipe.steps, batch_size=recipe.batch_size,
+                  progress=progress, replicas=recipe.replicas, C=recipe.C, margin=recipe.margin)
+    try:
+        mlp = problem(recipe.mlp_problem)
+    except DatasetNotFound as err:
+        print(f"proposal16: {err.args[0].splitlines()[0]}; using {recipe.mlp_fallback}",
+              file=sys.stderr)
+        mlp = problem(recipe.mlp_fallback)
+    doc: dict = {"recipe": dataclasses.asdict(recipe), "problems": {}}
+    for label, prob in (("mlp", mlp), ("cnn", problem(recipe.cnn_problem))):
+        _log(progress, f"[{label}] classes of {len(OPTIMIZERS)} optimizers on {prob.name}")
+        cls = classes(OPTIMIZERS, problem=prob, precisions=PRECISIONS, **common)
+        verify = {}
+        for a, b in VERIFY_PAIRS:
+            _log(progress, f"[{label}] verify {a} ~ {b}")
+            verify[f"{a} | {b}"] = compare(a, b, problem=prob, precision=PRECISIONS, **common)
+        panels = [
+            {"t": v.eval_steps, "d": v.distance, "floor_a": v.floor_a, "floor_b": v.floor_b,
+             "title": f"{v.a} vs {v.b}", "labels": (v.a, v.b), "pair": f"{v.a} | {v.b}",
+             "precision": p}
+            for p, vs in cls.comparison.pairs.items()
+            for v in vs
+            if "sgd(lr=0.1)" in (v.a, v.b)
+        ]
+        save_figure(divergence_grid(panels), out / f"{label}_divergence.png")
+        doc["problems"][label] = {
+            "problem": prob.name,
+            "classes": cls.classes,
+            "non_transitive": cls.non_transitive,
+            "stalled_pairs": cls.stalled_pairs,
+            "pairs": {p: [v.summary() for v in vs] for p, vs in cls.comparison.pairs.items()},
+            "verification": {k: {p: v[0].summary() for p, v in c.pairs.items()}
+                             for k, c in verify.items()},
+        }
+        doc["problems"][label]["expectations"] = expectations(doc["problems"][label])
+    write_json_atomic(out / "proposal16.json", doc)
+    _write_report(out, doc)
+    return doc
+
+
+def expectations(result: dict) -> list[dict]:
+    """The proposal's expected results, each with ``held`` (True/False) and the evidence."""
+    cl = result["classes"]
+    n = {p: len(cl[p]) for p in cl}
+    rows = [
+        _row("2-3 classes at fp16", 2 <= n["fp16"] <= 3, f"{n['fp16']} classes"),
+        _row("3-4 classes at fp32", 3 <= n["fp32"] <= 4, f"{n['fp32']} classes"),
+        _row("5+ classes at fp64", n["fp64"] >= 5, f"{n['fp64']} classes"),
+        _row("fewer classes at lower precision (collapse)", n["fp16"] <= n["fp32"] <= n["fp64"],
+             f"fp16 {n['fp16']}, fp32 {n['fp32']}, fp64 {n['fp64']}"),
+    ]
+    sign = "signsgd(lr=1e-3)"
+    alone = all([sign] in cl[p] for p in cl)
+    rows.append(_row("signSGD equivalent to no first-order method, at every precision", alone,
+                     "; ".join(f"{p}: {[c for c in cl[p] if sign in c][0]}" for p in cl)))
+    mom, adam_b2 = "momentum(lr=0.01, beta=0.9)", "adam(lr=1e-3, b1=0.9, b2=0.001)"
+    together = {p: any(mom in c and adam_b2 in c for c in cl[p]) for p in cl}
+    rows.append(_row("Adam(beta2 -> 0) equivalent to momentum (gradient magnitudes not uniform "
+                     "here, so the proposal predicts: not equivalent)",
+                     not any(together.values()), f"together at: {together}"))
+    for pair, per_p in result["verification"].items():
+        ok = all(v["equivalent"] for v in per_p.values())
+        defects = ", ".join(f"{p}: {v['defect_ab']:.2g}" if isinstance(v["defect_ab"], float)
+                            else f"{p}: {v['defect_ab']}" for p, v in per_p.items())
+        rows.append(_row(f"exact map verified: {pair}", ok, f"defects {defects}"))
+    return rows
+
+
+def _row(claim: str, held: bool, evidence: str) -> dict:
+    return {"claim": claim, "held": bool(held), "evidence": evidence}
+
+
+def _log(enabled: bool, text: str) -> None:
+    if enabled:
+        print(text, file=sys.stderr)
+
+
+def _write_report(out: Path, doc: dict) -> None:
+    """A self-contained HTML page: expectations, class tables, pair tables, figures."""
+    import base64
+
+    from optimorph.results.atomic import write_text_atomic
+
+    e = html.escape
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Proposal 16</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;"
+             "font-size:13px}.held{color:#060}.failed{color:#a00}</style></head><body>",
+             "<h1>Proposal 16: numerical equivalence of optimizers</h1>",
+             f"<p>Recipe: <code>{e(json.dumps(doc['recipe']))}</code></p>"]
+    for label, res in doc["problems"].items():
+        parts.append(f"<h2>{e(label.upper())}: {e(res['problem'])}</h2>")
+        parts.append("<h3>Expected results of the proposal</h3><table><tr><th>claim</th>"
+                     "<th>held?</th><th>evidence</th></tr>")
+        for r in res["expectations"]:
+            cls_ = "held" if r["held"] else "failed"
+            parts.append(f"<tr><td>{e(r['claim'])}</td><td class='{cls_}'>"
+                         f"{'held' if r['held'] else 'did not hold'}</td>"
+                         f"<td>{e(r['evidence'])}</td></tr>")
+        parts.append("</table><h3>Equivalence classes</h3><table><tr><th>precision</th>"
+                     "<th>classes</th></tr>")
+        for p, cl in res["classes"].items():
+            text = " | ".join(" ~ ".join(c) for c in cl)
+            parts.append(f"<tr><td>{e(p)}</td><td>{e(text)}</td></tr>")
+        parts.append("</table><h3>Pairs</h3><table><tr><th>precision</th><th>A</th><th>B</th>"
+                     "<th>equivalent</th><th>d/floor</th><th>defect AB</th><th>map</th>"
+                     "<th>p (t-test)</th><th>p (TOST)</th><th>reason</th></tr>")
+        for p, vs in res["pairs"].items():
+            for v in vs:
+                parts.append("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in (
+                    p, v["a"], v["b"], v["equivalent"], _g(v["distance_ratio"]),
+                    _g(v["defect_ab"]), v["map"], _g(v["p_value"]), _g(v["tost_p_value"]),
+                    v["reason"])) + "</tr>")
+        parts.append("</table>")
+        fig = out / f"{label}_divergence.png"
+        if fig.exists():
+            data = base64.b64encode(fig.read_bytes()).decode()
+            parts.append(f"<h3>Trajectory distance vs noise floor</h3>"
+                         f"<img style='max-width:100%' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    write_text_atomic(out / "report.html", "\n".join(parts))
+
+
+def _g(x) -> str:
+    return f"{x:.3g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
+
+
+def class_counts(doc: dict) -> dict:
+    """{problem: {precision: number of classes}} for notes and tests."""
+    return {k: {p: len(c) for p, c in v["classes"].items()} for k, v in doc["problems"].items()}
+
+
+__all__ = ["Recipe", "run", "expectations", "class_counts", "OPTIMIZERS", "VERIFY_PAIRS"]

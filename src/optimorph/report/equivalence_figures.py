@@ -1,0 +1,517 @@
+"""Figures of the numerical-equivalence report (DESIGN.md section 3), drawn from plain arrays.
+
+Every input is a NumPy array that the equivalence run stores, so each figure can be redrawn from
+stored results without rerunning anything. Figures are built without pyplot (see
+``optimorph.report.curves``); save them with ``optimorph.report.figures.save_figure``.
+
+- ``divergence_figure``: the distance d(t) between two trajectories against both noise floors,
+  and their ratio against the threshold C.
+- ``divergence_grid``: the same for several pairs (rows) and precisions (columns).
+- ``phase_diagram_figure``: which pairs are equivalent over mantissa bits x gradient
+  heterogeneity.
+- ``tracking_animation``: a GIF of phi(A) tracking B in a 2-D PCA projection.
+
+>>> import numpy as np
+>>> t = np.arange(1, 51)
+>>> floor = np.full((3, 50), 1e-6) * t
+>>> fig = divergence_figure(t, 2e-6 * t**1.5 * np.ones((3, 1)), floor, 1.2 * floor, title="demo")
+>>> len(fig.axes)
+2
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.animation import FuncAnimation, PillowWriter
+from matplotlib.axes import Axes
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle, Patch
+
+from optimorph.results.atomic import atomic_path
+from optimorph.stats import growth_exponent, percentile_band
+
+__all__ = [
+    "MAX_FRAMES",
+    "NATIVE_MANTISSA_BITS",
+    "divergence_figure",
+    "divergence_grid",
+    "phase_diagram_figure",
+    "tracking_animation",
+]
+
+# Explicit mantissa bits (without the implicit leading one) of the formats hardware has.
+NATIVE_MANTISSA_BITS = {"bf16": 7, "fp16": 10, "fp32": 23, "fp64": 52}
+MAX_FRAMES = 60  # a GIF with more frames grows past what a report page should embed
+
+_PANEL = (5.5, 4.0)  # inches per panel, as in report.curves
+_BAND_LEVEL = 0.95
+_EQUIV_COLORS = ListedColormap(["#d9d9d9", "#2b8cbe"])  # not equivalent, equivalent
+
+
+def divergence_figure(
+    t,
+    d,
+    floor_a,
+    floor_b,
+    *,
+    title: str,
+    labels: Sequence[str] = ("A", "B"),
+    ratio_c: float = 10.0,
+) -> Figure:
+    """Trajectory distance against both noise floors (left) and their ratio (right).
+
+    Left, on log-log axes: d(t) = ||theta_A(t) - theta_B(t)||, the noise floors N_A(t) and
+    N_B(t), and the threshold C * max(N_A, N_B) dashed, each as the median over seeds with the
+    central 95% of the seeds as a band. The median and a percentile band, rather than mean -+ t
+    band, because on log axes a symmetric band for the mean can go below zero and vanish. The
+    fitted growth law d ~ t^k is given in the legend.
+
+    Right: the ratio d / max(N_A, N_B) per seed (median and band) on a log y axis, with the
+    equivalence threshold C as a horizontal line; the pair is p-equivalent when the ratio stays
+    below C for all t. If the rule's third term u_p ||theta_A|| matters, fold it into the floors
+    before calling (floor = max(N, u_p ||theta||)).
+
+    Zeros (identical trajectories) have no place on log axes and non-finite values (a diverged
+    run, a ratio over a zero floor) have none anywhere; both are left out of the drawing and
+    counted in a note on the panel, with the first step of a non-finite value, never hidden.
+
+    Args:
+      t: [E] steps at which the distances were measured; steps <= 0 are not drawn (log axis).
+      d: [S, E] distance per seed and step (or [E] for one seed).
+      floor_a, floor_b: [S, E] noise floors of A and B at the same steps.
+      title: the figure's title (e.g. "adam vs signsgd @ fp16").
+      labels: short names of A and B for the legend.
+      ratio_c: the constant C of the equivalence rule.
+
+    Returns:
+      A Figure with two axes.
+
+    Raises:
+      ValueError: shapes that do not match.
+    """
+    t, d, floor_a, floor_b = _check_divergence_inputs(t, d, floor_a, floor_b)
+    fig = Figure(figsize=(2 * _PANEL[0], _PANEL[1]), layout="constrained")
+    ax_d, ax_r = fig.subplots(1, 2)
+    _draw_distance(ax_d, t, d, floor_a, floor_b, labels, ratio_c)
+    _draw_ratio(ax_r, t, d, floor_a, floor_b, ratio_c)
+    ax_d.legend(fontsize="small")
+    fig.suptitle(_text(title))
+    return fig
+
+
+def divergence_grid(panels: Sequence[dict[str, Any]], *, kind: str = "distance") -> Figure:
+    """Several divergence panels at once: one row per pair, one column per precision.
+
+    Args:
+      panels: one dict per (pair, precision) with keys ``pair`` and ``precision`` (str, which
+        place the panel; rows and columns follow their first appearance), ``t``, ``d``,
+        ``floor_a``, ``floor_b`` (as for ``divergence_figure``), and optionally ``labels`` and
+        ``ratio_c``. Cells with no panel say "not run".
+      kind: "distance" (d, floors and threshold, as the left panel of ``divergence_figure``) or
+        "ratio" (the right panel).
+
+    Raises:
+      ValueError: an unknown kind, a missing or unknown key, or two panels for the same cell.
+
+    >>> t = np.arange(1, 11)
+    >>> p = dict(t=t, d=np.ones((2, 10)), floor_a=np.ones((2, 10)), floor_b=np.ones((2, 10)))
+    >>> fig = divergence_grid([dict(p, pair="a-b", precision=q) for q in ("fp16", "fp32")])
+    >>> len(fig.axes)
+    2
+    """
+    kinds = ("distance", "ratio")
+    if kind not in kinds:
+        raise ValueError(f"unknown kind {kind!r}; valid kinds are {list(kinds)}")
+    if not panels:
+        raise ValueError("no panels to draw")
+    required = {"pair", "precision", "t", "d", "floor_a", "floor_b"}
+    allowed = required | {"labels", "ratio_c"}
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for panel in panels:
+        if missing := required - panel.keys():
+            raise ValueError(f"panel is missing keys {sorted(missing)}")
+        if unknown := panel.keys() - allowed:
+            raise ValueError(f"unknown panel keys {sorted(unknown)}; valid: {sorted(allowed)}")
+        cell = (str(panel["pair"]), str(panel["precision"]))
+        if cell in cells:
+            raise ValueError(f"two panels for pair {cell[0]!r} at precision {cell[1]!r}")
+        cells[cell] = panel
+    pairs = list(dict.fromkeys(pair for pair, _ in cells))
+    precisions = list(dict.fromkeys(precision for _, precision in cells))
+    fig = Figure(
+        figsize=(0.75 * _PANEL[0] * len(precisions), 0.8 * _PANEL[1] * len(pairs)),
+        layout="constrained",
+    )
+    axes = fig.subplots(len(pairs), len(precisions), squeeze=False)
+    for (i, pair), (j, precision) in (
+        (ip, jq) for ip in enumerate(pairs) for jq in enumerate(precisions)
+    ):
+        ax = axes[i, j]
+        panel = cells.get((pair, precision))
+        if panel is None:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
+            continue
+        t, d, fa, fb = _check_divergence_inputs(
+            panel["t"], panel["d"], panel["floor_a"], panel["floor_b"]
+        )
+        c = float(panel.get("ratio_c", 10.0))
+        if kind == "distance":
+            _draw_distance(ax, t, d, fa, fb, panel.get("labels", ("A", "B")), c)
+        else:
+            _draw_ratio(ax, t, d, fa, fb, c)
+        ax.set_title(_text(f"{pair} @ {precision}\n{ax.get_title()}"), fontsize="small")
+    first = next(ax for ax in axes.ravel() if ax.axison)
+    first.legend(fontsize="x-small")
+    return fig
+
+
+def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) -> Figure:
+    """Which pairs are p-equivalent over mantissa bits x gradient heterogeneity.
+
+    One small heatmap per pair (x: heterogeneity h = max|g_i| / min|g_i| on a log axis, y:
+    mantissa bits; a cell is colored when the pair is equivalent there), then a summary panel
+    with the number of equivalent pairs per cell. The native formats (bf16 7, fp16 10, fp32 23,
+    fp64 52 explicit mantissa bits) are marked on the right-hand y axis of each panel.
+
+    Args:
+      mantissa_bits: [B] strictly increasing mantissa bit counts.
+      heterogeneity: [H] strictly increasing, positive heterogeneity values.
+      equivalent: [P, B, H] booleans: pair p is equivalent at (bits b, heterogeneity h).
+      pair_labels: P names of the pairs.
+
+    Raises:
+      ValueError: shapes or labels that do not match, or axes that are not increasing.
+
+    >>> eq = np.zeros((2, 3, 4), dtype=bool); eq[0, 1:, :2] = True
+    >>> fig = phase_diagram_figure([7, 10, 23], [1, 10, 100, 1000], eq, ["a-b", "a-c"])
+    >>> [ax.get_title() for ax in fig.axes[:3]]
+    ['a-b', 'a-c', 'equivalent pairs (of 2)']
+    """
+    bits = np.asarray(mantissa_bits, dtype=np.float64)
+    hetero = np.asarray(heterogeneity, dtype=np.float64)
+    eq = np.asarray(equivalent)
+    labels = [str(label) for label in pair_labels]
+    if bits.ndim != 1 or hetero.ndim != 1 or eq.ndim != 3:
+        raise ValueError("mantissa_bits and heterogeneity must be 1-D and equivalent 3-D")
+    if eq.shape != (len(labels), bits.size, hetero.size):
+        raise ValueError(
+            f"equivalent has shape {eq.shape}, expected (pairs, bits, heterogeneity) = "
+            f"{(len(labels), bits.size, hetero.size)}"
+        )
+    if eq.dtype != bool:
+        raise ValueError(f"equivalent must be a boolean array, got dtype {eq.dtype}")
+    if not (np.all(np.diff(bits) > 0) and np.all(np.diff(hetero) > 0) and np.all(hetero > 0)):
+        raise ValueError("mantissa_bits and heterogeneity must be strictly increasing, h > 0")
+    x_edges = _edges(np.log10(hetero), half_width=0.5)
+    x_edges = 10.0**x_edges
+    y_edges = _edges(bits, half_width=0.5)
+    n = len(labels) + 1
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, label, cells in zip(axes, labels, eq):
+        ax.pcolormesh(x_edges, y_edges, cells.astype(float), cmap=_EQUIV_COLORS, vmin=0, vmax=1)
+        ax.set_title(_text(label))
+    counts = eq.sum(axis=0)
+    summary = axes[len(labels)]
+    # Integer bins: one color per count, so "2 of 3 pairs" is a color, not a shade between.
+    norm = BoundaryNorm(np.arange(-0.5, len(labels) + 1.5), ncolors=256)
+    mesh = summary.pcolormesh(x_edges, y_edges, counts, cmap="viridis", norm=norm)
+    fig.colorbar(mesh, ax=summary, ticks=np.arange(len(labels) + 1), shrink=0.9)
+    summary.set_title(f"equivalent pairs (of {len(labels)})")
+    if counts.size <= 60:
+        # Numbers in the cells while they are big enough to read.
+        for (bi, hi), count in np.ndenumerate(counts):
+            summary.text(
+                math.sqrt(x_edges[hi] * x_edges[hi + 1]),
+                bits[bi],
+                str(count),
+                ha="center",
+                va="center",
+                fontsize="x-small",
+                color="white" if count < len(labels) / 2 else "black",
+            )
+    for ax in axes[:n]:
+        ax.set_xscale("log")
+        ax.set_xlabel("heterogeneity max|g| / min|g|")
+        ax.set_ylabel("mantissa bits")
+        _mark_formats(ax, y_edges[0], y_edges[-1])
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.legend(
+        handles=[
+            Patch(color=_EQUIV_COLORS(1), label="equivalent"),
+            Patch(color=_EQUIV_COLORS(0), label="not equivalent"),
+        ],
+        loc="outside lower center",
+        ncols=2,
+        fontsize="small",
+    )
+    return fig
+
+
+def tracking_animation(
+    path: str | os.PathLike,
+    phi_a_states,
+    b_states,
+    residual_radius=None,
+    fps: float = 10,
+    *,
+    max_frames: int = MAX_FRAMES,
+    labels: Sequence[str] = ("phi(A)", "B"),
+    dpi: int = 80,
+) -> Path:
+    """Write a GIF of phi(state_A) tracking state_B, projected onto 2-D by PCA.
+
+    The projection is the first two principal components of the union of both paths (numpy
+    SVD of the centered [2T, D] stack), so it shows the directions in which the paths actually
+    move; an orthonormal projection never lengthens distances, so the circle of radius
+    ``residual_radius[t]`` around phi(A)'s point is the projected ball of that radius. Both paths
+    are drawn up to the current frame; the axes are fixed over frames so motion is real motion.
+
+    At most ``max_frames`` frames (T is subsampled evenly, always keeping the first and last
+    step). The file is written atomically: on any error no (partial) GIF is left at ``path``.
+
+    Args:
+      path: destination, ending in ``.gif``; its directory must exist.
+      phi_a_states: [T, D] states of A mapped into B's state space by phi.
+      b_states: [T, D] states of B.
+      residual_radius: [T] nonnegative radii (e.g. the map's fit residual), or None for none.
+      fps: frames per second.
+      max_frames: frame cap, at most ``MAX_FRAMES``.
+      labels: legend names of the two paths.
+      dpi: resolution of the frames.
+
+    Returns:
+      ``path`` as a Path.
+
+    Raises:
+      ValueError: a path not ending in .gif, shapes that do not match, non-finite states or
+        radii, or a frame cap outside 1..MAX_FRAMES.
+
+    >>> import tempfile
+    >>> walk = np.cumsum(np.ones((5, 3)), axis=0)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     out = tracking_animation(Path(tmp, "track.gif"), walk, walk + 0.1, np.full(5, 0.2))
+    ...     out.read_bytes()[:6]
+    b'GIF89a'
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".gif":
+        raise ValueError(f"the animation is written as a GIF; path must end in .gif, got {path}")
+    if not 1 <= max_frames <= MAX_FRAMES:
+        raise ValueError(f"max_frames must be in 1..{MAX_FRAMES}, got {max_frames}")
+    a = np.asarray(phi_a_states, dtype=np.float64)
+    b = np.asarray(b_states, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape or a.shape[0] == 0:
+        raise ValueError(f"states must both be [T, D] with T >= 1, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("states must be finite; cut the trajectories before a divergence")
+    steps = a.shape[0]
+    if residual_radius is None:
+        radius = np.zeros(steps)
+    else:
+        radius = np.asarray(residual_radius, dtype=np.float64)
+        if radius.shape != (steps,):
+            raise ValueError(f"residual_radius must have shape ({steps},), got {radius.shape}")
+        if not (np.isfinite(radius).all() and (radius >= 0).all()):
+            raise ValueError("residual_radius must be finite and nonnegative")
+    pa, pb, explained = _pca_2d(a, b)
+    frames = np.unique(np.linspace(0, steps - 1, min(steps, max_frames)).round().astype(int))
+
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    both = np.concatenate([pa, pb])
+    center = (both.max(axis=0) + both.min(axis=0)) / 2
+    # One square box for every frame; the radius margin keeps the circle inside it.
+    half = float(np.ptp(both, axis=0).max()) / 2 * 1.1 + float(radius.max())
+    half = half if half > 0 else 1.0  # nothing moves: any box will do
+    ax.set_xlim(center[0] - half, center[0] + half)
+    ax.set_ylim(center[1] - half, center[1] + half)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")
+    ax.set_ylabel(f"PC2 ({explained[1]:.0%} of variance)")
+    ax.grid(True, alpha=0.3)
+    (line_a,) = ax.plot([], [], color="C0", label=_text(labels[0]), linewidth=1.2)
+    (line_b,) = ax.plot([], [], color="C1", label=_text(labels[1]), linewidth=1.2, linestyle="--")
+    (dot_a,) = ax.plot([], [], "o", color="C0", markersize=5)
+    (dot_b,) = ax.plot([], [], "s", color="C1", markersize=5)
+    circle = Circle((0.0, 0.0), 0.0, fill=False, color="C0", alpha=0.7)
+    if residual_radius is not None:
+        ax.add_patch(circle)
+    caption = ax.text(0.02, 0.98, "", transform=ax.transAxes, va="top", fontsize="small")
+    ax.legend(fontsize="small", loc="lower right")
+
+    def draw(k: int) -> None:
+        i = int(frames[k])
+        line_a.set_data(pa[: i + 1, 0], pa[: i + 1, 1])
+        line_b.set_data(pb[: i + 1, 0], pb[: i + 1, 1])
+        dot_a.set_data(pa[i : i + 1, 0], pa[i : i + 1, 1])
+        dot_b.set_data(pb[i : i + 1, 0], pb[i : i + 1, 1])
+        circle.set_center((pa[i, 0], pa[i, 1]))
+        circle.set_radius(radius[i])
+        distance = float(np.linalg.norm(a[i] - b[i]))
+        caption.set_text(f"step {i + 1}/{steps}   |phi(A) - B| = {distance:.3g}")
+
+    # Lay out once, then freeze: the axes do not move between frames, and constrained layout
+    # on every frame would be most of the rendering time.
+    fig.draw_without_rendering()
+    fig.set_layout_engine("none")
+    animation = FuncAnimation(
+        fig, draw, frames=len(frames), interval=1000.0 / fps, repeat=False, cache_frame_data=False
+    )
+    with atomic_path(path) as tmp:
+        animation.save(tmp, writer=PillowWriter(fps=fps), dpi=dpi)
+    return path
+
+
+def _check_divergence_inputs(t, d, floor_a, floor_b):
+    t = np.asarray(t, dtype=np.float64)
+    arrays = [np.atleast_2d(np.asarray(x, dtype=np.float64)) for x in (d, floor_a, floor_b)]
+    if t.ndim != 1:
+        raise ValueError(f"t must be 1-D [E], got shape {t.shape}")
+    shapes = {x.shape for x in arrays}
+    if len(shapes) != 1 or arrays[0].ndim != 2 or arrays[0].shape[1] != t.size:
+        raise ValueError(
+            f"d, floor_a and floor_b must all be [S, E] with E = len(t) = {t.size}, got "
+            f"{[x.shape for x in arrays]}"
+        )
+    return (t, *arrays)
+
+
+def _draw_distance(ax: Axes, t, d, floor_a, floor_b, labels: Sequence[str], c: float) -> None:
+    a_name, b_name = (_text(label) for label in labels)
+    threshold = c * np.maximum(floor_a, floor_b)
+    k, _, r2 = growth_exponent(t, d)
+    law = f", ~t^{k:.2f} (R²={r2:.2f})" if math.isfinite(k) else ""
+    drawn = [
+        _band_line(ax, t, d, "C0", f"d = |{a_name} - {b_name}|{law}"),
+        _band_line(ax, t, floor_a, "C1", f"noise floor {a_name}"),
+        _band_line(ax, t, floor_b, "C2", f"noise floor {b_name}"),
+        _band_line(ax, t, threshold, "black", f"{c:g} x max floor", linestyle="--", band=False),
+    ]
+    ax.set_title("distance and noise floors")
+    _note_gaps(ax, t, d, "d")
+    _finish_log_axes(ax, any(drawn))
+
+
+def _draw_ratio(ax: Axes, t, d, floor_a, floor_b, c: float) -> None:
+    floor = np.maximum(floor_a, floor_b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = d / floor  # d / 0 is inf or NaN: not drawable, and noted on the panel
+    drawn = _band_line(ax, t, ratio, "C0", "d / max floor")
+    ax.axhline(c, color="black", linestyle="--", linewidth=1.0, label=f"C = {c:g}")
+    keep = t > 0
+    per_seed = np.where(np.isfinite(ratio[:, keep]), ratio[:, keep], -np.inf).max(axis=1)
+    per_seed = per_seed[np.isfinite(per_seed)]
+    worst = f", max over t: {np.median(per_seed):.3g}" if per_seed.size else ""
+    ax.set_title(f"ratio{worst}")
+    _note_gaps(ax, t, ratio, "ratio")
+    _finish_log_axes(ax, drawn)
+
+
+def _band_line(
+    ax: Axes, t, values, color: str, label: str, *, linestyle: str = "-", band: bool = True
+) -> bool:
+    """Median over seeds as a line and the central 95% of the seeds as a band, on t > 0.
+
+    The band is computed from all values (zeros included) and only then are nonpositive results
+    hidden, so a seed with d = 0 pulls the median down instead of silently dropping out.
+
+    Returns:
+      Whether anything was drawn (some positive, finite value at some t > 0).
+    """
+    keep = t > 0
+    med, low, high = percentile_band(values[:, keep], axis=0, level=_BAND_LEVEL)
+    med, low, high = (np.where(x > 0, x, np.nan) for x in (med, low, high))
+    ax.plot(t[keep], med, color=color, linestyle=linestyle, linewidth=1.5, label=label)
+    band = band and values.shape[0] > 1
+    if band:
+        ax.fill_between(t[keep], low, high, color=color, alpha=0.2, linewidth=0)
+    shown = (med, low, high) if band else (med,)
+    return any(np.isfinite(x).any() for x in shown)
+
+
+def _note_gaps(ax: Axes, t, values, name: str) -> None:
+    """Say on the panel what the log axes cannot show: zeros, and non-finite values with the
+    first step where one appeared (a NaN in one trajectory only is a difference, DESIGN.md 3)."""
+    notes = []
+    zeros = int((values == 0).sum())
+    if zeros:
+        notes.append(f"{name} = 0 at {zeros} of {values.size} points (not drawn on log axes)")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = t[np.argmax(bad.any(axis=0))]
+        notes.append(f"{name} not finite at {int(bad.sum())} points, first at step {first:g}")
+    if notes:
+        ax.text(
+            0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize="x-small", va="bottom"
+        )
+
+
+def _finish_log_axes(ax: Axes, drawn: bool) -> None:
+    # Log scale only on axes that have something positive to show: matplotlib refuses to
+    # log-scale an axis with no positive data (all distances zero, identical trajectories).
+    if drawn:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:
+        ax.text(
+            0.5, 0.5, "nothing positive to draw", ha="center", va="center", transform=ax.transAxes
+        )
+    ax.set_xlabel("step")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _edges(centers: np.ndarray, half_width: float) -> np.ndarray:
+    """Cell edges around sorted centers: midpoints inside, mirrored half-gaps at the ends."""
+    if centers.size == 1:
+        return np.array([centers[0] - half_width, centers[0] + half_width])
+    mid = (centers[1:] + centers[:-1]) / 2
+    return np.concatenate(
+        [[centers[0] - (mid[0] - centers[0])], mid, [centers[-1] + (centers[-1] - mid[-1])]]
+    )
+
+
+def _mark_formats(ax: Axes, low: float, high: float) -> None:
+    shown = {name: bits for name, bits in NATIVE_MANTISSA_BITS.items() if low <= bits <= high}
+    if shown:
+        right = ax.secondary_yaxis("right")
+        right.set_yticks(list(shown.values()), list(shown), fontsize="x-small")
+
+
+def _pca_2d(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both paths projected on the first two principal components of their union.
+
+    Returns the projections [T, 2] each and the fraction of variance of each component. Signs
+    are fixed (largest loading positive) so redrawing gives the same picture; missing
+    components (D = 1, or no motion at all) are zero.
+    """
+    union = np.concatenate([a, b])
+    centered = union - union.mean(axis=0)
+    _, s, vt = np.linalg.svd(centered, full_matrices=False)
+    basis = np.zeros((2, union.shape[1]))
+    basis[: min(2, vt.shape[0])] = vt[:2]
+    for row in basis:
+        if row.any():
+            row *= np.sign(row[np.argmax(np.abs(row))])
+    total = float((s**2).sum())
+    explained = np.zeros(2)
+    if total > 0:
+        explained[: min(2, s.size)] = (s[:2] ** 2) / total
+    projected = centered @ basis.T
+    return projected[: len(a)], projected[len(a) :], explained
+
+
+def _text(label: str) -> str:
+    # matplotlib reads text between two '$' as TeX math; optimizer specs are plain text.
+    return str(label).replace("$", r"\$")
