@@ -279,7 +279,6 @@ def _write_equivalence_outputs(out: Path, doc: dict, comparison) -> None:
                     "d": v.distance,
                     "floor_a": v.floor_a,
                     "floor_b": v.floor_b,
-                    "title": f"{v.a} vs {v.b} @ {p}",
                     "labels": (v.a, v.b),
                     "pair": f"{v.a} | {v.b}",
                     "precision": p,

@@ -259,7 +259,8 @@ def _evaluate(
 def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, smap):
     r = runs.result
     u = make_precision(p).unit_roundoff
-    d = np.linalg.norm(r.trajectory[i] - r.trajectory[j], axis=-1)  # [S, E]
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in diverged runs: NaN
+        d = np.linalg.norm(r.trajectory[i] - r.trajectory[j], axis=-1)  # [S, E]
     floor = np.maximum.reduce([runs.floor[i], runs.floor[j], u * runs.norm[i]])
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(d == 0, 0.0, d / floor)[:, 1:]  # t = 0 skipped
@@ -290,9 +291,10 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
 
     key = _final_metric(r.evals)
     fa, fb = r.evals[key][i, :, -1], r.evals[key][j, :, -1]
-    ttest = stats.paired_t_test(fa, fb)
-    margin = cfg["margin"] * abs(float(np.nanmean(fb))) if np.isfinite(fb).all() else float("nan")
-    tost = stats.tost(fa, fb, cfg["margin"], relative=True)
+    with np.errstate(all="ignore"):  # huge but finite losses of a diverging run
+        ttest = stats.paired_t_test(fa, fb)
+        tost = stats.tost(fa, fb, cfg["margin"], relative=True)
+    margin = float(tost.margin)
 
     kappa_ok = max(dfx.kappa_phi, dfx.kappa_psi) <= cfg["kappa_max"]
     if nan_a is not None or nan_b is not None:
@@ -377,9 +379,10 @@ def _intrinsic_error(prob, spec, p, steps, batch_size, every) -> float:
     for params, state, grads in visited:
         rounded = _flat(defect_lib.one_step(spec, p, params, state, grads)[0])
         exact = _flat(defect_lib.one_step(spec, "fp64", params, state, grads)[0])
-        step = np.linalg.norm(exact - _flat(params))
-        if step > 0:
-            errs.append(np.linalg.norm(rounded - exact) / step)
+        with np.errstate(invalid="ignore", over="ignore"):
+            step = np.linalg.norm(exact - _flat(params))
+            if step > 0:
+                errs.append(np.linalg.norm(rounded - exact) / step)
     return float(np.median(errs)) if errs else float("nan")
 
 

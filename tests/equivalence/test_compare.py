@@ -1,0 +1,69 @@
+"""The noise-floor verdicts on the cases whose answer is known (issue: numerical equivalence)."""
+
+import json
+
+import numpy as np
+
+import optimorph
+from optimorph import cli
+from optimorph.equivalence.compare import classes, compare
+
+PROBLEM = "least-squares(n=64, d=8, hetero=10)"
+HETERO = "least-squares(n=64, d=8, hetero=100)"
+KW = dict(seeds=3, steps=120, batch_size=16, progress=False)
+
+
+def test_momentum_forms_are_equivalent_at_fp64_and_fp16():
+    c = compare("momentum(lr=0.002, beta=0.9)", "momentum(lr=0.002, beta=0.9, form='ema')",
+                problem=PROBLEM, precision=["fp16", "fp64"], **KW)
+    for p in ("fp16", "fp64"):
+        v = c.pairs[p][0]
+        assert v.equivalent, v.reason
+        assert 0 < v.distance_ratio <= 10
+        assert v.map.startswith("momentum") and abs(v.kappa_phi - 10) < 1e-9
+    # The defect sits at the format's rounding level: far below fp16's u at fp64.
+    assert c.pairs["fp64"][0].defect_ab < 1e-14 < c.pairs["fp16"][0].defect_ab < 1e-2
+
+
+def test_adam_without_moments_is_signsgd_at_fp32():
+    prob = optimorph.problem(PROBLEM)
+    specs = ["adam(lr=0.002, b1=0, b2=0, eps=0)", "signsgd(lr=0.002)"]
+    r = optimorph.train(prob, specs, precision="fp32", record_params=True, **KW)
+    a, b = r.trajectory[0], r.trajectory[1]
+    ulp = np.spacing(np.abs(a).astype(np.float32)).astype(np.float64)
+    assert np.all(np.abs(a - b) <= ulp)
+    v = compare(*specs, problem=prob, precision="fp32", **KW).pairs["fp32"][0]
+    assert v.equivalent and v.defect_ab <= optimorph.precision("fp32").unit_roundoff
+
+
+def test_signsgd_is_not_sgd_on_a_heterogeneous_problem():
+    c = compare("sgd(lr=1e-4)", "signsgd(lr=1e-4)", problem=HETERO,
+                precision=["fp16", "fp32", "fp64"], **KW)
+    ratios = [c.pairs[p][0].distance_ratio for p in ("fp16", "fp32", "fp64")]
+    assert not any(c.pairs[p][0].equivalent for p in c.pairs)
+    assert ratios[0] < ratios[1] < ratios[2], "the noise floor shrinks with precision"
+    theory = c.pairs["fp64"][0].theory
+    assert theory["signsgd_bound_median"] > 1  # ||g|| / min |g_i| on the run's gradients
+
+
+def test_a_tiny_learning_rate_change_is_visible_at_fp64_not_at_e8m3():
+    c = compare("sgd(lr=0.002)", "sgd(lr=0.002002)", problem=PROBLEM,
+                precision=["fp64", "e8m3"], **KW)
+    assert not c.pairs["fp64"][0].equivalent
+    assert c.pairs["e8m3"][0].equivalent, c.pairs["e8m3"][0].reason
+
+
+def test_classes_and_cli_json(capsys):
+    c = classes(["sgd(lr=1e-4)", "momentum(lr=1e-4, beta=0)", "signsgd(lr=1e-4)"],
+                problem=HETERO, precisions=["fp64"], **KW)
+    assert c.classes["fp64"] == [["sgd(lr=1e-4)", "momentum(lr=1e-4, beta=0)"],
+                                 ["signsgd(lr=1e-4)"]]
+    code = cli.main(["compare", "sgd(lr=0.002)", "momentum(lr=0.002, beta=0)", "--problem",
+                     PROBLEM, "--precision", "fp32", "--seeds", "2", "--steps", "40", "--json",
+                     "--quiet"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    fields = {"equivalent", "distance_ratio", "defect_ab", "defect_ba", "kappa_phi", "kappa_psi",
+              "map", "growth_exponent", "p_value", "tost_p_value"}
+    assert fields <= set(doc["precisions"]["fp32"])
+    assert doc["precisions"]["fp32"]["equivalent"] is True
