@@ -361,18 +361,19 @@ def _build_programs(prob, template, policy, plan):
             "diverged": jnp.asarray(-1, jnp.int32),
         }
         carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_rep, *x.shape)), replica)
-        carry["noise_key"] = jax.random.split(noise_key, n_rep)
+        # Per replica a 32-bit seed for the noise hash (see perturbed).
+        carry["noise_key"] = jax.random.bits(noise_key, (n_rep,), jnp.uint32)
         carry["data_key"] = data_key
         return carry
 
-    def perturbed(tree, key, scale):
-        # x (1 + scale * xi) formed in float64, before the rounding that follows.
+    def perturbed(tree, seed, scale):
+        # x (1 + scale * xi) formed in float64, before the rounding that follows. xi comes from a
+        # counter-based integer hash: threefry per leaf and step doubled the compile time.
         leaves, treedef = jax.tree.flatten(tree)
-        keys = jax.random.split(key, max(len(leaves), 1))
         out = []
-        for leaf, k in zip(leaves, keys, strict=False):
+        for i, leaf in enumerate(leaves):
             if jnp.issubdtype(leaf.dtype, jnp.floating):
-                xi = jax.random.uniform(k, leaf.shape, jnp.float64, -1.0, 1.0)
+                xi = _hash_uniform(leaf.shape, seed + jnp.uint32(0x9E3779B9) * jnp.uint32(i + 1))
                 leaf = leaf.astype(jnp.float64) * (1.0 + scale * xi)
             out.append(leaf)
         return jax.tree.unflatten(treedef, out)
@@ -386,7 +387,8 @@ def _build_programs(prob, template, policy, plan):
         grads = policy.round_grads(grads, keys[0])
         updates, state = tx.update(grads, policy.to_compute(rep["state"]), params_c)
         if plan.replicas:
-            k_state, k_params = jax.random.split(jax.random.fold_in(noise_key, t))
+            seed = _mix(noise_key ^ _mix(t.astype(jnp.uint32)))
+            k_state, k_params = seed, _mix(seed + jnp.uint32(1))
             state = perturbed(state, k_state, scale)
             exact = jax.tree.map(
                 lambda p, d: p.astype(jnp.float64) + d.astype(jnp.float64), rep["params"], updates
@@ -474,6 +476,22 @@ def _build_programs(prob, template, policy, plan):
         donate_argnums=(0,),
     )
     return init_all, eval_all, chunk_all
+
+
+def _mix(x: jax.Array) -> jax.Array:
+    """lowbias32 integer hash (Wellons): a well-mixed uint32 from a uint32."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _hash_uniform(shape, seed: jax.Array) -> jax.Array:
+    """Uniform(-1, 1) float64 values, one per element, from a counter-based hash of ``seed``."""
+    n = int(np.prod(shape)) if shape else 1
+    bits = _mix(jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(0x9E3779B1) + _mix(seed))
+    return (bits.astype(jnp.float64) * 2.0**-31 - 1.0).reshape(shape)
 
 
 def _permutation(key, epoch, n):

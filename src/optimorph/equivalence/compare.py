@@ -23,6 +23,7 @@ stated up front (``margin``, relative to B's mean final loss).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ DEFAULTS = {
     "kappa_max": 1e4,  # bound on kappa(phi), kappa(psi)
     "margin": 0.05,  # TOST margin, relative to B's mean final loss
     "stall_limit": 0.5,  # mean fraction of absorbed updates above which a run counts as stalled
+    "visits": 20,  # visited states per run for defects, intrinsic errors and theory checks
 }
 
 
@@ -271,7 +273,7 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
     growth = stats.growth_exponent(t, np.median(d[:, 1:], axis=0))[0]
 
     nan_a, nan_b = _first_nan(r.diverged_at[i]), _first_nan(r.diverged_at[j])
-    every = max(steps // 20, 1)
+    every = max(steps // int(cfg["visits"]), 1)
     dfx = defect_lib.simulation_defect(
         specs[i],
         specs[j],
@@ -287,7 +289,7 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
     stalled_b = float(np.nanmean(r.stalled[j]))
     stalled = stalled_a > cfg["stall_limit"] and stalled_b > cfg["stall_limit"]
     intrinsic_a = _intrinsic_error(prob, specs[i], p, steps, batch_size, every)
-    intrinsic_b = _intrinsic_error(prob, specs[j], p, steps, batch_size, every)
+    intrinsic_b = _intrinsic_error(prob, specs[j], p, steps, batch_size, every)  # both cached
 
     key = _final_metric(r.evals)
     fa, fb = r.evals[key][i, :, -1], r.evals[key][j, :, -1]
@@ -320,7 +322,7 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
             f"; WARNING: both runs mostly stalled (updates absorbed: A {stalled_a:.0%}, "
             f"B {stalled_b:.0%}): a collapse by stagnation, not evidence of one algorithm"
         )
-    checks = _theory(prob, specs[i], specs[j], p, steps, batch_size, every)
+    checks = _theory(prob, specs[i], p, steps, batch_size, every)
     return PairVerdict(
         a=specs[i].text,
         b=specs[j].text,
@@ -369,6 +371,24 @@ def _final_metric(evals: dict) -> str:
     return next(iter(evals))
 
 
+def _per_optimizer(fn):
+    """Memoise a per-(problem, optimizer, precision) measurement: classes() asks for each one
+    once per pair it belongs to. Problems are keyed by identity (kept alive in the value)."""
+    cache: dict = {}
+
+    @functools.wraps(fn)
+    def wrapper(prob, spec, *args):
+        key = (id(prob), spec.canonical, *args)
+        if key not in cache:
+            if len(cache) > 512:
+                cache.clear()
+            cache[key] = (prob, fn(prob, spec, *args))
+        return cache[key][1]
+
+    return wrapper
+
+
+@_per_optimizer
 def _intrinsic_error(prob, spec, p, steps, batch_size, every) -> float:
     """Median over visited states of ||U_p(s, g) - U(s, g)|| / ||U(s, g) - s|| on parameters:
     how much of each update rounding at p changes (U computed in float64 without rounding)."""
@@ -386,7 +406,8 @@ def _intrinsic_error(prob, spec, p, steps, batch_size, every) -> float:
     return float(np.median(errs)) if errs else float("nan")
 
 
-def _theory(prob, spec_a, spec_b, p, steps, batch_size, every) -> dict:
+@_per_optimizer
+def _theory(prob, spec_a, p, steps, batch_size, every) -> dict:
     """The proposal's bounds, measured on A's visited gradients (and Hessian when small)."""
     visited = defect_lib.visited_states(
         prob, spec_a, p, seed=0, steps=steps, batch_size=batch_size, every=every

@@ -359,8 +359,11 @@ def _direction(visited: Visited, step_src, step_dst, smap: StateMap, policy) -> 
     """Per visited state s of the source: ||U_dst(phi(s), g) - phi(U_src(s, g))|| / ||...||."""
     params, state, grads = visited
     params_src, state_src = step_src(params, state, grads)
-    want = _mapped(smap.phi, policy, params_src, state_src)
-    start = _mapped(smap.phi, policy, params, state)
+    # One compiled call for both maps: eager, the rounding ops dispatch one by one (slow).
+    both = jax.jit(
+        lambda *x: (_mapped(smap.phi, policy, *x[:2]), _mapped(smap.phi, policy, *x[2:]))
+    )
+    want, start = both(params_src, state_src, params, state)
     got = step_dst(*start, grads)
     fields = set(smap.scales)
     got_rows, want_rows = _unstack(got), _unstack(want)

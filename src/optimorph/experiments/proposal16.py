@@ -57,6 +57,7 @@ class Recipe:
     replicas: int = 4
     C: float = 10.0
     margin: float = 0.05  # TOST margin, relative to the reference's mean final test loss
+    visits: int = 20  # visited states per run for the one-step defects
 
     @classmethod
     def quick(cls) -> "Recipe":
@@ -66,9 +67,10 @@ class Recipe:
             mlp_fallback="digits(model=mlp, widths=[32])",
             cnn_problem="digits(model=cnn)",
             seeds=3,
-            steps=60,
+            steps=40,
             batch_size=32,
             replicas=2,
+            visits=8,
         )
 
 
@@ -81,7 +83,8 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     common = dict(seeds=recipe.seeds, steps=recipe.steps, batch_size=recipe.batch_size,
-                  progress=progress, replicas=recipe.replicas, C=recipe.C, margin=recipe.margin)
+                  progress=progress, replicas=recipe.replicas, C=recipe.C, margin=recipe.margin,
+                  visits=recipe.visits)
     try:
         mlp = problem(recipe.mlp_problem)
     except DatasetNotFound as err:
