@@ -6,6 +6,9 @@
     >>> result = optimorph.train("two-moons(n=500)", ["sgd(lr=0.1)", "adam(lr=1e-3)"],
     ...                          seeds=3, steps=200, batch_size=32, progress=False)
 
+    >>> c = optimorph.compare("sgd(lr=0.01)", "signsgd(lr=0.01)", problem="least-squares",
+    ...                       precision=["fp16", "fp64"])   # is A the same algorithm as B?
+
 Importing optimorph never changes JAX's configuration; float64 and emulated formats ask for
 ``jax.config.update("jax_enable_x64", True)`` when they are used.
 """
@@ -34,4 +37,7 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "SpecError",
+    "compare",
+    "classes",
+    "phase_diagram",
 ]

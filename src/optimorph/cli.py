@@ -264,7 +264,9 @@ def _phase(args) -> int:
 
 
 def _write_equivalence_outputs(out: Path, doc: dict, comparison) -> None:
-    from optimorph.report.equivalence_figures import divergence_grid
+    import numpy as np
+
+    from optimorph.report.equivalence_figures import divergence_grid, tracking_animation
     from optimorph.report.figures import save_figure
     from optimorph.results.atomic import write_json_atomic
 
@@ -279,12 +281,17 @@ def _write_equivalence_outputs(out: Path, doc: dict, comparison) -> None:
                     "d": v.distance,
                     "floor_a": v.floor_a,
                     "floor_b": v.floor_b,
-                    "labels": (v.a, v.b),
-                    "pair": f"{v.a} | {v.b}",
+                    "labels": ("A", "B"),
+                    "pair": f"A: {v.a}\nB: {v.b}",
                     "precision": p,
                 }
             )
     save_figure(divergence_grid(panels), out / "divergence.png")
+    # phi(theta_A) tracking theta_B for the first pair at the lowest precision (seed 0); the
+    # circle is C times the noise floor: inside it, the two are indistinguishable.
+    first = next(iter(comparison.pairs.values()))[0]
+    floor = np.maximum(first.floor_a[0], first.floor_b[0]) * comparison.settings["C"]
+    tracking_animation(out / "tracking.gif", first.path_a, first.path_b, floor)
 
 
 def _experiment(args) -> int:

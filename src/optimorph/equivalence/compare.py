@@ -90,12 +90,15 @@ class PairVerdict:
     distance: np.ndarray = dataclasses.field(repr=False, default=None)
     floor_a: np.ndarray = dataclasses.field(repr=False, default=None)
     floor_b: np.ndarray = dataclasses.field(repr=False, default=None)
+    # Seed 0's parameter trajectories [E, P] (state maps act as the identity on parameters).
+    path_a: np.ndarray = dataclasses.field(repr=False, default=None)
+    path_b: np.ndarray = dataclasses.field(repr=False, default=None)
 
     def summary(self) -> dict:
         """The JSON-able numbers (no curves), names as in the CLI's ``--json`` output."""
         out = {}
         for f in dataclasses.fields(self):
-            if f.name in ("eval_steps", "distance", "floor_a", "floor_b"):
+            if f.name in ("eval_steps", "distance", "floor_a", "floor_b", "path_a", "path_b"):
                 continue
             out[f.name] = _jsonable(getattr(self, f.name))
         return out
@@ -356,6 +359,8 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
         distance=d,
         floor_a=runs.floor[i],
         floor_b=runs.floor[j],
+        path_a=r.trajectory[i, 0],
+        path_b=r.trajectory[j, 0],
     )
 
 

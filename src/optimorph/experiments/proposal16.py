@@ -101,7 +101,7 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
             verify[f"{a} | {b}"] = compare(a, b, problem=prob, precision=PRECISIONS, **common)
         panels = [
             {"t": v.eval_steps, "d": v.distance, "floor_a": v.floor_a, "floor_b": v.floor_b,
-             "labels": (v.a, v.b), "pair": f"{v.a} | {v.b}",
+             "labels": ("A", "B"), "pair": f"A: {v.a}\nB: {v.b}",
              "precision": p}
             for p, vs in cls.comparison.pairs.items()
             for v in vs

@@ -146,7 +146,7 @@ def divergence_grid(panels: Sequence[dict[str, Any]], *, kind: str = "distance")
     pairs = list(dict.fromkeys(pair for pair, _ in cells))
     precisions = list(dict.fromkeys(precision for _, precision in cells))
     fig = Figure(
-        figsize=(0.75 * _PANEL[0] * len(precisions), 0.8 * _PANEL[1] * len(pairs)),
+        figsize=(0.9 * _PANEL[0] * len(precisions), 1.0 * _PANEL[1] * len(pairs) + 0.8),
         layout="constrained",
     )
     axes = fig.subplots(len(pairs), len(precisions), squeeze=False)
@@ -169,7 +169,8 @@ def divergence_grid(panels: Sequence[dict[str, Any]], *, kind: str = "distance")
             _draw_ratio(ax, t, d, fa, fb, c)
         ax.set_title(_text(f"{pair} @ {precision}\n{ax.get_title()}"), fontsize="small")
     first = next(ax for ax in axes.ravel() if ax.axison)
-    first.legend(fontsize="x-small")
+    # One legend for the grid, below it: inside a panel it would hide the curves.
+    fig.legend(*first.get_legend_handles_labels(), loc="outside lower center", fontsize="x-small")
     return fig
 
 
