@@ -80,3 +80,18 @@ def test_bad_input_gets_one_clear_line(argv, message, tmp_path, capsys):
     assert code == 2
     assert err.startswith("optimorph: error:") and message in err
     assert "Traceback" not in err
+
+
+def test_phase_diagram_command_writes_figure_and_table(tmp_path, capsys):
+    out = tmp_path / "phase"
+    argv = ["phase-diagram", "--pairs", "sgd(lr=0.01)|signsgd(lr=0.01)",
+            "adam(lr=0.01, b1=0, b2=0, eps=0)|signsgd(lr=0.01)", "--mantissa-bits", "7,23,52",
+            "--heterogeneity", "1,100", "--steps", "40", "--seeds", "2", "--out", str(out),
+            "--json"]
+    assert cli.main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["cells"]) == 2 * 3 * 2
+    sign = [c for c in doc["cells"] if c["a"].startswith("adam")]
+    assert all(c["equivalent"] for c in sign)
+    assert (out / "phase_diagram.png").stat().st_size > 1000
+    assert json.loads((out / "phase_diagram.json").read_text())["cells"] == doc["cells"]

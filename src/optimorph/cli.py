@@ -156,20 +156,22 @@ def _split_specs(text: str) -> list[str]:
     return [x for x in [*out, cur.strip()] if x]
 
 
-def _compare(args) -> int:
-    from optimorph.equivalence.compare import compare
-
-    result = compare(
-        args.a,
-        args.b,
+def _run_args(args) -> dict:
+    """The training and verdict settings shared by compare and classes."""
+    return dict(
         problem=args.problem,
-        precision=args.precision.split(","),
         seeds=args.seeds,
         steps=args.steps,
         batch_size=args.batch_size,
         progress=not args.quiet,
         C=args.C,
     )
+
+
+def _compare(args) -> int:
+    from optimorph.equivalence.compare import compare
+
+    result = compare(args.a, args.b, precision=args.precision.split(","), **_run_args(args))
     doc = {
         "problem": result.problem,
         "a": args.a,
@@ -195,16 +197,7 @@ def _classes(args) -> int:
     from optimorph.equivalence.compare import classes
 
     specs = _split_specs(args.optimizers)
-    result = classes(
-        specs,
-        problem=args.problem,
-        precisions=args.precision.split(","),
-        seeds=args.seeds,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-        C=args.C,
-    )
+    result = classes(specs, precisions=args.precision.split(","), **_run_args(args))
     doc = {
         "problem": result.comparison.problem,
         "optimizers": specs,

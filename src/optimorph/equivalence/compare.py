@@ -195,33 +195,13 @@ def compare(
     >>> c.pairs["fp32"][0].equivalent
     True
     """
-    return _evaluate(
-        [a, b],
-        problem,
-        precision,
-        seeds,
-        steps,
-        batch_size,
-        eval_every,
-        progress,
-        settings,
-        maps={(0, 1): phi} if phi is not None else {},
-    )
+    run = dict(seeds=seeds, steps=steps, batch_size=batch_size, eval_every=eval_every)
+    maps = {(0, 1): phi} if phi is not None else {}
+    return _evaluate([a, b], problem, precision, run, progress, settings, maps=maps)
 
 
-def _evaluate(
-    optimizers,
-    problem,
-    precision,
-    seeds,
-    steps,
-    batch_size,
-    eval_every,
-    progress,
-    settings,
-    maps=None,
-    pairs=None,
-) -> Comparison:
+def _evaluate(optimizers, problem, precision, run, progress, settings, maps=None, pairs=None):
+    """Train each optimizer once per precision, then judge the pairs (all by default)."""
     require_x64("numerical equivalence (noise floors and emulated formats)")
     unknown = set(settings) - set(DEFAULTS)
     if unknown:
@@ -236,29 +216,25 @@ def _evaluate(
     for p in precisions:
         p_name = str(make_precision(p))
         runs = measure(
-            prob,
-            specs,
-            precision=p,
-            seeds=seeds,
-            steps=steps,
-            batch_size=batch_size,
-            eval_every=eval_every,
-            replicas=int(cfg["replicas"]),
-            progress=progress,
+            prob, specs, precision=p, replicas=int(cfg["replicas"]), progress=progress, **run
         )
         out[p] = [
             _pair_verdict(
-                prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, (maps or {}).get((i, j))
+                prob,
+                specs,
+                i,
+                j,
+                p,
+                p_name,
+                runs,
+                cfg,
+                run["batch_size"],
+                run["steps"],
+                (maps or {}).get((i, j)),
             )
             for i, j in pairs
         ]
-    return Comparison(
-        prob.name,
-        names,
-        precisions,
-        out,
-        {**cfg, "seeds": seeds, "steps": steps, "batch_size": batch_size},
-    )
+    return Comparison(prob.name, names, precisions, out, {**cfg, **run})
 
 
 def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, smap):
@@ -483,17 +459,8 @@ def classes(
     """
     from optimorph.equivalence import classes as graph_lib
 
-    comp = _evaluate(
-        list(optimizers),
-        problem,
-        precisions,
-        seeds,
-        steps,
-        batch_size,
-        eval_every,
-        progress,
-        settings,
-    )
+    run = dict(seeds=seeds, steps=steps, batch_size=batch_size, eval_every=eval_every)
+    comp = _evaluate(list(optimizers), problem, precisions, run, progress, settings)
     names = comp.optimizers
     out, triples, stalled = {}, {}, {}
     for p, verdicts in comp.pairs.items():

@@ -82,14 +82,23 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
     recipe = recipe or Recipe()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    common = dict(seeds=recipe.seeds, steps=recipe.steps, batch_size=recipe.batch_size,
-                  progress=progress, replicas=recipe.replicas, C=recipe.C, margin=recipe.margin,
-                  visits=recipe.visits)
+    common = dict(
+        seeds=recipe.seeds,
+        steps=recipe.steps,
+        batch_size=recipe.batch_size,
+        progress=progress,
+        replicas=recipe.replicas,
+        C=recipe.C,
+        margin=recipe.margin,
+        visits=recipe.visits,
+    )
     try:
         mlp = problem(recipe.mlp_problem)
     except DatasetNotFound as err:
-        print(f"proposal16: {err.args[0].splitlines()[0]}; using {recipe.mlp_fallback}",
-              file=sys.stderr)
+        print(
+            f"proposal16: {err.args[0].splitlines()[0]}; using {recipe.mlp_fallback}",
+            file=sys.stderr,
+        )
         mlp = problem(recipe.mlp_fallback)
     doc: dict = {"recipe": dataclasses.asdict(recipe), "problems": {}}
     for label, prob in (("mlp", mlp), ("cnn", problem(recipe.cnn_problem))):
@@ -100,9 +109,15 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
             _log(progress, f"[{label}] verify {a} ~ {b}")
             verify[f"{a} | {b}"] = compare(a, b, problem=prob, precision=PRECISIONS, **common)
         panels = [
-            {"t": v.eval_steps, "d": v.distance, "floor_a": v.floor_a, "floor_b": v.floor_b,
-             "labels": ("A", "B"), "pair": f"A: {v.a}\nB: {v.b}",
-             "precision": p}
+            {
+                "t": v.eval_steps,
+                "d": v.distance,
+                "floor_a": v.floor_a,
+                "floor_b": v.floor_b,
+                "labels": ("A", "B"),
+                "pair": f"A: {v.a}\nB: {v.b}",
+                "precision": p,
+            }
             for p, vs in cls.comparison.pairs.items()
             for v in vs
             if "sgd(lr=0.1)" in (v.a, v.b)
@@ -114,8 +129,9 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
             "non_transitive": cls.non_transitive,
             "stalled_pairs": cls.stalled_pairs,
             "pairs": {p: [v.summary() for v in vs] for p, vs in cls.comparison.pairs.items()},
-            "verification": {k: {p: v[0].summary() for p, v in c.pairs.items()}
-                             for k, c in verify.items()},
+            "verification": {
+                k: {p: v[0].summary() for p, v in c.pairs.items()} for k, c in verify.items()
+            },
         }
         doc["problems"][label]["expectations"] = expectations(doc["problems"][label])
     write_json_atomic(out / "proposal16.json", doc)
@@ -131,22 +147,39 @@ def expectations(result: dict) -> list[dict]:
         _row("2-3 classes at fp16", 2 <= n["fp16"] <= 3, f"{n['fp16']} classes"),
         _row("3-4 classes at fp32", 3 <= n["fp32"] <= 4, f"{n['fp32']} classes"),
         _row("5+ classes at fp64", n["fp64"] >= 5, f"{n['fp64']} classes"),
-        _row("fewer classes at lower precision (collapse)", n["fp16"] <= n["fp32"] <= n["fp64"],
-             f"fp16 {n['fp16']}, fp32 {n['fp32']}, fp64 {n['fp64']}"),
+        _row(
+            "fewer classes at lower precision (collapse)",
+            n["fp16"] <= n["fp32"] <= n["fp64"],
+            f"fp16 {n['fp16']}, fp32 {n['fp32']}, fp64 {n['fp64']}",
+        ),
     ]
     sign = "signsgd(lr=1e-3)"
     alone = all([sign] in cl[p] for p in cl)
-    rows.append(_row("signSGD equivalent to no first-order method, at every precision", alone,
-                     "; ".join(f"{p}: {[c for c in cl[p] if sign in c][0]}" for p in cl)))
+    rows.append(
+        _row(
+            "signSGD equivalent to no first-order method, at every precision",
+            alone,
+            "; ".join(f"{p}: {[c for c in cl[p] if sign in c][0]}" for p in cl),
+        )
+    )
     mom, adam_b2 = "momentum(lr=0.01, beta=0.9)", "adam(lr=1e-3, b1=0.9, b2=0.001)"
     together = {p: any(mom in c and adam_b2 in c for c in cl[p]) for p in cl}
-    rows.append(_row("Adam(beta2 -> 0) equivalent to momentum (gradient magnitudes not uniform "
-                     "here, so the proposal predicts: not equivalent)",
-                     not any(together.values()), f"together at: {together}"))
+    rows.append(
+        _row(
+            "Adam(beta2 -> 0) equivalent to momentum (gradient magnitudes not uniform "
+            "here, so the proposal predicts: not equivalent)",
+            not any(together.values()),
+            f"together at: {together}",
+        )
+    )
     for pair, per_p in result["verification"].items():
         ok = all(v["equivalent"] for v in per_p.values())
-        defects = ", ".join(f"{p}: {v['defect_ab']:.2g}" if isinstance(v["defect_ab"], float)
-                            else f"{p}: {v['defect_ab']}" for p, v in per_p.items())
+        defects = ", ".join(
+            f"{p}: {v['defect_ab']:.2g}"
+            if isinstance(v["defect_ab"], float)
+            else f"{p}: {v['defect_ab']}"
+            for p, v in per_p.items()
+        )
         rows.append(_row(f"exact map verified: {pair}", ok, f"defects {defects}"))
     return rows
 
@@ -167,41 +200,67 @@ def _write_report(out: Path, doc: dict) -> None:
     from optimorph.results.atomic import write_text_atomic
 
     e = html.escape
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Proposal 16</title>",
-             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "font-size:13px}.held{color:#060}.failed{color:#a00}</style></head><body>",
-             "<h1>Proposal 16: numerical equivalence of optimizers</h1>",
-             f"<p>Recipe: <code>{e(json.dumps(doc['recipe']))}</code></p>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Proposal 16</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;"
+        "font-size:13px}.held{color:#060}.failed{color:#a00}</style></head><body>",
+        "<h1>Proposal 16: numerical equivalence of optimizers</h1>",
+        f"<p>Recipe: <code>{e(json.dumps(doc['recipe']))}</code></p>",
+    ]
     for label, res in doc["problems"].items():
         parts.append(f"<h2>{e(label.upper())}: {e(res['problem'])}</h2>")
-        parts.append("<h3>Expected results of the proposal</h3><table><tr><th>claim</th>"
-                     "<th>held?</th><th>evidence</th></tr>")
+        parts.append(
+            "<h3>Expected results of the proposal</h3><table><tr><th>claim</th>"
+            "<th>held?</th><th>evidence</th></tr>"
+        )
         for r in res["expectations"]:
             cls_ = "held" if r["held"] else "failed"
-            parts.append(f"<tr><td>{e(r['claim'])}</td><td class='{cls_}'>"
-                         f"{'held' if r['held'] else 'did not hold'}</td>"
-                         f"<td>{e(r['evidence'])}</td></tr>")
-        parts.append("</table><h3>Equivalence classes</h3><table><tr><th>precision</th>"
-                     "<th>classes</th></tr>")
+            parts.append(
+                f"<tr><td>{e(r['claim'])}</td><td class='{cls_}'>"
+                f"{'held' if r['held'] else 'did not hold'}</td>"
+                f"<td>{e(r['evidence'])}</td></tr>"
+            )
+        parts.append(
+            "</table><h3>Equivalence classes</h3><table><tr><th>precision</th><th>classes</th></tr>"
+        )
         for p, cl in res["classes"].items():
             text = " | ".join(" ~ ".join(c) for c in cl)
             parts.append(f"<tr><td>{e(p)}</td><td>{e(text)}</td></tr>")
-        parts.append("</table><h3>Pairs</h3><table><tr><th>precision</th><th>A</th><th>B</th>"
-                     "<th>equivalent</th><th>d/floor</th><th>defect AB</th><th>map</th>"
-                     "<th>p (t-test)</th><th>p (TOST)</th><th>reason</th></tr>")
+        parts.append(
+            "</table><h3>Pairs</h3><table><tr><th>precision</th><th>A</th><th>B</th>"
+            "<th>equivalent</th><th>d/floor</th><th>defect AB</th><th>map</th>"
+            "<th>p (t-test)</th><th>p (TOST)</th><th>reason</th></tr>"
+        )
         for p, vs in res["pairs"].items():
             for v in vs:
-                parts.append("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in (
-                    p, v["a"], v["b"], v["equivalent"], _g(v["distance_ratio"]),
-                    _g(v["defect_ab"]), v["map"], _g(v["p_value"]), _g(v["tost_p_value"]),
-                    v["reason"])) + "</tr>")
+                parts.append(
+                    "<tr>"
+                    + "".join(
+                        f"<td>{e(str(x))}</td>"
+                        for x in (
+                            p,
+                            v["a"],
+                            v["b"],
+                            v["equivalent"],
+                            _g(v["distance_ratio"]),
+                            _g(v["defect_ab"]),
+                            v["map"],
+                            _g(v["p_value"]),
+                            _g(v["tost_p_value"]),
+                            v["reason"],
+                        )
+                    )
+                    + "</tr>"
+                )
         parts.append("</table>")
         fig = out / f"{label}_divergence.png"
         if fig.exists():
             data = base64.b64encode(fig.read_bytes()).decode()
-            parts.append(f"<h3>Trajectory distance vs noise floor</h3>"
-                         f"<img style='max-width:100%' src='data:image/png;base64,{data}'>")
+            parts.append(
+                f"<h3>Trajectory distance vs noise floor</h3>"
+                f"<img style='max-width:100%' src='data:image/png;base64,{data}'>"
+            )
     parts.append("</body></html>")
     write_text_atomic(out / "report.html", "\n".join(parts))
 
