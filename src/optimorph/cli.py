@@ -285,6 +285,7 @@ def _write_equivalence_outputs(out: Path, doc: dict, comparison) -> None:
     first = next(iter(comparison.pairs.values()))[0]
     floor = np.maximum(first.floor_a[0], first.floor_b[0]) * comparison.settings["C"]
     tracking_animation(out / "tracking.gif", first.path_a, first.path_b, floor)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
 
 
 def _experiment(args) -> int:

@@ -132,6 +132,8 @@ def train(
         "eval_every": plan.eval_every,
         "log_every": plan.log_every,
         "replicas": plan.replicas,
+        "record_params": plan.record_params,  # part of the checkpoint fingerprint: they change
+        "track_stalled": plan.track_stalled,  # what the saved series hold
         "problem_info": dict(prob.info),
     }
     groups: dict[tuple, list[int]] = {}

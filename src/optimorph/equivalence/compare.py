@@ -141,6 +141,7 @@ def measure(
     eval_every: int | None = None,
     replicas: int = DEFAULTS["replicas"],
     progress: bool = True,
+    checkpoint_dir: Any = None,
 ) -> _Runs:
     """Train every optimizer once at ``precision`` with noise replicas and recorded trajectories."""
     result = train(
@@ -155,6 +156,7 @@ def measure(
         record_params=True,
         track_stalled=True,
         progress=progress,
+        checkpoint_dir=checkpoint_dir,
         keep_params=False,
     )
     return _Runs(result, result.noise_floor(), np.linalg.norm(result.trajectory, axis=-1))
@@ -172,6 +174,7 @@ def compare(
     eval_every: int | None = None,
     phi: Any = None,
     progress: bool = True,
+    checkpoint_dir: Any = None,
     **settings: Any,
 ) -> Comparison:
     """Compare two optimizers at one or several precisions.
@@ -183,6 +186,8 @@ def compare(
       seeds, steps, batch_size, eval_every: the training runs (seeds are paired).
       phi: a :class:`~optimorph.equivalence.maps.StateMap` from A to B; default: the registered
         exact map, else a fitted one.
+      checkpoint_dir: keep training checkpoints here; an interrupted comparison rerun with the
+        same arguments resumes its training where it stopped.
       **settings: override ``DEFAULTS`` (C, replicas, kappa_max, margin, stall_limit).
 
     Returns:
@@ -195,7 +200,13 @@ def compare(
     >>> c.pairs["fp32"][0].equivalent
     True
     """
-    run = dict(seeds=seeds, steps=steps, batch_size=batch_size, eval_every=eval_every)
+    run = dict(
+        seeds=seeds,
+        steps=steps,
+        batch_size=batch_size,
+        eval_every=eval_every,
+        checkpoint_dir=checkpoint_dir,
+    )
     maps = {(0, 1): phi} if phi is not None else {}
     return _evaluate([a, b], problem, precision, run, progress, settings, maps=maps)
 
@@ -234,7 +245,8 @@ def _evaluate(optimizers, problem, precision, run, progress, settings, maps=None
             )
             for i, j in pairs
         ]
-    return Comparison(prob.name, names, precisions, out, {**cfg, **run})
+    settings_out = {**cfg, **{k: v for k, v in run.items() if k != "checkpoint_dir"}}
+    return Comparison(prob.name, names, precisions, out, settings_out)
 
 
 def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, smap):
@@ -442,6 +454,7 @@ def classes(
     batch_size: int | None = None,
     eval_every: int | None = None,
     progress: bool = True,
+    checkpoint_dir: Any = None,
     **settings: Any,
 ) -> Classes:
     """The equivalence graph of ``optimizers`` at each precision and its connected components.
@@ -459,7 +472,13 @@ def classes(
     """
     from optimorph.equivalence import classes as graph_lib
 
-    run = dict(seeds=seeds, steps=steps, batch_size=batch_size, eval_every=eval_every)
+    run = dict(
+        seeds=seeds,
+        steps=steps,
+        batch_size=batch_size,
+        eval_every=eval_every,
+        checkpoint_dir=checkpoint_dir,
+    )
     comp = _evaluate(list(optimizers), problem, precisions, run, progress, settings)
     names = comp.optimizers
     out, triples, stalled = {}, {}, {}

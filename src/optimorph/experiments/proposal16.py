@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -103,11 +104,16 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
     doc: dict = {"recipe": dataclasses.asdict(recipe), "problems": {}}
     for label, prob in (("mlp", mlp), ("cnn", problem(recipe.cnn_problem))):
         _log(progress, f"[{label}] classes of {len(OPTIMIZERS)} optimizers on {prob.name}")
-        cls = classes(OPTIMIZERS, problem=prob, precisions=PRECISIONS, **common)
+        ckpt = out / "checkpoints" / label  # a rerun after a crash resumes the training
+        cls = classes(
+            OPTIMIZERS, problem=prob, precisions=PRECISIONS, checkpoint_dir=ckpt, **common
+        )
         verify = {}
         for a, b in VERIFY_PAIRS:
             _log(progress, f"[{label}] verify {a} ~ {b}")
-            verify[f"{a} | {b}"] = compare(a, b, problem=prob, precision=PRECISIONS, **common)
+            verify[f"{a} | {b}"] = compare(
+                a, b, problem=prob, precision=PRECISIONS, checkpoint_dir=ckpt, **common
+            )
         panels = [
             {
                 "t": v.eval_steps,
@@ -136,6 +142,7 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
         doc["problems"][label]["expectations"] = expectations(doc["problems"][label])
     write_json_atomic(out / "proposal16.json", doc)
     _write_report(out, doc)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
     return doc
 
 

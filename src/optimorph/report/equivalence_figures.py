@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,8 @@ def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) 
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, label, cells in zip(axes, labels, eq):
         ax.pcolormesh(x_edges, y_edges, cells.astype(float), cmap=_EQUIV_COLORS, vmin=0, vmax=1)
-        ax.set_title(_text(label))
+        # Pair labels are long spec strings: wrap them so neighbouring titles do not collide.
+        ax.set_title(textwrap.fill(_text(label), 38), fontsize="small")
     counts = eq.sum(axis=0)
     summary = axes[len(labels)]
     # Integer bins: one color per count, so "2 of 3 pairs" is a color, not a shade between.
