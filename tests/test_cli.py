@@ -39,9 +39,26 @@ def test_train_writes_a_complete_run_directory(tmp_path, capsys, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
-    argv = ["train", "--problem", "two-moons(n=100)", "--optimizer", "sgd(lr=0.1)",
-            "--optimizer", "my_opts:clipped_sgd(lr=0.05)", "--seeds", "2", "--steps", "40",
-            "--batch-size", "10", "--eval-every", "10", "--out", str(out), "--quiet"]
+    argv = [
+        "train",
+        "--problem",
+        "two-moons(n=100)",
+        "--optimizer",
+        "sgd(lr=0.1)",
+        "--optimizer",
+        "my_opts:clipped_sgd(lr=0.05)",
+        "--seeds",
+        "2",
+        "--steps",
+        "40",
+        "--batch-size",
+        "10",
+        "--eval-every",
+        "10",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert cli.main(argv) == 0
     for name in ("config.json", "metrics.parquet", "summary.json", "loss_curves.png"):
         assert (out / name).stat().st_size > 0, name
@@ -69,8 +86,10 @@ def test_demo_writes_a_report(tmp_path):
         (["--problem", "two-moons", "--optimizer", "adam(b1=2)"], "b1=2.0 is out of range"),
         (["--problem", "two-moons", "--optimizer", "adam(lr=)"], "cannot parse"),
         (["--problem", "two-moons", "--optimizer", "sgd", "--precision", "fp13"], "fp13"),
-        (["--problem", "fashion-mnist(path='/nonexistent')", "--optimizer", "sgd"],
-         "dataset-fashion-mnist"),
+        (
+            ["--problem", "fashion-mnist(path='/nonexistent')", "--optimizer", "sgd"],
+            "dataset-fashion-mnist",
+        ),
         (["--problem", "two-moons", "--optimizer", "sgd", "--steps", "0"], "steps must be"),
     ],
 )
@@ -84,10 +103,23 @@ def test_bad_input_gets_one_clear_line(argv, message, tmp_path, capsys):
 
 def test_phase_diagram_command_writes_figure_and_table(tmp_path, capsys):
     out = tmp_path / "phase"
-    argv = ["phase-diagram", "--pairs", "sgd(lr=0.01)|signsgd(lr=0.01)",
-            "adam(lr=0.01, b1=0, b2=0, eps=0)|signsgd(lr=0.01)", "--mantissa-bits", "7,23,52",
-            "--heterogeneity", "1,100", "--steps", "40", "--seeds", "2", "--out", str(out),
-            "--json"]
+    argv = [
+        "phase-diagram",
+        "--pairs",
+        "sgd(lr=0.01)|signsgd(lr=0.01)",
+        "adam(lr=0.01, b1=0, b2=0, eps=0)|signsgd(lr=0.01)",
+        "--mantissa-bits",
+        "7,23,52",
+        "--heterogeneity",
+        "1,100",
+        "--steps",
+        "40",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        "--json",
+    ]
     assert cli.main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     assert len(doc["cells"]) == 2 * 3 * 2

@@ -7,12 +7,16 @@ from optimorph.experiments import proposal16
 
 
 def test_proposal16_pipeline_writes_classes_expectations_and_report(tmp_path, monkeypatch):
-    monkeypatch.setattr(proposal16, "OPTIMIZERS", [
-        "sgd(lr=0.1)", "momentum(lr=0.01, beta=0.9)", "signsgd(lr=1e-3)"
-    ])
-    monkeypatch.setattr(proposal16, "VERIFY_PAIRS", [
-        ("momentum(lr=0.01, beta=0.9)", "momentum(lr=0.01, beta=0.9, form='ema')"),
-    ])
+    monkeypatch.setattr(
+        proposal16, "OPTIMIZERS", ["sgd(lr=0.1)", "momentum(lr=0.01, beta=0.9)", "signsgd(lr=1e-3)"]
+    )
+    monkeypatch.setattr(
+        proposal16,
+        "VERIFY_PAIRS",
+        [
+            ("momentum(lr=0.01, beta=0.9)", "momentum(lr=0.01, beta=0.9, form='ema')"),
+        ],
+    )
     recipe = dataclasses.replace(proposal16.Recipe.quick(), seeds=2, steps=20, visits=4)
     doc = proposal16.run(tmp_path, recipe, progress=False)
     assert set(doc["problems"]) == {"mlp", "cnn"}

@@ -265,20 +265,7 @@ def _write_equivalence_outputs(out: Path, doc: dict, comparison) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "equivalence.json", doc)
-    panels = []
-    for p, verdicts in comparison.pairs.items():
-        for v in verdicts:
-            panels.append(
-                {
-                    "t": v.eval_steps,
-                    "d": v.distance,
-                    "floor_a": v.floor_a,
-                    "floor_b": v.floor_b,
-                    "labels": ("A", "B"),
-                    "pair": f"A: {v.a}\nB: {v.b}",
-                    "precision": p,
-                }
-            )
+    panels = [v.panel(p) for p, verdicts in comparison.pairs.items() for v in verdicts]
     save_figure(divergence_grid(panels), out / "divergence.png")
     # phi(theta_A) tracking theta_B for the first pair at the lowest precision (seed 0); the
     # circle is C times the noise floor: inside it, the two are indistinguishable.

@@ -14,8 +14,13 @@ KW = dict(seeds=3, steps=120, batch_size=16, progress=False)
 
 
 def test_momentum_forms_are_equivalent_at_fp64_and_fp16():
-    c = compare("momentum(lr=0.002, beta=0.9)", "momentum(lr=0.002, beta=0.9, form='ema')",
-                problem=PROBLEM, precision=["fp16", "fp64"], **KW)
+    c = compare(
+        "momentum(lr=0.002, beta=0.9)",
+        "momentum(lr=0.002, beta=0.9, form='ema')",
+        problem=PROBLEM,
+        precision=["fp16", "fp64"],
+        **KW,
+    )
     for p in ("fp16", "fp64"):
         v = c.pairs[p][0]
         assert v.equivalent, v.reason
@@ -37,8 +42,9 @@ def test_adam_without_moments_is_signsgd_at_fp32():
 
 
 def test_signsgd_is_not_sgd_on_a_heterogeneous_problem():
-    c = compare("sgd(lr=1e-4)", "signsgd(lr=1e-4)", problem=HETERO,
-                precision=["fp16", "fp32", "fp64"], **KW)
+    c = compare(
+        "sgd(lr=1e-4)", "signsgd(lr=1e-4)", problem=HETERO, precision=["fp16", "fp32", "fp64"], **KW
+    )
     ratios = [c.pairs[p][0].distance_ratio for p in ("fp16", "fp32", "fp64")]
     assert not any(c.pairs[p][0].equivalent for p in c.pairs)
     assert ratios[0] < ratios[1] < ratios[2], "the noise floor shrinks with precision"
@@ -47,24 +53,55 @@ def test_signsgd_is_not_sgd_on_a_heterogeneous_problem():
 
 
 def test_a_tiny_learning_rate_change_is_visible_at_fp64_not_at_e8m3():
-    c = compare("sgd(lr=0.002)", "sgd(lr=0.002002)", problem=PROBLEM,
-                precision=["fp64", "e8m3"], **KW)
+    c = compare(
+        "sgd(lr=0.002)", "sgd(lr=0.002002)", problem=PROBLEM, precision=["fp64", "e8m3"], **KW
+    )
     assert not c.pairs["fp64"][0].equivalent
     assert c.pairs["e8m3"][0].equivalent, c.pairs["e8m3"][0].reason
 
 
 def test_classes_and_cli_json(capsys):
-    c = classes(["sgd(lr=1e-4)", "momentum(lr=1e-4, beta=0)", "signsgd(lr=1e-4)"],
-                problem=HETERO, precisions=["fp64"], **KW)
-    assert c.classes["fp64"] == [["sgd(lr=1e-4)", "momentum(lr=1e-4, beta=0)"],
-                                 ["signsgd(lr=1e-4)"]]
-    code = cli.main(["compare", "sgd(lr=0.002)", "momentum(lr=0.002, beta=0)", "--problem",
-                     PROBLEM, "--precision", "fp32", "--seeds", "2", "--steps", "40", "--json",
-                     "--quiet"])
+    c = classes(
+        ["sgd(lr=1e-4)", "momentum(lr=1e-4, beta=0)", "signsgd(lr=1e-4)"],
+        problem=HETERO,
+        precisions=["fp64"],
+        **KW,
+    )
+    assert c.classes["fp64"] == [
+        ["sgd(lr=1e-4)", "momentum(lr=1e-4, beta=0)"],
+        ["signsgd(lr=1e-4)"],
+    ]
+    code = cli.main(
+        [
+            "compare",
+            "sgd(lr=0.002)",
+            "momentum(lr=0.002, beta=0)",
+            "--problem",
+            PROBLEM,
+            "--precision",
+            "fp32",
+            "--seeds",
+            "2",
+            "--steps",
+            "40",
+            "--json",
+            "--quiet",
+        ]
+    )
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
-    fields = {"equivalent", "distance_ratio", "defect_ab", "defect_ba", "kappa_phi", "kappa_psi",
-              "map", "growth_exponent", "p_value", "tost_p_value"}
+    fields = {
+        "equivalent",
+        "distance_ratio",
+        "defect_ab",
+        "defect_ba",
+        "kappa_phi",
+        "kappa_psi",
+        "map",
+        "growth_exponent",
+        "p_value",
+        "tost_p_value",
+    }
     assert fields <= set(doc["precisions"]["fp32"])
     assert doc["precisions"]["fp32"]["equivalent"] is True
 
@@ -73,8 +110,7 @@ def test_an_interrupted_comparison_resumes_from_its_checkpoints(tmp_path, monkey
     from optimorph.engine import trainer
 
     specs = ("sgd(lr=0.002)", "momentum(lr=0.002, beta=0)")
-    kw = dict(problem=PROBLEM, precision="fp32", seeds=2, steps=40, batch_size=16,
-              progress=False)
+    kw = dict(problem=PROBLEM, precision="fp32", seeds=2, steps=40, batch_size=16, progress=False)
     full = compare(*specs, **kw).pairs["fp32"][0]
     saves = []
     original = trainer._save_checkpoint
@@ -95,3 +131,15 @@ def test_an_interrupted_comparison_resumes_from_its_checkpoints(tmp_path, monkey
     resumed = compare(*specs, checkpoint_dir=tmp_path, **kw).pairs["fp32"][0]
     np.testing.assert_array_equal(resumed.distance, full.distance)
     np.testing.assert_array_equal(resumed.floor_a, full.floor_a)
+
+
+def test_an_overflowing_fp16_loss_is_not_a_divergence_of_the_parameters():
+    """On HETERO the fp16 loss overflows to inf from step 1, but the parameters stay finite and
+    identical for sgd and momentum(beta=0): the verdict compares parameters."""
+    kw = dict(seeds=2, steps=60, progress=False)  # full batch: the summed errors overflow
+    r = optimorph.train(HETERO, "sgd(lr=1e-4)", precision="fp16", record_params=True, **kw)
+    assert (r.diverged_at >= 1).any(), "the engine reports the non-finite loss"
+    assert np.isfinite(r.trajectory).all()
+    c = compare("sgd(lr=1e-4)", "momentum(lr=1e-4, beta=0)", problem=HETERO, precision="fp16", **kw)
+    v = c.pairs["fp16"][0]
+    assert v.equivalent and v.first_nan_a is None and v.distance_ratio == 0.0, v.reason

@@ -34,8 +34,9 @@ def test_known_cells_of_the_phase_diagram():
         ("sgd(lr=0.01)", "signsgd(lr=0.01)"),
         ("sgd(lr=0.01)", "sgd(lr=0.01001)"),
     ]
-    pd = phase_diagram(pairs, mantissa_bits=[4, 10, 52], heterogeneity=[1.0, 100.0], steps=100,
-                       evals=5, seeds=2)
+    pd = phase_diagram(
+        pairs, mantissa_bits=[4, 10, 52], heterogeneity=[1.0, 100.0], steps=100, evals=5, seeds=2
+    )
     assert pd.equivalent[0].all(), "adam without moments is sign descent at every precision"
     assert not pd.equivalent[1, 1:, 1].any(), "sgd vs signsgd differ on a heterogeneous problem"
     assert not pd.equivalent[2, 2].any() and pd.equivalent[2, 0].all(), (

@@ -94,6 +94,18 @@ class PairVerdict:
     path_a: np.ndarray = dataclasses.field(repr=False, default=None)
     path_b: np.ndarray = dataclasses.field(repr=False, default=None)
 
+    def panel(self, precision: str) -> dict:
+        """This pair's curves as a panel of ``report.equivalence_figures.divergence_grid``."""
+        return {
+            "t": self.eval_steps,
+            "d": self.distance,
+            "floor_a": self.floor_a,
+            "floor_b": self.floor_b,
+            "labels": ("A", "B"),
+            "pair": f"A: {self.a}\nB: {self.b}",
+            "precision": precision,
+        }
+
     def summary(self) -> dict:
         """The JSON-able numbers (no curves), names as in the CLI's ``--json`` output."""
         out = {}
@@ -263,7 +275,8 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
     t = r.eval_steps[1:].astype(float)
     growth = stats.growth_exponent(t, np.median(d[:, 1:], axis=0))[0]
 
-    nan_a, nan_b = _first_nan(r.diverged_at[i]), _first_nan(r.diverged_at[j])
+    nan_a = _first_nan(r.trajectory[i], r.eval_steps)
+    nan_b = _first_nan(r.trajectory[j], r.eval_steps)
     every = max(steps // int(cfg["visits"]), 1)
     dfx = defect_lib.simulation_defect(
         specs[i],
@@ -293,10 +306,13 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
     if nan_a is not None or nan_b is not None:
         equivalent = False
         if nan_a is not None and nan_b is not None:
-            reason = f"both diverged (A at step {nan_a}, B at step {nan_b}): undecidable"
+            reason = (
+                f"both diverged (NaN/inf parameters by step {nan_a} for A, {nan_b} for "
+                "B): undecidable"
+            )
         else:
             who, step = ("A", nan_a) if nan_a is not None else ("B", nan_b)
-            reason = f"{who} produced NaN/inf at step {step} and the other did not"
+            reason = f"{who} had NaN/inf parameters by step {step} and the other did not"
     elif distance_ratio > cfg["C"]:
         equivalent, reason = False, f"d/floor reached {distance_ratio:.3g} > C={cfg['C']:g}"
     elif not kappa_ok:
@@ -352,9 +368,14 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
     )
 
 
-def _first_nan(steps: np.ndarray) -> int | None:
-    bad = steps[steps >= 0]
-    return int(bad.min()) if bad.size else None
+def _first_nan(trajectory: np.ndarray, eval_steps: np.ndarray) -> int | None:
+    """First evaluation step at which some seed's parameters held NaN/inf, else None.
+
+    The trajectory decides, not the loss: an fp16 loss can overflow to inf while the parameters
+    (what the verdict compares) stay finite.
+    """
+    bad = (~np.isfinite(trajectory).all(axis=-1)).any(axis=0)  # [S, E, P] -> [E]
+    return int(eval_steps[np.argmax(bad)]) if bad.any() else None
 
 
 def _final_metric(evals: dict) -> str:

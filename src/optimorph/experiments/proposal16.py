@@ -115,15 +115,7 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
                 a, b, problem=prob, precision=PRECISIONS, checkpoint_dir=ckpt, **common
             )
         panels = [
-            {
-                "t": v.eval_steps,
-                "d": v.distance,
-                "floor_a": v.floor_a,
-                "floor_b": v.floor_b,
-                "labels": ("A", "B"),
-                "pair": f"A: {v.a}\nB: {v.b}",
-                "precision": p,
-            }
+            v.panel(p)
             for p, vs in cls.comparison.pairs.items()
             for v in vs
             if "sgd(lr=0.1)" in (v.a, v.b)
