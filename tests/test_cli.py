@@ -127,3 +127,18 @@ def test_phase_diagram_command_writes_figure_and_table(tmp_path, capsys):
     assert all(c["equivalent"] for c in sign)
     assert (out / "phase_diagram.png").stat().st_size > 1000
     assert json.loads((out / "phase_diagram.json").read_text())["cells"] == doc["cells"]
+
+
+def test_precision_lists_with_roles_and_stagnation_in_the_run_directory(tmp_path):
+    from optimorph.results import read_run
+
+    assert cli._precisions("fp16,fp32") == ["fp16", "fp32"]
+    assert cli._precisions("fp16;params=bf16,state=fp32") == ["fp16", "params=bf16,state=fp32"]
+    out = tmp_path / "run"
+    argv = ["train", "--problem", "quadratic(dim=8, kappa=10)", "--optimizer", "sgd(lr=1e-4)",
+            "--precision", "bf16", "--steps", "40", "--track-stalled", "--out", str(out),
+            "--quiet"]
+    assert cli.main(argv) == 0
+    back = read_run(out)
+    assert back.stalled.shape == (1, 1, 40)
+    assert back.stalled[0, 0, -1] > 0.5, "bf16 absorbs most of these tiny updates"

@@ -124,6 +124,11 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--log-every", type=int, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--track-stalled",
+        action="store_true",
+        help="record per step the fraction of updates rounding absorbed (metric 'stalled')",
+    )
 
 
 def _equivalence_args(p: argparse.ArgumentParser) -> None:
@@ -131,7 +136,8 @@ def _equivalence_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         default="fp16,fp32,fp64",
-        help="comma-separated precisions (plain formats; roles via the Python API)",
+        help="precisions separated by commas, or by ';' when one has roles: "
+        "'fp16;params=bf16,state=fp32'",
     )
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=int, default=500)
@@ -156,6 +162,11 @@ def _split_specs(text: str) -> list[str]:
     return [x for x in [*out, cur.strip()] if x]
 
 
+def _precisions(text: str) -> list[str]:
+    """'fp16,fp32' or, when a precision has roles (which contain commas), 'fp16;bf16,v=fp32'."""
+    return [p.strip() for p in text.split(";" if ";" in text else ",") if p.strip()]
+
+
 def _run_args(args) -> dict:
     """The training and verdict settings shared by compare and classes."""
     return dict(
@@ -171,7 +182,7 @@ def _run_args(args) -> dict:
 def _compare(args) -> int:
     from optimorph.equivalence.compare import compare
 
-    result = compare(args.a, args.b, precision=args.precision.split(","), **_run_args(args))
+    result = compare(args.a, args.b, precision=_precisions(args.precision), **_run_args(args))
     doc = {
         "problem": result.problem,
         "a": args.a,
@@ -197,7 +208,7 @@ def _classes(args) -> int:
     from optimorph.equivalence.compare import classes
 
     specs = _split_specs(args.optimizers)
-    result = classes(specs, precisions=args.precision.split(","), **_run_args(args))
+    result = classes(specs, precisions=_precisions(args.precision), **_run_args(args))
     doc = {
         "problem": result.comparison.problem,
         "optimizers": specs,
@@ -332,6 +343,7 @@ def _train(args) -> int:
         log_every=args.log_every,
         checkpoint_dir=out / "checkpoints",
         progress=not args.quiet,
+        track_stalled=args.track_stalled,
     )
     write_run(result, out)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume

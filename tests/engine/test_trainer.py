@@ -189,3 +189,12 @@ def test_noise_replicas_give_a_rounding_sized_floor_and_trajectories():
             # fuse the vmapped replica program differently)
             np.testing.assert_allclose(r.train_loss, plain.train_loss, rtol=1e-14)
     assert 0 < floors["fp64"] < 1e-12 < floors["fp32"] < 1e-4 < floors["e5m10"]
+
+
+def test_a_single_optax_transformation_and_an_awkward_step_count():
+    """An optax object is one optimizer (not a sequence of two functions); a prime step count
+    gets a default evaluation interval that divides it."""
+    r = train("quadratic(dim=4, kappa=10)", optax.sgd(0.05), steps=101, progress=False)
+    assert r.train_loss.shape == (1, 1, 101)
+    assert r.eval_steps[0] == 0 and r.eval_steps[-1] == 101  # the interval divides 101
+    assert r.train_loss[0, 0, -1] < r.train_loss[0, 0, 0]

@@ -22,12 +22,14 @@ class Progress:
         enabled: bool = True,
         stream: TextIO | None = None,
         every_s: float = 10.0,
+        unit: str = "steps",
     ):
         self.total = max(int(total), 1)
         self.label = label
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.every_s = every_s
+        self.unit = unit
         self.start = time.perf_counter()
         self.last_print = -float("inf")
         self.done = 0
@@ -47,7 +49,7 @@ class Progress:
         left = (self.total - self.done) / rate if rate > 0 else float("nan")
         line = (
             f"{self.label} {self.done}/{self.total} ({100 * self.done / self.total:.0f}%) "
-            f"{_si(rate)} steps/s, {elapsed:.0f}s elapsed, ~{left:.0f}s left {note}"
+            f"{_si(rate)} {self.unit}/s, {elapsed:.0f}s elapsed, ~{left:.0f}s left {note}"
         ).strip()
         end = "\n" if finished or not self.tty else ""
         self.stream.write(("\r" if self.tty else "") + line + end)

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from optimorph.engine.progress import Progress
 from optimorph.engine.result import TrainResult
@@ -95,11 +96,10 @@ def train(
     """
     started = time.perf_counter()
     prob = problem if isinstance(problem, Problem) else make_problem(problem)
-    optimizers = (
-        [optimizers]
-        if isinstance(optimizers, (str, OptimizerSpec)) or not isinstance(optimizers, Sequence)
-        else list(optimizers)
-    )
+    # A GradientTransformation is a NamedTuple, hence a Sequence: test for it before lists.
+    single = (str, OptimizerSpec, optax.GradientTransformation)
+    is_one = isinstance(optimizers, single) or not isinstance(optimizers, Sequence)
+    optimizers = [optimizers] if is_one else list(optimizers)
     specs = [resolve(o) for o in optimizers]
     if not specs:
         raise TrainingError("give at least one optimizer")
@@ -200,9 +200,10 @@ class _Plan:
         if batch_size is not None:
             batch_size = _positive_int(batch_size, "batch_size")
         batch = n if full else batch_size
-        eval_every = steps if steps < 20 and eval_every is None else eval_every
-        eval_every = _positive_int(eval_every or max(steps // 20, 1), "eval_every")
         log_every = _positive_int(log_every, "log_every")
+        if eval_every is None:
+            eval_every = _default_eval_every(steps, log_every)
+        eval_every = _positive_int(eval_every, "eval_every")
         if steps % eval_every:
             raise TrainingError(
                 f"eval_every={eval_every} must divide steps={steps}; e.g. eval_every="
@@ -229,6 +230,23 @@ class _Plan:
             record_params=False,
             track_stalled=False,
         )
+
+
+def _default_eval_every(steps: int, log_every: int) -> int:
+    """The divisor of ``steps`` nearest (in log scale) to steps / 20: about 20 evaluations.
+
+    It must divide ``steps`` and be a multiple of ``log_every``; for a prime step count this is
+    ``steps`` (one evaluation at the end) rather than an evaluation after every step.
+
+    >>> _default_eval_every(1000, 1), _default_eval_every(1009, 1), _default_eval_every(1000, 8)
+    (50, 1009, 40)
+    """
+    target = max(steps / 20, 1.0)
+    divisors = [d for d in range(1, math.isqrt(steps) + 1) if steps % d == 0]
+    divisors = [d for d in {*divisors, *(steps // d for d in divisors)} if d % log_every == 0]
+    if not divisors:
+        raise TrainingError(f"log_every={log_every} must divide steps={steps}")
+    return min(divisors, key=lambda d: (abs(math.log(d / target)), -d))
 
 
 def _positive_int(value: Any, name: str) -> int:

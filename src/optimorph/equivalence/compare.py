@@ -33,6 +33,7 @@ import numpy as np
 
 from optimorph import stats
 from optimorph.engine import train
+from optimorph.engine.progress import Progress
 from optimorph.equivalence import defect as defect_lib
 from optimorph.equivalence import theory
 from optimorph.optimizers import resolve
@@ -241,22 +242,17 @@ def _evaluate(optimizers, problem, precision, run, progress, settings, maps=None
         runs = measure(
             prob, specs, precision=p, replicas=int(cfg["replicas"]), progress=progress, **run
         )
-        out[p] = [
-            _pair_verdict(
-                prob,
-                specs,
-                i,
-                j,
-                p,
-                p_name,
-                runs,
-                cfg,
-                run["batch_size"],
-                run["steps"],
-                (maps or {}).get((i, j)),
+        # Defects, intrinsic errors and theory checks take seconds per pair: show progress.
+        bar = Progress(len(pairs), f"pairs at {p_name}", enabled=progress, unit="pairs")
+        out[p] = []
+        for i, j in pairs:
+            smap = (maps or {}).get((i, j))
+            out[p].append(
+                _pair_verdict(
+                    prob, specs, i, j, p, p_name, runs, cfg, run["batch_size"], run["steps"], smap
+                )
             )
-            for i, j in pairs
-        ]
+            bar.advance(1)
     settings_out = {**cfg, **{k: v for k, v in run.items() if k != "checkpoint_dir"}}
     return Comparison(prob.name, names, precisions, out, settings_out)
 

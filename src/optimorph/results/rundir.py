@@ -151,8 +151,11 @@ def read_run(run_dir: str | os.PathLike) -> TrainResult:
         return out
 
     is_train = col["split"] == TRAIN_SPLIT
-    steps = np.unique(col["step"][is_train])
-    train_loss = unstack(is_train, steps, "the training loss")
+    is_loss = is_train & (col["metric"] == "loss")
+    steps = np.unique(col["step"][is_loss])
+    train_loss = unstack(is_loss, steps, "the training loss")
+    is_stalled = is_train & (col["metric"] == "stalled")
+    stalled = unstack(is_stalled, steps, "stalled") if is_stalled.any() else None
     eval_steps = np.unique(col["step"][~is_train])
     evals = {}
     for key in meta["eval_keys"]:
@@ -168,6 +171,7 @@ def read_run(run_dir: str | os.PathLike) -> TrainResult:
         diverged_at=np.asarray(meta["diverged_at"], dtype=np.int64).reshape(n_opt, len(seeds)),
         wall_time=float(meta["wall_time"]),
         config=meta["config"],
+        stalled=stalled,
     )
 
 
@@ -188,6 +192,8 @@ def metrics_table(result: TrainResult) -> pa.Table:
     """
     _check_shapes(result)
     blocks = [(TRAIN_SPLIT, "loss", result.steps, result.train_loss)]
+    if result.stalled is not None:  # fraction of updates rounding absorbed, per logged step
+        blocks.append((TRAIN_SPLIT, "stalled", result.steps, result.stalled))
     blocks += [(*_split_key(k), result.eval_steps, v) for k, v in result.evals.items()]
     names = np.asarray(result.optimizers, dtype=object)
     seeds = np.asarray(result.seeds, dtype=np.int64)
