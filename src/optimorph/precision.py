@@ -37,7 +37,7 @@ import dataclasses
 import math
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -56,6 +56,9 @@ __all__ = [
     "precision",
     "require_x64",
     "round_in",
+    "round_to_bits",
+    "stalled_fraction",
+    "TracedBits",
 ]
 
 Array = jax.Array
@@ -538,6 +541,36 @@ class Precision:
             warnings.warn(message, PrecisionWarning, stacklevel=2)
         return messages
 
+    def check_slots(self, state: PyTree, owner: str) -> None:
+        """Raise ValueError unless every slot override (and a ``count`` format) names a field of
+        this optimizer state; ``owner`` names the optimizer in the message.
+
+        A misspelled slot would otherwise be ignored silently while the run's config records it.
+
+        >>> import jax.numpy as jnp, optax
+        >>> precision("bf16,nu=fp32").check_slots(optax.adam(1e-3).init(jnp.ones(2)), "adam")
+        >>> precision("bf16,v=fp32").check_slots(optax.adam(1e-3).init(jnp.ones(2)), "adam")
+        Traceback (most recent call last):
+        ValueError: precision 'bf16,v=fp32': adam has no state slot 'v'; its slots are count, mu, nu
+        """
+        fields = sorted(
+            {
+                entry.name
+                for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]
+                for entry in path
+                if isinstance(entry, jax.tree_util.GetAttrKey)
+            }
+        )
+        wanted = list(self.slots) + (["count"] if self.count is not None else [])
+        unknown = [name for name in wanted if name not in fields]
+        if unknown:
+            have = ", ".join(fields) if fields else "none (a stateless optimizer)"
+            raise ValueError(
+                f"precision {self.name!r}: {owner} has no state slot "
+                f"{', '.join(map(repr, unknown))}; its slots are {have}"
+                + ("" if fields else "; drop the slot override")
+            )
+
     # -- the parameter update ----------------------------------------------------------------
 
     def init_compensation(self, params: PyTree) -> PyTree:
@@ -551,25 +584,43 @@ class Precision:
         updates: PyTree,
         compensation: PyTree | None = None,
         key: Array | None = None,
+        perturb: Callable[[PyTree], PyTree] | None = None,
     ) -> tuple[PyTree, PyTree | None]:
         """new = fl(p + u) in the params format; with ``kahan``, a compensated sum.
 
+        Round to nearest: p + u is formed in the widest float dtype available (float64 under
+        x64, else float32), where the sum of two stored values is exact or nearly so, and
+        rounded once to the params format, so the result is the correctly rounded sum whether
+        or not noise replicas are on. ``perturb`` (noise replicas) acts on that wide sum, before
+        its rounding.
+
         Kahan: y = u + c; new = fl(p + y); c = y - (new - p), so the part of the update that
-        rounding dropped is carried to the next step instead of lost. The arithmetic runs in
-        compute_dtype, widened to float32 at least (stochastic rounding and the compensation
-        need the exact sum, and XLA may skip bf16 roundings inside a fused computation).
+        rounding dropped is carried to the next step instead of lost. Kahan and stochastic
+        rounding run in compute_dtype widened to float32 at least (they need the exact sum, and
+        XLA may skip bf16 roundings inside a fused computation).
 
         Args:
           params: params pytree in the params storage dtype.
           updates: same structure, any float dtype.
           compensation: Kahan's c (from :meth:`init_compensation`); required iff ``kahan``.
           key: PRNG key, required iff ``rounding='stochastic'``; split per leaf.
+          perturb: a function of the wide sum's pytree applied before rounding (nearest only).
 
         Returns:
           (new params in the params storage dtype, new compensation or None).
         """
         if self.kahan and compensation is None:
             raise ValueError("kahan=True needs a compensation pytree: use init_compensation()")
+        if self.rounding == "nearest" and not self.kahan:
+            wide = _format_of(np.dtype(jnp.result_type(float)))
+            total = jax.tree_util.tree_map(
+                lambda p, u: wide.round(p) + wide.round(u), params, updates
+            )
+            if perturb is not None:
+                total = perturb(total)
+            return self.cast_params(total), None
+        if perturb is not None:
+            raise ValueError("noise replicas need rounding=nearest without kahan")
         work = _format_of(np.promote_types(self.compute_dtype, np.float32))
         p_leaves, treedef = jax.tree_util.tree_flatten(params)
         u_leaves = treedef.flatten_up_to(updates)
@@ -587,18 +638,7 @@ class Precision:
         params_out = jax.tree_util.tree_unflatten(treedef, new_p)
         return params_out, jax.tree_util.tree_unflatten(treedef, new_c) if self.kahan else None
 
-    @staticmethod
-    def stalled(params_old: PyTree, updates: PyTree, params_new: PyTree) -> Array:
-        """Fraction of coordinates asked to move (update != 0) that did not (rounding absorbed
-        the update); 0 when no coordinate was asked to move. A float32 scalar."""
-        moved, asked = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
-        for old, u, new in zip(
-            *(jax.tree_util.tree_leaves(t) for t in (params_old, updates, params_new)), strict=True
-        ):
-            nonzero = jnp.asarray(u) != 0
-            asked += jnp.sum(nonzero, dtype=jnp.int32)
-            moved += jnp.sum(nonzero & (new == old), dtype=jnp.int32)
-        return moved.astype(jnp.float32) / jnp.maximum(asked, 1).astype(jnp.float32)
+    stalled = staticmethod(lambda old, updates, new: stalled_fraction(old, updates, new))
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -721,3 +761,97 @@ def _map_floats(fn, tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map(
         lambda x: fn(x) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# A traced mantissa width (one compiled program for every precision)
+
+
+def round_to_bits(x: jax.Array, bits: jax.Array) -> jax.Array:
+    """Round float64 ``x`` to ``bits`` explicit mantissa bits (nearest, ties to even).
+
+    ``bits`` may be traced (0..52), which is what lets one program serve every precision. The
+    exponent range stays float64's; NaN and inf pass through.
+
+    >>> import jax; jax.config.update("jax_enable_x64", True)
+    >>> float(round_to_bits(jnp.float64(1 + 2**-11 + 2**-30), 10))  # up: above the tie
+    1.0009765625
+    >>> float(round_to_bits(jnp.float64(1 + 2**-11), 10))  # a tie: to even (1.0)
+    1.0
+    """
+    u = jax.lax.bitcast_convert_type(x, jnp.uint64)
+    drop = (52 - jnp.asarray(bits, jnp.uint64)).astype(jnp.uint64)
+    one = jnp.uint64(1)
+    half = jnp.where(drop > 0, one << jnp.maximum(drop, one) - one, jnp.uint64(0))
+    lsb = (u >> drop) & one
+    mask = ~((one << drop) - one)
+    # Adding half - 1 + lsb then truncating is round-half-to-even; a carry into the exponent
+    # is the correct rounding up to the next binade (and to inf past the largest value).
+    rounded = (u + half - one + lsb) & mask
+    rounded = jnp.where(drop > 0, rounded, u)
+    out = jax.lax.bitcast_convert_type(rounded, jnp.float64)
+    return jnp.where(jnp.isfinite(x), out, x)
+
+
+@dataclasses.dataclass(frozen=True)
+class TracedBits:
+    """A round-to-nearest policy whose mantissa width is a traced number: ``e11m<bits>``.
+
+    Every role (params, grads, state) is stored in float64 rounded to ``bits`` explicit mantissa
+    bits with float64's exponent range; hyperparameters stay at full precision. It has the
+    methods the training step (:mod:`optimorph.engine.step`) calls, so the phase diagram runs
+    the same step as training with one program serving every mantissa width.
+
+    >>> import jax; jax.config.update("jax_enable_x64", True)
+    >>> p = TracedBits(jnp.asarray(10))
+    >>> float(p.cast_params(jnp.float64(1 + 2**-11 + 2**-30)))
+    1.0009765625
+    """
+
+    bits: Any
+    rounding: str = "nearest"
+    kahan: bool = False
+
+    @property
+    def unit_roundoff(self) -> Array:
+        return 2.0 ** -(jnp.asarray(self.bits, jnp.float64) + 1)
+
+    def _round(self, tree: PyTree) -> PyTree:
+        return _map_floats(lambda x: round_to_bits(jnp.asarray(x, jnp.float64), self.bits), tree)
+
+    def cast_params(self, tree: PyTree) -> PyTree:
+        return self._round(tree)
+
+    def to_compute(self, tree: PyTree) -> PyTree:
+        return tree
+
+    def round_grads(self, tree: PyTree, key: Array | None = None) -> PyTree:
+        return self._round(tree)
+
+    def round_state(self, state: PyTree, key: Array | None = None) -> PyTree:
+        return self._round(state)
+
+    def round_hparam(self, x: Any) -> Array:
+        return jnp.asarray(x, jnp.float64)
+
+    def apply_updates(self, params, updates, compensation=None, key=None, perturb=None):
+        """fl(p + u): summed in float64, perturbed (noise replicas), rounded once."""
+        total = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+        return self._round(perturb(total) if perturb is not None else total), None
+
+
+def stalled_fraction(params_old: PyTree, updates: PyTree, params_new: PyTree) -> Array:
+    """Fraction of coordinates asked to move (update != 0) that did not (rounding absorbed the
+    update); 0 when no coordinate was asked to move. A float32 scalar.
+
+    >>> float(stalled_fraction({"w": jnp.ones(2)}, {"w": jnp.asarray([1e-9, 1.0])},
+    ...                        {"w": jnp.asarray([1.0, 2.0])}))
+    0.5
+    """
+    moved, asked = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
+    leaves = (jax.tree_util.tree_leaves(t) for t in (params_old, updates, params_new))
+    for old, u, new in zip(*leaves, strict=True):
+        nonzero = jnp.asarray(u) != 0
+        asked += jnp.sum(nonzero, dtype=jnp.int32)
+        moved += jnp.sum(nonzero & (new == old), dtype=jnp.int32)
+    return moved.astype(jnp.float32) / jnp.maximum(asked, 1).astype(jnp.float32)

@@ -198,3 +198,21 @@ def test_a_single_optax_transformation_and_an_awkward_step_count():
     assert r.train_loss.shape == (1, 1, 101)
     assert r.eval_steps[0] == 0 and r.eval_steps[-1] == 101  # the interval divides 101
     assert r.train_loss[0, 0, -1] < r.train_loss[0, 0, 0]
+
+
+def test_a_blown_up_loss_is_divergence_and_nan_models_have_nan_metrics():
+    prob = optimorph.problem("quadratic(dim=4, kappa=1)")
+    # lr = 2.5 on curvature 1: the loss grows 2.25x per step, finite for hundreds of steps.
+    kw = dict(steps=40, eval_every=10, precision="fp64", progress=False)
+    r = train(prob, "sgd(lr=2.5)", **kw)
+    first_over = int(np.argmax(r.train_loss[0, 0] > 1e4 * r.train_loss[0, 0, 0])) + 1
+    assert np.isfinite(r.train_loss).all() and r.diverged_at[0, 0] == first_over
+    assert train(prob, "sgd(lr=2.5)", divergence_factor=None, **kw).diverged_at[0, 0] == -1
+    with pytest.raises(TrainingError, match="divergence_factor must be a number > 1"):
+        train(prob, "sgd", divergence_factor=0.5, **kw)
+    two = optimorph.problem("two-moons(n=64)")
+    nan = train(two, "sgd(lr=1e300)", steps=4, eval_every=2, precision="fp64", progress=False)
+    # Step 1 sends the weights to ~1e300 (finite); step 2's loss is not finite.
+    assert nan.diverged_at[0, 0] == 2
+    assert np.isnan(nan.evals["test/accuracy"][0, 0, 1:]).all()
+    assert np.isfinite(nan.evals["test/accuracy"][0, 0, 0])

@@ -97,7 +97,7 @@ def test_traced_hyperparameters_give_the_same_update(name):
         tx = spec.build(values)
         return tx.update(g, tx.init(params), params)[0]
 
-    values = {k: jnp.asarray(v) for k, v in spec.traced_values().items()}
+    values = jax.tree.map(jnp.asarray, spec.traced_values())
     np.testing.assert_allclose(traced(values)["w"], expected["w"], rtol=1e-14, atol=0)
 
 

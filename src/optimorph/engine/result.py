@@ -32,6 +32,8 @@ class TrainResult:
         noisy replica at each evaluation (the noise floor is their median), else None.
       trajectory: ``[O, S, E, P]`` with ``record_params``: flattened parameters at each
         evaluation (float64), else None.
+      probes: per-step outputs of the run's trajectory probes, ``[O, S, T]`` like
+        ``train_loss`` (averaged over ``log_every`` windows by each probe's rule).
     """
 
     optimizers: list[str]
@@ -47,6 +49,29 @@ class TrainResult:
     stalled: np.ndarray | None = None
     replica_distance: np.ndarray | None = None
     trajectory: np.ndarray | None = None
+    probes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """A short summary (the arrays can be megabytes): shape, optimizers, divergence, time.
+
+        >>> r = TrainResult(["sgd(lr=0.1)"], [0, 1], np.arange(1, 4), np.zeros((1, 2, 3)),
+        ...                 np.arange(2), {"test/accuracy": np.zeros((1, 2, 2))},
+        ...                 np.full((1, 2), -1))
+        >>> r
+        TrainResult(1 optimizer x 2 seeds x 3 steps; optimizers: sgd(lr=0.1); evals: \
+test/accuracy; diverged: 0/2 runs; wall 0.0 s)
+        """
+        o, s, t = self.train_loss.shape
+        extra = [f"probes: {', '.join(self.probes)}"] if self.probes else []
+        parts = [
+            f"{o} optimizer{'s' if o != 1 else ''} x {s} seed{'s' if s != 1 else ''} x {t} steps",
+            f"optimizers: {', '.join(self.optimizers)}",
+            f"evals: {', '.join(self.evals) or 'none'}",
+            *extra,
+            f"diverged: {int((self.diverged_at >= 0).sum())}/{o * s} runs",
+            f"wall {self.wall_time:.1f} s",
+        ]
+        return f"TrainResult({'; '.join(parts)})"
 
     def noise_floor(self) -> np.ndarray:
         """``[O, S, E]`` median over replicas of the replica distance (DESIGN.md section 3)."""

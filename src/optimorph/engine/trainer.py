@@ -12,6 +12,7 @@ sequence to every optimizer, so comparisons over seeds are paired.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -27,9 +28,25 @@ import optax
 
 from optimorph.engine.progress import Progress
 from optimorph.engine.result import TrainResult
+from optimorph.engine.step import (
+    BatchOrder,
+    Noise,
+    Start,
+    apply_update,
+    check_policy,
+    gradient,
+    lane_hparams,
+    learning_rate,
+    numeric_hparams,
+    run_keys,
+    start,
+)
 from optimorph.optimizers import OptimizerSpec, resolve
-from optimorph.precision import precision as make_precision
 from optimorph.precision import require_x64
+from optimorph.precision import precision as make_precision
+from optimorph.probes import Probe, StepValues
+from optimorph.probes import builtin as builtin_probes
+from optimorph.probes.base import REDUCERS
 from optimorph.problems import Problem
 from optimorph.problems import problem as make_problem
 from optimorph.results.atomic import atomic_path
@@ -38,6 +55,8 @@ __all__ = ["train", "TrainingError"]
 
 # Lanes x examples of the "train" evaluation subset: a fixed prefix of the training set.
 TRAIN_EVAL_MAX = 2048
+# A loss this many times its first value is divergence (a loss of 1e12 is no convergence).
+DIVERGENCE_FACTOR = 1e4
 
 
 class TrainingError(ValueError):
@@ -61,6 +80,8 @@ def train(
     replicas: int = 0,
     record_params: bool = False,
     track_stalled: bool = False,
+    probes: Sequence[Probe] = (),
+    divergence_factor: float | None = DIVERGENCE_FACTOR,
 ) -> TrainResult:
     """Train every optimizer on ``problem`` for every seed, compiled end to end.
 
@@ -84,7 +105,12 @@ def train(
         ||theta_replica(t) - theta(t)||. Needs x64 (the unrounded value is formed in float64).
       record_params: return the flattened parameters at every evaluation (``trajectory``).
       track_stalled: measure per step the fraction of updates that rounding absorbed
-        (``stalled``; NaN when not tracked).
+        (``stalled``; None when not tracked).
+      probes: trajectory probes (:class:`~optimorph.probes.Probe`) evaluated inside the
+        compiled step; their per-step outputs land in ``result.probes`` as ``[O, S, T]``.
+      divergence_factor: a run has diverged at the first step whose loss or parameters are
+        NaN/inf, or whose loss exceeds this multiple of its first step's loss (default 1e4;
+        None: NaN/inf only). Evaluation metrics of non-finite parameters are NaN.
 
     Returns:
       A :class:`TrainResult` with arrays indexed ``[optimizer, seed, time]``.
@@ -107,9 +133,9 @@ def train(
     if not seed_list:
         raise TrainingError("give at least one seed (seeds=N or a list)")
     policy = make_precision(precision)
-    plan = _Plan.make(prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas)
-    plan.record_params = bool(record_params)
-    plan.track_stalled = bool(track_stalled)
+    plan = _Plan.make(
+        prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas, divergence_factor
+    )
     if plan.replicas:
         require_x64("noise replicas (the noise floor)")
         if policy.kahan or policy.rounding != "nearest":
@@ -117,10 +143,12 @@ def train(
                 "noise replicas need round-to-nearest without Kahan; drop 'kahan' or "
                 "'rounding=stochastic' from the precision, or set replicas=0"
             )
+    all_probes = _probes(probes, plan, track_stalled, record_params)
     for s in specs:
-        policy.warn_hparams(_numeric_hparams(s))
+        check_policy(policy, s, prob.init)
+        policy.warn_hparams(numeric_hparams(s))
 
-    data = _Data.make(prob, policy, plan)
+    data = _device_data(prob, policy)
     config = {
         "problem": prob.name,
         "optimizers": [s.text for s in specs],
@@ -132,8 +160,11 @@ def train(
         "eval_every": plan.eval_every,
         "log_every": plan.log_every,
         "replicas": plan.replicas,
-        "record_params": plan.record_params,  # part of the checkpoint fingerprint: they change
-        "track_stalled": plan.track_stalled,  # what the saved series hold
+        "divergence_factor": plan.divergence_factor,
+        # Part of the checkpoint fingerprint: they change what the saved series hold.
+        "record_params": bool(record_params),
+        "track_stalled": bool(track_stalled),
+        "probes": [p.name for p in all_probes],
         "problem_info": dict(prob.info),
     }
     groups: dict[tuple, list[int]] = {}
@@ -154,7 +185,7 @@ def train(
             tag = _fingerprint(config, [s.canonical for s in group_specs])
             ckpt = Path(checkpoint_dir) / f"checkpoint-{tag}.npz"
         out, group_div, params = _run_group(
-            prob, group_specs, seed_list, policy, plan, data, ckpt, bar
+            prob, group_specs, seed_list, policy, plan, all_probes, data, ckpt, bar
         )
         for k, i in enumerate(members):
             diverged[i] = group_div[k]
@@ -164,6 +195,7 @@ def train(
                     series[name] = np.full((n_opt, *arr.shape[1:]), np.nan, arr.dtype)
                 series[name][i] = arr[k]
     evals = {k[5:]: v for k, v in series.items() if k.startswith("eval:")}
+    builtin = {"loss", "stalled", "replica_distance", "trajectory"}
     return TrainResult(
         optimizers=[s.text for s in specs],
         seeds=seed_list,
@@ -175,31 +207,56 @@ def train(
         final_params=final_params if keep_params else [],
         wall_time=time.perf_counter() - started,
         config=config,
-        stalled=series["stalled"] if track_stalled else None,
+        stalled=series.get("stalled"),
         replica_distance=series.get("replica_distance"),
         trajectory=series.get("trajectory"),
+        probes={
+            k: v for k, v in series.items() if not k.startswith("eval:") and k not in builtin
+        },
     )
 
 
-def _numeric_hparams(spec: OptimizerSpec) -> dict[str, float]:
-    # Schedule parameters (tau, steps) are computed in high precision; only the rest is stored.
-    return {k: v for k, v in spec.traced_values().items() if "." not in k}
+def _probes(probes, plan, track_stalled, record_params) -> tuple[Probe, ...]:
+    """The user's probes plus the built-in ones the flags ask for; output names must be unique."""
+    chosen = list(probes or ())
+    if track_stalled:
+        chosen.append(builtin_probes.stalled())
+    if plan.replicas:
+        chosen.append(builtin_probes.replica_distance())
+    if record_params:
+        chosen.append(builtin_probes.trajectory())
+    seen: set[str] = {"loss"}
+    for p in chosen:
+        if not isinstance(p, Probe):
+            raise TrainingError(f"probes must be Probe objects, got {type(p).__name__}")
+        clash = seen.intersection(p.outputs)
+        if clash:
+            raise TrainingError(f"probe {p.name!r} outputs {sorted(clash)} twice; rename one")
+        seen.update(p.outputs)
+    return tuple(chosen)
 
 
+@dataclasses.dataclass(frozen=True)
 class _Plan:
-    """Validated step, batch, evaluation and chunk sizes."""
+    """Validated step, batch, evaluation and chunk sizes, and what the run records."""
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    steps: int
+    order: BatchOrder
+    eval_every: int
+    log_every: int
+    intervals_per_chunk: int
+    n_intervals: int
+    replicas: int
+    divergence_factor: float
 
     @classmethod
-    def make(cls, prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas) -> "_Plan":
+    def make(cls, prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas,
+             divergence_factor=DIVERGENCE_FACTOR) -> "_Plan":  # fmt: skip
         steps = _positive_int(steps, "steps")
         n = prob.n_train
-        full = prob.full_batch or batch_size is None or batch_size >= n
         if batch_size is not None:
             batch_size = _positive_int(batch_size, "batch_size")
-        batch = n if full else batch_size
+        full = prob.full_batch or batch_size is None or batch_size >= n
         log_every = _positive_int(log_every, "log_every")
         if eval_every is None:
             eval_every = _default_eval_every(steps, log_every)
@@ -219,17 +276,28 @@ class _Plan:
             per_chunk = max(1, _positive_int(chunk_steps, "chunk_steps") // eval_every)
         return cls(
             steps=steps,
-            batch_size=batch,
-            full_batch=full,
-            steps_per_epoch=max(n // batch, 1),
+            order=BatchOrder(n, n if full else batch_size),
             eval_every=eval_every,
             log_every=log_every,
             intervals_per_chunk=min(per_chunk, n_intervals),
             n_intervals=n_intervals,
             replicas=_non_negative_int(replicas, "replicas"),
-            record_params=False,
-            track_stalled=False,
+            divergence_factor=_factor(divergence_factor),
         )
+
+    @property
+    def batch_size(self) -> int:
+        return self.order.batch_size
+
+
+def _factor(value: Any) -> float:
+    if value is None:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 1:
+        raise TrainingError(
+            f"divergence_factor must be a number > 1 (or None to flag NaN/inf only), got {value!r}"
+        )
+    return float(value)
 
 
 def _default_eval_every(steps: int, log_every: int) -> int:
@@ -261,48 +329,36 @@ def _non_negative_int(value: Any, name: str) -> int:
     return int(value)
 
 
-class _Data:
+def _device_data(prob: Problem, policy) -> dict:
     """Training and evaluation arrays on the device, floats in the compute dtype."""
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    def put(arrays):
+        return tuple(
+            jnp.asarray(a, policy.compute_dtype)
+            if np.issubdtype(np.asarray(a).dtype, np.floating)
+            else jnp.asarray(a)
+            for a in arrays
+        )
 
-    @classmethod
-    def make(cls, prob: Problem, policy, plan: _Plan) -> "_Data":
-        def put(arrays):
-            return tuple(
-                jnp.asarray(a, policy.compute_dtype)
-                if np.issubdtype(np.asarray(a).dtype, np.floating)
-                else jnp.asarray(a)
-                for a in arrays
-            )
-
-        train = put(prob.train)
-        m = min(prob.n_train, TRAIN_EVAL_MAX)
-        eval_sets = {"train": tuple(a[:m] for a in train)}
-        eval_sets.update({name: put(batch) for name, batch in prob.evals.items()})
-        return cls(train=train, evals=eval_sets, n=prob.n_train)
+    train = put(prob.train)
+    m = min(prob.n_train, TRAIN_EVAL_MAX)
+    eval_sets = {"train": tuple(a[:m] for a in train)}
+    eval_sets.update({name: put(batch) for name, batch in prob.evals.items()})
+    return {"train": train, "evals": eval_sets}
 
 
-def _run_group(prob, specs, seeds, policy, plan, data, ckpt, bar):
+def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar):
     """Train one compiled program: lanes = len(specs) x len(seeds).
 
     Returns ``(series, diverged [C, S], final params [C, S, ...])`` where ``series`` maps
-    ``loss``/``stalled`` to ``[C, S, T]``, ``eval:<set>/<metric>`` to ``[C, S, E]``, and (when
-    asked) ``replica_distance`` to ``[C, S, E, k]`` and ``trajectory`` to ``[C, S, E, P]``.
+    ``loss`` and each step probe's outputs to ``[C, S, T]``, ``eval:<set>/<metric>`` to
+    ``[C, S, E]`` and each eval probe's outputs to ``[C, S, E, ...]``.
     """
     n_cfg, n_seed = len(specs), len(seeds)
     lanes = n_cfg * n_seed
-    # Traced hyperparameters per lane: rounded to the policy's hyperparameter format, except
-    # schedule parameters, which stay in high precision like a host-side schedule would.
-    hvals = {}
-    for name in specs[0].traced_values():
-        col = np.repeat([s.traced_values()[name] for s in specs], n_seed)
-        arr = jnp.asarray(col, jnp.result_type(float))
-        hvals[name] = arr if "." in name else policy.round_hparam(arr)
+    hvals = lane_hparams(specs, policy, n_seed)
     root = jax.vmap(jax.random.key)(jnp.tile(jnp.asarray(seeds, jnp.uint32), n_cfg))
-    init_all, eval_all, chunk_all = _programs(prob, specs[0], policy, plan)
-    arrays = {"train": data.train, "evals": data.evals}
+    init_all, eval_all, chunk_all = _programs(prob, specs[0], policy, plan, probes)
 
     carry = init_all(root, hvals)
     resumed = _load_checkpoint(ckpt, carry)
@@ -311,178 +367,173 @@ def _run_group(prob, specs, seeds, policy, plan, data, ckpt, bar):
         bar.advance(done * plan.eval_every, "(resumed)")
     else:
         done = 0
-        first = eval_all(carry, arrays)  # evaluation at step 0
+        first = eval_all(carry, data)  # evaluation at step 0
         parts = {k: [np.asarray(v).reshape(lanes, 1, *np.shape(v)[1:])] for k, v in first.items()}
+    step_series = {"loss"} | {o for p in probes if p.when == "step" for o in p.outputs}
     while done < plan.n_intervals:
         n = min(plan.intervals_per_chunk, plan.n_intervals - done)
         t0 = jnp.asarray(done * plan.eval_every, jnp.int32)
-        carry, out = chunk_all(carry, hvals, arrays, t0, n)
+        carry, out = chunk_all(carry, hvals, data, t0, n)
         for k, v in out.items():
             v = np.asarray(v)
-            # Per-step series arrive as [lanes, intervals, window]: flatten time.
-            v = v.reshape(lanes, -1) if k in _STEP_SERIES else v
+            # Per-step series arrive as [lanes, intervals, windows]: flatten time.
+            v = v.reshape(lanes, -1) if k in step_series else v
             parts.setdefault(k, []).append(v)
         done += n
         _save_checkpoint(ckpt, carry, done, parts)
         bar.advance(n * plan.eval_every)
 
-    series = {
-        k: np.concatenate(v, axis=1).reshape(n_cfg, n_seed, *np.concatenate(v, 1).shape[1:])
-        for k, v in parts.items()
-    }
-    div = np.asarray(carry["diverged"])[:, 0].reshape(n_cfg, n_seed)  # replica 0: the run
+    series = {}
+    for k, v in parts.items():
+        joined = np.concatenate(v, axis=1)
+        series[k] = joined.reshape(n_cfg, n_seed, *joined.shape[1:])
+    div = np.asarray(carry["diverged"]).reshape(n_cfg, n_seed)
     params = jax.tree.map(
-        lambda a: np.asarray(a[:, 0]).reshape(n_cfg, n_seed, *a.shape[2:]), carry["params"]
+        lambda a: np.asarray(a).reshape(n_cfg, n_seed, *a.shape[1:]), carry["run"].params
     )
     return series, div, params
 
 
-_STEP_SERIES = ("loss", "stalled")
-
 # Compiled programs are kept across calls (a benchmark or a sweep calls train repeatedly); the key
-# holds everything the traced functions close over. Data arrays are arguments, never constants.
+# holds everything the traced functions close over, and the entry holds the problem whose id is
+# in the key (so the id cannot be reused while cached). Data arrays are arguments, not constants.
 _PROGRAMS: dict = {}
 _PROGRAMS_MAX = 32
 
 
-def _programs(prob, template, policy, plan):
-    key = (id(prob), template.static_key(), str(policy), tuple(sorted(plan.__dict__.items())))
+def _programs(prob, template, policy, plan, probes):
+    key = (id(prob), template.static_key(), str(policy), plan, tuple(id(p) for p in probes))
     if key not in _PROGRAMS:
         if len(_PROGRAMS) >= _PROGRAMS_MAX:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
-        _PROGRAMS[key] = (prob, _build_programs(prob, template, policy, plan))
+        _PROGRAMS[key] = ((prob, probes), _build_programs(prob, template, policy, plan, probes))
     return _PROGRAMS[key][1]
 
 
-def _build_programs(prob, template, policy, plan):
-    """The vmapped init, evaluation and chunk programs of one group.
+_PROBE_SALT = 0x70726F62  # "prob": the probes' key, apart from the run's four keys
 
-    A lane's carry has a leading replica axis of size 1 + replicas: replica 0 is the run itself,
-    the others are its noisy copies (same batches, same hyperparameters).
+
+def _build_programs(prob, template, policy, plan, probes):
+    """The vmapped init, evaluation and chunk programs of one group (one lane = one run).
+
+    A lane's carry holds the run (replica 0, computed exactly as without replicas), its noisy
+    replicas (leading axis k), the probes' states, the first divergence step and the keys.
     """
-    n = prob.n_train
-    n_rep = 1 + plan.replicas
-    u = policy.unit_roundoff
-    noise = jnp.asarray([0.0] + [u] * plan.replicas)  # per replica: relative noise amplitude
+    order = plan.order
+    step_probes = [p for p in probes if p.when == "step"]
+    eval_probes = [p for p in probes if p.when == "eval"]
+    noise_scale = jnp.asarray(policy.unit_roundoff, jnp.float64) if plan.replicas else None
 
     def init_lane(key, hv):
-        init_key, data_key, sr_key, noise_key = jax.random.split(key, 4)
-        params = policy.cast_params(prob.init(init_key))
-        # The initial state is rounded like every later one (SR needs a key; init values are
-        # usually exact zeros, so the draw rarely matters).
-        init_state = template.build(hv).init(policy.to_compute(params))
-        state = policy.round_state(init_state, sr_key if policy.rounding == "stochastic" else None)
-        comp = policy.init_compensation(params) if policy.kahan else None
-        replica = {
-            "params": params,
-            "state": state,
-            "comp": comp,
-            "sr_key": sr_key,
+        keys = run_keys(key)
+        run = start(prob.init, template.build(hv), policy, keys)
+        carry = {
+            "run": run,
             "diverged": jnp.asarray(-1, jnp.int32),
+            "first_loss": jnp.asarray(jnp.nan, jnp.result_type(float)),
+            "data_key": keys.data,
+            "sr_key": keys.rounding,
+            "probe_key": jax.random.fold_in(key, _PROBE_SALT),
+            "probes": [p.init(policy.to_compute(run.params)) for p in step_probes],
         }
-        carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_rep, *x.shape)), replica)
-        # Per replica a 32-bit seed for the noise hash (see perturbed).
-        carry["noise_key"] = jax.random.bits(noise_key, (n_rep,), jnp.uint32)
-        carry["data_key"] = data_key
+        if plan.replicas:
+            carry["replicas"] = jax.tree.map(
+                lambda x: jnp.broadcast_to(x, (plan.replicas, *x.shape)), run
+            )
+            # Per replica a 32-bit seed for the noise hash (see step.Noise).
+            carry["noise_seed"] = jax.random.bits(keys.noise, (plan.replicas,), jnp.uint32)
         return carry
 
-    def perturbed(tree, seed, scale):
-        # x (1 + scale * xi) formed in float64, before the rounding that follows. xi comes from a
-        # counter-based integer hash: threefry per leaf and step doubled the compile time.
-        leaves, treedef = jax.tree.flatten(tree)
-        out = []
-        for i, leaf in enumerate(leaves):
-            if jnp.issubdtype(leaf.dtype, jnp.floating):
-                xi = _hash_uniform(leaf.shape, seed + jnp.uint32(0x9E3779B9) * jnp.uint32(i + 1))
-                leaf = leaf.astype(jnp.float64) * (1.0 + scale * xi)
-            out.append(leaf)
-        return jax.tree.unflatten(treedef, out)
+    def one_step(tx, run, batch, t, sr_key, noise):
+        loss, grads, params_c = gradient(
+            prob.loss, policy, run.params, batch, rounding_key=sr_key, t=t
+        )
+        extra = {"value": loss, "grad": grads, "value_fn": lambda p: prob.loss(p, batch)}
+        new = apply_update(
+            tx, policy, run.params, run.state, run.compensation, grads,
+            params_c=params_c, rounding_key=sr_key, t=t, noise=noise, extra_args=extra,
+        )  # fmt: skip
+        return Start(new.params, new.state, new.compensation), (loss, grads, params_c, new)
 
-    def step_replica(rep, noise_key, scale, hv, batch, t):
-        tx = template.build(hv)
-        params_c = policy.to_compute(rep["params"])
-        loss, grads = jax.value_and_grad(prob.loss)(params_c, batch)
-        sr = jax.random.fold_in(rep["sr_key"], t) if policy.rounding == "stochastic" else None
-        keys = jax.random.split(sr, 3) if sr is not None else (None, None, None)
-        grads = policy.round_grads(grads, keys[0])
-        updates, state = tx.update(grads, policy.to_compute(rep["state"]), params_c)
-        if plan.replicas:
-            seed = _mix(noise_key ^ _mix(t.astype(jnp.uint32)))
-            k_state, k_params = seed, _mix(seed + jnp.uint32(1))
-            state = perturbed(state, k_state, scale)
-            exact = jax.tree.map(
-                lambda p, d: p.astype(jnp.float64) + d.astype(jnp.float64), rep["params"], updates
-            )
-            params, comp = policy.cast_params(perturbed(exact, k_params, scale)), rep["comp"]
-        else:
-            params, comp = policy.apply_updates(rep["params"], updates, rep["comp"], keys[2])
-        state = policy.round_state(state, keys[1])
-        # Stagnation costs two reductions per step (about 2x at tiny batch sizes): on request.
-        if plan.track_stalled:
-            stalled = policy.stalled(rep["params"], updates, params)
-        else:
-            stalled = jnp.zeros((), jnp.float32)
-        bad = ~jnp.isfinite(loss) | ~_all_finite(params)
-        first_bad = (rep["diverged"] < 0) & bad
-        diverged = jnp.where(first_bad, (t + 1).astype(jnp.int32), rep["diverged"])
-        new = dict(rep, params=params, state=state, comp=comp, diverged=diverged)
-        return new, loss, stalled
+    def replica_step(tx, hv, rep, seed, batch, t):
+        return one_step(tx, rep, batch, t, None, Noise(seed, noise_scale))[0]
 
-    replicas_step = jax.vmap(step_replica, in_axes=(0, 0, 0, None, None, None))
+    replicas_step = jax.vmap(replica_step, in_axes=(None, None, 0, 0, None, None))
 
-    def evaluate_lane(carry, arrays):
-        params = jax.tree.map(lambda a: a[0], carry["params"])
-        params_c = policy.to_compute(params)
+    def evaluate_lane(carry, data):
+        params_c = policy.to_compute(carry["run"].params)
+        finite = _all_finite(params_c)  # a model with NaN weights has no accuracy: NaN
         out = {}
-        for set_name, batch in arrays["evals"].items():
+        for set_name, batch in data["evals"].items():
             for metric, value in prob.evaluate(params_c, batch).items():
-                out[f"eval:{set_name}/{metric}"] = jnp.asarray(value, jnp.result_type(float))
-        if plan.replicas or plan.record_params:
-            flat = jnp.stack(
-                [
-                    jnp.concatenate(
-                        [
-                            jnp.ravel(x[r]).astype(jnp.result_type(float))
-                            for x in jax.tree.leaves(carry["params"])
-                        ]
-                    )
-                    for r in range(n_rep)
-                ]
-            )
-            if plan.replicas:
-                out["replica_distance"] = jnp.linalg.norm(flat[1:] - flat[:1], axis=1)
-            if plan.record_params:
-                out["trajectory"] = flat[0]
+                value = jnp.asarray(value, jnp.result_type(float))
+                out[f"eval:{set_name}/{metric}"] = jnp.where(finite, value, jnp.nan)
+        if eval_probes:
+            values = StepValues(
+                t=None, params=carry["run"].params, new_params=carry["run"].params, grads=None,
+                loss=None, batch=None, updates=None, state=None, lr=None, loss_fn=prob.loss,
+                eval_batch=data["evals"]["train"], key=carry["probe_key"],
+                replica_params=carry["replicas"].params if plan.replicas else None,
+            )  # fmt: skip
+            for probe in eval_probes:
+                out.update(probe.update(values, ())[1])
         return out
 
-    def chunk_lane(carry, hv, arrays, t0, n_intervals):
+    def chunk_lane(carry, hv, data, t0, n_intervals):
         # Re-derive the current epoch's permutation at each chunk start (so nothing but the carry
         # needs checkpointing), then scan: intervals of eval_every steps, each ending in an eval.
-        perm0 = _permutation(carry["data_key"], t0 // plan.steps_per_epoch, n)
+        tx = template.build(hv)
+        if order.full_batch:
+            perm0 = jnp.zeros((0,), jnp.int32)  # unused
+        else:
+            perm0 = order.permutation(carry["data_key"], t0 // order.steps_per_epoch)
 
         def one(state, t):
             carry, perm = state
-            epoch, pos = t // plan.steps_per_epoch, t % plan.steps_per_epoch
-            if plan.full_batch:
-                batch = arrays["train"]
-            else:
-                # t is shared by all lanes, so this stays a real branch under vmap: one sort per
-                # epoch, not one per step.
-                perm = jax.lax.cond(
-                    pos == 0, lambda: _permutation(carry["data_key"], epoch, n), lambda: perm
+            perm = order.advance(carry["data_key"], perm, t)
+            batch = order.batch(data["train"], perm, t)
+            run, (loss, grads, params_c, new) = one_step(
+                tx, carry["run"], batch, t, carry["sr_key"], None
+            )
+            carry = dict(carry, run=run)
+            if plan.replicas:
+                carry["replicas"] = replicas_step(
+                    tx, hv, carry["replicas"], carry["noise_seed"], batch, t
                 )
-                idx = jax.lax.dynamic_slice(perm, (pos * plan.batch_size,), (plan.batch_size,))
-                batch = tuple(jnp.take(a, idx, axis=0) for a in arrays["train"])
-            reps = {k: carry[k] for k in ("params", "state", "comp", "sr_key", "diverged")}
-            reps, loss, stalled = replicas_step(reps, carry["noise_key"], noise, hv, batch, t)
-            return (dict(carry, **reps), perm), (loss[0], stalled[0])
+            first = jnp.where(t == 0, loss, carry["first_loss"]).astype(carry["first_loss"].dtype)
+            carry["first_loss"] = first
+            # NaN compares false: a NaN first loss leaves only the NaN/inf test.
+            blown = jnp.abs(loss) > plan.divergence_factor * jnp.abs(first)
+            bad = ~jnp.isfinite(loss) | ~_all_finite(run.params) | blown
+            first_bad = (carry["diverged"] < 0) & bad
+            carry["diverged"] = jnp.where(first_bad, (t + 1).astype(jnp.int32), carry["diverged"])
+            outputs = {"loss": loss}
+            if step_probes:
+                values = StepValues(
+                    t=t, params=params_c, new_params=run.params, grads=grads, loss=loss,
+                    batch=batch, updates=new.updates, state=run.state,
+                    lr=learning_rate(template, hv, t), loss_fn=prob.loss,
+                    eval_batch=data["evals"]["train"],
+                    key=jax.random.fold_in(carry["probe_key"], t),
+                )  # fmt: skip
+                states = []
+                for probe, pstate in zip(step_probes, carry["probes"], strict=True):
+                    pstate, out = probe.update(values, pstate)
+                    states.append(pstate)
+                    outputs.update(out)
+                carry["probes"] = states
+            return (carry, perm), outputs
+
+        reducers = {"loss": REDUCERS["mean"]}
+        reducers.update({o: REDUCERS[p.reduce] for p in step_probes for o in p.outputs})
 
         def interval(state, i):
             t = t0 + i * plan.eval_every + jnp.arange(plan.eval_every, dtype=jnp.int32)
-            (carry, perm), (losses, stalled) = jax.lax.scan(one, state, t)
-            out = evaluate_lane(carry, arrays)
-            out["loss"] = losses.reshape(-1, plan.log_every).mean(axis=1)
-            out["stalled"] = stalled.reshape(-1, plan.log_every).mean(axis=1)
+            (carry, perm), per_step = jax.lax.scan(one, state, t)
+            out = evaluate_lane(carry, data)
+            for name, values in per_step.items():
+                windows = values.reshape(-1, plan.log_every)
+                out[name] = reducers[name](windows)
             return (carry, perm), out
 
         (carry, _), out = jax.lax.scan(interval, (carry, perm0), jnp.arange(n_intervals))
@@ -496,26 +547,6 @@ def _build_programs(prob, template, policy, plan):
         donate_argnums=(0,),
     )
     return init_all, eval_all, chunk_all
-
-
-def _mix(x: jax.Array) -> jax.Array:
-    """lowbias32 integer hash (Wellons): a well-mixed uint32 from a uint32."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _hash_uniform(shape, seed: jax.Array) -> jax.Array:
-    """Uniform(-1, 1) float64 values, one per element, from a counter-based hash of ``seed``."""
-    n = int(np.prod(shape)) if shape else 1
-    bits = _mix(jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(0x9E3779B1) + _mix(seed))
-    return (bits.astype(jnp.float64) * 2.0**-31 - 1.0).reshape(shape)
-
-
-def _permutation(key, epoch, n):
-    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
 
 
 def _all_finite(tree) -> jax.Array:

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optimorph.engine import step
 from optimorph.equivalence.maps import StateMap, find_map, fit_map
 from optimorph.optimizers import OptimizerSpec, resolve
 from optimorph.precision import FP32, FP64, Precision
@@ -109,20 +110,14 @@ def _policy(precision: Any) -> Precision:
 
 
 def _transformation(spec: OptimizerSpec, policy: Precision) -> optax.GradientTransformation:
-    """The optimizer with its hyperparameters stored in the policy's hparams format, as the
-    engine does (schedule parameters stay in high precision, like a host-side schedule)."""
-    traced = {}
-    for name, value in spec.traced_values().items():
-        arr = jnp.asarray(value, jnp.result_type(float))
-        traced[name] = arr if "." in name else policy.round_hparam(arr)
-    return spec.build(traced)
+    """The optimizer with its hyperparameters as the engine's step sees them."""
+    return spec.build(step.stored_hparams(spec, policy))
 
 
 def _update(tx, policy: Precision, params, state, grads) -> tuple[PyTree, PyTree]:
     """U_p: the engine's step from (params, state) with a given (already rounded) gradient."""
-    params_c = policy.to_compute(params)
-    updates, new_state = tx.update(grads, policy.to_compute(state), params_c)
-    return policy.apply_updates(params, updates)[0], policy.round_state(new_state)
+    new = step.apply_update(tx, policy, params, state, None, grads)
+    return new.params, new.state
 
 
 def _spec_key(spec: OptimizerSpec) -> tuple:
@@ -182,37 +177,29 @@ def one_step(
 
 def _runner(prob: Problem, spec: OptimizerSpec, policy: Precision, plan: tuple):
     """A compiled run ``seed key -> stacked (params, state, grads)`` at every ``every``-th step."""
-    steps, every, batch, full = plan
-    n = prob.n_train
-    per_epoch = max(n // batch, 1)
+    steps, every, order = plan
 
     def make():
         tx = _transformation(spec, policy)
 
         def run(key, train):
-            # The engine's key layout: (init, data, stochastic rounding, noise replicas).
-            init_key, data_key, _, _ = jax.random.split(key, 4)
-            params = policy.cast_params(prob.init(init_key))
-            state = policy.round_state(tx.init(policy.to_compute(params)))
+            keys = step.run_keys(key)
+            params, state, _ = step.start(prob.init, tx, policy, keys)
 
-            def step(carry, t):
-                params, state = carry
-                if full:
-                    data = train
-                else:
-                    perm = jax.random.permutation(jax.random.fold_in(data_key, t // per_epoch), n)
-                    idx = jax.lax.dynamic_slice(perm, ((t % per_epoch) * batch,), (batch,))
-                    data = tuple(jnp.take(x, idx, axis=0) for x in train)
-                g = jax.grad(prob.loss)(policy.to_compute(params), data)
-                g = policy.round_grads(g)
-                return _update(tx, policy, params, state, g), (params, state, g)
+            def one(carry, t):
+                params, state, perm = carry
+                perm = order.advance(keys.data, perm, t)
+                batch = order.batch(train, perm, t)
+                _, g, params_c = step.gradient(prob.loss, policy, params, batch)
+                new = step.apply_update(tx, policy, params, state, None, g, params_c=params_c)
+                return (new.params, new.state, perm), (params, state, g)
 
             def inner(carry, t):
                 # The record rides in the carry and is replaced at the interval's first step:
                 # one traced step (half the compile time of a separate first step) and no
                 # per-step outputs kept in memory.
                 state, record = carry
-                state, now = step(state, t)
+                state, now = one(state, t)
                 keep = t % every == 0
                 record = jax.tree.map(lambda r, n: jnp.where(keep, n, r), record, now)
                 return (state, record), None
@@ -224,8 +211,9 @@ def _runner(prob: Problem, spec: OptimizerSpec, policy: Precision, plan: tuple):
 
             grads0 = jax.tree.map(lambda p: jnp.zeros(p.shape, policy.grads.storage_dtype), params)
             blank = (params, state, grads0)
+            perm0 = order.permutation(keys.data, 0) if not order.full_batch else jnp.zeros(0)
             ks = jnp.arange(steps // every, dtype=jnp.int32)
-            return jax.lax.scan(interval, (params, state), ks)[1]
+            return jax.lax.scan(interval, (params, state, perm0), ks)[1]
 
         return jax.jit(run)
 
@@ -243,15 +231,16 @@ def _visit(problem, spec, policy, seed, steps, batch_size, every) -> Visited:
         raise ValueError(f"every={every} must divide steps={steps}")
     n = prob.n_train
     full = prob.full_batch or batch_size is None or batch_size >= n
-    batch = n if full else int(batch_size)
-    policy.warn_hparams({k: v for k, v in spec.traced_values().items() if "." not in k})
+    order = step.BatchOrder(n, n if full else int(batch_size))
+    step.check_policy(policy, spec, prob.init)
+    policy.warn_hparams(step.numeric_hparams(spec))
     train = tuple(
         jnp.asarray(x, policy.compute_dtype)
         if np.issubdtype(np.asarray(x).dtype, np.floating)
         else jnp.asarray(x)
         for x in prob.train
     )
-    run = _runner(prob, spec, policy, (steps, every, batch, full))
+    run = _runner(prob, spec, policy, (steps, every, order))
     return run(jax.random.key(seed), train)
 
 

@@ -4,7 +4,8 @@ The problem family is the diagonal quadratic f(x) = 1/2 sum_i lambda_i x_i^2 wit
 log-spaced from 1/h to 1 (largest curvature 1, so one learning rate is stable in every cell),
 started at x_i = +-1, so the gradient heterogeneity max|g_i| / min|g_i| is exactly h at the
 start. Each cell (mantissa bits m, heterogeneity h) runs
-every optimizer with k noisy replicas for a few seeds, and applies the noise-floor rule of
+every optimizer with k noisy replicas for a few seeds (the training step of
+:mod:`optimorph.engine.step` with a traced-width :class:`~optimorph.precision.TracedBits` policy), and applies the noise-floor rule of
 :mod:`optimorph.equivalence.compare` (d(t) <= C max(N_A, N_B, u ||theta||), median over seeds).
 
 Speed: the whole grid is ONE compiled program per optimizer. The mantissa width is a traced
@@ -23,43 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optimorph.engine import step
 from optimorph.optimizers import resolve
-from optimorph.precision import require_x64
+from optimorph.precision import TracedBits, require_x64, round_to_bits, stalled_fraction
 
 __all__ = ["round_to_bits", "PhaseDiagram", "phase_diagram", "MANTISSA_BITS", "HETEROGENEITY"]
 
 MANTISSA_BITS = (4, 5, 7, 8, 10, 12, 16, 20, 23, 30, 40, 52)  # bf16 = 7, fp16 = 10, fp32 = 23
 HETEROGENEITY = tuple(float(h) for h in np.logspace(0, 4, 8))
-
-_SIGN = np.uint64(1 << 63)
-_EXP = np.uint64(0x7FF << 52)
-
-
-def round_to_bits(x: jax.Array, bits: jax.Array) -> jax.Array:
-    """Round float64 ``x`` to ``bits`` explicit mantissa bits (nearest, ties to even).
-
-    ``bits`` may be traced (0..52), which is what lets one program serve every precision. The
-    exponent range stays float64's; NaN and inf pass through.
-
-    >>> import jax; jax.config.update("jax_enable_x64", True)
-    >>> float(round_to_bits(jnp.float64(1 + 2**-11 + 2**-30), 10))  # up: above the tie
-    1.0009765625
-    >>> float(round_to_bits(jnp.float64(1 + 2**-11), 10))  # a tie: to even (1.0)
-    1.0
-    """
-    u = jax.lax.bitcast_convert_type(x, jnp.uint64)
-    drop = (52 - jnp.asarray(bits, jnp.uint64)).astype(jnp.uint64)
-    one = jnp.uint64(1)
-    half = jnp.where(drop > 0, one << jnp.maximum(drop, one) - one, jnp.uint64(0))
-    lsb = (u >> drop) & one
-    mask = ~((one << drop) - one)
-    # Adding half - 1 + lsb then truncating is round-half-to-even; a carry into the exponent
-    # is the correct rounding up to the next binade (and to inf past the largest value).
-    rounded = (u + half - one + lsb) & mask
-    rounded = jnp.where(drop > 0, rounded, u)
-    out = jax.lax.bitcast_convert_type(rounded, jnp.float64)
-    return jnp.where(jnp.isfinite(x), out, x)
-
 
 @dataclasses.dataclass
 class PhaseDiagram:
@@ -168,47 +140,42 @@ def phase_diagram(
 
 
 def _run_grid(spec, bits, het, dim, steps, evals, seeds, replicas):
-    """[M, H, S, R, E, D] parameter trajectories and [M, H] stagnation of one optimizer."""
+    """[M, H, S, R, E, D] parameter trajectories and [M, H] stagnation of one optimizer.
+
+    Each lane is the training step of :mod:`optimorph.engine.step` on the diagonal quadratic,
+    with a :class:`~optimorph.precision.TracedBits` policy; replica 0 is noise-free.
+    """
     tx = resolve(spec).build()
     n_rep = 1 + replicas
 
     def lane(m, h, seed, rep):
+        policy = TracedBits(m)
         lam = jnp.logspace(-jnp.log10(h), 0.0, dim)
         key = jax.random.key(seed)
         x0 = jnp.where(jax.random.bernoulli(jax.random.fold_in(key, 0), 0.5, (dim,)), 1.0, -1.0)
-        noise = jnp.where(rep == 0, 0.0, 2.0 ** -(m.astype(jnp.float64) + 1))
-        nkey = jax.random.fold_in(jax.random.fold_in(key, 1), rep)
+        scale = jnp.where(rep == 0, 0.0, policy.unit_roundoff)
+        noise_seed = jax.random.bits(jax.random.fold_in(jax.random.fold_in(key, 1), rep), (), jnp.uint32)
+        noise = step.Noise(noise_seed, scale)
 
-        def rnd(tree, k):
-            leaves, treedef = jax.tree.flatten(tree)
-            out = []
-            for i, x in enumerate(leaves):
-                if jnp.issubdtype(x.dtype, jnp.floating):
-                    xi = jax.random.uniform(jax.random.fold_in(k, i), x.shape, jnp.float64, -1, 1)
-                    x = round_to_bits(x * (1.0 + noise * xi), m)
-                out.append(x)
-            return jax.tree.unflatten(treedef, out)
+        def loss(params, batch):
+            return 0.5 * jnp.sum(lam * params["x"] ** 2)
 
-        def step(carry, t):
-            x, state = carry
-            g = round_to_bits(lam * x, m)
-            upd, state = tx.update({"x": g}, state, {"x": x})
-            k = jax.random.fold_in(nkey, t)
-            state = rnd(state, jax.random.fold_in(k, 1))
-            new = rnd({"x": x + upd["x"]}, jax.random.fold_in(k, 2))["x"]
-            asked = upd["x"] != 0
-            absorbed = jnp.sum(asked & (new == x)) / jnp.maximum(jnp.sum(asked), 1)
-            return (new, state), absorbed
+        def one(carry, t):
+            params, state = carry
+            _, g, _ = step.gradient(loss, policy, params, ())
+            new = step.apply_update(tx, policy, params, state, None, g, t=t, noise=noise)
+            absorbed = stalled_fraction(params, new.updates, new.params)
+            return (new.params, new.state), absorbed
 
         def block(carry, i):
             ts = i * (steps // evals) + jnp.arange(steps // evals)
-            carry, absorbed = jax.lax.scan(step, carry, ts)
-            return carry, (carry[0], absorbed.mean())
+            carry, absorbed = jax.lax.scan(one, carry, ts)
+            return carry, (carry[0]["x"], absorbed.mean())
 
-        x0 = round_to_bits(x0, m)
-        _, (xs, absorbed) = jax.lax.scan(block, (x0, tx.init({"x": x0})), jnp.arange(evals))
-        x_init = x0[None]
-        return jnp.concatenate([x_init, xs]), absorbed.mean()
+        params = policy.cast_params({"x": x0})
+        state = policy.round_state(tx.init(params))
+        _, (xs, absorbed) = jax.lax.scan(block, (params, state), jnp.arange(evals))
+        return jnp.concatenate([params["x"][None], xs]), absorbed.mean()
 
     f = lane
     for axis in range(4):  # vmap over replica, seed, heterogeneity, bits (innermost first)

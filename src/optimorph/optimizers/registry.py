@@ -177,31 +177,34 @@ class OptimizerSpec:
             key.append(v.kind if isinstance(v, Schedule) else (None if h.traced else v))
         return tuple(key)
 
-    def traced_values(self) -> dict[str, float]:
-        """The numbers a grid may vary, flattened: ``{"lr.lr0": 0.1, "b1": 0.9, ...}``."""
-        out: dict[str, float] = {}
+    def traced_values(self) -> dict[str, Any]:
+        """The numbers a grid may vary: ``{"lr": {"lr0": 0.1, "tau": 5e4}, "b1": 0.9, ...}``.
+
+        A schedule's parameters are a nested mapping: marked by structure as schedule
+        parameters (computed in high precision, never stored in the hparams format).
+        """
+        out: dict[str, Any] = {}
         if self.entry is None:
             return out
         for h in self.entry.hparams:
             v = self.values[h.name]
             if isinstance(v, Schedule):
-                out.update({f"{h.name}.{k}": p for k, p in v.params.items()})
+                out[h.name] = dict(v.params)
             elif h.traced:
                 out[h.name] = v
         return out
 
     def build(self, traced: Mapping[str, Any] | None = None) -> optax.GradientTransformation:
-        """The optax transformation; ``traced`` replaces numeric values (e.g. by tracers)."""
+        """The optax transformation; ``traced`` (shaped like :meth:`traced_values`) replaces
+        numeric values, e.g. by tracers."""
         if self.entry is None:
             return self.custom
         kwargs = dict(self.values)
         if traced:
             for h in self.entry.hparams:
                 v = kwargs[h.name]
-                if isinstance(v, Schedule):
-                    kwargs[h.name] = v.with_params(
-                        {k: traced.get(f"{h.name}.{k}", p) for k, p in v.params.items()}
-                    )
+                if isinstance(v, Schedule) and h.name in traced:
+                    kwargs[h.name] = v.with_params({**v.params, **traced[h.name]})
                 elif h.name in traced:
                     kwargs[h.name] = traced[h.name]
         return self.entry.build(**kwargs)

@@ -47,6 +47,12 @@ class StepValues(NamedTuple):
       loss_fn: ``loss_fn(params, batch)``, the problem's minibatch loss (a plain function).
       eval_batch: a fixed large batch (a prefix of the training set) for full-batch quantities F.
       key: a PRNG key for this step's probe randomness, independent of every training key.
+      replica_params: the noisy replicas' stored params with a leading replica axis (noise
+        replicas on), else None.
+
+    Probes evaluated at evaluations (``when="eval"``) see ``t`` (steps done), ``params`` and
+    ``new_params`` (both the current params), ``replica_params``, ``loss_fn``, ``eval_batch``
+    and ``key``; the other fields are None.
     """
 
     t: jax.Array
@@ -61,6 +67,7 @@ class StepValues(NamedTuple):
     loss_fn: Callable[[PyTree, tuple], jax.Array]
     eval_batch: tuple
     key: jax.Array
+    replica_params: PyTree = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +82,8 @@ class Probe:
       reduce: how a ``log_every`` window of per-step outputs becomes one stored value:
         ``"mean"``, ``"nanmean"`` (probes that measure only every k steps emit NaN otherwise),
         ``"last"`` or ``"max"``.
+      when: ``"step"`` (after every step; outputs are per-step series) or ``"eval"`` (at each
+        evaluation, step 0 included; outputs are per-evaluation and may be arrays).
     """
 
     name: str
@@ -82,12 +91,23 @@ class Probe:
     update: Callable[[StepValues, PyTree], tuple[PyTree, Outputs]]
     outputs: tuple[str, ...] = ()
     reduce: str = "mean"
+    when: str = "step"
 
     def __post_init__(self) -> None:
         if not self.outputs:
             object.__setattr__(self, "outputs", (self.name,))
-        if self.reduce not in ("mean", "nanmean", "last", "max"):
-            raise ValueError(f"probe {self.name}: reduce must be mean|nanmean|last|max")
+        if self.reduce not in REDUCERS:
+            raise ValueError(f"probe {self.name}: reduce must be one of {', '.join(REDUCERS)}")
+        if self.when not in ("step", "eval"):
+            raise ValueError(f"probe {self.name}: when must be 'step' or 'eval'")
+
+
+REDUCERS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "mean": lambda w: jnp.mean(w, axis=-1),
+    "nanmean": lambda w: jnp.nanmean(w, axis=-1),
+    "last": lambda w: w[..., -1],
+    "max": lambda w: jnp.max(w, axis=-1),
+}
 
 
 def tree_sub(a: PyTree, b: PyTree) -> PyTree:
