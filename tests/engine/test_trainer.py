@@ -216,3 +216,24 @@ def test_a_blown_up_loss_is_divergence_and_nan_models_have_nan_metrics():
     assert nan.diverged_at[0, 0] == 2
     assert np.isnan(nan.evals["test/accuracy"][0, 0, 1:]).all()
     assert np.isfinite(nan.evals["test/accuracy"][0, 0, 0])
+
+
+def test_adaptive_chunks_show_progress_and_do_not_change_the_result(monkeypatch, capsys):
+    """Chunks adapt to the measured speed (a tiny target here forces many of them), progress
+    counts the steps asked for and names the compilation, and chunking never changes a bit."""
+    kw = dict(seeds=2, steps=400, batch_size=10, eval_every=100, log_every=4)
+    fixed = train("two-moons(n=100)", "sgd(lr=0.1)", chunk_steps=400, progress=False, **kw)
+    monkeypatch.setattr(trainer, "PROGRESS_EVERY_S", 1e-6)
+    monkeypatch.setattr(trainer, "BLOCK_WORK", 1.0)  # blocks of log_every steps
+    chunks = []
+    original = trainer._save_checkpoint
+    monkeypatch.setattr(trainer, "_save_checkpoint", lambda *a: chunks.append(a[2]) or original(*a))
+    monkeypatch.setattr(trainer, "CHECKPOINT_EVERY_S", 0.0)
+    adaptive = train("two-moons(n=100)", "sgd(lr=0.1)", progress=True, **kw)
+    assert len(chunks) > 3 and chunks[-1] == 400
+    err = capsys.readouterr().err
+    assert "train sgd(lr=0.1) 400/400 (100%)" in err and "(compiled and ran in" in err
+    np.testing.assert_array_equal(adaptive.train_loss, fixed.train_loss)
+    for key in fixed.evals:
+        np.testing.assert_array_equal(adaptive.evals[key], fixed.evals[key])
+    np.testing.assert_array_equal(adaptive.eval_steps, [0, 100, 200, 300, 400])

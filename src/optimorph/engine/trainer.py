@@ -42,8 +42,8 @@ from optimorph.engine.step import (
     start,
 )
 from optimorph.optimizers import OptimizerSpec, resolve
-from optimorph.precision import require_x64
 from optimorph.precision import precision as make_precision
+from optimorph.precision import require_x64
 from optimorph.probes import Probe, StepValues
 from optimorph.probes import builtin as builtin_probes
 from optimorph.probes.base import REDUCERS
@@ -133,9 +133,14 @@ def train(
     if not seed_list:
         raise TrainingError("give at least one seed (seeds=N or a list)")
     policy = make_precision(precision)
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(specs):
+        groups.setdefault(s.static_key(), []).append(i)
+    lanes = len(seed_list) * max(len(g) for g in groups.values())
     plan = _Plan.make(
-        prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas, divergence_factor
-    )
+        prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas, divergence_factor,
+        lanes,
+    )  # fmt: skip
     if plan.replicas:
         require_x64("noise replicas (the noise floor)")
         if policy.kahan or policy.rounding != "nearest":
@@ -167,26 +172,26 @@ def train(
         "probes": [p.name for p in all_probes],
         "problem_info": dict(prob.info),
     }
-    groups: dict[tuple, list[int]] = {}
-    for i, s in enumerate(specs):
-        groups.setdefault(s.static_key(), []).append(i)
-
     n_opt, n_seed = len(specs), len(seed_list)
     n_logs = plan.steps // plan.log_every
     n_evals = plan.steps // plan.eval_every + 1
     series: dict[str, np.ndarray] = {}
     diverged = np.full((n_opt, n_seed), -1, np.int64)
     final_params: list[Any] = [None] * n_opt
-    bar = Progress(plan.steps * len(groups), "train", enabled=progress)
-    for members in groups.values():
+    earlier = 0.0  # training time spent by earlier processes on resumed groups
+    for g, members in enumerate(groups.values()):
         group_specs = [specs[i] for i in members]
         ckpt = None
         if checkpoint_dir is not None:
-            tag = _fingerprint(config, [s.canonical for s in group_specs])
+            tag = _fingerprint(config, [[s.canonical, plan.block] for s in group_specs])
             ckpt = Path(checkpoint_dir) / f"checkpoint-{tag}.npz"
-        out, group_div, params = _run_group(
+        names = ", ".join(s.text for s in group_specs)
+        label = f"train {names}" + (f" [{g + 1}/{len(groups)}]" if len(groups) > 1 else "")
+        bar = Progress(plan.steps, label, enabled=progress, every_s=PROGRESS_EVERY_S)
+        out, group_div, params, group_earlier = _run_group(
             prob, group_specs, seed_list, policy, plan, all_probes, data, ckpt, bar
         )
+        earlier += group_earlier
         for k, i in enumerate(members):
             diverged[i] = group_div[k]
             final_params[i] = jax.tree.map(lambda a, k=k: a[k], params) if keep_params else None
@@ -205,14 +210,12 @@ def train(
         evals=evals,
         diverged_at=diverged,
         final_params=final_params if keep_params else [],
-        wall_time=time.perf_counter() - started,
+        wall_time=time.perf_counter() - started + earlier,
         config=config,
         stalled=series.get("stalled"),
         replica_distance=series.get("replica_distance"),
         trajectory=series.get("trajectory"),
-        probes={
-            k: v for k, v in series.items() if not k.startswith("eval:") and k not in builtin
-        },
+        probes={k: v for k, v in series.items() if not k.startswith("eval:") and k not in builtin},
     )
 
 
@@ -238,20 +241,27 @@ def _probes(probes, plan, track_stalled, record_params) -> tuple[Probe, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    """Validated step, batch, evaluation and chunk sizes, and what the run records."""
+    """Validated step, batch, evaluation and chunk sizes, and what the run records.
+
+    The compiled loop runs *blocks* of ``block`` steps (a divisor of ``eval_every`` holding whole
+    ``log_every`` windows, sized to about 0.1 s of work); a chunk is a number of blocks chosen
+    at run time (``chunk_blocks``, or adapted to take about :data:`PROGRESS_EVERY_S`), so progress
+    and checkpoints come every few seconds whatever the evaluation interval.
+    """
 
     steps: int
     order: BatchOrder
     eval_every: int
     log_every: int
-    intervals_per_chunk: int
-    n_intervals: int
+    block: int
+    chunk_blocks: int | None  # fixed by chunk_steps, else None: adapted to the measured speed
+    max_blocks: int  # the compiled chunk's buffer length (the most blocks one chunk can run)
     replicas: int
     divergence_factor: float
 
     @classmethod
     def make(cls, prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas,
-             divergence_factor=DIVERGENCE_FACTOR) -> "_Plan":  # fmt: skip
+             divergence_factor=DIVERGENCE_FACTOR, lanes=1) -> "_Plan":  # fmt: skip
         steps = _positive_int(steps, "steps")
         n = prob.n_train
         if batch_size is not None:
@@ -268,19 +278,23 @@ class _Plan:
             )
         if eval_every % log_every:
             raise TrainingError(f"log_every={log_every} must divide eval_every={eval_every}")
-        n_intervals = steps // eval_every
+        batch = n if full else batch_size
+        block = _block_steps(eval_every, log_every, lanes * batch * _n_params(prob))
+        total_blocks = steps // block
         if chunk_steps is None:
-            # Aim for a progress report every ~2e5 lane-steps of work, at least one interval.
-            per_chunk = max(1, min(n_intervals, 200_000 // eval_every))
+            chunk_blocks, max_blocks = None, min(total_blocks, MAX_CHUNK_BLOCKS)
         else:
-            per_chunk = max(1, _positive_int(chunk_steps, "chunk_steps") // eval_every)
+            chunk_steps = _positive_int(chunk_steps, "chunk_steps")
+            chunk_blocks = min(max(1, chunk_steps // block), total_blocks)
+            max_blocks = chunk_blocks
         return cls(
             steps=steps,
-            order=BatchOrder(n, n if full else batch_size),
+            order=BatchOrder(n, batch),
             eval_every=eval_every,
             log_every=log_every,
-            intervals_per_chunk=min(per_chunk, n_intervals),
-            n_intervals=n_intervals,
+            block=block,
+            chunk_blocks=chunk_blocks,
+            max_blocks=max_blocks,
             replicas=_non_negative_int(replicas, "replicas"),
             divergence_factor=_factor(divergence_factor),
         )
@@ -288,6 +302,31 @@ class _Plan:
     @property
     def batch_size(self) -> int:
         return self.order.batch_size
+
+
+# About 0.1 s of work on a 2-core CPU, in (lanes x examples x parameters) per block.
+BLOCK_WORK = 2e9
+MAX_CHUNK_BLOCKS = 256
+PROGRESS_EVERY_S = 2.0
+CHECKPOINT_EVERY_S = 30.0
+
+
+def _n_params(prob: Problem) -> int:
+    shapes = jax.eval_shape(prob.init, jax.random.key(0))
+    return max(1, sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)))
+
+
+def _block_steps(eval_every: int, log_every: int, work_per_step: float) -> int:
+    """The largest divisor of ``eval_every`` that is a multiple of ``log_every`` and holds at
+    most :data:`BLOCK_WORK` of work (at least ``log_every`` steps).
+
+    >>> _block_steps(1000, 1, 1e6), _block_steps(1000, 10, 1e9), _block_steps(7, 7, 1e12)
+    (1000, 10, 7)
+    """
+    target = max(BLOCK_WORK / max(work_per_step, 1.0), 1.0)
+    divisors = [d for d in range(log_every, eval_every + 1, log_every) if eval_every % d == 0]
+    fitting = [d for d in divisors if d <= target]
+    return max(fitting) if fitting else log_every
 
 
 def _factor(value: Any) -> float:
@@ -350,10 +389,12 @@ def _device_data(prob: Problem, policy) -> dict:
 def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar):
     """Train one compiled program: lanes = len(specs) x len(seeds).
 
-    Returns ``(series, diverged [C, S], final params [C, S, ...])`` where ``series`` maps
-    ``loss`` and each step probe's outputs to ``[C, S, T]``, ``eval:<set>/<metric>`` to
-    ``[C, S, E]`` and each eval probe's outputs to ``[C, S, E, ...]``.
+    Returns ``(series, diverged [C, S], final params [C, S, ...], earlier wall time)`` where
+    ``series`` maps ``loss`` and each step probe's outputs to ``[C, S, T]``,
+    ``eval:<set>/<metric>`` to ``[C, S, E]`` and each eval probe's outputs to ``[C, S, E, ...]``,
+    and the earlier wall time is what processes before a resume spent on this group.
     """
+    started = time.perf_counter()
     n_cfg, n_seed = len(specs), len(seeds)
     lanes = n_cfg * n_seed
     hvals = lane_hparams(specs, policy, n_seed)
@@ -363,25 +404,37 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar):
     carry = init_all(root, hvals)
     resumed = _load_checkpoint(ckpt, carry)
     if resumed is not None:
-        carry, done, parts = resumed
-        bar.advance(done * plan.eval_every, "(resumed)")
+        carry, done, parts, earlier = resumed
+        bar.advance(done, "(resumed)")
     else:
-        done = 0
+        done, earlier = 0, 0.0
         first = eval_all(carry, data)  # evaluation at step 0
         parts = {k: [np.asarray(v).reshape(lanes, 1, *np.shape(v)[1:])] for k, v in first.items()}
-    step_series = {"loss"} | {o for p in probes if p.when == "step" for o in p.outputs}
-    while done < plan.n_intervals:
-        n = min(plan.intervals_per_chunk, plan.n_intervals - done)
-        t0 = jnp.asarray(done * plan.eval_every, jnp.int32)
-        carry, out = chunk_all(carry, hvals, data, t0, n)
-        for k, v in out.items():
-            v = np.asarray(v)
-            # Per-step series arrive as [lanes, intervals, windows]: flatten time.
-            v = v.reshape(lanes, -1) if k in step_series else v
-            parts.setdefault(k, []).append(v)
-        done += n
-        _save_checkpoint(ckpt, carry, done, parts)
-        bar.advance(n * plan.eval_every)
+    n = plan.chunk_blocks or 1  # adaptive: one block first (it includes the compilation)
+    compiled, last_save = False, time.perf_counter()
+    while done < plan.steps:
+        n = min(n, (plan.steps - done) // plan.block, plan.max_blocks)
+        tick = time.perf_counter()
+        t0 = jnp.asarray(done, jnp.int32)
+        carry, per_step, evals = chunk_all(carry, hvals, data, t0, jnp.asarray(n, jnp.int32))
+        n_evals = (done + n * plan.block) // plan.eval_every - done // plan.eval_every
+        for k, v in per_step.items():  # [lanes, max_blocks, windows]: flatten time
+            parts.setdefault(k, []).append(np.asarray(v)[:, :n].reshape(lanes, -1))
+        for k, v in evals.items():  # [lanes, max evals, ...]
+            parts.setdefault(k, []).append(np.asarray(v)[:, :n_evals])
+        elapsed = time.perf_counter() - tick
+        done += n * plan.block
+        now = time.perf_counter()
+        if plan.chunk_blocks or done >= plan.steps or now - last_save >= CHECKPOINT_EVERY_S:
+            _save_checkpoint(ckpt, carry, done, parts, earlier + now - started)
+            last_save = now
+        bar.advance(n * plan.block, "" if compiled else f"(compiled and ran in {elapsed:.1f}s)")
+        if plan.chunk_blocks is None:
+            # The first chunk's time is mostly compilation: try 2 blocks, then aim for a chunk
+            # every PROGRESS_EVERY_S seconds.
+            per_block = elapsed / n
+            n = 2 if not compiled else max(1, int(PROGRESS_EVERY_S / max(per_block, 1e-9)))
+        compiled = True
 
     series = {}
     for k, v in parts.items():
@@ -391,7 +444,7 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar):
     params = jax.tree.map(
         lambda a: np.asarray(a).reshape(n_cfg, n_seed, *a.shape[1:]), carry["run"].params
     )
-    return series, div, params
+    return series, div, params, earlier
 
 
 # Compiled programs are kept across calls (a benchmark or a sweep calls train repeatedly); the key
@@ -479,9 +532,11 @@ def _build_programs(prob, template, policy, plan, probes):
                 out.update(probe.update(values, ())[1])
         return out
 
-    def chunk_lane(carry, hv, data, t0, n_intervals):
+    def chunk_lane(carry, hv, data, t0, n_blocks):
         # Re-derive the current epoch's permutation at each chunk start (so nothing but the carry
-        # needs checkpointing), then scan: intervals of eval_every steps, each ending in an eval.
+        # needs checkpointing), then loop over n_blocks blocks of plan.block steps (n_blocks is
+        # traced: one compiled program serves every chunk length). Outputs go to fixed buffers:
+        # per-step series per block, evaluations at the blocks that end an evaluation interval.
         tx = template.build(hv)
         if order.full_batch:
             perm0 = jnp.zeros((0,), jnp.int32)  # unused
@@ -527,25 +582,46 @@ def _build_programs(prob, template, policy, plan, probes):
         reducers = {"loss": REDUCERS["mean"]}
         reducers.update({o: REDUCERS[p.reduce] for p in step_probes for o in p.outputs})
 
-        def interval(state, i):
-            t = t0 + i * plan.eval_every + jnp.arange(plan.eval_every, dtype=jnp.int32)
+        def block(state, t_start):
+            t = t_start + jnp.arange(plan.block, dtype=jnp.int32)
             (carry, perm), per_step = jax.lax.scan(one, state, t)
-            out = evaluate_lane(carry, data)
-            for name, values in per_step.items():
-                windows = values.reshape(-1, plan.log_every)
-                out[name] = reducers[name](windows)
-            return (carry, perm), out
+            windows = {k: reducers[k](v.reshape(-1, plan.log_every)) for k, v in per_step.items()}
+            return (carry, perm), windows
 
-        (carry, _), out = jax.lax.scan(interval, (carry, perm0), jnp.arange(n_intervals))
-        return carry, out
+        step_shapes = jax.eval_shape(lambda s, t: block(s, t)[1], (carry, perm0), t0)
+        eval_shapes = jax.eval_shape(evaluate_lane, carry, data)
+        n_eval_slots = min(plan.max_blocks, plan.max_blocks * plan.block // plan.eval_every + 1)
+        step_buf = {
+            k: jnp.zeros((plan.max_blocks, *v.shape), v.dtype) for k, v in step_shapes.items()
+        }
+        eval_buf = {
+            k: jnp.full((n_eval_slots, *v.shape), jnp.nan, v.dtype) for k, v in eval_shapes.items()
+        }
+        evals_before = t0 // plan.eval_every
+
+        def body(b, loop):
+            state, (step_buf, eval_buf) = loop
+            t_end = t0 + (b + 1) * plan.block
+            state, windows = block(state, t0 + b * plan.block)
+            step_buf = {k: step_buf[k].at[b].set(windows[k]) for k in step_buf}
+
+            def record(buf):
+                slot = t_end // plan.eval_every - evals_before - 1
+                out = evaluate_lane(state[0], data)
+                return {k: buf[k].at[slot].set(out[k]) for k in buf}
+
+            # t_end is the same in every lane: a real branch under vmap, not a select.
+            eval_buf = jax.lax.cond(t_end % plan.eval_every == 0, record, lambda b: b, eval_buf)
+            return state, (step_buf, eval_buf)
+
+        (carry, _), (step_buf, eval_buf) = jax.lax.fori_loop(
+            0, n_blocks, body, ((carry, perm0), (step_buf, eval_buf))
+        )
+        return carry, step_buf, eval_buf
 
     init_all = jax.jit(jax.vmap(init_lane))
     eval_all = jax.jit(jax.vmap(evaluate_lane, in_axes=(0, None)))
-    chunk_all = jax.jit(
-        jax.vmap(chunk_lane, in_axes=(0, 0, None, None, None)),
-        static_argnums=(4,),
-        donate_argnums=(0,),
-    )
+    chunk_all = jax.jit(jax.vmap(chunk_lane, in_axes=(0, 0, None, None, None)), donate_argnums=(0,))
     return init_all, eval_all, chunk_all
 
 
@@ -562,13 +638,15 @@ def _fingerprint(config: dict, group: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(path, carry, done, parts) -> None:
-    """Leaves of the carry, the finished interval count and the series so far, atomically."""
+def _save_checkpoint(path, carry, done, parts, wall) -> None:
+    """Leaves of the carry, the steps done, the series so far and the training time spent on
+    them (all processes), atomically."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"carry_{i}": np.asarray(_key_data(x)) for i, x in enumerate(jax.tree.leaves(carry))}
     arrays["done"] = np.asarray(done)
+    arrays["wall"] = np.asarray(wall, np.float64)
     for key, chunks in parts.items():
         arrays[f"series::{key}"] = np.concatenate(chunks, axis=1)
     with atomic_path(path) as tmp:
@@ -596,4 +674,4 @@ def _load_checkpoint(path, template):
             restored.append(jax.random.wrap_key_data(saved) if _is_key(like) else saved)
         carry = jax.tree.unflatten(treedef, restored)
         parts = {k[8:]: [z[k]] for k in z.files if k.startswith("series::")}
-        return carry, int(z["done"]), parts
+        return carry, int(z["done"]), parts, float(z["wall"])

@@ -3,9 +3,9 @@
 The problem family is the diagonal quadratic f(x) = 1/2 sum_i lambda_i x_i^2 with lambda
 log-spaced from 1/h to 1 (largest curvature 1, so one learning rate is stable in every cell),
 started at x_i = +-1, so the gradient heterogeneity max|g_i| / min|g_i| is exactly h at the
-start. Each cell (mantissa bits m, heterogeneity h) runs
-every optimizer with k noisy replicas for a few seeds (the training step of
-:mod:`optimorph.engine.step` with a traced-width :class:`~optimorph.precision.TracedBits` policy), and applies the noise-floor rule of
+start. Each cell (mantissa bits m, heterogeneity h) runs every optimizer with k noisy replicas
+for a few seeds (the training step of :mod:`optimorph.engine.step` with a traced-width
+:class:`~optimorph.precision.TracedBits` policy), and applies the noise-floor rule of
 :mod:`optimorph.equivalence.compare` (d(t) <= C max(N_A, N_B, u ||theta||), median over seeds).
 
 Speed: the whole grid is ONE compiled program per optimizer. The mantissa width is a traced
@@ -32,6 +32,7 @@ __all__ = ["round_to_bits", "PhaseDiagram", "phase_diagram", "MANTISSA_BITS", "H
 
 MANTISSA_BITS = (4, 5, 7, 8, 10, 12, 16, 20, 23, 30, 40, 52)  # bf16 = 7, fp16 = 10, fp32 = 23
 HETEROGENEITY = tuple(float(h) for h in np.logspace(0, 4, 8))
+
 
 @dataclasses.dataclass
 class PhaseDiagram:
@@ -154,7 +155,8 @@ def _run_grid(spec, bits, het, dim, steps, evals, seeds, replicas):
         key = jax.random.key(seed)
         x0 = jnp.where(jax.random.bernoulli(jax.random.fold_in(key, 0), 0.5, (dim,)), 1.0, -1.0)
         scale = jnp.where(rep == 0, 0.0, policy.unit_roundoff)
-        noise_seed = jax.random.bits(jax.random.fold_in(jax.random.fold_in(key, 1), rep), (), jnp.uint32)
+        noise_key = jax.random.fold_in(jax.random.fold_in(key, 1), rep)
+        noise_seed = jax.random.bits(noise_key, (), jnp.uint32)
         noise = step.Noise(noise_seed, scale)
 
         def loss(params, batch):
