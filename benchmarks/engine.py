@@ -31,46 +31,11 @@ def _data(n=500, seed=0):
     return x.astype(np.float32), np.where(flip, 1 - y, y).astype(np.int64)
 
 
-def _init_numpy(rng):
-    params = []
-    for d_in, d_out in zip(WIDTHS[:-1], WIDTHS[1:]):
-        bound = 1 / np.sqrt(d_in)
-        params.append(rng.uniform(-bound, bound, (d_in, d_out)).astype(np.float32))
-        params.append(rng.uniform(-bound, bound, d_out).astype(np.float32))
-    return params
-
-
-def numpy_steps_per_s(x, y, batch, steps, seed=0):
+def numpy_steps_per_s(x, y, batch, steps):
     """The textbook loop: hand-written forward/backward, one minibatch per Python iteration."""
-    rng = np.random.default_rng(seed)
-    w1, b1, w2, b2, w3, b3 = _init_numpy(rng)
-    n = len(x)
-    perm, pos = rng.permutation(n), 0
-    start = time.perf_counter()
-    for t in range(1, steps + 1):
-        if pos + batch > n:
-            perm, pos = rng.permutation(n), 0
-        idx = perm[pos : pos + batch]
-        pos += batch
-        xb, yb = x[idx], y[idx]
-        h1 = np.maximum(xb @ w1 + b1, 0)
-        h2 = np.maximum(h1 @ w2 + b2, 0)
-        z = h2 @ w3 + b3
-        z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        dz = p
-        dz[np.arange(len(yb)), yb] -= 1
-        dz /= len(yb)
-        dw3, db3 = h2.T @ dz, dz.sum(0)
-        dh2 = (dz @ w3.T) * (h2 > 0)
-        dw2, db2 = h1.T @ dh2, dh2.sum(0)
-        dh1 = (dh2 @ w2.T) * (h1 > 0)
-        dw1, db1 = xb.T @ dh1, dh1.sum(0)
-        lr = ETA0 / (1 + t / TAU) ** ALPHA
-        for w, d in ((w1, dw1), (b1, db1), (w2, dw2), (b2, db2), (w3, dw3), (b3, db3)):
-            w -= lr * d
-    return steps / (time.perf_counter() - start)
+    from optimorph.experiments.numpy_reference import steps_per_second
+
+    return steps_per_second(x, y, batch, steps)
 
 
 def torch_steps_per_s(x, y, batch, steps, seed=0):

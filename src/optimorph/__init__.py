@@ -16,13 +16,59 @@ Importing optimorph never changes JAX's configuration; float64 and emulated form
 ``jax.config.update("jax_enable_x64", True)`` when they are used.
 """
 
-from optimorph.engine import TrainingError, TrainResult, train
-from optimorph.equivalence.compare import classes, compare
-from optimorph.equivalence.phase import phase_diagram
-from optimorph.optimizers import list_optimizers, optimizer, register, resolve
-from optimorph.precision import Precision, PrecisionWarning, parse_format, precision
-from optimorph.problems import Problem, list_problems, problem
-from optimorph.spec import SpecError
+import importlib
+import sys
+import types
+from typing import Any
+
+# Imported on first use (PEP 562): `optimorph --help` and spec errors answer without loading JAX.
+_LAZY = {
+    "optimizer": "optimorph.optimizers",
+    "resolve": "optimorph.optimizers",
+    "register": "optimorph.optimizers",
+    "list_optimizers": "optimorph.optimizers",
+    "precision": "optimorph.precision",
+    "parse_format": "optimorph.precision",
+    "Precision": "optimorph.precision",
+    "PrecisionWarning": "optimorph.precision",
+    "problem": "optimorph.problems",
+    "list_problems": "optimorph.problems",
+    "Problem": "optimorph.problems",
+    "train": "optimorph.engine",
+    "TrainResult": "optimorph.engine",
+    "TrainingError": "optimorph.engine",
+    "SpecError": "optimorph.spec",
+    "compare": "optimorph.equivalence.compare",
+    "classes": "optimorph.equivalence.compare",
+    "phase_diagram": "optimorph.equivalence.phase",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'optimorph' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+class _Package(types.ModuleType):
+    """Keeps ``optimorph.precision`` the function when the submodule of that name is imported
+    (the import system would otherwise bind the module over it; the module stays reachable
+    as ``sys.modules["optimorph.precision"]`` and by ``from optimorph.precision import ...``)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "precision" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __version__ = "0.1.0"
 

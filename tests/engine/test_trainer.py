@@ -228,8 +228,7 @@ def test_adaptive_chunks_show_progress_and_do_not_change_the_result(monkeypatch,
     chunks = []
     original = trainer._save_checkpoint
     monkeypatch.setattr(trainer, "_save_checkpoint", lambda *a: chunks.append(a[2]) or original(*a))
-    monkeypatch.setattr(trainer, "CHECKPOINT_EVERY_S", 0.0)
-    adaptive = train("two-moons(n=100)", "sgd(lr=0.1)", progress=True, **kw)
+    adaptive = train("two-moons(n=100)", "sgd(lr=0.1)", progress=True, checkpoint_every=0, **kw)
     assert len(chunks) > 3 and chunks[-1] == 400
     err = capsys.readouterr().err
     assert "train sgd(lr=0.1) 400/400 (100%)" in err and "(compiled and ran in" in err

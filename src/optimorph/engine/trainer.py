@@ -57,6 +57,11 @@ __all__ = ["train", "TrainingError"]
 TRAIN_EVAL_MAX = 2048
 # A loss this many times its first value is divergence (a loss of 1e12 is no convergence).
 DIVERGENCE_FACTOR = 1e4
+# About 0.1 s of work on a 2-core CPU, in (lanes x examples x parameters) per block.
+BLOCK_WORK = 2e9
+MAX_CHUNK_BLOCKS = 256
+PROGRESS_EVERY_S = 2.0
+CHECKPOINT_EVERY_S = 30.0
 
 
 class TrainingError(ValueError):
@@ -82,6 +87,7 @@ def train(
     track_stalled: bool = False,
     probes: Sequence[Probe] = (),
     divergence_factor: float | None = DIVERGENCE_FACTOR,
+    checkpoint_every: float = CHECKPOINT_EVERY_S,
 ) -> TrainResult:
     """Train every optimizer on ``problem`` for every seed, compiled end to end.
 
@@ -97,6 +103,8 @@ def train(
       log_every: average the per-step training loss over windows of this many steps (memory).
       chunk_steps: steps between progress reports and checkpoints (a multiple of eval_every).
       checkpoint_dir: where to keep checkpoints; a rerun with the same arguments resumes.
+      checkpoint_every: seconds between checkpoints (one is also written when each compiled
+        program finishes); with ``chunk_steps`` a checkpoint follows every chunk.
       progress: print a progress line on stderr.
       keep_params: return each run's final parameters.
       replicas: k noisy replicas per run for the rounding noise floor (DESIGN.md section 3):
@@ -149,6 +157,10 @@ def train(
                 "'rounding=stochastic' from the precision, or set replicas=0"
             )
     all_probes = _probes(probes, plan, track_stalled, record_params)
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, float)):
+        raise TrainingError(f"checkpoint_every must be seconds >= 0, got {checkpoint_every!r}")
+    if not checkpoint_every >= 0:
+        raise TrainingError(f"checkpoint_every must be seconds >= 0, got {checkpoint_every!r}")
     for s in specs:
         check_policy(policy, s, prob.init)
         policy.warn_hparams(numeric_hparams(s))
@@ -189,8 +201,9 @@ def train(
         label = f"train {names}" + (f" [{g + 1}/{len(groups)}]" if len(groups) > 1 else "")
         bar = Progress(plan.steps, label, enabled=progress, every_s=PROGRESS_EVERY_S)
         out, group_div, params, group_earlier = _run_group(
-            prob, group_specs, seed_list, policy, plan, all_probes, data, ckpt, bar
-        )
+            prob, group_specs, seed_list, policy, plan, all_probes, data, ckpt, bar,
+            float(checkpoint_every),
+        )  # fmt: skip
         earlier += group_earlier
         for k, i in enumerate(members):
             diverged[i] = group_div[k]
@@ -304,13 +317,6 @@ class _Plan:
         return self.order.batch_size
 
 
-# About 0.1 s of work on a 2-core CPU, in (lanes x examples x parameters) per block.
-BLOCK_WORK = 2e9
-MAX_CHUNK_BLOCKS = 256
-PROGRESS_EVERY_S = 2.0
-CHECKPOINT_EVERY_S = 30.0
-
-
 def _n_params(prob: Problem) -> int:
     shapes = jax.eval_shape(prob.init, jax.random.key(0))
     return max(1, sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)))
@@ -386,7 +392,7 @@ def _device_data(prob: Problem, policy) -> dict:
     return {"train": train, "evals": eval_sets}
 
 
-def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar):
+def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_every):
     """Train one compiled program: lanes = len(specs) x len(seeds).
 
     Returns ``(series, diverged [C, S], final params [C, S, ...], earlier wall time)`` where
@@ -425,7 +431,7 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar):
         elapsed = time.perf_counter() - tick
         done += n * plan.block
         now = time.perf_counter()
-        if plan.chunk_blocks or done >= plan.steps or now - last_save >= CHECKPOINT_EVERY_S:
+        if plan.chunk_blocks or done >= plan.steps or now - last_save >= ckpt_every:
             _save_checkpoint(ckpt, carry, done, parts, earlier + now - started)
             last_save = now
         bar.advance(n * plan.block, "" if compiled else f"(compiled and ran in {elapsed:.1f}s)")
