@@ -124,10 +124,21 @@ def _parser() -> argparse.ArgumentParser:
     ph.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     ph.set_defaults(run=_phase)
 
-    ex = sub.add_parser("run", help="run a named experiment (proposal16)")
-    ex.add_argument("experiment", choices=["proposal16"])
+    ex = sub.add_parser(
+        "run", help="run a named recipe (without a name: list them)", description=_recipes_help()
+    )
+    ex.add_argument("experiment", nargs="?", metavar="RECIPE", help="a recipe name")
     ex.add_argument("--quick", action="store_true", help="the same pipeline, small enough for CI")
-    ex.add_argument("--out", type=Path, default=None, help="default runs/<experiment>")
+    ex.add_argument("--out", type=Path, default=None, help="default runs/<recipe>[-quick]")
+    ex.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    ex.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    ex.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one setting of the recipe (repeatable), e.g. --set steps=100000",
+    )
     ex.add_argument("--quiet", action="store_true")
     ex.set_defaults(run=_experiment)
 
@@ -314,19 +325,50 @@ def _write_equivalence_outputs(out: Path, doc: dict, comparison) -> None:
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
 
 
-def _experiment(args) -> int:
-    from optimorph.experiments import proposal16
+def _recipes_help() -> str:
+    return (
+        "Recipes: batch-size, stretched-moons, linear-weights, optimizer-tour (the optimizers "
+        "tour) and proposal16 (numerical equivalence). `optimorph run` lists them with their "
+        "summaries."
+    )
 
+
+def _experiment(args) -> int:
+    import ast
+
+    from optimorph.experiments.recipes import RECIPES, run_recipe
+    from optimorph.report.recipe_report import write_recipe_report
+    from optimorph.results.store import read_json
+
+    if args.experiment is None:
+        for recipe in RECIPES:
+            print(f"{recipe.name:<16} {recipe.summary}  [{recipe.source}]")
+        return 0
+    RECIPES.get(args.experiment)  # an unknown name fails here, naming the recipes
+    overrides = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: write NAME=VALUE, e.g. --set steps=1000")
+        try:
+            overrides[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--set {item!r}: {value!r} is not a number, string or list") from None
     out = args.out or Path("runs") / (args.experiment + ("-quick" if args.quick else ""))
-    recipe = proposal16.Recipe.quick() if args.quick else proposal16.Recipe()
-    doc = proposal16.run(out, recipe, progress=not args.quiet)
-    for label, res in doc["problems"].items():
-        print(f"{label}: {res['problem']}")
-        for p, cl in res["classes"].items():
-            print(f"  {p}: {len(cl)} classes: " + " | ".join(" ~ ".join(c) for c in cl))
-        for r in res["expectations"]:
-            print(f"  [{'held' if r['held'] else 'FAILED'}] {r['claim']}: {r['evidence']}")
-    print(f"report: {out / 'report.html'}", file=sys.stderr)
+    run_recipe(
+        args.experiment,
+        out,
+        quick=args.quick,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        **overrides,
+    )
+    report = write_recipe_report(out)
+    for f in read_json(out, "findings"):
+        mark = {True: "held", False: "DID NOT HOLD", None: "open"}[f["held"]]
+        print(f"[{mark}] {f['claim']}: {f['measured']}")
+    print(f"report: {report}", file=sys.stderr)
     return 0
 
 
@@ -412,6 +454,13 @@ def _demo(args) -> int:
 
 
 def _report(args) -> int:
+    from optimorph.results.store import read_kind
+
+    if read_kind(args.run_dir) == "recipe":
+        from optimorph.report.recipe_report import write_recipe_report
+
+        print(write_recipe_report(args.run_dir))
+        return 0
     from optimorph.report import redraw, write_report
 
     redraw(args.run_dir)

@@ -18,7 +18,16 @@ from typing import Any
 from optimorph.results.atomic import write_text_atomic
 from optimorph.results.rundir import read_config, read_summary
 
-__all__ = ["REPORT_FILE", "FIGURE_ORDER", "write_report"]
+__all__ = [
+    "REPORT_FILE",
+    "FIGURE_ORDER",
+    "write_report",
+    "write_page",
+    "figure_html",
+    "mapping_table",
+    "findings_table",
+    "rows_table",
+]
 
 REPORT_FILE = "report.html"
 FIGURE_ORDER = ("loss_curves.png", "eval_curves.png", "final_metrics.png")
@@ -34,6 +43,10 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code { font-size: 0.9em; white-space: pre-wrap; }
 figure { margin: 1em 0; }
 img { max-width: 100%; }
+td.held { color: #0a6b0a; font-weight: 600; }
+td.failed { color: #b00020; font-weight: 600; }
+td.open { color: #8a6d00; }
+p.lead { font-size: 1.1em; }
 """
 
 
@@ -75,6 +88,11 @@ def write_report(
     body += ["<h3>Environment</h3>", _mapping_table(config.get("environment", {}))]
     for heading, fragment in sections or ():
         body += [f"<h2>{_e(heading)}</h2>", fragment]
+    return write_page(run_dir / REPORT_FILE, title, body)
+
+
+def write_page(path: str | os.PathLike, title: str, body: Iterable[str]) -> Path:
+    """The one HTML builder: a self-contained page (inline style, no script) from fragments."""
     page = "\n".join(
         [
             "<!DOCTYPE html>",
@@ -90,9 +108,38 @@ def write_report(
             "</html>",
         ]
     )
-    path = run_dir / REPORT_FILE
+    path = Path(path)
     write_text_atomic(path, page + "\n")
     return path
+
+
+def findings_table(findings: Iterable[dict]) -> str:
+    """Claim | measured | held / did not hold / open: what a recipe found."""
+    label = {True: ("held", "held"), False: ("failed", "did not hold"), None: ("open", "open")}
+    rows = []
+    for f in findings:
+        css, text = label[f.get("held")]
+        rows.append(
+            f"<tr><td>{_e(f['claim'])}</td><td class='{css}'>{text}</td>"
+            f"<td>{_e(f['measured'])}</td></tr>"
+        )
+    head = "<tr><th>claim (source)</th><th>result</th><th>measured</th></tr>"
+    return "<table>" + head + "\n".join(rows) + "</table>"
+
+
+def rows_table(columns: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    """A plain table; numbers right-aligned."""
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for x in row:
+            if isinstance(x, (int, float)) and not isinstance(x, bool):
+                cells.append(f'<td class="num">{_e(f"{x:.4g}")}</td>')
+            else:
+                cells.append(f"<td>{_e(str(x))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>" + "\n".join(body) + "</table>"
 
 
 def _summary_table(summary: dict[str, Any]) -> str:
@@ -157,12 +204,23 @@ def _figures(run_dir: Path) -> list[Path]:
 
 
 def _figure(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    name = _e(path.name)
+    return figure_html(path)
+
+
+def figure_html(path: Path, caption: str | None = None) -> str:
+    """An embedded PNG (base64) with its caption (default: the file name)."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    name = _e(Path(path).name)
+    text = _e(caption) if caption else name
     return (
         f'<figure><img src="data:image/png;base64,{data}" alt="{name}">'
-        f"<figcaption>{name}</figcaption></figure>"
+        f"<figcaption>{text}</figcaption></figure>"
     )
+
+
+def mapping_table(mapping: dict[str, Any]) -> str:
+    """Key | value rows."""
+    return _mapping_table(mapping)
 
 
 def _mapping_table(mapping: dict[str, Any]) -> str:

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from optimorph.engine.result import TrainResult
 from optimorph.problems.base import Problem
 from optimorph.results.atomic import atomic_path, write_json_atomic
+from optimorph.results.store import FORMAT_VERSION
 from optimorph.results.summary import TRAIN_SPLIT, summarize
 
 __all__ = [
@@ -259,6 +260,8 @@ def query(run_dirs: Iterable[str | os.PathLike], sql: str) -> pa.Table:
 
 def _config(result: TrainResult, problem: Problem | None) -> dict[str, Any]:
     config = {
+        "kind": "train",
+        "format_version": FORMAT_VERSION,
         "config": result.config,
         "optimizers": list(result.optimizers),
         "seeds": [int(s) for s in result.seeds],

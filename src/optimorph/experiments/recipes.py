@@ -1,0 +1,239 @@
+"""Recipes: named, configured reproductions of the source documents' results.
+
+A :class:`Recipe` is a typed config (a frozen dataclass with a ``quick()`` variant; every departure
+from the source's settings is a field), a run function that writes its results into a run
+directory and returns its findings (the source's claim, the measured numbers, held / did not
+hold), and the source it reproduces. ``optimorph run NAME`` runs one; ``optimorph report DIR``
+redraws its figures and page from the stored files (:mod:`optimorph.report.recipe_report`).
+
+>>> sorted(RECIPES.names())[:2]
+['batch-size', 'linear-weights']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optimorph.experiments import proposal16, tour
+from optimorph.registry import Registry
+from optimorph.results import store
+from optimorph.results.rundir import write_run
+
+__all__ = ["Recipe", "RECIPES", "run_recipe", "make_config", "flatten", "unflatten"]
+
+KIND = "recipe"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A named reproduction (see the module docstring)."""
+
+    name: str
+    summary: str
+    source: str
+    config: type
+    run: Callable[[Any, Path, bool], list[dict]]
+
+
+RECIPES: Registry[Recipe] = Registry("recipe")
+
+
+def make_config(recipe: Recipe, quick: bool = False, **overrides: Any) -> Any:
+    """The recipe's config (its ``quick()`` variant when asked) with fields replaced."""
+    config = recipe.config.quick() if quick else recipe.config()
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"recipe {recipe.name}: unknown setting {', '.join(unknown)}; "
+            f"its settings are {', '.join(sorted(fields))}"
+        )
+    return dataclasses.replace(config, **overrides)
+
+
+def run_recipe(
+    name: str,
+    out: str | Path,
+    *,
+    quick: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> Path:
+    """Run recipe ``name`` into the run directory ``out`` and return its path.
+
+    ``config.json`` records the recipe, its settings and whether they are the quick variant;
+    ``findings.json`` the findings. A rerun with ``resume=True`` continues an interrupted run.
+    """
+    recipe = RECIPES.get(name)
+    config = make_config(recipe, quick, **overrides)
+    with store.claim(out, KIND, resume=resume, overwrite=overwrite) as run_dir:
+        info = {"recipe": name, "summary": recipe.summary, "source": recipe.source, "quick": quick}
+        store.write_config(run_dir, KIND, dataclasses.asdict(config), **info)
+        findings = recipe.run(config, run_dir, progress)
+        store.write_json(run_dir, "findings", findings)
+    return Path(out)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    """A nested dict of arrays as ``{"dense0/w": array, ...}`` (for ``.npz`` files)."""
+    if isinstance(tree, dict):
+        out: dict[str, np.ndarray] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}/"))
+        return out
+    return {prefix.rstrip("/"): np.asarray(tree)}
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict:
+    """The inverse of :func:`flatten`."""
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return tree
+
+
+def _log(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tour
+
+
+def _run_batch_size(config: tour.BatchSizeConfig, out: Path, progress: bool) -> list[dict]:
+    done = {}
+    for b in config.batch_sizes:  # cells finished by an earlier, interrupted run
+        if (out / "cells" / f"B{b}.npz").exists():
+            cell = store.read_arrays(out, f"cells/B{b}")
+            cell = {k: (v.item() if v.ndim == 0 else v) for k, v in cell.items()}
+            cell["params"] = unflatten(store.read_arrays(out, f"cells/B{b}_params"))
+            done[b] = cell
+    if done:
+        _log(progress, f"batch-size: resuming; done: {sorted(done)}")
+
+    def save(cell: dict) -> None:
+        b = cell["batch"]
+        store.write_arrays(out, f"cells/B{b}_params", flatten(cell["params"]))
+        store.write_arrays(out, f"cells/B{b}", {k: v for k, v in cell.items() if k != "params"})
+        _log(progress, f"batch-size: B={b} done in {cell['wall']:.1f} s")
+
+    result = tour.batch_size(config, checkpoints=str(out / "checkpoints"), done=done, on_cell=save)
+    for b, grid in result["boundaries"].items():
+        store.write_arrays(out, f"boundary_B{b}", grid)
+    numpy = result["numpy"]
+    store.write_json(
+        out,
+        "timing",
+        {
+            "numpy_steps_per_s": {str(b): r for b, r in numpy["rates"].items()},
+            "numpy_projected_s": numpy["projected_s"],
+            "optimorph_s": numpy["optimorph_s"],
+            "speedup": numpy["projected_s"] / numpy["optimorph_s"],
+        },
+    )
+    findings = result["findings"]
+    findings.append(
+        tour.finding(
+            "The textbook NumPy loop takes minutes per run (the tour's figures)",
+            f"NumPy loop projected for the whole sweep: {numpy['projected_s']:.0f} s; optimorph: "
+            f"{numpy['optimorph_s']:.0f} s of cell time "
+            f"({numpy['projected_s'] / numpy['optimorph_s']:.1f}x)",
+            None,
+        )
+    )
+    return findings
+
+
+def _train_recipe(fn: Callable) -> Callable[[Any, Path, bool], list[dict]]:
+    """A recipe run around a tour function whose result carries a TrainResult: the run is
+    stored as a train run directory in ``<out>/train`` beside the recipe's own arrays."""
+
+    def run(config: Any, out: Path, progress: bool) -> list[dict]:
+        result = fn(config, checkpoints=str(out / "checkpoints"))
+        write_run(result["result"], out / "train", figures=False)
+        for name, grid in result.get("boundaries", {}).items():
+            store.write_arrays(out, f"boundary_{name}", grid)
+        for name, images in result.get("weights", {}).items():
+            store.write_arrays(out, f"weights_{name}", {"images": images})
+        if "dataset" in result:
+            store.write_json(out, "dataset", {"dataset": result["dataset"]})
+        return result["findings"]
+
+    return run
+
+
+RECIPES.add(
+    "batch-size",
+    Recipe(
+        "batch-size",
+        "SGD on noisy two moons at every batch size up to full batch: loss, time, "
+        "generalisation, decision boundaries",
+        "the optimizers tour, section 1",
+        tour.BatchSizeConfig,
+        _run_batch_size,
+    ),
+)
+RECIPES.add(
+    "stretched-moons",
+    Recipe(
+        "stretched-moons",
+        "SGD against momentum 0.99 on the ill-conditioned stretched moons",
+        "the optimizers tour, section 2.1",
+        tour.StretchedMoonsConfig,
+        _train_recipe(tour.stretched_moons),
+    ),
+)
+RECIPES.add(
+    "linear-weights",
+    Recipe(
+        "linear-weights",
+        "a linear classifier trained by SGD and by Adam: accuracy and the class weights",
+        "the optimizers tour, section 4",
+        tour.LinearWeightsConfig,
+        _train_recipe(tour.linear_weights),
+    ),
+)
+RECIPES.add(
+    "optimizer-tour",
+    Recipe(
+        "optimizer-tour",
+        "SGD, momentum, RMSprop and Adam on one problem with one schedule",
+        "the optimizers tour",
+        tour.TourConfig,
+        _train_recipe(tour.optimizer_tour),
+    ),
+)
+
+
+def _run_proposal16(config: proposal16.Recipe, out: Path, progress: bool) -> list[dict]:
+    doc = proposal16.run(out, config, progress=progress)
+    return [
+        tour.finding(f"[{label}] {row['claim']}", row["evidence"], row["held"])
+        for label, res in doc["problems"].items()
+        for row in res["expectations"]
+    ]
+
+
+RECIPES.add(
+    "proposal16",
+    Recipe(
+        "proposal16",
+        "the zoo's equivalence classes at fp16, fp32 and fp64 (the proposal's five experiments)",
+        "the numerical-equivalence proposal",
+        proposal16.Recipe,
+        _run_proposal16,
+    ),
+)

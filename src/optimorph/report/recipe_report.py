@@ -1,0 +1,328 @@
+"""A recipe's figures and page, drawn from its run directory only (no recomputation).
+
+The page puts the answer first: how many of the source's claims held, then the findings table,
+then the recipe's tables and figures, then the settings (quick or full, every departure from the
+source a named setting) and the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from optimorph.report.curves import loss_figure
+from optimorph.report.figures import save_figure
+from optimorph.report.html import (
+    REPORT_FILE,
+    figure_html,
+    findings_table,
+    mapping_table,
+    rows_table,
+    write_page,
+)
+from optimorph.results import store
+from optimorph.results.rundir import read_config, read_run
+
+__all__ = ["write_recipe_report", "FIGURES"]
+
+_PANEL = (5.5, 4.2)
+
+
+def write_recipe_report(run_dir: str | os.PathLike) -> Path:
+    """Redraw the figures of a recipe run directory and write its ``report.html``."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    name = config.get("recipe", "?")
+    findings = store.read_json(run_dir, "findings") if (run_dir / "findings.json").exists() else []
+    figures = FIGURES.get(name, lambda d: [])(run_dir)
+    held = sum(f.get("held") is True for f in findings)
+    failed = sum(f.get("held") is False for f in findings)
+    open_ = len(findings) - held - failed
+    quick = " (quick variant: reduced settings, see below)" if config.get("quick") else ""
+    body = [
+        f"<h1>optimorph recipe: {name}</h1>",
+        f"<p class='lead'>{held} of {len(findings)} claims of {config.get('source', 'the source')}"
+        f" held, {failed} did not" + (f", {open_} open" if open_ else "") + f"{quick}.</p>",
+        f"<p>{config.get('summary', '')}</p>" if config.get("summary") else "",
+        "<h2>Findings</h2>",
+        findings_table(findings) if findings else "<p>No findings stored (run unfinished?).</p>",
+    ]
+    body += _TABLES.get(name, lambda d: [])(run_dir)
+    if figures:
+        body.append("<h2>Figures</h2>")
+        body += [figure_html(path, caption) for path, caption in figures]
+    body += ["<h2>Settings</h2>", mapping_table({"quick": config.get("quick", False)})]
+    body += [mapping_table(config.get("config", {}))]
+    body += ["<h2>Environment</h2>", mapping_table(config.get("environment", {}))]
+    return write_page(run_dir / REPORT_FILE, f"optimorph recipe: {name}", body)
+
+
+# ---------------------------------------------------------------------------------------------
+# batch-size
+
+
+def _cells(run_dir: Path) -> dict[int, dict]:
+    sizes = read_config(run_dir)["config"]["batch_sizes"]
+    return {b: store.read_arrays(run_dir, f"cells/B{b}") for b in sizes}
+
+
+def _batch_size_figures(run_dir: Path) -> list[tuple[Path, str]]:
+    cells = _cells(run_dir)
+    sizes = sorted(cells)
+    colors = _colors(len(sizes))
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for color, b in zip(colors, sizes, strict=True):
+        c = cells[b]
+        ax.plot(c["steps"], c["train_loss"], color=color, lw=1.2, label=f"B = {b}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (cross-entropy, nats)")
+    ax.set_title("SGD on noisy two moons: training loss by batch size")
+    ax.legend(fontsize="small", ncol=2, title="batch size")
+    ax.grid(alpha=0.3, which="both")
+    paths = [(save_figure(fig, run_dir / "batch_size_loss.png"), _loss_caption(cells[sizes[0]]))]
+
+    fig = Figure(figsize=(2 * _PANEL[0], _PANEL[1]), layout="constrained")
+    time_ax, acc_ax = fig.subplots(1, 2)
+    walls = [float(cells[b]["wall"]) for b in sizes]
+    time_ax.plot(sizes, walls, "o-", color="#333")
+    time_ax.set_xscale("log")
+    time_ax.set_yscale("log")
+    time_ax.set_xlabel("batch size")
+    time_ax.set_ylabel("wall time of the run (s)")
+    time_ax.set_title("training time")
+    time_ax.grid(alpha=0.3, which="both")
+    _plain_ticks(time_ax)
+    series = (("clean", "clean labels", "#1f77b4"), ("noisy", "flipped labels", "#d62728"))
+    for key, label, color in series:
+        mean = [cells[b][key].mean() for b in sizes]
+        std = [cells[b][key].std(ddof=1) if cells[b][key].size > 1 else 0.0 for b in sizes]
+        acc_ax.errorbar(sizes, mean, yerr=std, fmt="o-", color=color, capsize=3, label=label)
+    acc_ax.set_xscale("log")
+    acc_ax.set_xlabel("batch size")
+    acc_ax.set_ylabel("test accuracy (fraction correct)")
+    n_sets = cells[sizes[0]]["clean"].size
+    acc_ax.set_title(f"test accuracy, mean ± std over {n_sets} fresh test sets")
+    acc_ax.legend(fontsize="small")
+    acc_ax.grid(alpha=0.3, which="both")
+    _plain_ticks(acc_ax, y=False)
+    paths.append(
+        (
+            save_figure(fig, run_dir / "batch_size_time_accuracy.png"),
+            "Left: wall time of each run (compilation included). Right: accuracy of the final "
+            f"model on {n_sets} fresh test sets of clean and of noisy labels (error bars: sample "
+            "std over the test sets).",
+        )
+    )
+    grids = sorted(run_dir.glob("boundary_B*.npz"), key=lambda p: int(p.stem[10:]))
+    if grids:
+        labels = [f"B = {p.stem[10:]}" for p in grids]
+        arrays = [store.read_arrays(run_dir, p.stem) for p in grids]
+        paths.append(
+            (
+                save_figure(_boundaries(arrays, labels), run_dir / "batch_size_boundaries.png"),
+                "Decision boundaries (P(class 1) = 0.5, black) over the training points, whose "
+                "colour is their label as trained on (flipped labels included).",
+            )
+        )
+    return paths
+
+
+def _batch_size_tables(run_dir: Path) -> list[str]:
+    cells = _cells(run_dir)
+    rows = [
+        [
+            b,
+            float(np.mean(c["train_loss"][-10:])),
+            float(c["train_accuracy"][-1]),
+            float(c["clean"].mean()),
+            float(c["noisy"].mean()),
+            float(c["wall"]),
+        ]
+        for b, c in sorted(cells.items())
+    ]
+    out = [
+        "<h2>Per batch size</h2>",
+        rows_table(
+            [
+                "batch size",
+                "final train loss",
+                "train accuracy",
+                "test acc. (clean)",
+                "test acc. (noisy)",
+                "wall time (s)",
+            ],
+            rows,
+        ),  # fmt: skip
+    ]
+    if (run_dir / "timing.json").exists():
+        t = store.read_json(run_dir, "timing")
+        out += [
+            "<h2>Speed against the textbook NumPy loop</h2>",
+            rows_table(
+                [
+                    "NumPy loop, projected for the sweep (s)",
+                    "optimorph, sum of cell times (s)",
+                    "ratio",
+                ],
+                [[t["numpy_projected_s"], t["optimorph_s"], t["speedup"]]],
+            ),  # fmt: skip
+            "<p>The NumPy loop (hand-written forward and backward, one minibatch per Python "
+            "iteration) is timed on a sample of steps at each batch size and projected to the "
+            "full step count; optimorph's cells run on one process per core.</p>",
+        ]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes built on a train run directory
+
+
+def _train_figures(prefix: str, title: str) -> Callable[[Path], list[tuple[Path, str]]]:
+    def figures(run_dir: Path) -> list[tuple[Path, str]]:
+        result = read_run(run_dir / "train")
+        fig = loss_figure(result)
+        fig.suptitle(title)
+        out = [
+            (
+                save_figure(fig, run_dir / f"{prefix}_loss.png"),
+                "Left: training loss (mean over seeds, band: min-max over seeds). Right: the "
+                "headline evaluation metric at each evaluation.",
+            )
+        ]
+        grids = sorted(run_dir.glob("boundary_*.npz"))
+        if grids:
+            arrays = [store.read_arrays(run_dir, p.stem) for p in grids]
+            labels = [p.stem[9:] for p in grids]
+            out.append(
+                (
+                    save_figure(_boundaries(arrays, labels), run_dir / f"{prefix}_boundaries.png"),
+                    "Decision boundaries of seed 0 (P(class 1) = 0.5, black) over the training "
+                    "points.",
+                )
+            )
+        weights = sorted(run_dir.glob("weights_*.npz"))
+        if weights:
+            images = {p.stem[8:]: store.read_arrays(run_dir, p.stem)["images"] for p in weights}
+            out.append(
+                (
+                    save_figure(_weight_images(images), run_dir / f"{prefix}_weights.png"),
+                    "Each class's weight vector as a 28x28 image (seed 0; colour scale symmetric "
+                    "per image, red positive, blue negative).",
+                )
+            )
+        return out
+
+    return figures
+
+
+def _boundaries(arrays: list[dict], labels: list[str]) -> Figure:
+    fig = Figure(figsize=(_PANEL[0] * len(arrays), _PANEL[1] + 0.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(arrays)))
+    for ax, grid, label in zip(axes, arrays, labels, strict=True):
+        _boundary(ax, grid)
+        ax.set_title(label)
+    return fig
+
+
+def _boundary(ax: Axes, grid: dict) -> None:
+    ax.contourf(grid["x"], grid["y"], grid["p"], levels=np.linspace(0, 1, 11), cmap="RdBu_r",
+                alpha=0.55)  # fmt: skip
+    ax.contour(grid["x"], grid["y"], grid["p"], levels=[0.5], colors="k", linewidths=1.5)
+    x, y = grid["train_x"], grid["train_y"]
+    ax.scatter(x[:, 0], x[:, 1], c=np.where(y == 1, "#b2182b", "#2166ac"), s=9, edgecolors="w",
+               linewidths=0.3)  # fmt: skip
+    ax.set_xlabel("x₁")
+    ax.set_ylabel("x₂")
+
+
+def _weight_images(images: dict[str, np.ndarray]) -> Figure:
+    names = list(images)
+    n_classes = images[names[0]].shape[0]
+    fig = Figure(figsize=(1.3 * n_classes, 1.55 * len(names)), layout="constrained")
+    axes = fig.subplots(len(names), n_classes, squeeze=False)
+    for r, name in enumerate(names):
+        for c in range(n_classes):
+            img = images[name][c]
+            lim = float(np.abs(img).max()) or 1.0
+            ax = axes[r, c]
+            ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name.upper(), fontsize="large")
+            if r == 0:
+                ax.set_title(f"class {c}")
+    return fig
+
+
+def _loss_caption(cell: dict) -> str:
+    steps = cell["steps"]
+    window = int(steps[1] - steps[0]) if len(steps) > 1 else 1
+    return (
+        f"Training loss against step for every batch size (one seed, as in the source); each "
+        f"point is the mean minibatch loss over {window} steps."
+    )
+
+
+def _plain_ticks(ax: Axes, x: bool = True, y: bool = True) -> None:
+    """Log axes labelled 1, 2, 5, 10, ... rather than 3.6x10^0 (readable on narrow ranges)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    for axis in [a for a, on in ((ax.xaxis, x), (ax.yaxis, y)) if on]:
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        formatter = ScalarFormatter()
+        formatter.set_scientific(False)
+        axis.set_major_formatter(formatter)
+        axis.set_minor_formatter(NullFormatter())
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
+FIGURES: dict[str, Callable[[Path], list[tuple[Path, str]]]] = {
+    "batch-size": _batch_size_figures,
+    "stretched-moons": _train_figures("stretched_moons", "SGD vs momentum on the stretched moons"),
+    "linear-weights": _train_figures("linear_weights", "linear classifier: SGD vs Adam"),
+    "optimizer-tour": _train_figures("optimizer_tour", "SGD, momentum, RMSprop and Adam"),
+}
+"""Per recipe: ``fn(run_dir) -> [(png path, caption)]`` drawn from stored results."""
+
+_TABLES: dict[str, Callable[[Path], list[str]]] = {"batch-size": _batch_size_tables}
+
+
+def _proposal16_figures(run_dir: Path) -> list[tuple[Path, str]]:
+    # Drawn when the recipe ran (the panels are not stored separately yet).
+    return [
+        (path, "Trajectory distance d(t) against the rounding noise floor, pairs with SGD.")
+        for path in sorted(run_dir.glob("*_divergence.png"))
+    ]
+
+
+def _proposal16_tables(run_dir: Path) -> list[str]:
+    doc = store.read_json(run_dir, "proposal16")
+    out = []
+    for label, res in doc["problems"].items():
+        rows = [
+            [p, len(cl), " | ".join(" ~ ".join(c) for c in cl)] for p, cl in res["classes"].items()
+        ]
+        out += [
+            f"<h2>Equivalence classes: {label} ({res['problem']})</h2>",
+            rows_table(["precision", "classes", "members"], rows),
+        ]
+    return out
+
+
+FIGURES["proposal16"] = _proposal16_figures
+_TABLES["proposal16"] = _proposal16_tables
