@@ -1,0 +1,85 @@
+"""Recipes end to end on tiny settings: run directory, findings, report, redraw, resume."""
+
+import json
+
+import numpy as np
+import pytest
+
+from optimorph import cli
+from optimorph.experiments import recipes, tour
+from optimorph.report.recipe_report import write_recipe_report
+from optimorph.results import store
+
+TINY = {
+    "batch-size": dict(batch_sizes=(8, 64), steps=300, test_sets=3, numpy_sample_steps=50,
+                       workers=1),
+    "stretched-moons": dict(epochs=2, seeds=2),
+    "optimizer-tour": dict(steps=100, seeds=2),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_a_recipe_writes_findings_and_a_report_that_a_browser_shows(name, tmp_path, check_page):
+    out = recipes.run_recipe(name, tmp_path / name, quick=True, progress=False, **TINY[name])
+    config = json.loads((out / "config.json").read_text())
+    assert config["kind"] == "recipe" and config["format_version"] == store.FORMAT_VERSION
+    assert config["recipe"] == name and config["quick"] is True
+    findings = store.read_json(out, "findings")
+    assert findings and all({"claim", "measured", "held"} <= set(f) for f in findings)
+    page = write_recipe_report(out)
+    text = page.read_text()
+    assert "Findings" in text and findings[0]["claim"] in text
+    shown = check_page(page)
+    assert shown["images"] >= 1
+    assert not (out / ".lock").exists()
+
+
+def test_batch_size_resumes_finished_cells_and_redraws_from_disk(tmp_path, monkeypatch):
+    out = tmp_path / "bs"
+    recipes.run_recipe("batch-size", out, quick=True, progress=False, **TINY["batch-size"])
+    first = store.read_arrays(out, "cells/B8")
+    (out / "report.html").unlink(missing_ok=True)
+    calls = []
+    monkeypatch.setattr(tour, "_batch_size_cell", lambda cell: calls.append(cell))
+    # Finished cells are read back, not retrained; the report is rebuilt from the files.
+    recipes.run_recipe("batch-size", out, quick=True, progress=False, resume=True,
+                       **TINY["batch-size"])  # fmt: skip
+    assert calls == []
+    np.testing.assert_array_equal(store.read_arrays(out, "cells/B8")["train_loss"],
+                                  first["train_loss"])  # fmt: skip
+    assert cli.main(["report", str(out)]) == 0
+    assert (out / "batch_size_boundaries.png").exists()
+
+
+def test_an_out_directory_with_another_run_is_refused(tmp_path):
+    out = tmp_path / "run"
+    with store.claim(out, "recipe"):
+        with pytest.raises(store.RunDirError, match="being written by process"):
+            with store.claim(out, "recipe"):
+                pass
+    with pytest.raises(store.RunDirError, match="already holds a recipe run; pass --resume"):
+        with store.claim(out, "recipe"):
+            pass
+    with pytest.raises(store.RunDirError, match="holds a recipe run, not train"):
+        with store.claim(out, "train", resume=True):
+            pass
+    with store.claim(out, "train", overwrite=True):
+        pass
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(store.RunDirError, match="is a file"):
+        with store.claim(tmp_path / "file" / "run", "train"):
+            pass
+    with pytest.raises(store.RunDirError, match="give --out"):
+        with store.claim("", "train"):
+            pass
+
+
+def test_cli_lists_recipes_and_rejects_bad_settings(tmp_path, capsys):
+    assert cli.main(["run"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("batch-size", "stretched-moons", "linear-weights", "optimizer-tour", "proposal16"):
+        assert name in listed
+    assert cli.main(["run", "nope"]) == 2
+    assert "unknown recipe 'nope'; registered: batch-size" in capsys.readouterr().err
+    assert cli.main(["run", "batch-size", "--set", "stepz=3", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown setting stepz" in capsys.readouterr().err
