@@ -1,6 +1,10 @@
 """The optimizer zoo: every optimizer an optax GradientTransformation with named state."""
 
-from optimorph.optimizers import first_order, optax_wrapped  # noqa: F401  (registers the zoo)
+from optimorph.optimizers import (  # noqa: F401  (registers the zoo)
+    first_order,
+    optax_wrapped,
+    random_scaling,
+)
 from optimorph.optimizers.registry import (
     REGISTRY,
     Entry,

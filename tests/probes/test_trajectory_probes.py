@@ -1,0 +1,65 @@
+"""Trajectory probes against exact values: quadratics, convex logistic regression, random scaling."""
+
+import jax
+import numpy as np
+import pytest
+
+import optimorph
+from optimorph.precision import FP32
+from optimorph.probes.trajectory import make_probes
+from optimorph.spec import SpecError
+
+
+def test_on_a_quadratic_gap_smoothness_and_sharpness_are_exact():
+    dim, kappa = 8, 10.0
+    lam = np.geomspace(1.0, kappa, dim).astype(np.float32).astype(np.float64)  # the problem's A
+    r = optimorph.train(f"quadratic(dim={dim}, kappa={kappa})", "sgd(lr=0.1)", steps=30,
+                        eval_every=1, precision="fp64", record_params=True,
+                        probes=make_probes("gap,smooth,sharpness", every=1), progress=False)  # fmt: skip
+    x = r.trajectory[0, 0]  # x_0 .. x_30
+    dx = np.diff(x, axis=0)
+    expected_gap = -0.5 * np.sum(lam * dx**2, axis=1)  # f quadratic: the gap is -1/2 dx^T A dx
+    np.testing.assert_allclose(r.probes["inst_gap"][0, 0], expected_gap, rtol=1e-9, atol=1e-14)
+    smooth = r.probes["inst_smooth"][0, 0]
+    assert np.all((smooth >= lam.min() * (1 - 1e-12)) & (smooth <= lam.max() * (1 + 1e-12)))
+    np.testing.assert_allclose(r.probes["sharpness"][0, 0], lam.max(), rtol=1e-8)
+    np.testing.assert_allclose(r.probes["sharpness_lr"][0, 0], 0.1)
+    assert np.all(r.probes["max_smooth"][0, 0] == np.maximum.accumulate(smooth))
+
+
+def test_convex_logistic_regression_has_no_positive_gap_beyond_rounding():
+    prob = optimorph.problem("logistic(dataset=breast_cancer)")
+    reference = optimorph.train(prob, "adam(lr=0.05)", steps=600, precision="fp32",
+                                progress=False).final_params[0]  # fmt: skip
+    x_star = jax.tree.map(lambda a: a[0], reference)
+    r = optimorph.train(prob, "sgd(lr=0.1)", steps=300, batch_size=32, precision="fp32",
+                        probes=make_probes("gap,ratio", reference=x_star), progress=False)  # fmt: skip
+    gap = r.probes["inst_gap"][0, 0]
+    loss = r.train_loss[0, 0]
+    # Rounding allowance of three float32 losses/inner products of size ~loss: 8 u |f| + tiny.
+    allowance = 8 * FP32.unit_roundoff * (np.abs(loss) + 1e-6)
+    assert np.all(gap <= allowance), (gap.max(), allowance[np.argmax(gap)])
+    assert np.mean(gap < 0) > 0.9  # strictly convex: the gaps are negative
+    ratio = r.probes["convexity_ratio"][0, 0, -1]
+    assert ratio >= 1 - 1e-4, ratio
+
+
+def test_random_scaling_makes_the_update_correlation_track_the_loss_difference():
+    prob = optimorph.problem("least-squares(n=200, d=10, hetero=10)")
+    kw = dict(steps=3000, batch_size=10, precision="fp64", probes=make_probes("corr"),
+              seeds=3, progress=False)  # fmt: skip
+    rs = optimorph.train(prob, "random-scaling(inner='adam(lr=0.01)')", **kw).probes
+    gap = np.abs(rs["cum_rs_corr"][0, :, -1] / rs["cum_loss_diff"][0, :, -1] - 1)
+    assert np.all(gap < 0.1), gap  # measured: 0.1%, 2.6%, 6.1%
+    plain = optimorph.train(prob, "sgd(lr=0.02)", **kw).probes  # no random scaling:
+    assert np.all(np.isnan(plain["cum_rs_corr"]))
+    corr, diff = plain["cum_update_corr"][0, :, -1], plain["cum_loss_diff"][0, :, -1]
+    assert np.all(np.sign(corr) != np.sign(diff))  # the update correlation need not track it
+
+
+def test_probe_names_are_checked():
+    with pytest.raises(SpecError, match="unknown probe 'gapp'; valid: gap, smooth"):
+        make_probes("gapp")
+    with pytest.raises(SpecError, match="needs a reference point"):
+        make_probes("ratio")
+    assert [p.name for p in make_probes("all")] == ["gap+smooth", "corr", "noise", "sharpness"]
