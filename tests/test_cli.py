@@ -135,9 +135,21 @@ def test_precision_lists_with_roles_and_stagnation_in_the_run_directory(tmp_path
     assert cli._precisions("fp16,fp32") == ["fp16", "fp32"]
     assert cli._precisions("fp16;params=bf16,state=fp32") == ["fp16", "params=bf16,state=fp32"]
     out = tmp_path / "run"
-    argv = ["train", "--problem", "quadratic(dim=8, kappa=10)", "--optimizer", "sgd(lr=1e-4)",
-            "--precision", "bf16", "--steps", "40", "--track-stalled", "--out", str(out),
-            "--quiet"]
+    argv = [
+        "train",
+        "--problem",
+        "quadratic(dim=8, kappa=10)",
+        "--optimizer",
+        "sgd(lr=1e-4)",
+        "--precision",
+        "bf16",
+        "--steps",
+        "40",
+        "--track-stalled",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert cli.main(argv) == 0
     back = read_run(out)
     assert back.stalled.shape == (1, 1, 40)

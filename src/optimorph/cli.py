@@ -162,6 +162,23 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
         help="record per step the fraction of updates rounding absorbed (metric 'stalled')",
     )
     p.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        metavar="NAMES",
+        help="trajectory probes inside the step: gap, smooth, corr, ratio, noise, sharpness or "
+        "all (comma-separated or repeated); stored as split 'probe' in metrics.parquet",
+    )
+    p.add_argument(
+        "--probe-reference",
+        default=None,
+        metavar="RUN_DIR",
+        help="x* for the gap/ratio probes: the final parameters of an earlier train run",
+    )
+    p.add_argument(
+        "--probe-every", type=int, default=100, metavar="K", help="sharpness every K steps"
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=float,
         default=30.0,
@@ -415,12 +432,47 @@ def _train(args) -> int:
         checkpoint_every=args.checkpoint_every,
         progress=not args.quiet,
         track_stalled=args.track_stalled,
+        probes=_probes(args),
     )
     write_run(result, out)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
+    from optimorph.report import write_report
+
+    report = write_report(out)
     _print_summary(result)
-    print(f"wrote {out}", file=sys.stderr)
+    print(f"wrote {out}; report: {report}", file=sys.stderr)
     return 0
+
+
+def _probes(args) -> list:
+    """The trajectory probes ``--probe`` names (``--probe-reference RUN_DIR`` gives x*)."""
+    if not args.probe:
+        return []
+    from optimorph.probes.trajectory import make_probes
+
+    reference = None
+    if args.probe_reference is not None:
+        import jax
+        import numpy as np
+
+        from optimorph.results.rundir import PARAMS_FILE
+
+        path = Path(args.probe_reference) / PARAMS_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"--probe-reference: {path} not found (a train run's --out)")
+        with np.load(path) as z:  # optimizer 0, seed 0 of the earlier run
+            from optimorph.problems import problem
+
+            template = problem(args.problem).init(jax.random.key(0))
+            leaves, treedef = jax.tree.flatten(template)
+            keys = sorted(k for k in z.files if k.startswith("opt0["))
+            if len(keys) != len(leaves):
+                raise ValueError(f"--probe-reference: {path} does not match {args.problem}")
+            stored = {k: z[k][0] for k in keys}
+            by_path = [stored[f"opt0{jax.tree_util.keystr(p)}"] for p, _ in
+                       jax.tree_util.tree_flatten_with_path(template)[0]]  # fmt: skip
+            reference = jax.tree.unflatten(treedef, by_path)
+    return make_probes(",".join(args.probe), reference=reference, every=args.probe_every)
 
 
 def _demo(args) -> int:

@@ -63,3 +63,29 @@ def test_probe_names_are_checked():
     with pytest.raises(SpecError, match="needs a reference point"):
         make_probes("ratio")
     assert [p.name for p in make_probes("all")] == ["gap+smooth", "corr", "noise", "sharpness"]
+
+
+def test_cli_probes_are_stored_read_back_and_drawn(tmp_path, check_page):
+    from optimorph import cli
+    from optimorph.results import read_run
+
+    out = tmp_path / "run"
+    argv = ["train", "--problem", "two-moons(n=64, activation=tanh)", "--optimizer", "sgd(lr=0.1)",
+            "--seeds", "2", "--steps", "60", "--batch-size", "16", "--probe", "gap,smooth",
+            "--probe", "corr,noise,sharpness", "--probe-every", "20", "--quiet", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    back = read_run(out)
+    assert {"inst_gap", "inst_smooth", "cum_update_corr", "grad_noise", "sharpness"} <= set(
+        back.probes
+    )
+    assert back.probes["inst_gap"].shape == (1, 2, 60)
+    sharp = back.probes["sharpness"][0, 0]
+    assert np.isfinite(sharp[[0, 20, 40]]).all() and np.isnan(sharp[[1, 21]]).all()
+    ref = out / "ref"
+    assert cli.main([*argv[:-1], str(ref)]) == 0
+    argv_ratio = [*argv[:-1], str(tmp_path / "r2"), "--probe", "ratio", "--probe-reference",
+                  str(ref)]  # fmt: skip
+    assert cli.main(argv_ratio) == 0
+    assert "convexity_ratio" in read_run(tmp_path / "r2").probes
+    assert (out / "probes.png").exists()
+    assert check_page(out / "report.html")["images"] >= 4

@@ -26,7 +26,13 @@ from matplotlib.figure import Figure
 from optimorph.engine.result import TrainResult
 from optimorph.results.summary import FINAL_FRACTION, TRAIN_LOSS_KEY, final_values, summarize
 
-__all__ = ["loss_figure", "eval_figure", "final_metrics_figure", "headline_eval_key"]
+__all__ = [
+    "loss_figure",
+    "eval_figure",
+    "final_metrics_figure",
+    "probe_figure",
+    "headline_eval_key",
+]
 
 _PANEL = (5.5, 4.0)  # inches per panel
 
@@ -190,3 +196,88 @@ def _log_if_positive(ax: Axes, values: np.ndarray) -> None:
 def _label(name: str) -> str:
     # matplotlib reads text between two '$' as TeX math; an optimizer spec is plain text.
     return name.replace("$", r"\$")
+
+
+# Which probe outputs share a panel, with the panel's y label (units).
+_PROBE_PANELS = (
+    (("inst_gap", "avg_gap", "exp_gap"), "convexity gap (loss units; <= 0 where convex)"),
+    (("inst_smooth", "max_smooth", "exp_smooth", "sharpness"), "smoothness / sharpness (1/step)"),
+    (("cum_update_corr", "cum_loss_diff", "cum_rs_corr"), "cumulative sums (loss units)"),
+    (("update_corr", "loss_diff", "rs_corr"), "per step (loss units)"),
+    (("convexity_ratio",), "convexity ratio (>= 1 if convex)"),
+    (("full_grad_norm", "grad_noise"), "gradient norm (global l2)"),
+    (("grad_cos",), "cos(g_t, g_{t-1})"),
+    (("param_norm",), "||x_t|| (global l2)"),
+)
+
+
+def probe_figure(result: TrainResult) -> Figure | None:
+    """One panel per group of probe outputs over steps; lines per optimizer (mean over seeds,
+    band min-max over seeds), line style per output. Sharpness is drawn beside 2/lr."""
+    panels = [(names, ylabel) for names, ylabel in _PROBE_PANELS
+              if any(n in result.probes for n in names)]  # fmt: skip
+    if not panels:
+        return None
+    cols = min(2, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(_PANEL[0] * cols, _PANEL[1] * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    styles = ("-", "--", ":", "-.")
+    for ax, (names, ylabel) in zip(axes, panels, strict=False):
+        present = [n for n in names if n in result.probes]
+        for j, name in enumerate(present):
+            steps, values = _window_mean(result.steps, result.probes[name])
+            sparse = name == "sharpness"  # measured every k steps: markers, not a line
+            for i, opt in enumerate(result.optimizers):
+                mean, low, high = _seed_band(values[i])
+                ok = np.isfinite(mean)
+                if not ok.any():
+                    continue
+                label = f"{name}: {_label(opt)}" if len(result.optimizers) > 1 else name
+                style = "o" if sparse else styles[j % 4]
+                ax.plot(steps[ok], mean[ok], style, color=f"C{i % 10}", label=label,
+                        linewidth=1.3, markersize=4)  # fmt: skip
+                if len(result.seeds) > 1 and not sparse:
+                    ax.fill_between(steps[ok], low[ok], high[ok], color=f"C{i % 10}",
+                                    alpha=0.15, linewidth=0)  # fmt: skip
+            if name == "sharpness" and "sharpness_lr" in result.probes:
+                _stability_edges(ax, result)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle("trajectory probes (mean over seeds, band: min-max over seeds)")
+    return fig
+
+
+def _window_mean(steps: np.ndarray, values: np.ndarray, points: int = 200):
+    """Per-step series averaged over consecutive windows (NaN-aware) so about ``points``
+    remain; the window's last step labels it."""
+    n = values.shape[-1]
+    window = max(1, n // points)
+    m = n // window * window
+    shaped = values[..., n - m :].reshape(*values.shape[:-1], -1, window)
+    finite = np.isfinite(shaped)
+    count = finite.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite, shaped, 0.0).sum(axis=-1) / count
+    return np.asarray(steps)[n - m :][window - 1 :: window], np.where(count > 0, mean, np.nan)
+
+
+def _stability_edges(ax: Axes, result: TrainResult) -> None:
+    """2/lr beside the sharpness of plain SGD runs (GD's edge of stability); the momentum and
+    Adam thresholds, (2 + 2 beta)/lr and (2 + 2 b1)/((1 - b1) lr), depend on their form."""
+    lr = result.probes["sharpness_lr"]
+    for i, opt in enumerate(result.optimizers):
+        if not opt.startswith("sgd"):
+            continue
+        finite = np.isfinite(lr[i])
+        count = finite.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(finite, lr[i], 0.0).sum(axis=0) / count
+        ok = (count > 0) & (mean > 0)
+        if ok.any():
+            ax.plot(result.steps[ok], 2 / mean[ok], ":", color=f"C{i % 10}", linewidth=1.2,
+                    label=f"2 / lr: {_label(opt)}")  # fmt: skip

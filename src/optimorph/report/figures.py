@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from optimorph.engine.result import TrainResult
-from optimorph.report.curves import eval_figure, final_metrics_figure, loss_figure
+from optimorph.report.curves import eval_figure, final_metrics_figure, loss_figure, probe_figure
 from optimorph.results.atomic import atomic_path
 from optimorph.results.rundir import read_run
 
@@ -39,6 +39,9 @@ def save_figures(result: TrainResult, run_dir: str | os.PathLike) -> list[Path]:
     if result.evals:
         figures["eval_curves.png"] = eval_figure(result)
     figures["final_metrics.png"] = final_metrics_figure(result)
+    probes = probe_figure(result)
+    if probes is not None:
+        figures["probes.png"] = probes
     return [save_figure(fig, run_dir / name) for name, fig in figures.items()]
 
 

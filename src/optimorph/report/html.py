@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 REPORT_FILE = "report.html"
-FIGURE_ORDER = ("loss_curves.png", "eval_curves.png", "final_metrics.png")
+FIGURE_ORDER = ("loss_curves.png", "eval_curves.png", "final_metrics.png", "probes.png")
 """Figures shown first, in this order; any other PNG of the run directory follows by name."""
 
 _STYLE = """

@@ -12,7 +12,8 @@
 ```
 
 In ``metrics.parquet`` the per-step minibatch loss ``train_loss`` has ``split='train_step'``,
-``metric='loss'``; an evaluation ``evals["test/accuracy"]`` has ``split='test'``,
+``metric='loss'``; a trajectory probe's output ``probes["inst_gap"]`` has ``split='probe'``,
+``metric='inst_gap'``; an evaluation ``evals["test/accuracy"]`` has ``split='test'``,
 ``metric='accuracy'``. NaN values (diverged runs) are stored as NaN, not null.
 
 Every file is written atomically; ``config.json`` is written after the data, so a directory with a
@@ -58,6 +59,7 @@ __all__ = [
     "query",
 ]
 
+PROBE_SPLIT = "probe"  # trajectory-probe outputs, per logged step like the training loss
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.parquet"
 SUMMARY_FILE = "summary.json"
@@ -157,7 +159,12 @@ def read_run(run_dir: str | os.PathLike) -> TrainResult:
     train_loss = unstack(is_loss, steps, "the training loss")
     is_stalled = is_train & (col["metric"] == "stalled")
     stalled = unstack(is_stalled, steps, "stalled") if is_stalled.any() else None
-    eval_steps = np.unique(col["step"][~is_train])
+    is_probe = col["split"] == PROBE_SPLIT
+    probes = {
+        str(name): unstack(is_probe & (col["metric"] == name), steps, f"probe {name}")
+        for name in np.unique(col["metric"][is_probe])
+    }
+    eval_steps = np.unique(col["step"][~is_train & ~is_probe])
     evals = {}
     for key in meta["eval_keys"]:
         split, metric = _split_key(key)
@@ -173,6 +180,7 @@ def read_run(run_dir: str | os.PathLike) -> TrainResult:
         wall_time=float(meta["wall_time"]),
         config=meta["config"],
         stalled=stalled,
+        probes=probes,
     )
 
 
@@ -195,6 +203,7 @@ def metrics_table(result: TrainResult) -> pa.Table:
     blocks = [(TRAIN_SPLIT, "loss", result.steps, result.train_loss)]
     if result.stalled is not None:  # fraction of updates rounding absorbed, per logged step
         blocks.append((TRAIN_SPLIT, "stalled", result.steps, result.stalled))
+    blocks += [(PROBE_SPLIT, name, result.steps, v) for name, v in sorted(result.probes.items())]
     blocks += [(*_split_key(k), result.eval_steps, v) for k, v in result.evals.items()]
     names = np.asarray(result.optimizers, dtype=object)
     seeds = np.asarray(result.seeds, dtype=np.int64)
