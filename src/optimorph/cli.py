@@ -124,6 +124,16 @@ def _parser() -> argparse.ArgumentParser:
     ph.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     ph.set_defaults(run=_phase)
 
+    wn = sub.add_parser(
+        "which-norm",
+        help="which norm an optimizer's first step is steepest descent under",
+    )
+    wn.add_argument("optimizer", help='an optimizer spec, e.g. "adam(b1=0, b2=0, eps=0)"')
+    wn.add_argument("--problem", default=None, help="add real gradients of this problem")
+    wn.add_argument("--samples", type=int, default=8, help="random gradients per shape")
+    wn.add_argument("--json", action="store_true", help="JSON on stdout")
+    wn.set_defaults(run=_which_norm)
+
     ex = sub.add_parser(
         "run", help="run a named recipe (without a name: list them)", description=_recipes_help()
     )
@@ -340,6 +350,33 @@ def _write_equivalence_outputs(out: Path, doc: dict, comparison) -> None:
     floor = np.maximum(first.floor_a[0], first.floor_b[0]) * comparison.settings["C"]
     tracking_animation(out / "tracking.gif", first.path_a, first.path_b, floor)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
+
+
+def _which_norm(args) -> int:
+    from optimorph.norms.identify import which_norm
+
+    if args.samples < 1:
+        raise ValueError(f"--samples must be a positive integer, got {args.samples}")
+    found = which_norm(args.optimizer, samples=args.samples, problem=args.problem)
+    doc = {
+        "optimizer": found.optimizer,
+        "best": found.best,
+        "exact": found.exact,
+        "same_direction": found.same_direction,
+        "samples": found.samples,
+        "tolerance": found.tolerance,
+        "norms": found.table(),
+    }
+    if args.json:
+        _emit(doc, True)
+        return 0
+    print(f"{'norm':<12} {'min cosine':>11} {'max defect':>11}   (over {found.samples} gradients)")
+    for m in found.matches:
+        print(f"{m.norm:<12} {m.cosine:>11.6f} {m.defect:>11.3g}")
+    verdict = "exactly" if found.exact else "approximately (not to rounding)"
+    also = f" (same direction: {', '.join(found.same_direction)})" if found.same_direction else ""
+    print(f"{found.optimizer}: steepest descent under {found.best}{also}, {verdict}")
+    return 0
 
 
 def _recipes_help() -> str:

@@ -33,10 +33,12 @@ def test_converges_on_a_quadratic_under_scan(name):
     params = {"w": jnp.ones(8)}
     start = float(_quadratic(params))
     finals = {}
-    for lr in (0.1, 0.03, 0.01, 0.003, 0.001):
-        out, _ = jax.jit(lambda p: _run(optimizer(name, lr=lr), p, 1000))(params)
+    has_lr = any(h.name == "lr" for h in REGISTRY[name].hparams)  # wrappers: their defaults
+    for lr in (0.1, 0.03, 0.01, 0.003, 0.001) if has_lr else (None,):
+        tx = optimizer(name, lr=lr) if has_lr else optimizer(name)
+        out, _ = jax.jit(lambda p, tx=tx: _run(tx, p, 1000))(params)
         finals[lr] = float(_quadratic(out))
-    assert min(finals.values()) < 1e-3 * start, finals
+    assert np.nanmin(list(finals.values())) < 1e-3 * start, finals  # a too-large rate may NaN
 
 
 @pytest.mark.parametrize("name", NAMES)

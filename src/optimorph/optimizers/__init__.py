@@ -4,6 +4,7 @@ from optimorph.optimizers import (  # noqa: F401  (registers the zoo)
     first_order,
     optax_wrapped,
     random_scaling,
+    steepest,
 )
 from optimorph.optimizers.registry import (
     REGISTRY,

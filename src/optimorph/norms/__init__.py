@@ -1,0 +1,16 @@
+"""Steepest descent under norms: dualizers, orthogonalizers, norm identification."""
+
+from optimorph.norms.dualizers import NORMS, Norm, dual_norm, dualize, norm, steepest_step
+from optimorph.norms.orthogonalize import ORTHOGONALIZERS, orthogonalize, quality
+
+__all__ = [
+    "NORMS",
+    "Norm",
+    "norm",
+    "dual_norm",
+    "dualize",
+    "steepest_step",
+    "ORTHOGONALIZERS",
+    "orthogonalize",
+    "quality",
+]
