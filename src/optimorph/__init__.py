@@ -49,6 +49,11 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if not name.startswith("_"):  # a subpackage used as an attribute: optimorph.optimizers
+        try:
+            return importlib.import_module(f"optimorph.{name}")
+        except ModuleNotFoundError:
+            pass
     raise AttributeError(f"module 'optimorph' has no attribute {name!r}")
 
 

@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return 2
+    if getattr(args, "allow_import", False):
+        from optimorph import spec
+
+        spec.allow_imports(True)
     import jax
 
     # The CLI owns its process, so float64 and emulated formats are available here (the library
@@ -69,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="optimorph", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--allow-import",
+        action="store_true",
+        help="allow 'pkg.module:factory(...)' specs: imports that module and calls the factory",
+    )
     sub = p.add_subparsers(metavar="COMMAND")
 
     ls = sub.add_parser("list", help="list registered optimizers or problems")

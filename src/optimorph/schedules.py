@@ -136,8 +136,18 @@ def schedule(value: Any, *, what: str = "lr") -> Schedule:
         if missing:
             raise SpecError(f"schedule {value.name} needs {', '.join(missing)}")
         return _validated(value.name, {n: params[n] for n in names}, what)
-    # A traced scalar (engine) is accepted as a constant rate.
-    return Schedule("constant", {"lr0": value})
+    if _is_array(value):  # a traced scalar (engine, inject_hyperparams): a constant rate
+        return Schedule("constant", {"lr0": value})
+    raise SpecError(
+        f"{what} must be a number or a schedule like power_law(0.1, tau=5e4), got {value!r}"
+    )
+
+
+def _is_array(value: Any) -> bool:
+    """A JAX array or tracer, or a NumPy scalar/array: a number that is not a Python float."""
+    import numpy as np
+
+    return hasattr(value, "shape") and hasattr(value, "dtype") and np.ndim(value) == 0
 
 
 def _validated(kind: str, params: dict, what: str) -> Schedule:

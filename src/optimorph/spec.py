@@ -2,7 +2,13 @@
 
 A spec is parsed with Python's ``ast`` as a single call expression whose arguments are literals
 (numbers, strings, booleans, None, lists, tuples) or nested calls (``lr=power_law(0.1, tau=5e4)``).
-Nothing is evaluated or imported here: parsing is safe on untrusted text.
+Nothing is evaluated or imported while parsing: it is safe on untrusted text.
+
+User factories (``pkg.mod:factory(...)``) are the one exception, and they are off by default:
+building one imports ``pkg.mod`` (running its top-level code) and calls ``factory`` with the
+spec's arguments. Turn them on with ``--allow-import`` on the command line, with
+:func:`allow_imports` in Python, or with ``OPTIMORPH_ALLOW_IMPORT=1``; only do so for specs you
+wrote or trust.
 """
 
 from __future__ import annotations
@@ -10,10 +16,20 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import os
 import re
 from typing import Any
 
-__all__ = ["Call", "SpecError", "parse", "is_import_path", "load_import_path"]
+__all__ = ["Call", "SpecError", "parse", "is_import_path", "load_import_path", "allow_imports"]
+
+_IMPORTS = {"allowed": os.environ.get("OPTIMORPH_ALLOW_IMPORT", "") in ("1", "true", "yes")}
+
+
+def allow_imports(enabled: bool = True) -> bool:
+    """Allow (or forbid again) ``pkg.mod:factory`` specs; returns the previous setting."""
+    previous = _IMPORTS["allowed"]
+    _IMPORTS["allowed"] = bool(enabled)
+    return previous
 
 
 class SpecError(ValueError):
@@ -76,8 +92,11 @@ def parse(text: str | Call) -> Call:
     except SyntaxError as err:
         raise SpecError(f"cannot parse the arguments of {text!r}: {err.msg}") from None
     call = tree.body
-    if not isinstance(call, ast.Call):
-        raise SpecError(f"cannot parse spec {text!r}: expected name(key=value, ...)")
+    # One call of the name only: 'sgd(lr=0.01)(lr=50)' parses as a call of a call.
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
+        raise SpecError(
+            f"cannot parse spec {text!r}: expected one name(key=value, ...), e.g. 'sgd(lr=0.01)'"
+        )
     return Call(name, *_arguments(call, text))
 
 
@@ -87,6 +106,8 @@ def _arguments(call: ast.Call, text: str) -> tuple[tuple, dict]:
     for kw in call.keywords:
         if kw.arg is None:
             raise SpecError(f"'**' is not allowed in spec {text!r}")
+        if kw.arg in kwargs:
+            raise SpecError(f"{kw.arg} is given twice in spec {text!r}; give it once")
         kwargs[kw.arg] = _literal(kw.value, text)
     return args, kwargs
 
@@ -118,8 +139,17 @@ def is_import_path(name: str) -> bool:
 
 
 def load_import_path(name: str) -> Any:
-    """Import ``package.module:attribute`` and return the attribute, with a clear error."""
+    """Import ``package.module:attribute`` and return the attribute, with a clear error.
+
+    Refused unless imports were allowed (see the module docstring).
+    """
     module_name, _, attr = name.partition(":")
+    if not _IMPORTS["allowed"]:
+        raise SpecError(
+            f"{name!r} would import module {module_name!r} and call {attr!r}: user factories are "
+            "off by default. Pass --allow-import (command line), call "
+            "optimorph.spec.allow_imports() (Python) or set OPTIMORPH_ALLOW_IMPORT=1 to allow it"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from optimorph import spec
 from optimorph.problems import Problem, list_problems, problem
 from optimorph.spec import Call, SpecError
 
@@ -25,6 +26,9 @@ NAMES = [
 def repo_on_path(monkeypatch):
     # `python -m pytest` puts the repository root on sys.path; plain `pytest` may not.
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
+    previous = spec.allow_imports(True)  # user factories are opt-in
+    yield
+    spec.allow_imports(previous)
 
 
 def test_list_problems_gives_names_params_and_descriptions():

@@ -6,6 +6,10 @@ section 2). A flat state is what the equivalence tools map between: ``phi`` send
 RMSpropState field by field. The shared pieces (EMA, bias correction, schedule) are the small
 functions at the top; each optimizer is a few lines on top of them.
 
+Every update takes and ignores optax's extra arguments (``value=``, ``grad=``, ...): the
+optimizers are ``GradientTransformationExtraArgs``, usable in loops written for optax's
+line-search optimizers.
+
 Dtypes: buffers take the parameters' dtype; hyperparameters are cast to each leaf's dtype, so a
 float16 run really computes in float16. Scalars that are sensitive to rounding (the schedule and
 bias corrections ``1 - b**t``) are computed in the default float dtype (float64 under x64) and cast.
@@ -64,6 +68,11 @@ def _ema(old: Any, new: Any, beta: Any) -> Any:
     return tmap(lambda o, n: _like(beta, o) * o + (1 - _like(beta, o)) * n, old, new)
 
 
+def _abs_sq(g: jax.Array) -> jax.Array:
+    """|g|^2 (g * conj(g) for complex parameters, as optax does; g * g would rotate them)."""
+    return (g * jnp.conj(g)).real if jnp.iscomplexobj(g) else jnp.square(g)
+
+
 def _zeros(params: Any) -> Any:
     return tmap(jnp.zeros_like, params)
 
@@ -115,11 +124,11 @@ def sgd(lr: Schedule) -> optax.GradientTransformation:
     def init(params):
         return SgdState(_count())
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         count, t = _step(state.count)
         return _scale(grads, -_rate(lr, t)), SgdState(count)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 class MomentumState(NamedTuple):
@@ -165,18 +174,18 @@ def momentum(lr: Schedule, beta: Any, form: str) -> optax.GradientTransformation
         def init(params):
             return HeavyBallState(_count(), _zeros(params))
 
-        def update(grads, state, params=None):
+        def update(grads, state, params=None, **extra_args):
             count, t = _step(state.count)
             eta = _rate(lr, t)
             v = tmap(lambda p, g: _like(beta, p) * p - _like(eta, g) * g, state.velocity, grads)
             return v, HeavyBallState(count, v)
 
-        return optax.GradientTransformation(init, update)
+        return optax.GradientTransformationExtraArgs(init, update)
 
     def init(params):
         return MomentumState(_count(), _zeros(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         count, t = _step(state.count)
         eta = _rate(lr, t)
         if form == "ema":
@@ -186,7 +195,7 @@ def momentum(lr: Schedule, beta: Any, form: str) -> optax.GradientTransformation
             m = tmap(lambda m, g: _like(beta, m) * m + g, state.m, grads)
         return _scale(m, -eta), MomentumState(count, m)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 @register(
@@ -204,13 +213,13 @@ def nesterov(lr: Schedule, beta: Any) -> optax.GradientTransformation:
     def init(params):
         return MomentumState(_count(), _zeros(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         count, t = _step(state.count)
         m = tmap(lambda m, g: _like(beta, m) * m + g, state.m, grads)
         look = tmap(lambda g, m: g + _like(beta, m) * m, grads, m)
         return _scale(look, -_rate(lr, t)), MomentumState(count, m)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 # ---------------------------------------------------------------- adaptive methods
@@ -244,13 +253,13 @@ def rmsprop(lr: Schedule, beta: Any, eps: Any, eps_inside: bool) -> optax.Gradie
     def init(params):
         return RmspropState(_count(), _zeros(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         count, t = _step(state.count)
-        v = _ema(state.v, tmap(jnp.square, grads), beta)
+        v = _ema(state.v, tmap(_abs_sq, grads), beta)
         direction = tmap(lambda g, v: g / _denominator(v, eps, eps_inside), grads, v)
         return _scale(direction, -_rate(lr, t)), RmspropState(count, v)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 class AdamState(NamedTuple):
@@ -272,10 +281,10 @@ def _adam(lr, b1, b2, eps, bias_correction, weight_decay):
     def init(params):
         return AdamState(_count(), _zeros(params), _zeros(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         count, t = _step(state.count)
         m = _ema(state.m, grads, b1)
-        v = _ema(state.v, tmap(jnp.square, grads), b2)
+        v = _ema(state.v, tmap(_abs_sq, grads), b2)
         direction = _adam_direction(m, v, t, b1, b2, eps, bias_correction)
         if weight_decay is not None:
             if params is None:
@@ -283,7 +292,7 @@ def _adam(lr, b1, b2, eps, bias_correction, weight_decay):
             direction = tmap(lambda d, p: d + _like(weight_decay, p) * p, direction, params)
         return _scale(direction, -_rate(lr, t)), AdamState(count, m, v)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 _ADAM_HPARAMS = (
@@ -341,13 +350,13 @@ def adagrad(lr, eps, initial) -> optax.GradientTransformation:
     def init(params):
         return AdagradState(_count(), tmap(lambda p: jnp.full_like(p, initial), params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         count, t = _step(state.count)
-        acc = tmap(lambda s, g: s + jnp.square(g), state.sum_sq, grads)
+        acc = tmap(lambda s, g: s + _abs_sq(g), state.sum_sq, grads)
         direction = tmap(lambda g, s: g / (jnp.sqrt(s) + _like(eps, s)), grads, acc)
         return _scale(direction, -_rate(lr, t)), AdagradState(count, acc)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 # ---------------------------------------------------------------- sign methods
@@ -363,11 +372,11 @@ def signsgd(lr: Schedule) -> optax.GradientTransformation:
     def init(params):
         return SgdState(_count())
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         count, t = _step(state.count)
         return _scale(tmap(jnp.sign, grads), -_rate(lr, t)), SgdState(count)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 class SignumState(NamedTuple):
@@ -390,12 +399,12 @@ def signum(lr: Schedule, beta: Any) -> optax.GradientTransformation:
     def init(params):
         return SignumState(_count(), _zeros(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         count, t = _step(state.count)
         m = _ema(state.m, grads, beta)
         return _scale(tmap(jnp.sign, m), -_rate(lr, t)), SignumState(count, m)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 class LionState(NamedTuple):
@@ -421,7 +430,7 @@ def lion(lr, b1, b2, weight_decay) -> optax.GradientTransformation:
     def init(params):
         return LionState(_count(), _zeros(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         count, t = _step(state.count)
         direction = tmap(jnp.sign, _ema(state.m, grads, b1))
         if not (isinstance(weight_decay, float) and weight_decay == 0.0):
@@ -433,4 +442,4 @@ def lion(lr, b1, b2, weight_decay) -> optax.GradientTransformation:
         m = _ema(state.m, grads, b2)
         return _scale(direction, -_rate(lr, t)), LionState(count, m)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)

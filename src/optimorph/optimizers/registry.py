@@ -67,7 +67,16 @@ class HParam:
         return " ".join(parts)
 
     def validate(self, value: Any, where: str) -> Any:
-        """Return the value coerced to this kind, or raise SpecError naming the fix."""
+        """Return the value coerced to this kind, or raise SpecError naming the fix.
+
+        A JAX array (a traced value under ``jit``, e.g. from ``optax.inject_hyperparams``) is
+        accepted for numeric hyperparameters as it is: its range cannot be checked while tracing.
+        """
+        traced = self.traced and hasattr(value, "shape") and hasattr(value, "dtype")
+        if traced and not isinstance(value, (int, float)):
+            if getattr(value, "ndim", 0) != 0:
+                raise SpecError(f"{where}: {self.name} must be a scalar, got shape {value.shape}")
+            return schedule(value, what=f"{where}: {self.name}") if self.kind == SCHEDULE else value
         if self.kind == SCHEDULE:
             sched = schedule(value, what=f"{where}: {self.name}")
             if sched.kind == "constant":
@@ -258,8 +267,8 @@ def _from_import_path(call: Call, overrides: dict) -> OptimizerSpec:
     kwargs = {**call.kwargs, **overrides}
     try:
         made = factory(*call.args, **kwargs) if callable(factory) else factory
-    except TypeError as err:
-        raise SpecError(f"calling {call.name} failed: {err}") from None
+    except Exception as err:  # the user's code: report it in one line, naming the spec
+        raise SpecError(f"calling {call.name} failed: {type(err).__name__}: {err}") from None
     if isinstance(made, optax.GradientTransformation):
         return OptimizerSpec(str(call), None, {}, made)
     if isinstance(made, OptimizerSpec):

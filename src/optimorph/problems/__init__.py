@@ -76,7 +76,11 @@ def problem(spec: str | Call | Problem, **overrides: Any) -> Problem:
     call = parse(spec)
     kwargs = {**call.kwargs, **overrides}
     if is_import_path(call.name):
-        built = load_import_path(call.name)(*call.args, **kwargs)
+        factory = load_import_path(call.name)
+        try:
+            built = factory(*call.args, **kwargs)
+        except Exception as err:  # the user's code: report it in one line, naming the spec
+            raise SpecError(f"{call} raised {type(err).__name__}: {err}") from None
         if not isinstance(built, Problem):
             raise SpecError(
                 f"{call.name} returned {type(built).__name__}, not a Problem; build one with "
