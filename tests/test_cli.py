@@ -40,6 +40,7 @@ def test_train_writes_a_complete_run_directory(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
     argv = [
+        "--allow-import",  # my_opts:clipped_sgd is a user factory: opt-in
         "train",
         "--problem",
         "two-moons(n=100)",
@@ -73,9 +74,11 @@ def test_train_writes_a_complete_run_directory(tmp_path, capsys, monkeypatch):
 
 def test_demo_writes_a_report(tmp_path):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out), "--steps", "80", "--seeds", "1"]) == 0
-    html = (out / "report.html").read_text()
+    argv = ["demo", "--out", str(out), "--steps", "80", "--seeds", "1", "--zoo-only"]
+    assert cli.main(argv) == 0
+    html = (out / "zoo" / "report.html").read_text()
     assert "data:image/png;base64" in html and "lion" in html
+    assert "zoo/report.html" in (out / "index.html").read_text()
 
 
 @pytest.mark.parametrize(

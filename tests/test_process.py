@@ -13,11 +13,11 @@ ARGS = ["train", "--problem", "two-moons(n=200)", "--optimizer", "sgd(lr=0.1)", 
         "--steps", "4000000", "--batch-size", "8", "--quiet", "--checkpoint-every", "0.3"]  # fmt: skip
 
 
-def _start(out):
+def _start(out, resume=False):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     code = "from optimorph.cli import entry; entry()"
     return subprocess.Popen(
-        [sys.executable, "-c", code, *ARGS, "--out", str(out)],
+        [sys.executable, "-c", code, *ARGS, "--out", str(out), *(["--resume"] if resume else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -34,7 +34,7 @@ def test_ctrl_c_exits_130_with_an_intact_checkpoint_every_time(tmp_path):
 
     for attempt in range(3):  # the segfault on interrupt was seen about one time in three
         started = time.time()
-        proc = _start(out)
+        proc = _start(out, resume=attempt > 0)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not fresh(started):
             assert proc.poll() is None, proc.communicate()[1][-2000:]

@@ -52,10 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return 2
-    if getattr(args, "allow_import", False):
-        from optimorph import spec
+    from optimorph import spec
 
-        spec.allow_imports(True)
+    previous = spec.allow_imports(True) if args.allow_import else None
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            spec.allow_imports(previous)
+
+
+def _run(args) -> int:
     import jax
 
     # The CLI owns its process, so float64 and emulated formats are available here (the library
@@ -64,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:
-        print("optimorph: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(
+            "optimorph: interrupted; rerun the same command with --resume to continue",
+            file=sys.stderr,
+        )
         return 130
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
         print(f"optimorph: error: {err}", file=sys.stderr)
@@ -94,12 +104,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common_train_args(tr)
     tr.add_argument("--out", required=True, type=Path, help="run directory to write")
+    _out_policy(tr)
     tr.set_defaults(run=_train)
 
     demo = sub.add_parser("demo", help="train the zoo on noisy two moons and write a report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--steps", type=int, default=4000)
     demo.add_argument("--seeds", type=int, default=3)
+    demo.add_argument("--zoo-only", action="store_true", help="only the zoo run (fast)")
     demo.set_defaults(run=_demo)
 
     cmp_ = sub.add_parser("compare", help="are two optimizers p-equivalent? (noise-floor rule)")
@@ -130,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     ph.add_argument("--steps", type=int, default=200)
     ph.add_argument("--seeds", type=int, default=3)
     ph.add_argument("--out", type=Path, required=True)
+    _out_policy(ph)
     ph.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     ph.set_defaults(run=_phase)
 
@@ -219,8 +232,14 @@ def _equivalence_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--C", type=float, default=10.0, help="noise-floor constant")
     p.add_argument("--out", type=Path, default=None, help="also write figures and JSON here")
+    _out_policy(p)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _out_policy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
 
 
 def _split_specs(text: str) -> list[str]:
@@ -254,27 +273,48 @@ def _run_args(args) -> dict:
     )
 
 
+def _claimed(args, kind: str):
+    """The run directory held for the command (a no-op context without --out)."""
+    import contextlib
+
+    from optimorph.results import store
+
+    if args.out is None:
+        return contextlib.nullcontext(None)
+    return store.claim(args.out, kind, resume=args.resume, overwrite=args.overwrite)
+
+
+def _settings(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k != "run"}  # fmt: skip
+
+
 def _compare(args) -> int:
     from optimorph.equivalence.compare import compare
 
-    result = compare(args.a, args.b, precision=_precisions(args.precision), **_run_args(args))
-    doc = {
-        "problem": result.problem,
-        "a": args.a,
-        "b": args.b,
-        "settings": result.settings,
-        "precisions": {p: v[0].summary() for p, v in result.pairs.items()},
-    }
-    for p, (v,) in result.pairs.items():
-        word = "EQUIVALENT" if v.equivalent else "different"
-        print(
-            f"{p:>6}: {word:<10} d/floor={v.distance_ratio:<10.3g} defect={v.defect_ab:.2g}/"
-            f"{v.defect_ba:.2g} kappa={v.kappa_phi:.3g}/{v.kappa_psi:.3g} map={v.map} "
-            f"p={v.p_value:.3g} tost_p={v.tost_p_value:.3g}  {v.reason}",
-            file=sys.stderr,
+    with _claimed(args, "compare") as out:
+        ckpt = out / "checkpoints" if out else None
+        precisions = _precisions(args.precision)
+        result = compare(
+            args.a, args.b, precision=precisions, checkpoint_dir=ckpt, **_run_args(args)
         )
-    if args.out:
-        _write_equivalence_outputs(args.out, doc, result)
+        doc = {
+            "problem": result.problem,
+            "a": args.a,
+            "b": args.b,
+            "settings": result.settings,
+            "precisions": {p: v[0].summary() for p, v in result.pairs.items()},
+        }
+        for p, (v,) in result.pairs.items():
+            word = "EQUIVALENT" if v.equivalent else "different"
+            print(
+                f"{p:>6}: {word:<10} d/floor={v.distance_ratio:<10.3g} defect={v.defect_ab:.2g}/"
+                f"{v.defect_ba:.2g} kappa={v.kappa_phi:.3g}/{v.kappa_psi:.3g} map={v.map} "
+                f"p={v.p_value:.3g} tost_p={v.tost_p_value:.3g}  {v.reason}",
+                file=sys.stderr,
+            )
+        if out:
+            _write_equivalence_outputs(out, "compare", doc, result, args)
     _emit(doc, args.json)
     return 0
 
@@ -282,31 +322,34 @@ def _compare(args) -> int:
 def _classes(args) -> int:
     from optimorph.equivalence.compare import classes
 
-    specs = _split_specs(args.optimizers)
-    result = classes(specs, precisions=_precisions(args.precision), **_run_args(args))
-    doc = {
-        "problem": result.comparison.problem,
-        "optimizers": specs,
-        "precisions": {p: c for p, c in result.classes.items()},
-        "non_transitive": result.non_transitive,
-        "stalled_pairs": result.stalled_pairs,
-        "pairs": {p: [v.summary() for v in vs] for p, vs in result.comparison.pairs.items()},
-    }
-    for p, cl in result.classes.items():
-        print(
-            f"{p:>6}: {len(cl)} classes: " + " | ".join(" ~ ".join(c) for c in cl), file=sys.stderr
+    with _claimed(args, "classes") as out:
+        specs = _split_specs(args.optimizers)
+        ckpt = out / "checkpoints" if out else None
+        result = classes(
+            specs, precisions=_precisions(args.precision), checkpoint_dir=ckpt, **_run_args(args)
         )
-    if args.out:
-        _write_equivalence_outputs(args.out, doc, result.comparison)
+        doc = {
+            "problem": result.comparison.problem,
+            "optimizers": specs,
+            "precisions": {p: c for p, c in result.classes.items()},
+            "non_transitive": result.non_transitive,
+            "stalled_pairs": result.stalled_pairs,
+            "pairs": {p: [v.summary() for v in vs] for p, vs in result.comparison.pairs.items()},
+        }
+        for p, cl in result.classes.items():
+            text = " | ".join(" ~ ".join(c) for c in cl)
+            print(f"{p:>6}: {len(cl)} classes: {text}", file=sys.stderr)
+        if out:
+            _write_equivalence_outputs(out, "classes", doc, result.comparison, args)
     _emit(doc, args.json)
     return 0
 
 
 def _phase(args) -> int:
     from optimorph.equivalence.phase import HETEROGENEITY, MANTISSA_BITS, phase_diagram
-    from optimorph.report.equivalence_figures import phase_diagram_figure
-    from optimorph.report.figures import save_figure
-    from optimorph.results.atomic import write_json_atomic
+    from optimorph.report.equivalence_report import write_equivalence_report
+    from optimorph.results import store
+    from optimorph.results.equivalence_store import write_phase
 
     pairs = []
     for text in args.pairs:
@@ -316,49 +359,53 @@ def _phase(args) -> int:
         pairs.append((a.strip(), b.strip()))
     bits = [int(b) for b in args.mantissa_bits.split(",")] if args.mantissa_bits else MANTISSA_BITS
     het = [float(h) for h in args.heterogeneity.split(",")] if args.heterogeneity else HETEROGENEITY
-    pd = phase_diagram(
-        pairs, mantissa_bits=bits, heterogeneity=het, steps=args.steps, seeds=args.seeds
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "pairs": [list(p) for p in pd.pairs],
-        "mantissa_bits": pd.mantissa_bits,
-        "heterogeneity": pd.heterogeneity,
-        "settings": pd.settings,
-        "cells": pd.table(),
-    }
-    write_json_atomic(args.out / "phase_diagram.json", doc)
+    with _claimed(args, "phase-diagram") as out:
+        store.write_config(out, "phase-diagram", _settings(args))
+        done = {}
+        names = list(dict.fromkeys(s for pair in pairs for s in pair))
+        for i, name in enumerate(names):  # optimizers finished before an interrupt
+            if (out / "checkpoints" / f"optimizer{i}.npz").exists():
+                saved = store.read_arrays(out, f"checkpoints/optimizer{i}")
+                done[name] = (saved["trajectories"], saved["stalled"])
+
+        def checkpoint(name, trajectories, stalled):
+            store.write_arrays(out, f"checkpoints/optimizer{names.index(name)}",
+                               {"trajectories": trajectories, "stalled": stalled})  # fmt: skip
+
+        pd = phase_diagram(
+            pairs, mantissa_bits=bits, heterogeneity=het, steps=args.steps, seeds=args.seeds,
+            done=done, on_optimizer=checkpoint,
+        )  # fmt: skip
+        doc = {
+            "pairs": [list(p) for p in pd.pairs],
+            "mantissa_bits": pd.mantissa_bits,
+            "heterogeneity": pd.heterogeneity,
+            "settings": pd.settings,
+            "cells": pd.table(),
+        }
+        write_phase(out, doc, pd)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing to resume
+        report = write_equivalence_report(out)
     labels = [f"{a} | {b}" for a, b in pd.pairs]
-    save_figure(
-        phase_diagram_figure(pd.mantissa_bits, pd.heterogeneity, pd.equivalent, labels),
-        args.out / "phase_diagram.png",
-    )
     for p, label in enumerate(labels):
         print(label, file=sys.stderr)
         for m, b in enumerate(pd.mantissa_bits):
             row = "".join("#" if e else "." for e in pd.equivalent[p, m])
             print(f"  mantissa {b:>2}: {row}", file=sys.stderr)
+    print(f"report: {report}", file=sys.stderr)
     _emit(doc, args.json)
     return 0
 
 
-def _write_equivalence_outputs(out: Path, doc: dict, comparison) -> None:
-    import numpy as np
+def _write_equivalence_outputs(out: Path, kind: str, doc: dict, comparison, args) -> None:
+    from optimorph.report.equivalence_report import write_equivalence_report
+    from optimorph.results import store
+    from optimorph.results.equivalence_store import write_comparison
 
-    from optimorph.report.equivalence_figures import divergence_grid, tracking_animation
-    from optimorph.report.figures import save_figure
-    from optimorph.results.atomic import write_json_atomic
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "equivalence.json", doc)
-    panels = [v.panel(p) for p, verdicts in comparison.pairs.items() for v in verdicts]
-    save_figure(divergence_grid(panels), out / "divergence.png")
-    # phi(theta_A) tracking theta_B for the first pair at the lowest precision (seed 0); the
-    # circle is C times the noise floor: inside it, the two are indistinguishable.
-    first = next(iter(comparison.pairs.values()))[0]
-    floor = np.maximum(first.floor_a[0], first.floor_b[0]) * comparison.settings["C"]
-    tracking_animation(out / "tracking.gif", first.path_a, first.path_b, floor)
+    store.write_config(out, kind, _settings(args))
+    write_comparison(out, doc, comparison)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
+    print(f"report: {write_equivalence_report(out)}", file=sys.stderr)
 
 
 def _which_norm(args) -> int:
@@ -461,30 +508,30 @@ def _list(args) -> int:
 
 def _train(args) -> int:
     from optimorph.engine import train
+    from optimorph.report import write_report
+    from optimorph.report.figures import save_figures
     from optimorph.results import write_run
 
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    result = train(
-        args.problem,
-        args.optimizer,
-        seeds=args.seeds,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        eval_every=args.eval_every,
-        log_every=args.log_every,
-        checkpoint_dir=out / "checkpoints",
-        checkpoint_every=args.checkpoint_every,
-        progress=not args.quiet,
-        track_stalled=args.track_stalled,
-        probes=_probes(args),
-    )
-    write_run(result, out)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
-    from optimorph.report import write_report
-
-    report = write_report(out)
+    with _claimed(args, "train") as out:
+        result = train(
+            args.problem,
+            args.optimizer,
+            seeds=args.seeds,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            eval_every=args.eval_every,
+            log_every=args.log_every,
+            checkpoint_dir=out / "checkpoints",
+            checkpoint_every=args.checkpoint_every,
+            progress=not args.quiet,
+            track_stalled=args.track_stalled,
+            probes=_probes(args),
+        )
+        write_run(result, out)
+        save_figures(result, out)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing to resume
+        report = write_report(out)
     _print_summary(result)
     print(f"wrote {out}; report: {report}", file=sys.stderr)
     return 0
@@ -521,43 +568,125 @@ def _probes(args) -> list:
     return make_probes(",".join(args.probe), reference=reference, every=args.probe_every)
 
 
+DEMO_CLASSES = [
+    "sgd(lr=0.01)",
+    "momentum(lr=0.01, beta=0.0)",
+    "momentum(lr=0.001, beta=0.9)",
+    "momentum(lr=0.001, beta=0.9, form='ema')",
+    "signsgd(lr=0.01)",
+    "adam(lr=0.01, b1=0, b2=0, eps=0)",
+]
+
+
 def _demo(args) -> int:
+    """What optimorph is for, in a few minutes: the zoo on noisy two moons, the tour's quick
+    recipes, the headline equivalence table, and one index page linking every report."""
+    import time
+
     from optimorph.engine import train
+    from optimorph.equivalence.compare import classes
+    from optimorph.experiments.recipes import run_recipe
+    from optimorph.problems import DatasetNotFound
     from optimorph.report import write_report
-    from optimorph.results import write_run
+    from optimorph.report.equivalence_report import write_equivalence_report
+    from optimorph.report.figures import save_figures
+    from optimorph.report.recipe_report import write_recipe_report
+    from optimorph.results import store, write_run
+    from optimorph.results.equivalence_store import write_comparison
 
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    print(
-        f"optimorph demo: {len(DEMO_OPTIMIZERS)} optimizers x {args.seeds} seeds on "
-        f"{DEMO_PROBLEM}, {args.steps} steps, batch 32",
-        file=sys.stderr,
-    )
+    if out.exists():
+        shutil.rmtree(out)  # the demo always starts fresh
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    pages: list[tuple[str, Path, str]] = []
+
+    def say(text: str) -> None:
+        print(f"[demo {time.perf_counter() - started:5.0f}s] {text}", file=sys.stderr)
+
+    say(f"{len(DEMO_OPTIMIZERS)} optimizers x {args.seeds} seeds on {DEMO_PROBLEM}")
+    zoo = out / "zoo"
     result = train(
-        DEMO_PROBLEM,
-        DEMO_OPTIMIZERS,
-        seeds=args.seeds,
-        steps=args.steps,
-        batch_size=32,
-        precision="fp32",
-        eval_every=max(args.steps // 40, 1),
-        checkpoint_dir=out / "checkpoints",
-    )
-    write_run(result, out)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    report = write_report(out, title="optimorph demo: the zoo on noisy two moons")
+        DEMO_PROBLEM, DEMO_OPTIMIZERS, seeds=args.seeds, steps=args.steps, batch_size=32,
+        precision="fp32", eval_every=max(args.steps // 40, 1), checkpoint_dir=zoo / "checkpoints",
+    )  # fmt: skip
+    write_run(result, zoo)
+    save_figures(result, zoo)
+    shutil.rmtree(zoo / "checkpoints", ignore_errors=True)
+    pages.append(("The zoo on noisy two moons", write_report(zoo, title="optimorph demo: the zoo"),
+                  f"{len(DEMO_OPTIMIZERS)} optimizers, {args.seeds} seeds"))  # fmt: skip
+    if not args.zoo_only:
+        say("equivalence classes at fp16, fp32, fp64 (least squares)")
+        eq = out / "equivalence"
+        with store.claim(eq, "classes") as d:
+            cls = classes(DEMO_CLASSES, problem="least-squares(n=64, d=8, hetero=10)",
+                          precisions=["fp16", "fp32", "fp64"], seeds=2, steps=100,
+                          batch_size=16, progress=True)  # fmt: skip
+            doc = {
+                "problem": cls.comparison.problem,
+                "optimizers": DEMO_CLASSES,
+                "precisions": dict(cls.classes),
+                "non_transitive": cls.non_transitive,
+                "stalled_pairs": cls.stalled_pairs,
+                "pairs": {p: [v.summary() for v in vs] for p, vs in cls.comparison.pairs.items()},
+            }
+            store.write_config(d, "classes", {"optimizers": DEMO_CLASSES, "demo": True})
+            write_comparison(d, doc, cls.comparison)
+        counts = ", ".join(f"{len(c)} classes at {p}" for p, c in cls.classes.items())
+        pages.append(("Which optimizers are the same algorithm?", write_equivalence_report(eq),
+                      counts))  # fmt: skip
+        for name in ("batch-size", "stretched-moons", "optimizer-tour", "linear-weights"):
+            say(f"recipe {name} (quick)")
+            try:
+                d = run_recipe(name, out / name, quick=True, progress=False)
+            except DatasetNotFound as err:
+                say(f"skipped {name}: {err.args[0].splitlines()[0]}")
+                continue
+            findings = store.read_json(d, "findings")
+            held = sum(f["held"] is True for f in findings)
+            pages.append((f"Recipe {name} (quick)", write_recipe_report(d),
+                          f"{held} of {len(findings)} claims held"))  # fmt: skip
+    index = _index_page(out, pages, time.perf_counter() - started)
     _print_summary(result)
-    print(f"report: {report}", file=sys.stderr)
+    say(f"done; open {index}")
+    print(f"report: {index}", file=sys.stderr)
     return 0
+
+
+def _index_page(out: Path, pages: list[tuple[str, Path, str]], seconds: float) -> Path:
+    import html
+
+    from optimorph.report.html import write_page
+
+    items = "".join(
+        f"<li><a href='{html.escape(str(path.relative_to(out)))}'>{html.escape(title)}</a>"
+        f" &mdash; {html.escape(summary)}</li>"
+        for title, path, summary in pages
+    )
+    body = [
+        "<h1>optimorph demo</h1>",
+        "<p class='lead'>A laboratory for training optimizers: is this optimizer an old one in "
+        "disguise, at which precision do two optimizers become the same, and do the tour's "
+        "claims hold? Each page below answers one question, summary first.</p>",
+        f"<ul>{items}</ul>",
+        f"<p>Made in {seconds:.0f} s. Full-size recipes: <code>optimorph run NAME</code>.</p>",
+    ]
+    return write_page(out / "index.html", "optimorph demo", body)
 
 
 def _report(args) -> int:
     from optimorph.results.store import read_kind
 
-    if read_kind(args.run_dir) == "recipe":
+    kind = read_kind(args.run_dir)
+    if kind == "recipe":
         from optimorph.report.recipe_report import write_recipe_report
 
         print(write_recipe_report(args.run_dir))
+        return 0
+    if kind in ("compare", "classes", "phase-diagram"):
+        from optimorph.report.equivalence_report import write_equivalence_report
+
+        print(write_equivalence_report(args.run_dir))
         return 0
     from optimorph.report import redraw, write_report
 

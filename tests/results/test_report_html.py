@@ -5,6 +5,8 @@ import re
 
 import pytest
 
+from optimorph.report.figures import save_figures
+
 from optimorph.report import write_report
 from optimorph.results import write_run
 
@@ -14,6 +16,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def report(result, tmp_path_factory):
     run_dir = write_run(result, tmp_path_factory.mktemp("run"))
+    save_figures(result, run_dir)
     sections = [("Notes <draft>", "<p>extra <b>fragment</b></p>")]
     path = write_report(run_dir, title="Two <moons>", sections=sections)
     return run_dir, path, path.read_text(encoding="utf-8")

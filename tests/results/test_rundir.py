@@ -8,6 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from optimorph.report.figures import save_figures
+
 from optimorph.engine.result import TrainResult
 from optimorph.problems.base import Problem
 from optimorph.report import redraw
@@ -26,7 +28,9 @@ def run_dir(result, tmp_path_factory):
         name="two-moons(n=500)",
         evals={"test": (np.ones((4, 2), np.float32), np.zeros(4, np.int32))},
     )
-    return write_run(result, tmp_path_factory.mktemp("run") / "a", problem=problem)
+    out = write_run(result, tmp_path_factory.mktemp("run") / "a", problem=problem)
+    save_figures(result, out)  # the report layer draws; results only store
+    return out
 
 
 def test_round_trip_is_exact(result, run_dir):
@@ -133,7 +137,7 @@ def test_redraw_regenerates_figures(run_dir, tmp_path):
 
 
 def test_query_two_runs(result, scaled_result, run_dir, tmp_path):
-    other = write_run(scaled_result, tmp_path / "b", figures=False)
+    other = write_run(scaled_result, tmp_path / "b")
     runs = [str(run_dir), str(other)]
     table = query(
         runs,
@@ -158,7 +162,7 @@ def test_final_params_npz(result, tmp_path):
         {"w": np.ones((3, 2, 2), ml_dtypes.bfloat16), "b": np.zeros((3, 2), np.float32)},
     ]
     with_params = TrainResult(**{**vars(result), "final_params": params})
-    out = write_run(with_params, tmp_path / "p", figures=False)
+    out = write_run(with_params, tmp_path / "p")
     with np.load(out / "final_params.npz") as npz:
         assert sorted(npz.files) == ["opt0['b']", "opt0['w']", "opt1['b']", "opt1['w']"]
         np.testing.assert_array_equal(npz["opt0['w']"], params[0]["w"])

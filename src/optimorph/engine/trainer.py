@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from optimorph.engine.step import (
     start,
 )
 from optimorph.optimizers import OptimizerSpec, resolve
+from optimorph.optimizers.registry import is_named
 from optimorph.precision import precision as make_precision
 from optimorph.precision import require_x64
 from optimorph.probes import Probe, StepValues
@@ -93,7 +94,8 @@ def train(
 
     Args:
       problem: a :class:`Problem` or a problem spec string (``"two-moons(n=500)"``).
-      optimizers: one spec / optax transformation, or a list of them.
+      optimizers: one spec / optax transformation / ``(name, transformation)`` pair, a list of
+        them, or a dict ``{name: transformation}`` (names label every table and figure).
       seeds: a count (seeds 0..n-1) or an explicit list of seeds.
       steps: number of updates per run.
       batch_size: minibatch size; None (or >= the training set) is full batch. Each epoch is a
@@ -132,7 +134,13 @@ def train(
     prob = problem if isinstance(problem, Problem) else make_problem(problem)
     # A GradientTransformation is a NamedTuple, hence a Sequence: test for it before lists.
     single = (str, OptimizerSpec, optax.GradientTransformation)
-    is_one = isinstance(optimizers, single) or not isinstance(optimizers, Sequence)
+    if isinstance(optimizers, Mapping):  # {"mine": tx, ...}: named user optimizers
+        optimizers = list(optimizers.items())
+    is_one = (
+        isinstance(optimizers, single)
+        or is_named(optimizers)
+        or not isinstance(optimizers, Sequence)
+    )
     optimizers = [optimizers] if is_one else list(optimizers)
     specs = [resolve(o) for o in optimizers]
     if not specs:

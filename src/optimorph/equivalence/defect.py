@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 from optimorph.engine import step
-from optimorph.equivalence.maps import StateMap, find_map, fit_map
+from optimorph.equivalence.maps import Slots, StateMap, find_map, fit_map
 from optimorph.optimizers import OptimizerSpec, resolve
 from optimorph.precision import FP32, FP64, Precision
 from optimorph.precision import precision as make_precision
@@ -312,11 +312,12 @@ def _mapped(fn, policy: Precision, params: PyTree, state: PyTree) -> tuple[PyTre
 
 
 def _kept(params: PyTree, state: PyTree, fields: set[str]) -> list:
-    """Float leaves of params and of the state fields in ``fields`` ('state': all of them)."""
-    if hasattr(state, "_fields"):
-        parts = [getattr(state, f) for f in state._fields if f in fields]
+    """Float leaves of params and of the state slots in ``fields`` ('state': all of them)."""
+    if "state" in fields:
+        parts = [state]
     else:
-        parts = [state] if "state" in fields else []
+        view = Slots(state)
+        parts = [view.get(state, f) for f in view.names if f in fields]
     return [
         np.asarray(x).astype(np.float64)
         for x in jax.tree.leaves((params, parts))

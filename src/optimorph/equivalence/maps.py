@@ -42,7 +42,15 @@ from optimorph.optimizers.first_order import (
     SgdState,
 )
 
-__all__ = ["EXACT_MAPS", "StateMap", "exact_map", "find_map", "fit_map", "identity_map"]
+__all__ = [
+    "EXACT_MAPS",
+    "Slots",
+    "StateMap",
+    "exact_map",
+    "find_map",
+    "fit_map",
+    "identity_map",
+]
 
 PyTree = Any
 Phi = Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]
@@ -450,20 +458,60 @@ def _flat(tree: PyTree) -> np.ndarray:
     return np.concatenate([np.ravel(np.asarray(x).astype(np.float64)) for x in leaves])
 
 
-def _float_fields_of(state: PyTree) -> list[str]:
-    if not hasattr(state, "_fields"):
-        raise ValueError(
-            f"fit_map needs NamedTuple optimizer states with named fields, got {type(state)}"
-        )
-    return [
-        f
-        for f in state._fields
-        if jax.tree.leaves(getattr(state, f))
-        and all(
-            jnp.issubdtype(jnp.result_type(x), jnp.floating)
-            for x in jax.tree.leaves(getattr(state, f))
-        )
-    ]
+class Slots:
+    """Named slots of any optimizer state: a flat NamedTuple's fields, or, for nested optax
+    states (``optax.adam``'s ``(ScaleByAdamState(count, mu, nu), EmptyState())``, chains), the
+    subtrees under each outermost NamedTuple attribute, named by the attribute (``mu``) or, when
+    two share a name, by their path (``0.mu``, ``1.mu``).
+
+    ``get(state, name)`` is the slot's list of leaves; ``build(values)`` assembles a state of the
+    template's structure from ``{name: leaves}`` (other slots keep the template's leaves).
+
+    >>> import jax.numpy as jnp, optax
+    >>> view = Slots(optax.adam(0.1).init({"w": jnp.ones(2)}))
+    >>> view.names, view.float_names
+    (['count', 'mu', 'nu'], ['mu', 'nu'])
+    """
+
+    def __init__(self, template: PyTree):
+        self.template = template
+        paths, self.treedef = jax.tree_util.tree_flatten_with_path(template)
+        self.leaves = [leaf for _, leaf in paths]
+        keys = [self._key(path) for path, _ in paths]
+        short = {}
+        for k in dict.fromkeys(keys):
+            short.setdefault(k[-1], []).append(k)
+        self._name = {k: (k[-1] if len(short[k[-1]]) == 1 else ".".join(k)) for k in keys}
+        self.index: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            self.index.setdefault(self._name[k], []).append(i)
+        self.names = list(self.index)
+        self.float_names = [
+            n for n in self.names
+            if all(jnp.issubdtype(jnp.result_type(self.leaves[i]), jnp.floating)
+                   for i in self.index[n])
+        ]  # fmt: skip
+
+    @staticmethod
+    def _key(path: tuple) -> tuple[str, ...]:
+        parts = []
+        for entry in path:
+            if isinstance(entry, jax.tree_util.GetAttrKey):
+                parts.append(entry.name)
+                return tuple(parts)
+            parts.append(str(getattr(entry, "idx", getattr(entry, "key", entry))))
+        return tuple(parts) or ("state",)
+
+    def get(self, state: PyTree, name: str) -> list:
+        leaves = jax.tree.leaves(state)
+        return [leaves[i] for i in self.index[name]]
+
+    def build(self, values: dict[str, list], fallback: PyTree | None = None) -> PyTree:
+        leaves = list(jax.tree.leaves(fallback) if fallback is not None else self.leaves)
+        for name, new in values.items():
+            for i, leaf in zip(self.index[name], new, strict=True):
+                leaves[i] = leaf
+        return jax.tree.unflatten(self.treedef, leaves)
 
 
 def _layout(tree: PyTree) -> tuple:
@@ -540,15 +588,16 @@ def fit_map(
             f"got {len(states_a)} and {len(states_b)}"
         )
     template_a, template_b = states_a[0][1], states_b[0][1]
-    fields_a, fields_b = _float_fields_of(template_a), _float_fields_of(template_b)
-    # Per field: visited values stacked as rows (n_states, n_coordinates), float64.
-    rows_a = {f: np.stack([_flat(getattr(s[1], f)) for s in states_a]) for f in fields_a}
-    rows_b = {f: np.stack([_flat(getattr(s[1], f)) for s in states_b]) for f in fields_b}
+    view_a, view_b = Slots(template_a), Slots(template_b)
+    fields_a, fields_b = view_a.float_names, view_b.float_names
+    # Per slot: visited values stacked as rows (n_states, n_coordinates), float64.
+    rows_a = {f: np.stack([_flat(view_a.get(s[1], f)) for s in states_a]) for f in fields_a}
+    rows_b = {f: np.stack([_flat(view_b.get(s[1], f)) for s in states_b]) for f in fields_b}
 
-    chosen: dict[str, tuple[str, Any]] = {}  # field of B -> (field of A, scale)
+    chosen: dict[str, tuple[str, Any]] = {}  # slot of B -> (slot of A, scale)
     for fb in fields_b:
-        layout = _layout(getattr(template_b, fb))
-        same = [fa for fa in fields_a if _layout(getattr(template_a, fa)) == layout]
+        layout = _layout(view_b.get(template_b, fb))
+        same = [fa for fa in fields_a if _layout(view_a.get(template_a, fa)) == layout]
         candidates = [fb] if fb in same else same
         best = None
         for fa in candidates:
@@ -558,36 +607,30 @@ def fit_map(
         if best is None or not np.any(best[1] != 0):
             continue  # no usable counterpart: dropped
         fa, s, _ = best
-        scale = float(s) if family == "scalar" else _unflat_like(s, getattr(template_b, fb))
+        scale = float(s) if family == "scalar" else _unflat_like(s, view_b.get(template_b, fb))
         chosen[fb] = (fa, scale)
 
     from_a: dict[str, tuple[str, Any]] = {}
     for fb, (fa, scale) in chosen.items():
         from_a.setdefault(fa, (fb, _reciprocal(scale)))
 
+    def _map(state_src, view_src, view_dst, template_dst, plan, floats_dst):
+        values = {}
+        for f in view_dst.names:
+            if f in plan:
+                src, scale = plan[f]
+                values[f] = _scaled(view_src.get(state_src, src), scale)
+            elif f in floats_dst:
+                values[f] = _zeros(view_dst.get(template_dst, f))
+            elif f in view_src.index:  # integer slots: the count is shared
+                values[f] = view_src.get(state_src, f)
+        return view_dst.build(values)
+
     def phi(params, state_a):
-        fields = {}
-        for f in template_b._fields:
-            if f in chosen:
-                fa, scale = chosen[f]
-                fields[f] = _scaled(getattr(state_a, fa), scale)
-            elif f in fields_b:
-                fields[f] = _zeros(getattr(template_b, f))
-            else:  # integer fields: the count is shared
-                fields[f] = getattr(state_a, f) if f in state_a._fields else getattr(template_b, f)
-        return params, type(template_b)(**fields)
+        return params, _map(state_a, view_a, view_b, template_b, chosen, fields_b)
 
     def psi(params, state_b):
-        fields = {}
-        for f in template_a._fields:
-            if f in from_a:
-                fb, inv = from_a[f]
-                fields[f] = _scaled(getattr(state_b, fb), inv)
-            elif f in fields_a:
-                fields[f] = _zeros(getattr(template_a, f))
-            else:
-                fields[f] = getattr(state_b, f) if f in state_b._fields else getattr(template_a, f)
-        return params, type(template_a)(**fields)
+        return params, _map(state_b, view_b, view_a, template_a, from_a, fields_a)
 
     num = den = 0.0
     for (pa, sa, *_), (pb, sb, *_) in zip(states_a, states_b, strict=True):
@@ -601,7 +644,7 @@ def fit_map(
     dropped = [f for f in fields_b if f not in chosen]
     dropped += [f for f in fields_a if f not in from_a and f not in dropped]
     return StateMap(
-        name=f"fitted {family} map {type(template_a).__name__} -> {type(template_b).__name__}",
+        name=f"fitted {family} map {_type_name(template_a)} -> {_type_name(template_b)}",
         phi=phi,
         psi=psi,
         scales={"params": 1.0, **{fb: scale for fb, (_, scale) in chosen.items()}},
@@ -614,6 +657,10 @@ def fit_map(
         dropped=tuple(dropped),
         pairs=(("params", "params"), *((fa, fb) for fb, (fa, _) in chosen.items())),
     )
+
+
+def _type_name(state: PyTree) -> str:
+    return type(state).__name__ if hasattr(state, "_fields") else "state"
 
 
 def _scaled(tree: PyTree, scale: Any) -> PyTree:

@@ -77,6 +77,8 @@ def phase_diagram(
     seeds: int = 3,
     replicas: int = 4,
     C: float = 10.0,
+    done: dict | None = None,
+    on_optimizer=None,
 ) -> PhaseDiagram:
     """Measure which pairs are equivalent in each (mantissa bits, heterogeneity) cell.
 
@@ -87,6 +89,9 @@ def phase_diagram(
       dim, steps, evals: problem size, updates and evaluations per run (steps % evals == 0).
       seeds, replicas: paired seeds (random signs of x0 and noise) and noise replicas.
       C: the noise-floor constant.
+      done: ``{optimizer: (trajectories, stalled)}`` already computed (a resumed run).
+      on_optimizer: called as ``on_optimizer(name, trajectories, stalled)`` after each
+        optimizer's grid (to checkpoint it).
 
     >>> import jax; jax.config.update("jax_enable_x64", True)
     >>> pd = phase_diagram([("sgd(lr=0.01)", "signsgd(lr=0.01)")], mantissa_bits=[10, 52],
@@ -102,8 +107,13 @@ def phase_diagram(
     het = jnp.asarray(heterogeneity, jnp.float64)
     traj, stalled = {}, {}
     for name in names:
+        if done and name in done:
+            traj[name], stalled[name] = done[name]
+            continue
         t, s = _run_grid(name, bits, het, dim, steps, evals, seeds, replicas)
         traj[name], stalled[name] = np.asarray(t), np.asarray(s)  # [M, H, S, R, E, D], [M, H]
+        if on_optimizer is not None:
+            on_optimizer(name, traj[name], stalled[name])
     u = 2.0 ** -(np.asarray(mantissa_bits, float) + 1)
     equivalent = np.zeros((len(pairs), len(mantissa_bits), len(heterogeneity)), bool)
     ratio = np.zeros(equivalent.shape)

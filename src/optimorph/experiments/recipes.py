@@ -163,7 +163,7 @@ def _train_recipe(fn: Callable) -> Callable[[Any, Path, bool], list[dict]]:
 
     def run(config: Any, out: Path, progress: bool) -> list[dict]:
         result = fn(config, checkpoints=str(out / "checkpoints"))
-        write_run(result["result"], out / "train", figures=False)
+        write_run(result["result"], out / "train")
         for name, grid in result.get("boundaries", {}).items():
             store.write_arrays(out, f"boundary_{name}", grid)
         for name, images in result.get("weights", {}).items():

@@ -236,6 +236,8 @@ def resolve(spec: Any, **overrides: Any) -> OptimizerSpec:
         return spec
     if isinstance(spec, optax.GradientTransformation):
         return OptimizerSpec(_custom_label(spec), None, {}, spec)
+    if is_named(spec):  # ("mine", tx): the name labels every table, figure and file
+        return OptimizerSpec(spec[0], None, {}, spec[1])
     call = spec_lib.parse(spec)
     if spec_lib.is_import_path(call.name):
         return _from_import_path(call, overrides)
@@ -275,6 +277,17 @@ def _from_import_path(call: Call, overrides: dict) -> OptimizerSpec:
         return made
     raise SpecError(
         f"{call.name} returned {type(made).__name__}; it must return an optax.GradientTransformation"
+    )
+
+
+def is_named(x: Any) -> bool:
+    """A ``(name, optax transformation)`` pair: a user's optimizer with its own label."""
+    return (
+        isinstance(x, tuple)
+        and not isinstance(x, optax.GradientTransformation)
+        and len(x) == 2
+        and isinstance(x[0], str)
+        and isinstance(x[1], optax.GradientTransformation)
     )
 
 

@@ -8,7 +8,7 @@
                          optimizer, optimizer_index, seed, step, split, metric, value
 <run>/summary.json       final statistics over seeds per optimizer (optimorph.results.summary)
 <run>/final_params.npz   final parameters, when the result carries them
-<run>/*.png              figures (optimorph.report.figures), redrawable from the files above
+<run>/*.png              figures (drawn by optimorph.report from the files above)
 ```
 
 In ``metrics.parquet`` the per-step minibatch loss ``train_loss`` has ``split='train_step'``,
@@ -84,7 +84,6 @@ def write_run(
     out_dir: str | os.PathLike,
     *,
     problem: Problem | None = None,
-    figures: bool = True,
 ) -> Path:
     """Write ``result`` as a run directory (layout in the module docstring).
 
@@ -92,7 +91,9 @@ def write_run(
       result: the finished run.
       out_dir: the directory; created if missing. Files already there are replaced.
       problem: the problem trained on; its name, sizes and ``info`` go into ``config.json``.
-      figures: also draw the standard figures (``optimorph.report.figures.save_figures``).
+
+    Figures are drawn by :mod:`optimorph.report` from these files (``save_figures``/``redraw``):
+    results never import the report layer.
 
     Returns:
       The run directory's path.
@@ -110,12 +111,6 @@ def write_run(
     if result.final_params:
         _write_params(result, out / PARAMS_FILE)
     write_json_atomic(out / CONFIG_FILE, _config(result, problem))
-    if figures:
-        # Imported here, not at the top: optimorph.report reads run directories (redraw), so a
-        # module-level import in this direction would be circular.
-        from optimorph.report.figures import save_figures
-
-        save_figures(result, out)
     return out
 
 

@@ -82,7 +82,7 @@ def claim(
                 f"{out} already holds a {existing} run; pass --resume to continue it or "
                 "--overwrite to replace it, or choose another --out"
             )
-        elif existing != kind:
+        elif existing not in (kind, UNFINISHED):
             raise RunDirError(f"{out} holds a {existing} run, not {kind}; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -99,20 +99,22 @@ def claim(
         )
     with os.fdopen(fd, "w") as f:
         f.write(str(os.getpid()))
-    if existing is None and not (out / CONFIG_FILE).exists():
-        write_json_atomic(out / CONFIG_FILE, {"kind": kind, "format_version": FORMAT_VERSION})
     try:
         yield out
     finally:
         lock.unlink(missing_ok=True)
 
 
+UNFINISHED = "unfinished"
+
+
 def _existing_kind(out: Path) -> str | None:
-    """The kind of run ``out`` holds (``'train'`` for directories of the first format), or None
-    when it holds nothing of ours (missing, empty, or no config.json)."""
+    """The kind of run ``out`` holds (``'train'`` for directories of the first format,
+    ``'unfinished'`` for checkpoints without a config), or None when it holds nothing of ours."""
     config = out / CONFIG_FILE
     if not config.exists():
-        return None
+        checkpoints = out / "checkpoints"
+        return UNFINISHED if checkpoints.is_dir() and any(checkpoints.iterdir()) else None
     try:
         return json.loads(config.read_text()).get("kind", "train")
     except (OSError, ValueError):

@@ -1,0 +1,116 @@
+"""Pages for comparisons, classes and phase diagrams, drawn from their run directories only.
+
+Summary first: the verdict in one sentence, then the table (precision x pair, with stalled,
+NaN and undecidable cells said), then the figures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from optimorph.report.equivalence_figures import (
+    divergence_grid,
+    phase_diagram_figure,
+    tracking_animation,
+)
+from optimorph.report.figures import save_figure
+from optimorph.report.html import REPORT_FILE, figure_html, mapping_table, rows_table, write_page
+from optimorph.results.equivalence_store import read_curves, read_phase
+from optimorph.results.rundir import read_config
+
+__all__ = ["write_equivalence_report"]
+
+
+def write_equivalence_report(run_dir: str | os.PathLike) -> Path:
+    """Redraw the figures of a compare, classes or phase-diagram run and write its page."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    kind = config.get("kind")
+    if kind == "phase-diagram":
+        body = _phase_body(run_dir)
+    else:
+        body = _comparison_body(run_dir, kind)
+    body += ["<h2>Settings</h2>", mapping_table(config.get("config", {}))]
+    body += ["<h2>Environment</h2>", mapping_table(config.get("environment", {}))]
+    return write_page(run_dir / REPORT_FILE, f"optimorph {kind}", body)
+
+
+def _comparison_body(run_dir: Path, kind: str) -> list[str]:
+    doc, panels = read_curves(run_dir)
+    verdicts = doc["precisions"] if kind == "compare" else doc["pairs"]
+    rows, sentence = [], []
+    for precision, items in verdicts.items():
+        for v in items if isinstance(items, list) else [items]:
+            word = "equivalent" if v["equivalent"] else "different"
+            rows.append([precision, v["a"], v["b"], word, _num(v["distance_ratio"]),
+                         _num(v["defect_ab"]), v["map"], v["reason"]])  # fmt: skip
+            if kind == "compare":
+                sentence.append(f"{word} at {precision}")
+    if kind == "compare":
+        lead = f"{doc['a']} and {doc['b']} on {doc['problem']}: " + ", ".join(sentence) + "."
+    else:
+        counts = ", ".join(f"{len(c)} at {p}" for p, c in doc["precisions"].items())
+        lead = f"{len(doc['optimizers'])} optimizers on {doc['problem']}: classes {counts}."
+    body = [f"<h1>optimorph {kind}</h1>", f"<p class='lead'>{lead}</p>"]
+    if kind == "classes":
+        class_rows = [[p, len(c), " | ".join(" ~ ".join(m) for m in c)]
+                      for p, c in doc["precisions"].items()]  # fmt: skip
+        body += ["<h2>Classes</h2>", rows_table(["precision", "classes", "members"], class_rows)]
+    body += [
+        "<h2>Verdicts</h2>",
+        rows_table(
+            ["precision", "A", "B", "verdict", "d / floor (max)", "defect A->B", "map", "reason"],
+            rows,
+        ),  # fmt: skip
+        f"<p>Equivalent when d(t) <= C x max(floor_A, floor_B, u ||theta||) for every t, C = "
+        f"{doc['C']}, with the state maps' condition numbers bounded.</p>",
+    ]
+    grid = [{"t": p["t"], "d": p["d"], "floor_a": p["floor_a"], "floor_b": p["floor_b"],
+             "labels": ("A", "B"), "pair": f"A: {p['a']}\nB: {p['b']}",
+             "precision": p["precision"]} for p in panels]  # fmt: skip
+    figures = [(save_figure(divergence_grid(grid), run_dir / "divergence.png"),
+                "Trajectory distance d(t) between A and B against each one's rounding noise "
+                "floor (median over replicas; bands over seeds).")]  # fmt: skip
+    first = panels[0]
+    floor = np.maximum(first["floor_a"][0], first["floor_b"][0]) * doc["C"]
+    gif = tracking_animation(run_dir / "tracking.gif", first["path_a"], first["path_b"], floor)
+    figures.append((gif, f"phi(A) tracking B at {first['precision']}, seed 0 (PCA projection); "
+                          "the circle is C times the noise floor."))  # fmt: skip
+    body.append("<h2>Figures</h2>")
+    body += [_image(path, caption) for path, caption in figures]
+    return body
+
+
+def _phase_body(run_dir: Path) -> list[str]:
+    doc, arrays = read_phase(run_dir)
+    labels = [f"{a} | {b}" for a, b in doc["pairs"]]
+    eq = arrays["equivalent"]
+    lead = "; ".join(
+        f"{label}: equivalent in {int(eq[p].sum())} of {eq[p].size} cells"
+        for p, label in enumerate(labels)
+    )
+    fig = phase_diagram_figure(doc["mantissa_bits"], doc["heterogeneity"], eq, labels)
+    path = save_figure(fig, run_dir / "phase_diagram.png")
+    return [
+        "<h1>optimorph phase diagram</h1>",
+        f"<p class='lead'>{lead}.</p>",
+        "<h2>Figures</h2>",
+        figure_html(path, "Equivalent pairs over mantissa bits x gradient heterogeneity."),
+    ]
+
+
+def _image(path: Path, caption: str) -> str:
+    if path.suffix == ".gif":
+        import base64
+
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return (f'<figure><img src="data:image/gif;base64,{data}" alt="{path.name}">'
+                f"<figcaption>{caption}</figcaption></figure>")  # fmt: skip
+    return figure_html(path, caption)
+
+
+def _num(x) -> float | str:
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
