@@ -483,8 +483,10 @@ class Slots:
             short.setdefault(k[-1], []).append(k)
         self._name = {k: (k[-1] if len(short[k[-1]]) == 1 else ".".join(k)) for k in keys}
         self.index: dict[str, list[int]] = {}
-        for i, k in enumerate(keys):
+        self._path: dict[str, tuple] = {}
+        for i, (k, (path, _)) in enumerate(zip(keys, paths, strict=True)):
             self.index.setdefault(self._name[k], []).append(i)
+            self._path.setdefault(self._name[k], path[: len(k)] if k != ("state",) else ())
         self.names = list(self.index)
         self.float_names = [
             n for n in self.names
@@ -501,6 +503,20 @@ class Slots:
                 return tuple(parts)
             parts.append(str(getattr(entry, "idx", getattr(entry, "key", entry))))
         return tuple(parts) or ("state",)
+
+    def subtree(self, state: PyTree, name: str) -> PyTree:
+        """The slot as the state holds it (``state.m`` for a flat NamedTuple's field ``m``)."""
+        node = state
+        for entry in self._path[name]:
+            if isinstance(entry, jax.tree_util.GetAttrKey):
+                node = getattr(node, entry.name)
+            elif isinstance(entry, jax.tree_util.SequenceKey):
+                node = node[entry.idx]
+            elif isinstance(entry, jax.tree_util.DictKey):
+                node = node[entry.key]
+            else:
+                node = node[entry.key]
+        return node
 
     def get(self, state: PyTree, name: str) -> list:
         leaves = jax.tree.leaves(state)
@@ -607,7 +623,7 @@ def fit_map(
         if best is None or not np.any(best[1] != 0):
             continue  # no usable counterpart: dropped
         fa, s, _ = best
-        scale = float(s) if family == "scalar" else _unflat_like(s, view_b.get(template_b, fb))
+        scale = float(s) if family == "scalar" else _unflat_like(s, view_b.subtree(template_b, fb))
         chosen[fb] = (fa, scale)
 
     from_a: dict[str, tuple[str, Any]] = {}
@@ -619,6 +635,7 @@ def fit_map(
         for f in view_dst.names:
             if f in plan:
                 src, scale = plan[f]
+                scale = scale if isinstance(scale, float) else jax.tree.leaves(scale)
                 values[f] = _scaled(view_src.get(state_src, src), scale)
             elif f in floats_dst:
                 values[f] = _zeros(view_dst.get(template_dst, f))
