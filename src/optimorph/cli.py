@@ -451,10 +451,10 @@ def _experiment(args) -> int:
     from optimorph.results.store import read_json
 
     if args.experiment is None:
-        for recipe in RECIPES:
+        for recipe in RECIPES.values():
             print(f"{recipe.name:<16} {recipe.summary}  [{recipe.source}]")
         return 0
-    RECIPES.get(args.experiment)  # an unknown name fails here, naming the recipes
+    RECIPES.lookup(args.experiment)  # an unknown name fails here, naming the recipes
     overrides = {}
     for item in args.set:
         name, sep, value = item.partition("=")

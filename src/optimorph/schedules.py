@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
 
+from optimorph.registry import Registry
 from optimorph.spec import Call, SpecError
 
 __all__ = ["Schedule", "SCHEDULES", "schedule"]
@@ -47,7 +48,7 @@ def _warmup_linear(t, lr0, warmup, steps, final):
 
 
 # kind -> (formula, parameter names in order, defaults, one-line description)
-SCHEDULES: dict[str, tuple[Callable, tuple[str, ...], dict[str, float], str]] = {
+_TABLE: dict[str, tuple[Callable, tuple[str, ...], dict[str, float], str]] = {
     "constant": (_constant, ("lr0",), {}, "eta_t = lr0"),
     "power_law": (
         _power_law,
@@ -69,6 +70,9 @@ SCHEDULES: dict[str, tuple[Callable, tuple[str, ...], dict[str, float], str]] = 
         "linear warm-up, then linear decay",
     ),
 }
+SCHEDULES: Registry[tuple[Callable, tuple[str, ...], dict[str, float], str]] = Registry("schedule")
+for _kind, _row in _TABLE.items():
+    SCHEDULES.add(_kind, _row)
 
 _POSITIVE = {"lr0": False, "tau": True, "alpha": False, "steps": True, "warmup": False}
 

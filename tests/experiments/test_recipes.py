@@ -53,7 +53,8 @@ def test_batch_size_resumes_finished_cells_and_redraws_from_disk(tmp_path, monke
 
 def test_an_out_directory_with_another_run_is_refused(tmp_path):
     out = tmp_path / "run"
-    with store.claim(out, "recipe"):
+    with store.claim(out, "recipe") as d:
+        store.write_config(d, "recipe", {})
         with pytest.raises(store.RunDirError, match="being written by process"):
             with store.claim(out, "recipe"):
                 pass
@@ -72,6 +73,11 @@ def test_an_out_directory_with_another_run_is_refused(tmp_path):
     with pytest.raises(store.RunDirError, match="give --out"):
         with store.claim("", "train"):
             pass
+    empty = tmp_path / "failed-early"  # a run that failed before writing anything: reusable
+    with store.claim(empty, "train"):
+        pass
+    with store.claim(empty, "train"):
+        pass
 
 
 def test_cli_lists_recipes_and_rejects_bad_settings(tmp_path, capsys):

@@ -14,7 +14,7 @@ RNG = np.random.default_rng(0)
 
 @pytest.mark.parametrize("name", NORMS.names())
 def test_dualizer_attains_the_dual_norm_and_no_unit_direction_beats_it(name):
-    entry = NORMS.get(name)
+    entry = NORMS.lookup(name)
     for shape in [(5, 3), (4, 4), (3, 6)] if entry.matrix else [(7,), (5, 3)]:
         g = jnp.asarray(RNG.standard_normal(shape))
         d = dualize(name, g)

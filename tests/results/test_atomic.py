@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from optimorph.results.atomic import (
+from optimorph.atomic import (
     atomic_path,
     write_bytes_atomic,
     write_json_atomic,

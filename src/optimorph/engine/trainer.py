@@ -50,7 +50,7 @@ from optimorph.probes import builtin as builtin_probes
 from optimorph.probes.base import REDUCERS
 from optimorph.problems import Problem
 from optimorph.problems import problem as make_problem
-from optimorph.results.atomic import atomic_path
+from optimorph.atomic import atomic_path
 
 __all__ = ["train", "TrainingError"]
 

@@ -18,15 +18,14 @@ runs on digits (8x8), the small image set available offline.
 from __future__ import annotations
 
 import dataclasses
-import html
-import json
 import shutil
 import sys
 from pathlib import Path
 
+from optimorph.atomic import write_json_atomic
 from optimorph.equivalence.compare import classes, compare
 from optimorph.problems import DatasetNotFound, problem
-from optimorph.results.atomic import write_json_atomic
+from optimorph.results.equivalence_store import write_comparison
 
 OPTIMIZERS = [
     "sgd(lr=0.1)",
@@ -76,9 +75,8 @@ class Recipe:
 
 
 def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
-    """Run the suite into ``out``: ``proposal16.json``, figures and ``report.html``."""
-    from optimorph.report.equivalence_figures import divergence_grid
-    from optimorph.report.figures import save_figure
+    """Run the suite into ``out``: ``proposal16.json`` and, per model, the comparison's curves
+    (``<label>/curves.npz``) from which the report draws its figures."""
 
     recipe = recipe or Recipe()
     out = Path(out)
@@ -114,13 +112,8 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
             verify[f"{a} | {b}"] = compare(
                 a, b, problem=prob, precision=PRECISIONS, checkpoint_dir=ckpt, **common
             )
-        panels = [
-            v.panel(p)
-            for p, vs in cls.comparison.pairs.items()
-            for v in vs
-            if "sgd(lr=0.1)" in (v.a, v.b)
-        ]
-        save_figure(divergence_grid(panels), out / f"{label}_divergence.png")
+        curves_doc = {"problem": prob.name, "optimizers": list(OPTIMIZERS)}
+        write_comparison(out / label, curves_doc, cls.comparison)
         doc["problems"][label] = {
             "problem": prob.name,
             "classes": cls.classes,
@@ -133,7 +126,6 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
         }
         doc["problems"][label]["expectations"] = expectations(doc["problems"][label])
     write_json_atomic(out / "proposal16.json", doc)
-    _write_report(out, doc)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
     return doc
 
@@ -190,82 +182,6 @@ def _row(claim: str, held: bool, evidence: str) -> dict:
 def _log(enabled: bool, text: str) -> None:
     if enabled:
         print(text, file=sys.stderr)
-
-
-def _write_report(out: Path, doc: dict) -> None:
-    """A self-contained HTML page: expectations, class tables, pair tables, figures."""
-    import base64
-
-    from optimorph.results.atomic import write_text_atomic
-
-    e = html.escape
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Proposal 16</title>",
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;"
-        "font-size:13px}.held{color:#060}.failed{color:#a00}</style></head><body>",
-        "<h1>Proposal 16: numerical equivalence of optimizers</h1>",
-        f"<p>Recipe: <code>{e(json.dumps(doc['recipe']))}</code></p>",
-    ]
-    for label, res in doc["problems"].items():
-        parts.append(f"<h2>{e(label.upper())}: {e(res['problem'])}</h2>")
-        parts.append(
-            "<h3>Expected results of the proposal</h3><table><tr><th>claim</th>"
-            "<th>held?</th><th>evidence</th></tr>"
-        )
-        for r in res["expectations"]:
-            cls_ = "held" if r["held"] else "failed"
-            parts.append(
-                f"<tr><td>{e(r['claim'])}</td><td class='{cls_}'>"
-                f"{'held' if r['held'] else 'did not hold'}</td>"
-                f"<td>{e(r['evidence'])}</td></tr>"
-            )
-        parts.append(
-            "</table><h3>Equivalence classes</h3><table><tr><th>precision</th><th>classes</th></tr>"
-        )
-        for p, cl in res["classes"].items():
-            text = " | ".join(" ~ ".join(c) for c in cl)
-            parts.append(f"<tr><td>{e(p)}</td><td>{e(text)}</td></tr>")
-        parts.append(
-            "</table><h3>Pairs</h3><table><tr><th>precision</th><th>A</th><th>B</th>"
-            "<th>equivalent</th><th>d/floor</th><th>defect AB</th><th>map</th>"
-            "<th>p (t-test)</th><th>p (TOST)</th><th>reason</th></tr>"
-        )
-        for p, vs in res["pairs"].items():
-            for v in vs:
-                parts.append(
-                    "<tr>"
-                    + "".join(
-                        f"<td>{e(str(x))}</td>"
-                        for x in (
-                            p,
-                            v["a"],
-                            v["b"],
-                            v["equivalent"],
-                            _g(v["distance_ratio"]),
-                            _g(v["defect_ab"]),
-                            v["map"],
-                            _g(v["p_value"]),
-                            _g(v["tost_p_value"]),
-                            v["reason"],
-                        )
-                    )
-                    + "</tr>"
-                )
-        parts.append("</table>")
-        fig = out / f"{label}_divergence.png"
-        if fig.exists():
-            data = base64.b64encode(fig.read_bytes()).decode()
-            parts.append(
-                f"<h3>Trajectory distance vs noise floor</h3>"
-                f"<img style='max-width:100%' src='data:image/png;base64,{data}'>"
-            )
-    parts.append("</body></html>")
-    write_text_atomic(out / "report.html", "\n".join(parts))
-
-
-def _g(x) -> str:
-    return f"{x:.3g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
 
 
 def class_counts(doc: dict) -> dict:

@@ -72,7 +72,7 @@ def run_recipe(
     ``config.json`` records the recipe, its settings and whether they are the quick variant;
     ``findings.json`` the findings. A rerun with ``resume=True`` continues an interrupted run.
     """
-    recipe = RECIPES.get(name)
+    recipe = RECIPES.lookup(name)
     config = make_config(recipe, quick, **overrides)
     with store.claim(out, KIND, resume=resume, overwrite=overwrite) as run_dir:
         info = {"recipe": name, "summary": recipe.summary, "source": recipe.source, "quick": quick}

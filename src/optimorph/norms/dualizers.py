@@ -168,7 +168,7 @@ _add("l1_to_rms",
 
 
 def _get(name: str, g: Array) -> Norm:
-    entry = NORMS.get(name)
+    entry = NORMS.lookup(name)
     if entry.matrix and jnp.ndim(g) != 2:
         raise ValueError(f"norm {name!r} is a matrix norm; got an array of shape {jnp.shape(g)}")
     return entry

@@ -88,7 +88,7 @@ def which_norm(
         updates, _ = tx.update({"w": g}, tx.init(params), params)
         directions.append(-jnp.asarray(updates["w"], dtype))
     matches = []
-    for entry in NORMS:
+    for entry in NORMS.values():
         cosines, defects = [], []
         for g, d in zip(grads, directions, strict=True):
             target = entry.dualize(g)

@@ -105,7 +105,7 @@ ORTHOGONALIZERS.add("polar-express", polar_express)
 
 def resolve_orthogonalizer(fn: str | Orthogonalizer) -> Orthogonalizer:
     """A registered name or a user function ``fn(G) -> Q``."""
-    return ORTHOGONALIZERS.get(fn) if isinstance(fn, str) else fn
+    return ORTHOGONALIZERS.lookup(fn) if isinstance(fn, str) else fn
 
 
 def orthogonalize(fn: str | Orthogonalizer, g: Array) -> Array:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import optax
 
 from optimorph import spec as spec_lib
+from optimorph.registry import Registry
 from optimorph.schedules import Schedule, schedule
 from optimorph.spec import Call, SpecError
 
@@ -134,7 +135,7 @@ class Entry:
         raise KeyError(name)
 
 
-REGISTRY: dict[str, Entry] = {}
+REGISTRY: Registry[Entry] = Registry("optimizer")
 
 
 def register(
@@ -143,9 +144,7 @@ def register(
     """Register a constructor under ``name``; it is called with every hyperparameter by keyword."""
 
     def wrap(build: Callable) -> Callable:
-        if name in REGISTRY:
-            raise ValueError(f"optimizer {name!r} is registered twice")
-        REGISTRY[name] = Entry(name, build, tuple(hparams), summary, family)
+        REGISTRY.add(name, Entry(name, build, tuple(hparams), summary, family))
         return build
 
     return wrap

@@ -22,6 +22,7 @@ from optimorph.problems import datasets, synthetic
 from optimorph.problems.base import Batch, Params, Problem
 from optimorph.problems.datasets import DatasetNotFound
 from optimorph.problems.registry import Param, ProblemInfo
+from optimorph.registry import Registry
 from optimorph.spec import Call, SpecError, is_import_path, load_import_path, parse
 
 __all__ = [
@@ -35,20 +36,19 @@ __all__ = [
     "list_problems",
 ]
 
-_REGISTRY = {
-    factory.info.name: factory
-    for factory in (
-        synthetic.two_moons,
-        synthetic.stretched_moons,
-        synthetic.quadratic,
-        synthetic.least_squares,
-        datasets.logistic,
-        datasets.digits,
-        datasets.mnist1d,
-        datasets.fashion_mnist,
-        datasets.mnist,
-    )
-}
+_REGISTRY: Registry = Registry("problem")
+for _factory in (
+    synthetic.two_moons,
+    synthetic.stretched_moons,
+    synthetic.quadratic,
+    synthetic.least_squares,
+    datasets.logistic,
+    datasets.digits,
+    datasets.mnist1d,
+    datasets.fashion_mnist,
+    datasets.mnist,
+):
+    _REGISTRY.add(_factory.info.name, _factory)
 
 
 def problem(spec: str | Call | Problem, **overrides: Any) -> Problem:

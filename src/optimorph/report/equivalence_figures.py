@@ -35,7 +35,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Patch
 
-from optimorph.results.atomic import atomic_path
+from optimorph.atomic import atomic_path
 from optimorph.stats import growth_exponent, percentile_band
 
 __all__ = [

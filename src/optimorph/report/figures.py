@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from optimorph.engine.result import TrainResult
 from optimorph.report.curves import eval_figure, final_metrics_figure, loss_figure, probe_figure
-from optimorph.results.atomic import atomic_path
+from optimorph.atomic import atomic_path
 from optimorph.results.rundir import read_run
 
 __all__ = ["DPI", "save_figure", "save_figures", "redraw"]

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from optimorph.results.atomic import write_text_atomic
+from optimorph.atomic import write_text_atomic
 from optimorph.results.rundir import read_config, read_summary
 
 __all__ = [

@@ -303,11 +303,25 @@ _TABLES: dict[str, Callable[[Path], list[str]]] = {"batch-size": _batch_size_tab
 
 
 def _proposal16_figures(run_dir: Path) -> list[tuple[Path, str]]:
-    # Drawn when the recipe ran (the panels are not stored separately yet).
-    return [
-        (path, "Trajectory distance d(t) against the rounding noise floor, pairs with SGD.")
-        for path in sorted(run_dir.glob("*_divergence.png"))
-    ]
+    from optimorph.report.equivalence_figures import divergence_grid
+    from optimorph.results.equivalence_store import read_curves
+
+    out = []
+    for label in ("mlp", "cnn"):
+        if not (run_dir / label / "curves.npz").exists():
+            continue
+        _, panels = read_curves(run_dir / label)
+        grid = [
+            {"t": p["t"], "d": p["d"], "floor_a": p["floor_a"], "floor_b": p["floor_b"],
+             "labels": ("A", "B"), "pair": f"A: {p['a']}\nB: {p['b']}",
+             "precision": p["precision"]}
+            for p in panels if "sgd(lr=0.1)" in (p["a"], p["b"])
+        ]  # fmt: skip
+        if grid:
+            path = save_figure(divergence_grid(grid), run_dir / f"{label}_divergence.png")
+            out.append((path, f"{label.upper()}: trajectory distance d(t) of the pairs with "
+                              "SGD against the rounding noise floor, per precision."))  # fmt: skip
+    return out
 
 
 def _proposal16_tables(run_dir: Path) -> list[str]:

@@ -1,6 +1,6 @@
 """Run directories: config, Parquet metric tables and summaries of training runs; DuckDB queries."""
 
-from optimorph.results.atomic import (
+from optimorph.atomic import (
     atomic_path,
     write_bytes_atomic,
     write_json_atomic,

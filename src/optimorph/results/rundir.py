@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from optimorph.engine.result import TrainResult
 from optimorph.problems.base import Problem
-from optimorph.results.atomic import atomic_path, write_json_atomic
+from optimorph.atomic import atomic_path, write_json_atomic
 from optimorph.results.store import FORMAT_VERSION
 from optimorph.results.summary import TRAIN_SPLIT, summarize
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from optimorph.results.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+from optimorph.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 
 __all__ = [
     "FORMAT_VERSION",
