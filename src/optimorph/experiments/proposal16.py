@@ -58,6 +58,7 @@ class Recipe:
     C: float = 10.0
     margin: float = 0.05  # TOST margin, relative to the reference's mean final test loss
     visits: int = 20  # visited states per run for the one-step defects
+    models: tuple[str, ...] = ("mlp", "cnn")  # which of the two problems to run
 
     @classmethod
     def quick(cls) -> "Recipe":
@@ -91,16 +92,12 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
         margin=recipe.margin,
         visits=recipe.visits,
     )
-    try:
-        mlp = problem(recipe.mlp_problem)
-    except DatasetNotFound as err:
-        print(
-            f"proposal16: {err.args[0].splitlines()[0]}; using {recipe.mlp_fallback}",
-            file=sys.stderr,
-        )
-        mlp = problem(recipe.mlp_fallback)
+    unknown = set(recipe.models) - {"mlp", "cnn"}
+    if unknown or not recipe.models:
+        raise ValueError(f"proposal16: models must be some of mlp, cnn; got {recipe.models}")
     doc: dict = {"recipe": dataclasses.asdict(recipe), "problems": {}}
-    for label, prob in (("mlp", mlp), ("cnn", problem(recipe.cnn_problem))):
+    for label in recipe.models:
+        prob = _mlp_problem(recipe) if label == "mlp" else problem(recipe.cnn_problem)
         _log(progress, f"[{label}] classes of {len(OPTIMIZERS)} optimizers on {prob.name}")
         ckpt = out / "checkpoints" / label  # a rerun after a crash resumes the training
         cls = classes(
@@ -128,6 +125,17 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
     write_json_atomic(out / "proposal16.json", doc)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
     return doc
+
+
+def _mlp_problem(recipe: Recipe):
+    try:
+        return problem(recipe.mlp_problem)
+    except DatasetNotFound as err:
+        print(
+            f"proposal16: {err.args[0].splitlines()[0]}; using {recipe.mlp_fallback}",
+            file=sys.stderr,
+        )
+        return problem(recipe.mlp_fallback)
 
 
 def expectations(result: dict) -> list[dict]:
