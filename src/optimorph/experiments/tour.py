@@ -284,18 +284,7 @@ class StretchedMoonsConfig:
 def stretched_moons(config: StretchedMoonsConfig, *, checkpoints: str | None = None) -> dict:
     """SGD and momentum on the stretched moons: curves, accuracies, both decision boundaries."""
     prob = problem(config.problem)
-    steps = config.steps
-    eval_every = steps // 20 if steps % 20 == 0 else steps
-    r = train(
-        prob,
-        config.optimizers,
-        seeds=config.seeds,
-        steps=steps,
-        batch_size=config.batch,
-        eval_every=eval_every,
-        log_every=_log_every(steps, eval_every),
-        checkpoint_dir=checkpoints,
-    )
+    r = _train(config, prob, checkpoints)
     boundaries = {
         name: decision_grid(prob, _seed0(r.final_params[i]))
         for i, name in enumerate(("sgd", "momentum"))
@@ -317,6 +306,22 @@ def stretched_moons(config: StretchedMoonsConfig, *, checkpoints: str | None = N
         ),
     ]
     return {"result": r, "boundaries": boundaries, "findings": findings}
+
+
+def _train(config: Any, prob: Any, checkpoints: str | None):
+    """The tour's training call: about 20 evaluations and 1000 loss points per run."""
+    steps = config.steps
+    eval_every = steps // 20 if steps % 20 == 0 else steps
+    return train(
+        prob,
+        config.optimizers,
+        seeds=config.seeds,
+        steps=steps,
+        batch_size=config.batch,
+        eval_every=eval_every,
+        log_every=_log_every(steps, eval_every),
+        checkpoint_dir=checkpoints,
+    )
 
 
 def _seed0(tree):
@@ -369,18 +374,7 @@ def linear_weights(config: LinearWeightsConfig, *, checkpoints: str | None = Non
     except DatasetNotFound:
         prob = problem(config.problem_spec(config.fallback))
         dataset = config.fallback
-    steps = config.steps
-    eval_every = steps // 20 if steps % 20 == 0 else steps
-    r = train(
-        prob,
-        config.optimizers,
-        seeds=config.seeds,
-        steps=steps,
-        batch_size=config.batch,
-        eval_every=eval_every,
-        log_every=_log_every(steps, eval_every),
-        checkpoint_dir=checkpoints,
-    )
+    r = _train(config, prob, checkpoints)
     weights = {}
     for i, name in enumerate(("sgd", "adam")):
         leaves = [np.asarray(a[0]) for a in _leaves(r.final_params[i]) if np.ndim(a[0]) == 2]
@@ -458,18 +452,7 @@ class TourConfig:
 
 def optimizer_tour(config: TourConfig, *, checkpoints: str | None = None) -> dict:
     """SGD -> momentum -> RMSprop -> Adam on one problem and schedule."""
-    steps = config.steps
-    eval_every = steps // 20 if steps % 20 == 0 else steps
-    r = train(
-        config.problem,
-        config.optimizers,
-        seeds=config.seeds,
-        steps=steps,
-        batch_size=config.batch,
-        eval_every=eval_every,
-        log_every=_log_every(steps, eval_every),
-        checkpoint_dir=checkpoints,
-    )
+    r = _train(config, config.problem, checkpoints)
     loss = r.train_loss[:, :, -10:].mean(axis=-1).mean(axis=1)
     names = ["SGD", "momentum", "RMSprop", "Adam"]
     findings = [
