@@ -1,6 +1,8 @@
 """Recipes end to end on tiny settings: run directory, findings, report, redraw, resume."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +17,15 @@ TINY = {
                        workers=1),
     "stretched-moons": dict(epochs=2, seeds=2),
     "optimizer-tour": dict(steps=100, seeds=2),
+    "linear-weights": dict(steps=40, n_train=500),
 }  # fmt: skip
+FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_a_recipe_writes_findings_and_a_report_that_a_browser_shows(name, tmp_path, check_page):
+    if name == "linear-weights" and not FASHION.exists() and not os.environ.get("OPTIMORPH_DATA"):
+        pytest.skip("Fashion-MNIST not installed (Debian package dataset-fashion-mnist)")
     out = recipes.run_recipe(name, tmp_path / name, quick=True, progress=False, **TINY[name])
     config = json.loads((out / "config.json").read_text())
     assert config["kind"] == "recipe" and config["format_version"] == store.FORMAT_VERSION
