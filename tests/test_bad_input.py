@@ -61,11 +61,15 @@ def test_inject_hyperparams_and_extra_args_work_for_every_optimizer(name):
     params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
     state = tx.init(params)
     grads = jax.tree.map(lambda p: 0.5 * p, params)
-    updates, state = jax.jit(tx.update)(grads, state, params)  # a traced lr: no range check
+    needed = {}  # what the registry entry says the update needs (Newton: the loss)
+    if "value_fn" in entry.needs:
+        needed["value_fn"] = lambda p: 0.25 * sum(jnp.sum(x**2) for x in jax.tree.leaves(p))
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p, **needed))
+    updates, state = step(grads, state, params)  # a traced lr: no range check
     assert all(np.isfinite(np.asarray(u)).all() for u in jax.tree.leaves(updates))
     plain = optimorph.optimizer(name, lr=0.01)
-    extra, _ = plain.update(grads, plain.init(params), params, value=jnp.asarray(1.0))
-    same, _ = plain.update(grads, plain.init(params), params)
+    extra, _ = plain.update(grads, plain.init(params), params, value=jnp.asarray(1.0), **needed)
+    same, _ = plain.update(grads, plain.init(params), params, **needed)
     for a, b in zip(jax.tree.leaves(extra), jax.tree.leaves(same), strict=True):
         np.testing.assert_array_equal(a, b)  # extra arguments are accepted and ignored
 
@@ -79,3 +83,122 @@ def test_complex_parameters_square_as_optax_does(name):
     # The update is along the gradient (purely imaginary here), never rotated to a real number.
     assert np.allclose(np.real(u["w"]) + (0.1 * 0.01 if name == "adamw" else 0.0), 0.0)
     assert np.all(np.imag(u["w"]) < 0)
+
+
+# Every numeric option has a stated range, checked before any work starts; every refusal is one
+# line naming the input and the fix, with exit status 2.
+BAD_COMMAND_LINES = [
+    (["train", "--problem", "quadratic(dim=3)", "--optimizer", "sgd", "--out", ""],
+     "--out: is empty"),
+    (["train", "--problem", "quadratic(dim=3)", "--optimizer", "sgd", "--seeds", "0", "--out",
+      "{tmp}/a"], "--seeds: must be an integer >= 1, got 0"),
+    (["train", "--problem", "quadratic(dim=3)", "--optimizer", "sgd", "--batch-size", "-2",
+      "--out", "{tmp}/a"], "--batch-size: must be an integer >= 1"),
+    (["train", "--problem", "quadratic(dim=3)", "--optimizer", "sgd", "--probe", "sharpness",
+      "--probe-every", "0", "--out", "{tmp}/a"], "--probe-every: must be an integer >= 1"),
+    (["train", "--problem", "quadratic(dim=3)", "--optimizer", "sgd", "--steps", "1.5", "--out",
+      "{tmp}/a"], "--steps: must be an integer >= 1, got '1.5'"),
+    (["train", "--problem", "quadratic(dim=3)", "--optimizer", "sgd", "--checkpoint-every",
+      "nan", "--out", "{tmp}/a"], "--checkpoint-every: must be a finite number >= 0"),
+    (["train", "--problem", "quadratic(dim=3)", "--optimizer", "sgd", "--out", "{tmp}/file"],
+     "is a file, not a directory"),
+    (["train", "--problem", "quadratic(dim=3)", "--optimizer", "sgd", "--out", "{tmp}/file/x"],
+     "is a file, not a directory"),
+    (["compare", "sgd", "signsgd", "--problem", "quadratic(dim=3)", "--C", "-1"],
+     "--C: must be a finite number > 0"),
+    (["compare", "sgd", "signsgd", "--problem", "quadratic(dim=3)", "--C", "nan"],
+     "--C: must be a finite number > 0"),
+    (["compare", "sgd", "signsgd", "--problem", "quadratic(dim=3)", "--precision", ","],
+     "--precision: give at least one precision"),
+    (["compare", "sgd", "signsgd", "--problem", "quadratic(dim=3)", "--steps", "0"],
+     "--steps: must be an integer >= 1"),
+    (["phase-diagram", "--pairs", "sgd|signsgd", "--mantissa-bits", "99", "--out", "{tmp}/p"],
+     "each mantissa width must be an integer in 1..52, got 99"),
+    (["phase-diagram", "--pairs", "sgd|signsgd", "--mantissa-bits", "x", "--out", "{tmp}/p"],
+     "each mantissa width must be an integer in 1..52, got 'x'"),
+    (["phase-diagram", "--pairs", "sgd|signsgd", "--heterogeneity", "-1", "--out", "{tmp}/p"],
+     "each heterogeneity must be a finite number >= 1"),
+    (["phase-diagram", "--pairs", "sgd|signsgd", "--steps", "0", "--out", "{tmp}/p"],
+     "--steps: must be an integer >= 1"),
+    (["phase-diagram", "--pairs", "sgd|signsgd", "--seeds", "0", "--out", "{tmp}/p"],
+     "--seeds: must be an integer >= 1"),
+    (["phase-diagram", "--pairs", "sgd", "--out", "{tmp}/p"], "a pair is 'A|B'"),
+    (["which-norm", "sgd", "--samples", "0"], "--samples: must be an integer >= 1"),
+    (["run", "batch-size", "--set", "steps=-1", "--out", "{tmp}/r"],
+     "--set steps=-1: must be finite and > 0"),
+    (["run", "batch-size", "--set", "batch_sizes=[4, 0]", "--out", "{tmp}/r"],
+     "--set batch_sizes=0: must be finite and > 0"),
+    (["run", "batch-size", "--set", "steps=1.5", "--out", "{tmp}/r"], "give an integer like"),
+    (["run", "batch-size", "--set", "batch_sizes=4", "--out", "{tmp}/r"], "non-empty list"),
+    (["run", "nosuch"], "unknown recipe 'nosuch'; registered: batch-size"),
+    (["report", "{tmp}/nothing"], "holds no optimorph run"),
+    (["list", "nothing"], "invalid choice: 'nothing'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, message", BAD_COMMAND_LINES, ids=lambda x: " ".join(x)[:60])
+def test_bad_command_lines_get_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    code = cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("optimorph: error:"), err
+    assert message in err[0]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    "seeds, message",
+    [([0, 0], "must be distinct"), ([-1], r"0\.\.2\^32-1"), ([0.5], "list of integers"), (0, "one")],
+)
+def test_bad_seeds_are_refused_before_training(seeds, message):
+    with pytest.raises(optimorph.engine.trainer.TrainingError, match=message):
+        optimorph.train("quadratic(dim=3)", "sgd", seeds=seeds, steps=2, progress=False)
+
+
+def test_a_divergence_names_the_hyperparameter_its_format_rounded(capsys):
+    """Default Adam at fp16: eps = 1e-8 is stored as 0, and the run is NaN from step 1."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optimorph.PrecisionWarning)
+        r = optimorph.train("two-moons(n=64)", "adam", seeds=1, steps=4, precision="fp16",
+                            progress=False)  # fmt: skip
+    (line,) = r.divergence_messages()
+    assert "at step 1" in line and "eps=1e-08 is stored as 0.0 in fp16" in line
+    assert "hparams=fp32" in line
+
+
+# Random spec and precision strings: only the documented error (SpecError / ValueError) escapes.
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SPEC_ALPHABET = "abcdegilmnoprstuvwxy_=(),.[]'\" 0123456789e-+:|;"
+_NAMES = ["sgd", "adam", "momentum", "power_law", "nosuch", "os:system", "fp16", "bf16", "e5m2"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.text(_SPEC_ALPHABET, max_size=30),
+    st.builds(lambda n, t: n + t, st.sampled_from(_NAMES), st.text(_SPEC_ALPHABET, max_size=24)),
+))  # fmt: skip
+def test_random_specs_raise_only_spec_errors(text):
+    try:
+        optimorph.resolve(text)
+    except SpecError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.text("efpbm0123456789,=;_ abcdghiklnorstuvwxz", max_size=30),
+    st.builds(lambda n, t: n + t, st.sampled_from(["fp16", "bf16", "e5m2", "fp64", "e8m3"]),
+              st.text(",=;_ mpsvtaegcdhknrx0123456789", max_size=24)),
+))  # fmt: skip
+def test_random_precisions_raise_only_value_errors(text):
+    from optimorph.precision import precision
+
+    try:
+        precision(text)
+    except ValueError:
+        pass

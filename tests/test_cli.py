@@ -93,7 +93,10 @@ def test_demo_writes_a_report(tmp_path):
             ["--problem", "fashion-mnist(path='/nonexistent')", "--optimizer", "sgd"],
             "dataset-fashion-mnist",
         ),
-        (["--problem", "two-moons", "--optimizer", "sgd", "--steps", "0"], "steps must be"),
+        (
+            ["--problem", "two-moons", "--optimizer", "sgd", "--steps", "0"],
+            "--steps: must be an integer >= 1",
+        ),
     ],
 )
 def test_bad_input_gets_one_clear_line(argv, message, tmp_path, capsys):

@@ -129,15 +129,25 @@ def test_tost_is_the_90_percent_ci_inside_the_margin():
         assert tost(a, b, margin).equivalent == (-margin < ci.ci_low and ci.ci_high < margin)
 
 
-def test_tost_relative_margin_scales_with_mean_of_b():
-    a, b = np.array([10.1, 9.9, 10.2, 10.0]), np.array([10.0, 10.0, 10.0, 10.1])
-    rel, absolute = tost(a, b, 0.05, relative=True), tost(a, b, 0.05 * np.mean(b))
-    assert rel.margin == pytest.approx(0.05 * np.mean(b))
+def test_tost_relative_margin_scales_with_the_larger_mean_and_is_symmetric():
+    a, b = np.array([10.1, 9.9, 10.2, 10.3]), np.array([10.0, 10.0, 10.0, 10.1])
+    rel, absolute = tost(a, b, 0.05, relative=True), tost(a, b, 0.05 * np.mean(a))
+    assert rel.margin == pytest.approx(0.05 * np.mean(a))
     assert rel.p_value == pytest.approx(absolute.p_value)
-    with pytest.raises(ValueError, match="mean"):
-        tost([1.0, 2.0], [1.0, -1.0], 0.1, relative=True)
+    assert tost(b, a, 0.05, relative=True).p_value == pytest.approx(rel.p_value)
     with pytest.raises(ValueError, match="margin"):
         tost(a, b, 0.0)
+
+
+def test_tost_with_a_final_loss_of_exactly_zero():
+    """An fp16 run can end at a loss of exactly 0: the margin must still be defined."""
+    zero = np.zeros(3)
+    r = tost([1e-3, 2e-3, 1e-3], zero, 0.05, relative=True)
+    assert r.margin == pytest.approx(0.05 * np.mean([1e-3, 2e-3, 1e-3])) and not r.equivalent
+    same = tost(zero, zero, 0.05, relative=True)
+    assert same.equivalent and "every pair is equal" in same.note
+    differ = tost([1.0, -1.0], [-1.0, 1.0], 0.05, relative=True)
+    assert not differ.equivalent and "absolute" in differ.note
 
 
 def test_tost_degenerate_cases():

@@ -7,6 +7,7 @@ Human-readable output goes to stderr (progress) and stdout (tables); bad input e
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -48,7 +49,11 @@ def entry() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``optimorph`` command with ``argv`` (default: the process's arguments)."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as err:
+        print(f"optimorph: error: {err}", file=sys.stderr)
+        return 2
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return 2
@@ -81,8 +86,86 @@ def _run(args) -> int:
         return 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in the command's one-line form (``optimorph: error: ...``)."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _UsageError(Exception):
+    """A command line argparse refused; :func:`main` prints it in one line and returns 2."""
+
+
+# Argument types: every numeric option has a stated valid range, checked before any work starts.
+
+
+def _integer(low: int, high: int | None = None):
+    span = f">= {low}" if high is None else f"in {low}..{high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _number(low: float, *, open_low: bool = False):
+    span = f"> {low:g}" if open_low else f">= {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number {span}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (open_low and value == low):
+            raise argparse.ArgumentTypeError(f"must be a finite number {span}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _list_of(item, what: str):
+    """A comma-separated list of ``item`` values, at least one."""
+
+    def parse(text: str) -> list:
+        parts = [t.strip() for t in text.split(",") if t.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"give at least one {what}, got {text!r}")
+        try:
+            return [item(t) for t in parts]
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"each {what} {err}") from None
+
+    parse.__name__ = "list"
+    return parse
+
+
+def _out_dir(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a directory, e.g. --out runs/mine")
+    return Path(text)
+
+
+def _precision_list(text: str) -> list[str]:
+    found = _precisions(text)
+    if not found:
+        raise argparse.ArgumentTypeError(f"give at least one precision, got {text!r}")
+    return found
+
+
+POSITIVE = _integer(1)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="optimorph", description=__doc__.splitlines()[0])
+    p = _Parser(prog="optimorph", description=__doc__.splitlines()[0])
     p.add_argument(
         "--allow-import",
         action="store_true",
@@ -90,8 +173,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(metavar="COMMAND")
 
-    ls = sub.add_parser("list", help="list registered optimizers or problems")
-    ls.add_argument("what", choices=["optimizers", "problems"])
+    ls = sub.add_parser("list", help="list registered optimizers, problems, recipes and norms")
+    ls.add_argument(
+        "what",
+        nargs="?",
+        choices=["optimizers", "problems", "recipes", "norms"],
+        help="what to list (default: everything)",
+    )
     ls.set_defaults(run=_list)
 
     tr = sub.add_parser("train", help="train optimizers on a problem and write a run directory")
@@ -103,14 +191,14 @@ def _parser() -> argparse.ArgumentParser:
         help="optimizer spec (repeat for several), e.g. 'adam(lr=1e-3)' or 'pkg.mod:factory'",
     )
     _common_train_args(tr)
-    tr.add_argument("--out", required=True, type=Path, help="run directory to write")
+    tr.add_argument("--out", required=True, type=_out_dir, help="run directory to write")
     _out_policy(tr)
     tr.set_defaults(run=_train)
 
     demo = sub.add_parser("demo", help="train the zoo on noisy two moons and write a report")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--steps", type=int, default=4000)
-    demo.add_argument("--seeds", type=int, default=3)
+    demo.add_argument("--out", type=_out_dir, default=Path("runs/demo"))
+    demo.add_argument("--steps", type=POSITIVE, default=4000)
+    demo.add_argument("--seeds", type=POSITIVE, default=3)
     demo.add_argument("--zoo-only", action="store_true", help="only the zoo run (fast)")
     demo.set_defaults(run=_demo)
 
@@ -137,11 +225,21 @@ def _parser() -> argparse.ArgumentParser:
         choices=["quadratic"],
         help="diagonal quadratic whose condition number is the heterogeneity knob",
     )
-    ph.add_argument("--mantissa-bits", default=None, help="comma-separated, default 4..52")
-    ph.add_argument("--heterogeneity", default=None, help="comma-separated, default 1..1e4")
-    ph.add_argument("--steps", type=int, default=200)
-    ph.add_argument("--seeds", type=int, default=3)
-    ph.add_argument("--out", type=Path, required=True)
+    ph.add_argument(
+        "--mantissa-bits",
+        type=_list_of(_integer(1, 52), "mantissa width"),
+        default=None,
+        help="comma-separated, each in 1..52; default 4..52",
+    )
+    ph.add_argument(
+        "--heterogeneity",
+        type=_list_of(_number(1.0), "heterogeneity"),
+        default=None,
+        help="comma-separated, each >= 1 (max|g_i| / min|g_i|); default 1..1e4",
+    )
+    ph.add_argument("--steps", type=POSITIVE, default=200)
+    ph.add_argument("--seeds", type=POSITIVE, default=3)
+    ph.add_argument("--out", type=_out_dir, required=True)
     _out_policy(ph)
     ph.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     ph.set_defaults(run=_phase)
@@ -152,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     wn.add_argument("optimizer", help='an optimizer spec, e.g. "adam(b1=0, b2=0, eps=0)"')
     wn.add_argument("--problem", default=None, help="add real gradients of this problem")
-    wn.add_argument("--samples", type=int, default=8, help="random gradients per shape")
+    wn.add_argument("--samples", type=POSITIVE, default=8, help="random gradients per shape")
     wn.add_argument("--json", action="store_true", help="JSON on stdout")
     wn.set_defaults(run=_which_norm)
 
@@ -161,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("experiment", nargs="?", metavar="RECIPE", help="a recipe name")
     ex.add_argument("--quick", action="store_true", help="the same pipeline, small enough for CI")
-    ex.add_argument("--out", type=Path, default=None, help="default runs/<recipe>[-quick]")
+    ex.add_argument("--out", type=_out_dir, default=None, help="default runs/<recipe>[-quick]")
     ex.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     ex.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     ex.add_argument(
@@ -181,12 +279,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _common_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=None, help="default: full batch")
+    p.add_argument("--seeds", type=POSITIVE, default=1, help="number of seeds (0..N-1)")
+    p.add_argument("--steps", type=POSITIVE, default=1000)
+    p.add_argument("--batch-size", type=POSITIVE, default=None, help="default: full batch")
     p.add_argument("--precision", default="fp32", help="e.g. fp32, bf16, e5m10, 'bf16,v=fp32'")
-    p.add_argument("--eval-every", type=int, default=None)
-    p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--eval-every", type=POSITIVE, default=None)
+    p.add_argument("--log-every", type=POSITIVE, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument(
         "--track-stalled",
@@ -208,11 +306,11 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
         help="x* for the gap/ratio probes: the final parameters of an earlier train run",
     )
     p.add_argument(
-        "--probe-every", type=int, default=100, metavar="K", help="sharpness every K steps"
+        "--probe-every", type=POSITIVE, default=100, metavar="K", help="sharpness every K steps"
     )
     p.add_argument(
         "--checkpoint-every",
-        type=float,
+        type=_number(0.0),
         default=30.0,
         metavar="SECONDS",
         help="seconds between checkpoints of a long run (default 30)",
@@ -223,15 +321,20 @@ def _equivalence_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--problem", required=True, help="problem spec")
     p.add_argument(
         "--precision",
+        type=_precision_list,
         default="fp16,fp32,fp64",
         help="precisions separated by commas, or by ';' when one has roles: "
         "'fp16;params=bf16,state=fp32'",
     )
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--C", type=float, default=10.0, help="noise-floor constant")
-    p.add_argument("--out", type=Path, default=None, help="also write figures and JSON here")
+    p.add_argument("--seeds", type=POSITIVE, default=5)
+    p.add_argument("--steps", type=POSITIVE, default=500)
+    p.add_argument("--batch-size", type=POSITIVE, default=None)
+    p.add_argument(
+        "--C", type=_number(0.0, open_low=True), default=10.0, help="noise-floor constant (> 0)"
+    )
+    p.add_argument(
+        "--out", type=_out_dir, default=None, help="also write figures and JSON here"
+    )
     _out_policy(p)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -294,7 +397,7 @@ def _compare(args) -> int:
 
     with _claimed(args, "compare") as out:
         ckpt = out / "checkpoints" if out else None
-        precisions = _precisions(args.precision)
+        precisions = args.precision
         result = compare(
             args.a, args.b, precision=precisions, checkpoint_dir=ckpt, **_run_args(args)
         )
@@ -326,7 +429,7 @@ def _classes(args) -> int:
         specs = _split_specs(args.optimizers)
         ckpt = out / "checkpoints" if out else None
         result = classes(
-            specs, precisions=_precisions(args.precision), checkpoint_dir=ckpt, **_run_args(args)
+            specs, precisions=args.precision, checkpoint_dir=ckpt, **_run_args(args)
         )
         doc = {
             "problem": result.comparison.problem,
@@ -357,8 +460,8 @@ def _phase(args) -> int:
             raise ValueError(f"a pair is 'A|B', got {text!r}")
         a, b = text.split("|", 1)
         pairs.append((a.strip(), b.strip()))
-    bits = [int(b) for b in args.mantissa_bits.split(",")] if args.mantissa_bits else MANTISSA_BITS
-    het = [float(h) for h in args.heterogeneity.split(",")] if args.heterogeneity else HETEROGENEITY
+    bits = args.mantissa_bits or MANTISSA_BITS
+    het = args.heterogeneity or HETEROGENEITY
     with _claimed(args, "phase-diagram") as out:
         store.write_config(out, "phase-diagram", _settings(args))
         done = {}
@@ -411,8 +514,6 @@ def _write_equivalence_outputs(out: Path, kind: str, doc: dict, comparison, args
 def _which_norm(args) -> int:
     from optimorph.norms.identify import which_norm
 
-    if args.samples < 1:
-        raise ValueError(f"--samples must be a positive integer, got {args.samples}")
     found = which_norm(args.optimizer, samples=args.samples, problem=args.problem)
     doc = {
         "optimizer": found.optimizer,
@@ -438,8 +539,9 @@ def _which_norm(args) -> int:
 def _recipes_help() -> str:
     return (
         "Recipes: batch-size, stretched-moons, linear-weights, optimizer-tour (the optimizers "
-        "tour) and proposal16 (numerical equivalence). `optimorph run` lists them with their "
-        "summaries."
+        "tour), proposal16 (numerical equivalence), assumptions-convex, assumptions-deep and "
+        "edge-of-stability (the empirical-assumptions study). `optimorph run` lists them with "
+        "their summaries."
     )
 
 
@@ -490,19 +592,33 @@ def _emit(doc: dict, as_json: bool) -> None:
 
 
 def _list(args) -> int:
-    if args.what == "optimizers":
-        from optimorph.optimizers import list_optimizers
+    what = [args.what] if args.what else ["optimizers", "problems", "recipes", "norms"]
+    for i, kind in enumerate(what):
+        if len(what) > 1:
+            print(("\n" if i else "") + f"# {kind}")
+        if kind == "optimizers":
+            from optimorph.optimizers import list_optimizers
 
-        for e in list_optimizers():
-            print(f"{e.name:<10} {e.summary}  [{e.family}]")
-            for h in e.hparams:
-                print(f"    {h.describe():<45} {h.doc}")
-    else:
-        from optimorph.problems import list_problems
+            for e in list_optimizers():
+                print(f"{e.name:<14} {e.summary}  [{e.family}]")
+                for h in e.hparams:
+                    print(f"    {h.describe():<45} {h.doc}")
+        elif kind == "problems":
+            from optimorph.problems import list_problems
 
-        for name, params, doc in list_problems():
-            print(f"{name:<16} {doc}")
-            print(f"    {params}")
+            for name, params, doc in list_problems():
+                print(f"{name:<16} {doc}")
+                print(f"    {params}")
+        elif kind == "recipes":
+            from optimorph.experiments.recipes import RECIPES
+
+            for recipe in RECIPES.values():
+                print(f"{recipe.name:<20} {recipe.summary}  [{recipe.source}]")
+        else:
+            from optimorph.norms import NORMS
+
+            for norm in NORMS.values():
+                print(f"{norm.name:<12} {norm.doc}")
     return 0
 
 
@@ -696,17 +812,24 @@ def _report(args) -> int:
 
 
 def _print_summary(result) -> None:
+    """The final test metrics by the summary's rule (summary.json, the report): mean and sample
+    std over the seeds that did not diverge; diverged seeds are listed below the table."""
+    from optimorph.results.summary import summarize
+
+    summary = summarize(result)
     keys = [k for k in result.evals if k.startswith("test")] or list(result.evals)
     header = f"{'optimizer':<48}" + "".join(f"{k:>22}" for k in keys)
-    print(header)
-    for i, name in enumerate(result.optimizers):
-        row = f"{name[:47]:<48}"
+    print(header + "   (mean ± sample std over seeds that did not diverge)")
+    for entry in summary["optimizers"]:
+        row = f"{entry['optimizer'][:47]:<48}"
         for k in keys:
-            final = result.evals[k][i, :, -1]
-            row += f"{final.mean():>14.4f} ±{final.std():<7.4f}"
+            s = entry["final"].get(k, {})
+            mean = "-" if s.get("mean") is None else f"{s['mean']:.4f}"
+            std = "" if s.get("std") is None else f"±{s['std']:.4f}"
+            row += f"{mean:>14} {std:<7}"
         print(row)
-    for opt, seed, step in result.diverged():
-        print(f"diverged: {opt} seed {seed} at step {step}", file=sys.stderr)
+    for line in result.divergence_messages():
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,9 @@ def tost(a, b, margin: float, *, relative: bool = False, alpha: float = 0.05) ->
     Args:
       a, b: 1-D arrays of the same length, one value per seed (paired by seed index).
       margin: the equivalence margin, > 0, fixed before seeing the data.
-      relative: if True, the margin is a fraction of |mean(b)| (b is the reference).
+      relative: if True, the margin is a fraction of max(|mean(a)|, |mean(b)|): symmetric in
+        a and b, and defined when one mean is 0 (when both are exactly 0, equivalence holds
+        only if every pair is equal).
       alpha: the significance level of each one-sided test (default 0.05).
 
     Returns:
@@ -155,7 +157,7 @@ def tost(a, b, margin: float, *, relative: bool = False, alpha: float = 0.05) ->
       with zero-variance differences each one-sided p is 0 or 1.
 
     Raises:
-      ValueError: as for ``paired_t_test``; margin <= 0; relative with mean(b) = 0.
+      ValueError: as for ``paired_t_test``; margin <= 0.
 
     >>> r = tost([1.0, 1.1, 0.9, 1.0], [1.0, 1.0, 1.0, 1.05], margin=0.5)
     >>> r.equivalent, r.p_value == max(r.lower_p, r.upper_p)
@@ -167,12 +169,17 @@ def tost(a, b, margin: float, *, relative: bool = False, alpha: float = 0.05) ->
     _check_alpha(alpha)
     if not (math.isfinite(margin) and margin > 0):
         raise ValueError(f"margin must be a finite number > 0, got {margin!r}")
-    if relative:
-        scale = abs(float(np.mean(np.asarray(b, dtype=np.float64))))  # NaN if b is not finite
-        if scale == 0.0:
-            raise ValueError("a relative margin with mean(b) = 0 is zero; give an absolute margin")
-        margin = margin * scale
     n = d.size
+    if relative:
+        # Symmetric in a and b (swapping them gives the same test); NaN if either is not finite.
+        means = [abs(float(np.mean(np.asarray(x, dtype=np.float64)))) for x in (a, b)]
+        scale = max(means) if all(math.isfinite(m) for m in means) else math.nan
+        if scale == 0.0:  # both means exactly 0: only identical values are within the margin
+            same = bool(np.all(d == 0)) and n >= 2
+            note = ("both means are exactly 0 and every pair is equal" if same else
+                    "both means are exactly 0, so a relative margin is 0; give an absolute one")
+            return Tost(0.0 if same else math.nan, 0.0, 0.0, 0.0, same, note)  # fmt: skip
+        margin = margin * scale
     if not np.isfinite(d).all():
         return Tost(math.nan, math.nan, math.nan, margin, False, _NON_FINITE)
     if n < 2:

@@ -1,5 +1,6 @@
 """Recipes end to end on tiny settings: run directory, findings, report, redraw, resume."""
 
+import html
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,13 @@ TINY = {
     "stretched-moons": dict(epochs=2, seeds=2),
     "optimizer-tour": dict(steps=100, seeds=2),
     "linear-weights": dict(steps=40, n_train=500),
+    "assumptions-convex": dict(datasets=("wine",), epochs=3, reference_steps=100, seeds=2),
+    "assumptions-deep": dict(models=("mlp",), n_train=256, epochs=2, batch=64,
+                             sharpness_every=4, seeds=1, schedules=("constant",)),
+    "edge-of-stability": dict(n_train=200, lrs=(0.1, 0.4), steps=100, sharpness_every=20),
+    "norms-least-squares": dict(lrs=(1e-3, 0.01), steps=30, seeds=1),
+    "orthogonalization": dict(methods=("svd", "quintic", "polar-express"), shapes=((32, 16),),
+                              repeats=1),
 }  # fmt: skip
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -34,7 +42,7 @@ def test_a_recipe_writes_findings_and_a_report_that_a_browser_shows(name, tmp_pa
     assert findings and all({"claim", "measured", "held"} <= set(f) for f in findings)
     page = write_recipe_report(out)
     text = page.read_text()
-    assert "Findings" in text and findings[0]["claim"] in text
+    assert "Findings" in text and html.escape(findings[0]["claim"], quote=False) in text
     shown = check_page(page)
     assert shown["images"] >= 1
     assert not (out / ".lock").exists()

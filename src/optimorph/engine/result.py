@@ -34,6 +34,8 @@ class TrainResult:
         evaluation (float64), else None.
       probes: per-step outputs of the run's trajectory probes, ``[O, S, T]`` like
         ``train_loss`` (averaged over ``log_every`` windows by each probe's rule).
+      rounded_hparams: per optimizer, the hyperparameters its precision changed when storing
+        them (``"eps=1e-08 is stored as 0.0 in fp16"``): the usual cause of a divergence.
     """
 
     optimizers: list[str]
@@ -50,6 +52,7 @@ class TrainResult:
     replica_distance: np.ndarray | None = None
     trajectory: np.ndarray | None = None
     probes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    rounded_hparams: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def __repr__(self) -> str:
         """A short summary (the arrays can be megabytes): shape, optimizers, divergence, time.
@@ -87,3 +90,21 @@ test/accuracy; diverged: 0/2 runs; wall 0.0 s)
                 if self.diverged_at[i, j] >= 0:
                     out.append((opt, int(seed), int(self.diverged_at[i, j])))
         return out
+
+    def divergence_messages(self) -> list[str]:
+        """One line per diverged run, naming a rounded hyperparameter and the fix when the
+        optimizer has one (a hyperparameter stored as 0 or 1 is the usual cause at low precision).
+        """
+        lines = []
+        for opt, seed, step in self.diverged():
+            line = f"diverged: {opt} seed {seed} at step {step}"
+            rounded = self.rounded_hparams.get(opt)
+            if rounded:
+                precision = self.config.get("precision", "the run's precision")
+                line += (
+                    f"; {'; '.join(rounded)}: choose a value the format can hold (eps=1e-4 "
+                    f"for fp16) or keep hyperparameters wide (precision "
+                    f"'{precision.split(',')[0]},hparams=fp32')"
+                )
+            lines.append(line)
+        return lines

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -145,9 +146,7 @@ def train(
     specs = [resolve(o) for o in optimizers]
     if not specs:
         raise TrainingError("give at least one optimizer")
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise TrainingError("give at least one seed (seeds=N or a list)")
+    seed_list = _seed_list(seeds)
     policy = make_precision(precision)
     groups: dict[tuple, list[int]] = {}
     for i, s in enumerate(specs):
@@ -169,9 +168,10 @@ def train(
         raise TrainingError(f"checkpoint_every must be seconds >= 0, got {checkpoint_every!r}")
     if not checkpoint_every >= 0:
         raise TrainingError(f"checkpoint_every must be seconds >= 0, got {checkpoint_every!r}")
+    rounded: dict[str, list[str]] = {}  # named again if the run diverges
     for s in specs:
         check_policy(policy, s, prob.init)
-        policy.warn_hparams(numeric_hparams(s))
+        rounded[s.text] = policy.warn_hparams(numeric_hparams(s))
 
     data = _device_data(prob, policy)
     config = {
@@ -237,7 +237,32 @@ def train(
         replica_distance=series.get("replica_distance"),
         trajectory=series.get("trajectory"),
         probes={k: v for k, v in series.items() if not k.startswith("eval:") and k not in builtin},
+        rounded_hparams={k: v for k, v in rounded.items() if v},
     )
+
+
+def _seed_list(seeds: Any) -> list[int]:
+    """Seeds 0..n-1 for a count, else the list given: distinct integers in 0..2^32-1 (each
+    seeds one PRNG key; a repeated seed would be the same run twice, counted as two)."""
+    if isinstance(seeds, bool):
+        raise TrainingError(f"seeds must be a count or a list of integers, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise TrainingError(f"give at least one seed (seeds=N or a list), got seeds={seeds}")
+        return list(range(seeds))
+    try:
+        seed_list = [operator.index(s) for s in seeds]
+    except TypeError:
+        raise TrainingError(f"seeds must be a count or a list of integers, got {seeds!r}") from None
+    if not seed_list:
+        raise TrainingError("give at least one seed (seeds=N or a list)")
+    bad = [s for s in seed_list if not 0 <= s < 2**32]
+    if bad:
+        raise TrainingError(f"seeds must be integers in 0..2^32-1, got {bad}")
+    repeated = sorted({s for s in seed_list if seed_list.count(s) > 1})
+    if repeated:
+        raise TrainingError(f"seeds must be distinct; {repeated} given more than once")
+    return seed_list
 
 
 def _probes(probes, plan, track_stalled, record_params) -> tuple[Probe, ...]:

@@ -12,12 +12,14 @@ condition numbers (kappa <= ``kappa_max``). Choices added to the definition (all
   unlucky seed does not decide; ``ratio_per_seed`` keeps every seed's maximum;
 - t = 0 is skipped (d = 0 = floor there);
 - a run that went NaN/inf where the other did not is a difference, reported with its first step;
-  both diverged is reported as undecidable (not equivalent);
+  both diverged is undecidable (not equivalent), unless the trajectories are bit-identical,
+  NaN included (equivalent, with the step where both broke);
 - a verdict reached while both optimizers had most of their updates absorbed by rounding
   (stagnation > ``stall_limit``) is flagged ``stalled``: collapse by stalling is not evidence
   that the algorithms are the same.
 Final performance is compared with a paired t-test and a TOST equivalence test whose margin is
-stated up front (``margin``, relative to B's mean final loss).
+stated up front (``margin``, a fraction of max(|mean A|, |mean B|) of the final metric, or
+absolute with ``margin_relative=False``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ DEFAULTS = {
     "C": 10.0,  # DESIGN.md section 3
     "replicas": 4,  # k noisy replicas per run
     "kappa_max": 1e4,  # bound on kappa(phi), kappa(psi)
-    "margin": 0.05,  # TOST margin, relative to B's mean final loss
+    "margin": 0.05,  # TOST margin on the final metric: a fraction of max(|mean A|, |mean B|)
+    "margin_relative": True,  # False: "margin" is absolute, in the metric's units
     "stall_limit": 0.5,  # mean fraction of absorbed updates above which a run counts as stalled
     "visits": 20,  # visited states per run for defects, intrinsic errors and theory checks
 }
@@ -86,6 +89,7 @@ class PairVerdict:
     tost_margin: float
     final_metric: str
     theory: dict
+    decided: bool = True  # False: both diverged, differently (undecidable)
     # Curves for figures: [S, E] arrays over evaluation steps.
     eval_steps: np.ndarray = dataclasses.field(repr=False, default=None)
     distance: np.ndarray = dataclasses.field(repr=False, default=None)
@@ -107,9 +111,17 @@ class PairVerdict:
             "precision": precision,
         }
 
+    @property
+    def outcome(self) -> str:
+        """``"equivalent"``, ``"different"`` or ``"undecidable"`` (both diverged, differently:
+        nothing can be said about the algorithms at this precision)."""
+        if not self.decided:
+            return "undecidable"
+        return "equivalent" if self.equivalent else "different"
+
     def summary(self) -> dict:
         """The JSON-able numbers (no curves), names as in the CLI's ``--json`` output."""
-        out = {}
+        out = {"outcome": self.outcome}
         for f in dataclasses.fields(self):
             if f.name in ("eval_steps", "distance", "floor_a", "floor_b", "path_a", "path_b"):
                 continue
@@ -233,6 +245,13 @@ def _evaluate(optimizers, problem, precision, run, progress, settings, maps=None
     cfg = {**DEFAULTS, **settings}
     prob = problem if isinstance(problem, Problem) else make_problem(problem)
     specs = [resolve(o) for o in optimizers]
+    for spec in specs:  # checked before any training
+        if spec.entry is not None and "value_fn" in spec.entry.needs:
+            raise ValueError(
+                f"{spec.text}: compare replays one step from stored gradients, and "
+                f"{spec.entry.name} needs the loss itself (value_fn); train it with "
+                "optimorph train instead"
+            )
     names = [s.text for s in specs]
     precisions = [precision] if isinstance(precision, str) else list(precision)
     pairs = pairs or list(itertools.combinations(range(len(specs)), 2))
@@ -271,8 +290,8 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
     t = r.eval_steps[1:].astype(float)
     growth = stats.growth_exponent(t, np.median(d[:, 1:], axis=0))[0]
 
-    nan_a = _first_nan(r.trajectory[i], r.eval_steps)
-    nan_b = _first_nan(r.trajectory[j], r.eval_steps)
+    nan_a = _first_nan(r.trajectory[i], r.eval_steps, r.diverged_at[i])
+    nan_b = _first_nan(r.trajectory[j], r.eval_steps, r.diverged_at[j])
     every = max(steps // int(cfg["visits"]), 1)
     dfx = defect_lib.simulation_defect(
         specs[i],
@@ -295,20 +314,28 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
     fa, fb = r.evals[key][i, :, -1], r.evals[key][j, :, -1]
     with np.errstate(all="ignore"):  # huge but finite losses of a diverging run
         ttest = stats.paired_t_test(fa, fb)
-        tost = stats.tost(fa, fb, cfg["margin"], relative=True)
+        tost = stats.tost(fa, fb, cfg["margin"], relative=bool(cfg["margin_relative"]))
     margin = float(tost.margin)
 
     kappa_ok = max(dfx.kappa_phi, dfx.kappa_psi) <= cfg["kappa_max"]
+    decided = True
     if nan_a is not None or nan_b is not None:
         equivalent = False
-        if nan_a is not None and nan_b is not None:
+        if nan_a is not None and nan_b is not None and _identical(r.trajectory[i], r.trajectory[j]):
+            equivalent = True  # the same computation: the format breaks both the same way
             reason = (
-                f"both diverged (NaN/inf parameters by step {nan_a} for A, {nan_b} for "
+                f"identical trajectories, NaN/inf included: both diverged at step {nan_a} "
+                "(equivalent as computations, useless as optimizers at this precision)"
+            )
+        elif nan_a is not None and nan_b is not None:
+            decided = False
+            reason = (
+                f"both diverged (NaN/inf parameters from step {nan_a} for A, {nan_b} for "
                 "B): undecidable"
             )
         else:
             who, step = ("A", nan_a) if nan_a is not None else ("B", nan_b)
-            reason = f"{who} had NaN/inf parameters by step {step} and the other did not"
+            reason = f"{who} had NaN/inf parameters from step {step} and the other did not"
     elif distance_ratio > cfg["C"]:
         equivalent, reason = False, f"d/floor reached {distance_ratio:.3g} > C={cfg['C']:g}"
     elif not kappa_ok:
@@ -355,6 +382,7 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
         tost_margin=margin,
         final_metric=key,
         theory=checks,
+        decided=decided,
         eval_steps=r.eval_steps,
         distance=d,
         floor_a=runs.floor[i],
@@ -364,14 +392,36 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
     )
 
 
-def _first_nan(trajectory: np.ndarray, eval_steps: np.ndarray) -> int | None:
-    """First evaluation step at which some seed's parameters held NaN/inf, else None.
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-equal trajectories, NaN in the same places counting as equal."""
+    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
+
+
+def _first_nan(
+    trajectory: np.ndarray, eval_steps: np.ndarray, diverged_at: np.ndarray | None = None
+) -> int | None:
+    """The first step at which some seed's parameters held NaN/inf, else None.
 
     The trajectory decides, not the loss: an fp16 loss can overflow to inf while the parameters
-    (what the verdict compares) stay finite.
+    (what the verdict compares) stay finite. The trajectory is stored at evaluations only, so
+    the step is the engine's per-step divergence step (``diverged_at``, [S]) when it falls in
+    the evaluation interval where the parameters broke, else that evaluation's step.
+
+    >>> traj = np.array([[[1.0], [1.0], [np.nan]]])  # one seed, evaluations at 0, 10, 20
+    >>> _first_nan(traj, np.array([0, 10, 20])), _first_nan(traj, np.array([0, 10, 20]), [13])
+    (20, 13)
     """
-    bad = (~np.isfinite(trajectory).all(axis=-1)).any(axis=0)  # [S, E, P] -> [E]
-    return int(eval_steps[np.argmax(bad)]) if bad.any() else None
+    bad = ~np.isfinite(trajectory).all(axis=-1)  # [S, E]
+    if not bad.any():
+        return None
+    steps = []
+    for seed in np.flatnonzero(bad.any(axis=1)):
+        e = int(np.argmax(bad[seed]))
+        step = int(eval_steps[e])
+        if diverged_at is not None and e > 0 and eval_steps[e - 1] < diverged_at[seed] <= step:
+            step = int(diverged_at[seed])
+        steps.append(step)
+    return min(steps)
 
 
 def _final_metric(evals: dict) -> str:
@@ -459,6 +509,9 @@ class Classes:
     classes: dict[str, list[list[str]]]  # precision -> classes (lists of specs as given)
     non_transitive: dict[str, list[tuple[str, str, str]]]
     stalled_pairs: dict[str, list[tuple[str, str]]]
+    # Pairs that both diverged, differently: no edge, and a class count that depends on them is
+    # no evidence either way.
+    undecidable: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
 
 
 def classes(
@@ -498,11 +551,12 @@ def classes(
     )
     comp = _evaluate(list(optimizers), problem, precisions, run, progress, settings)
     names = comp.optimizers
-    out, triples, stalled = {}, {}, {}
+    out, triples, stalled, undecidable = {}, {}, {}, {}
     for p, verdicts in comp.pairs.items():
+        undecidable[p] = [(v.a, v.b) for v in verdicts if not v.decided]
         edges = {(v.a, v.b): v.equivalent for v in verdicts}
         graph = graph_lib.equivalence_graph(names, edges)
         out[p] = graph_lib.components(graph)
         triples[p] = graph_lib.non_transitive_triples(graph)
         stalled[p] = [(v.a, v.b) for v in verdicts if v.stalled and v.equivalent]
-    return Classes(comp, out, triples, stalled)
+    return Classes(comp, out, triples, stalled, undecidable)

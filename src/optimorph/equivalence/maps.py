@@ -396,6 +396,49 @@ def _adam_to_signsgd(a: OptimizerSpec, b: OptimizerSpec) -> StateMap | None:
     )
 
 
+def _reset(name: str, a: OptimizerSpec, b: OptimizerSpec, derivation: str) -> StateMap:
+    """A map between two optimizers whose buffers are overwritten each step (so carry nothing):
+    phi gives B's initial state at the params (count kept), psi A's."""
+
+    def to(spec: OptimizerSpec):
+        def move(params, state):
+            fresh = spec.build().init(params)
+            return params, fresh._replace(count=state.count)
+
+        return move
+
+    fields = [f for s in (a, b) for f in type(s.build().init({"w": jnp.zeros(1)}))._fields[1:]]
+    return StateMap(
+        name=name,
+        phi=to(b),
+        psi=to(a),
+        scales={"params": 1.0},
+        kind="exact",
+        derivation=derivation,
+        dropped=tuple(dict.fromkeys(fields)),
+        pairs=(("params", "params"),),
+    )
+
+
+@exact_map("shampoo", "steepest")
+def _shampoo_to_spectral(a: OptimizerSpec, b: OptimizerSpec) -> StateMap | None:
+    """Shampoo without accumulation and eps = 0 steps (G G^T)^-1/4 G (G^T G)^-1/4 = U V^T on a
+    matrix and g / |g| = sign(g) on a vector: steepest descent under the spectral norm with a
+    unit step (sign descent on vectors); every buffer is this step's and carries nothing."""
+    va, vb = a.values, b.values
+    if va["accumulate"] or va["eps"] != 0.0 or va["lr"] != vb["lr"]:
+        return None
+    if (vb["norm"], vb["scale"], vb["beta"], vb["vector_norm"]) != ("spectral", "unit", 0.0,
+                                                                    "linf"):  # fmt: skip
+        return None
+    return _reset(
+        "shampoo(accumulate=false, eps=0) -> steepest(spectral, unit)",
+        a,
+        b,
+        "L = G G^T, R = G^T G: L^-1/4 G R^-1/4 = U S^-1/2 U^T U S V^T V S^-1/2 V^T = U V^T",
+    )
+
+
 @exact_map("sgd", "sgd")
 def _sgd_to_sgd(a: OptimizerSpec, b: OptimizerSpec) -> StateMap | None:
     """Identity (the state is the count alone): a control whose defect is the learning-rate

@@ -6,13 +6,14 @@ directory and returns its findings (the source's claim, the measured numbers, he
 hold), and the source it reproduces. ``optimorph run NAME`` runs one; ``optimorph report DIR``
 redraws its figures and page from the stored files (:mod:`optimorph.report.recipe_report`).
 
->>> sorted(RECIPES.names())[:2]
-['batch-size', 'linear-weights']
+>>> [name for name in ("batch-size", "proposal16", "edge-of-stability") if name in RECIPES]
+['batch-size', 'proposal16', 'edge-of-stability']
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from optimorph.experiments import proposal16, tour
+from optimorph.experiments import assumptions, norms_study, proposal16, tour
 from optimorph.registry import Registry
 from optimorph.results import store
 from optimorph.results.rundir import write_run
@@ -54,7 +55,43 @@ def make_config(recipe: Recipe, quick: bool = False, **overrides: Any) -> Any:
             f"recipe {recipe.name}: unknown setting {', '.join(unknown)}; "
             f"its settings are {', '.join(sorted(fields))}"
         )
+    for name, value in overrides.items():
+        overrides[name] = _checked_setting(recipe.name, name, value, getattr(config, name))
     return dataclasses.replace(config, **overrides)
+
+
+# Settings that may be zero (a count of things, a noise level, an exponent); every other number
+# of a recipe is a size, a step count or a rate and must be positive.
+_MAY_BE_ZERO = {"seed", "noise", "flip", "alpha", "weight_decay", "beta", "b1", "margin"}
+
+
+def _checked_setting(recipe: str, name: str, value: Any, default: Any) -> Any:
+    """``value`` for setting ``name`` (default ``default``), checked before any work starts:
+    the default's type (a list for a tuple, an integer for a float), finite, and positive (or
+    non-negative for the settings in ``_MAY_BE_ZERO``)."""
+    where = f"recipe {recipe}: --set {name}={value!r}"
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError(f"{where}: give a non-empty list, e.g. {list(default)!r}")
+        sample = default[0] if default else value[0]
+        return tuple(_checked_setting(recipe, name, v, sample) for v in value)
+    if default is None or isinstance(default, str):
+        if default is not None and not isinstance(value, str):
+            raise ValueError(f"{where}: give a string, e.g. {default!r}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: give True or False")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: give a number like {default!r}")
+    if isinstance(default, int) and not float(value).is_integer():
+        raise ValueError(f"{where}: give an integer like {default!r}")
+    low_ok = value >= 0 if name in _MAY_BE_ZERO else value > 0
+    if not math.isfinite(value) or not low_ok:
+        bound = ">= 0" if name in _MAY_BE_ZERO else "> 0"
+        raise ValueError(f"{where}: must be finite and {bound}")
+    return int(value) if isinstance(default, int) else float(value)
 
 
 def run_recipe(
@@ -158,16 +195,22 @@ def _run_batch_size(config: tour.BatchSizeConfig, out: Path, progress: bool) -> 
 
 
 def _train_recipe(fn: Callable) -> Callable[[Any, Path, bool], list[dict]]:
-    """A recipe run around a tour function whose result carries a TrainResult: the run is
-    stored as a train run directory in ``<out>/train`` beside the recipe's own arrays."""
+    """A recipe run around a function whose result carries a TrainResult (``"result"``, stored
+    as the train run directory ``<out>/train``) or several (``"results"``: ``{name: result}``,
+    stored in ``<out>/train-<name>``), beside the recipe's own arrays."""
 
     def run(config: Any, out: Path, progress: bool) -> list[dict]:
         result = fn(config, checkpoints=str(out / "checkpoints"))
-        write_run(result["result"], out / "train")
+        if "result" in result:
+            write_run(result["result"], out / "train")
+        for name, run_result in result.get("results", {}).items():  # several train runs
+            write_run(run_result, out / f"train-{name}")
         for name, grid in result.get("boundaries", {}).items():
             store.write_arrays(out, f"boundary_{name}", grid)
         for name, images in result.get("weights", {}).items():
             store.write_arrays(out, f"weights_{name}", {"images": images})
+        for name, table in result.get("tables", {}).items():  # rows of dicts, drawn as tables
+            store.write_json(out, f"table_{name}", table)
         if "dataset" in result:
             store.write_json(out, "dataset", {"dataset": result["dataset"]})
         return result["findings"]
@@ -214,6 +257,63 @@ RECIPES.add(
         "the optimizers tour",
         tour.TourConfig,
         _train_recipe(tour.optimizer_tour),
+    ),
+)
+
+RECIPES.add(
+    "assumptions-convex",
+    Recipe(
+        "assumptions-convex",
+        "GD on least squares, AdamW and SGD on logistic regression over real datasets: "
+        "convexity gaps, convexity ratio, update correlation",
+        "the empirical-assumptions study, convex tasks",
+        assumptions.ConvexConfig,
+        _train_recipe(assumptions.convex),
+    ),
+)
+RECIPES.add(
+    "assumptions-deep",
+    Recipe(
+        "assumptions-deep",
+        "SGD-momentum and AdamW on an MLP and a CNN (Fashion-MNIST), constant and cosine "
+        "rates, every trajectory probe",
+        "the empirical-assumptions study, deep networks",
+        assumptions.DeepConfig,
+        _train_recipe(assumptions.deep),
+    ),
+)
+RECIPES.add(
+    "edge-of-stability",
+    Recipe(
+        "edge-of-stability",
+        "full-batch GD on a tanh MLP at several rates: sharpness rises to 2/lr and hovers; "
+        "smoothness tracks it",
+        "the empirical-assumptions study, section on smoothness (after Cohen et al.)",
+        assumptions.EdgeConfig,
+        _train_recipe(assumptions.edge_of_stability),
+    ),
+)
+
+RECIPES.add(
+    "norms-least-squares",
+    Recipe(
+        "norms-least-squares",
+        "steepest descent under six norms on matrix-valued least squares, each with a tuned "
+        "rate; Shampoo without accumulation beside spectral descent",
+        "the norms anthology, experiment 1",
+        norms_study.NormsLeastSquaresConfig,
+        _train_recipe(norms_study.norms_least_squares),
+    ),
+)
+RECIPES.add(
+    "orthogonalization",
+    Recipe(
+        "orthogonalization",
+        "SVD, Newton-Schulz (cubic, quintic), Polar Express and Shampoo's roots: singular-value "
+        "band, error and time by shape and format",
+        "the norms anthology, experiment 3 (Newton-Schulz vs SVD vs Shampoo)",
+        norms_study.OrthogonalizationConfig,
+        _train_recipe(norms_study.orthogonalization),
     ),
 )
 

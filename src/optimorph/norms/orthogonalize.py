@@ -7,6 +7,8 @@ All share one interface, ``fn(G) -> Q`` on a 2-D array, and are looked up by nam
   for singular values in (0, sqrt 3) (``steps``, default 12);
 * ``quintic``: X <- a X + (b A + c A^2) X, A = X X^T, (a, b, c) = (3.4445, -4.7750, 2.0315),
   5 steps: fast but approximate (singular values end near 0.7..1.2);
+* ``shampoo-roots``: (G G^T)^-1/4 G (G^T G)^-1/4, Shampoo's step without accumulation, by
+  eigendecompositions in the default float dtype;
 * ``polar-express``: per-step minimax coefficients (Amsel et al. 2025, "The Polar Express"),
   divided by the safety factor 1.01 (a / s, b / s^3, c / s^5, the last polynomial unchanged),
   X0 = G / (1.01 ||G||_F).
@@ -33,7 +35,14 @@ import numpy as np
 
 from optimorph.registry import Registry
 
-__all__ = ["ORTHOGONALIZERS", "orthogonalize", "resolve_orthogonalizer", "quality"]
+__all__ = [
+    "ORTHOGONALIZERS",
+    "orthogonalize",
+    "resolve_orthogonalizer",
+    "quality",
+    "inverse_fourth_root",
+    "shampoo_roots",
+]
 
 Array = jax.Array
 Orthogonalizer = Callable[[Array], Array]
@@ -98,7 +107,29 @@ def polar_express(g: Array, steps: int = 5) -> Array:
     return _iterate(g, coeffs, scale=PE_SAFETY)
 
 
+def inverse_fourth_root(a: Array, eps: Any = 0.0) -> Array:
+    """(A + eps I)^(-1/4) of a symmetric PSD A, by eigendecomposition in the default float.
+
+    Eigenvalues at rounding level are zero directions (the pseudo-inverse root): with eps = 0
+    and a rank-deficient G they would otherwise blow up to (1e-17)^(-1/4).
+    """
+    a = a.astype(jnp.result_type(float))
+    w, v = jnp.linalg.eigh(a)
+    w = jnp.maximum(w, 0.0) + eps
+    floor = jnp.max(w) * a.shape[0] * jnp.finfo(a.dtype).eps
+    inv = jnp.where(w > floor, jnp.where(w > 0, w, 1.0) ** -0.25, 0.0)
+    return (v * inv[None, :]) @ v.T
+
+
+def shampoo_roots(g: Array) -> Array:
+    """Shampoo's step without accumulation, (G G^T)^-1/4 G (G^T G)^-1/4 = U V^T, by two
+    eigendecompositions in the default float dtype."""
+    gh = g.astype(jnp.result_type(float))
+    return (inverse_fourth_root(gh @ gh.T) @ gh @ inverse_fourth_root(gh.T @ gh)).astype(g.dtype)
+
+
 ORTHOGONALIZERS.add("cubic", newton_schulz_cubic)
+ORTHOGONALIZERS.add("shampoo-roots", shampoo_roots)
 ORTHOGONALIZERS.add("quintic", newton_schulz_quintic)
 ORTHOGONALIZERS.add("polar-express", polar_express)
 

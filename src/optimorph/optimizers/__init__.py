@@ -1,7 +1,9 @@
 """The optimizer zoo: every optimizer an optax GradientTransformation with named state."""
 
 from optimorph.optimizers import (  # noqa: F401  (registers the zoo)
+    adaptive_distance,
     first_order,
+    newton,
     optax_wrapped,
     random_scaling,
     steepest,

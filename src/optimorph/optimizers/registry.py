@@ -127,6 +127,9 @@ class Entry:
     hparams: tuple[HParam, ...]
     summary: str
     family: str = "optimorph"
+    # optax extra arguments the update cannot do without (``("value_fn",)``: Newton's Hessian);
+    # the trainer passes value, grad and value_fn to every optimizer.
+    needs: tuple[str, ...] = ()
 
     def hparam(self, name: str) -> HParam:
         for h in self.hparams:
@@ -139,12 +142,16 @@ REGISTRY: Registry[Entry] = Registry("optimizer")
 
 
 def register(
-    name: str, *hparams: HParam, summary: str, family: str = "optimorph"
+    name: str,
+    *hparams: HParam,
+    summary: str,
+    family: str = "optimorph",
+    needs: tuple[str, ...] = (),
 ) -> Callable[[Callable], Callable]:
     """Register a constructor under ``name``; it is called with every hyperparameter by keyword."""
 
     def wrap(build: Callable) -> Callable:
-        REGISTRY.add(name, Entry(name, build, tuple(hparams), summary, family))
+        REGISTRY.add(name, Entry(name, build, tuple(hparams), summary, family, tuple(needs)))
         return build
 
     return wrap

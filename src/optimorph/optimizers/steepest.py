@@ -29,7 +29,11 @@ import jax.numpy as jnp
 import optax
 
 from optimorph.norms.dualizers import NORMS
-from optimorph.norms.orthogonalize import ORTHOGONALIZERS, resolve_orthogonalizer
+from optimorph.norms.orthogonalize import (
+    ORTHOGONALIZERS,
+    inverse_fourth_root,
+    resolve_orthogonalizer,
+)
 from optimorph.optimizers.first_order import _count, _hi, _lr, _rate, _step
 from optimorph.optimizers.registry import HParam, register, resolve  # noqa: F401 (doctest)
 
@@ -120,18 +124,6 @@ class ShampooState(NamedTuple):
     diag: Any  # per non-matrix: sum of g^2 (or the last); () for matrices
 
 
-def _inverse_fourth_root(a: jax.Array, eps: Any) -> jax.Array:
-    """(A + eps I)^(-1/4) of a symmetric PSD A, by eigendecomposition in the default float."""
-    a = a.astype(jnp.result_type(float))
-    w, v = jnp.linalg.eigh(a)
-    w = jnp.maximum(w, 0.0) + eps
-    # Eigenvalues at rounding level are zero directions (the pseudo-inverse root): with eps = 0
-    # and a rank-deficient G they would otherwise blow up to (1e-17)^(-1/4).
-    floor = jnp.max(w) * a.shape[0] * jnp.finfo(a.dtype).eps
-    inv = jnp.where(w > floor, jnp.where(w > 0, w, 1.0) ** -0.25, 0.0)
-    return (v * inv[None, :]) @ v.T
-
-
 @register(
     "shampoo",
     _lr(0.01),
@@ -162,7 +154,7 @@ def shampoo(lr, accumulate: bool, eps) -> optax.GradientTransformation:
                 gh = g.astype(_hi(0.0).dtype)
                 left = (left if accumulate else 0) + (gh @ gh.T).astype(g.dtype)
                 right = (right if accumulate else 0) + (gh.T @ gh).astype(g.dtype)
-                d = _inverse_fourth_root(left, eps) @ gh @ _inverse_fourth_root(right, eps)
+                d = inverse_fourth_root(left, eps) @ gh @ inverse_fourth_root(right, eps)
                 return (-rate * d).astype(g.dtype), left, right, diag
             diag = (diag if accumulate else 0) + g * g
             s = diag.astype(_hi(0.0).dtype) + eps

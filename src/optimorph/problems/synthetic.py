@@ -201,6 +201,7 @@ def least_squares(
     hetero: float = 1.0,
     noise: float = 0.1,
     test_n: int = 200,
+    outputs: int = 1,
     seed: int = 0,
 ) -> Problem:
     """Linear regression whose feature scales spread over a ratio ``hetero`` (half-MSE loss).
@@ -209,8 +210,9 @@ def least_squares(
     columns rescaled to RMS exactly 1, so column j of X has RMS exactly s_j and the ratio of the
     largest to the smallest is exactly ``hetero`` (the gradient heterogeneity knob). Targets
     y = X w* + noise * eps with w* ~ N(0, I). Model: ``x @ w`` (no bias, params
-    ``{"dense0": {"w": (d, 1)}}``), loss 0.5 * mean((X w - y)^2), whose gradient is
-    X^T (X w - y) / n. Evaluation set ``test``: fresh draws (Z ~ N(0, 1), same s and w*).
+    ``{"dense0": {"w": (d, outputs)}}``: a matrix for ``outputs > 1``, what matrix norms act
+    on), loss 0.5 * mean((X w - y)^2) over examples and outputs, whose gradient is
+    X^T (X w - y) / (n outputs). Evaluation set ``test``: fresh draws (Z ~ N(0, 1), same s and w*).
 
     Args:
       n: training examples.
@@ -218,6 +220,7 @@ def least_squares(
       hetero: ratio of the largest to the smallest feature scale, >= 1.
       noise: std of the target noise.
       test_n: examples in the evaluation set.
+      outputs: targets per example (the width of w*).
       seed: data seed.
 
     >>> p = least_squares(n=50, d=4, hetero=100)
@@ -230,9 +233,12 @@ def least_squares(
     check(hetero >= 1, "hetero", hetero, "hetero >= 1")
     check(noise >= 0, "noise", noise, "noise >= 0")
     check(test_n > 0, "test_n", test_n, "test_n > 0")
+    check(outputs > 0, "outputs", outputs, "outputs > 0")
     w_seq, train_seq, test_seq = np.random.SeedSequence(seed).spawn(3)
     scales = np.geomspace(1.0, hetero, d)
-    w_star = np.random.default_rng(w_seq).standard_normal(d)
+    # One output draws exactly the single-output problem's numbers (its data is unchanged).
+    shape = (d,) if outputs == 1 else (d, outputs)
+    w_star = np.random.default_rng(w_seq).standard_normal(shape).reshape(d, outputs)
 
     def draw(seq: np.random.SeedSequence, size: int, unit_rms: bool) -> Batch:
         rng = np.random.default_rng(seq)
@@ -240,14 +246,15 @@ def least_squares(
         if unit_rms:
             z /= np.sqrt(np.mean(z**2, axis=0))
         x = z * scales
-        y = x @ w_star + noise * rng.standard_normal(size)
-        return x.astype(np.float32), y.astype(np.float32)[:, None]
+        eps = rng.standard_normal(size if outputs == 1 else (size, outputs))
+        y = x @ w_star + noise * eps.reshape(size, outputs)
+        return x.astype(np.float32), y.astype(np.float32)
 
     train = draw(train_seq, n, unit_rms=True)
     x64, y64 = (a.astype(np.float64) for a in train)
     residual = y64 - x64 @ np.linalg.lstsq(x64, y64, rcond=None)[0]
     return regression_problem(
-        *linear(d, 1, bias=False),
+        *linear(d, outputs, bias=False),
         train,
         {"test": draw(test_seq, test_n, unit_rms=False)},
         info={

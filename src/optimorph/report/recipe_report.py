@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from optimorph.report.curves import loss_figure
+from optimorph.report.curves import loss_figure, probe_figure
 from optimorph.report.figures import save_figure
 from optimorph.report.html import (
     REPORT_FILE,
@@ -53,6 +53,7 @@ def write_recipe_report(run_dir: str | os.PathLike) -> Path:
         findings_table(findings) if findings else "<p>No findings stored (run unfinished?).</p>",
     ]
     body += _TABLES.get(name, lambda d: [])(run_dir)
+    body += _stored_tables(run_dir)
     if figures:
         body.append("<h2>Figures</h2>")
         body += [figure_html(path, caption) for path, caption in figures]
@@ -60,6 +61,54 @@ def write_recipe_report(run_dir: str | os.PathLike) -> Path:
     body += [mapping_table(config.get("config", {}))]
     body += ["<h2>Environment</h2>", mapping_table(config.get("environment", {}))]
     return write_page(run_dir / REPORT_FILE, f"optimorph recipe: {name}", body)
+
+
+def _stored_tables(run_dir: Path) -> list[str]:
+    """Every ``table_<name>.json`` (a list of row dicts) of a recipe, as a table."""
+    out = []
+    for path in sorted(run_dir.glob("table_*.json")):
+        rows = store.read_json(run_dir, path.stem)
+        if rows:
+            columns = list(rows[0])
+            out += [f"<h2>Table: {path.stem[6:]}</h2>",
+                    rows_table(columns, [[r.get(c, "") for c in columns] for r in rows])]  # fmt: skip
+    return out
+
+
+def _orthogonalization_figures(run_dir: Path) -> list[tuple[Path, str]]:
+    rows = store.read_json(run_dir, "table_orthogonalizers")
+    precisions = list(dict.fromkeys(r["precision"] for r in rows))
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig = Figure(figsize=(_PANEL[0] * 3, _PANEL[1] + 0.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    x = np.arange(len(shapes))
+    for i, m in enumerate(methods):
+        for p, style in zip(precisions, ("-o", "--s", ":^"), strict=False):
+            sel = {r["shape"]: r for r in rows if r["method"] == m and r["precision"] == p}
+            err = [max(sel[s]["error"] or 0.0, 1e-16) for s in shapes]
+            secs = [sel[s]["seconds"] * 1e3 for s in shapes]
+            band = [(sel[s]["sigma_min"], sel[s]["sigma_max"]) for s in shapes]
+            label = f"{m} ({p})"
+            axes[0].plot(x, err, style, color=f"C{i}", label=label)
+            axes[1].plot(x, secs, style, color=f"C{i}", label=label)
+            lo, hi = (np.array(v) for v in zip(*band, strict=True))
+            axes[2].vlines(x + 0.06 * (i - len(methods) / 2) + (0.02 if p != precisions[0] else 0),
+                           lo, hi, color=f"C{i}", linestyles="solid" if p == precisions[0]
+                           else "dashed", label=label, linewidth=2)  # fmt: skip
+    axes[0].set(yscale="log", ylabel="||Q - U V^T||_F / ||U V^T||_F", title="error vs SVD")
+    axes[1].set(yscale="log", ylabel="milliseconds per call (compiled, this CPU)", title="time")
+    axes[2].set(ylabel="singular values of the output (min..max)", title="band reached")
+    axes[2].axhline(1.0, color="black", linewidth=0.8)
+    for ax in axes:
+        ax.set_xticks(x, shapes, rotation=30)
+        ax.set_xlabel("matrix shape (rows x columns)")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize="x-small", ncol=2)
+    path = save_figure(fig, run_dir / "orthogonalization.png")
+    return [(path, "Each orthogonalizer on a Gaussian matrix per shape and format (solid: "
+             f"{precisions[0]}, dashed: the others); the input is rounded to the format; the "
+             "error is against a float64 SVD.")]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,16 +236,34 @@ def _batch_size_tables(run_dir: Path) -> list[str]:
 
 def _train_figures(prefix: str, title: str) -> Callable[[Path], list[tuple[Path, str]]]:
     def figures(run_dir: Path) -> list[tuple[Path, str]]:
-        result = read_run(run_dir / "train")
-        fig = loss_figure(result)
-        fig.suptitle(title)
-        out = [
-            (
-                save_figure(fig, run_dir / f"{prefix}_loss.png"),
-                "Left: training loss (mean over seeds, band: min-max over seeds). Right: the "
-                "headline evaluation metric at each evaluation.",
+        out = []
+        train_dirs = [run_dir / "train"] if (run_dir / "train").is_dir() else []
+        train_dirs += sorted(run_dir.glob("train-*"))
+        for train_dir in train_dirs:
+            name = train_dir.name[6:]  # "" for the single run directory "train"
+            tag = f"{prefix}_{name}" if name else prefix
+            result = read_run(train_dir)
+            fig = loss_figure(result)
+            fig.suptitle(f"{title}: {name}" if name else title)
+            out.append(
+                (
+                    save_figure(fig, run_dir / f"{tag}_loss.png"),
+                    "Left: training loss (mean over seeds, band: min-max over seeds). Right: "
+                    "the headline evaluation metric at each evaluation."
+                    + (f" Run: {result.config.get('problem', name)}." if name else ""),
+                )
             )
-        ]
+            probes = probe_figure(result)
+            if probes is not None:
+                out.append(
+                    (
+                        save_figure(probes, run_dir / f"{tag}_probes.png"),
+                        f"Trajectory probes of {result.config.get('problem', 'the run')}, per "
+                        "optimizer: mean over seeds per window of steps, band min-max over "
+                        "seeds; sharpness as markers where measured, beside 2/lr for plain "
+                        "gradient descent.",
+                    )
+                )
         grids = sorted(run_dir.glob("boundary_*.npz"))
         if grids:
             arrays = [store.read_arrays(run_dir, p.stem) for p in grids]
@@ -296,6 +363,11 @@ FIGURES: dict[str, Callable[[Path], list[tuple[Path, str]]]] = {
     "stretched-moons": _train_figures("stretched_moons", "SGD vs momentum on the stretched moons"),
     "linear-weights": _train_figures("linear_weights", "linear classifier: SGD vs Adam"),
     "optimizer-tour": _train_figures("optimizer_tour", "SGD, momentum, RMSprop and Adam"),
+    "assumptions-convex": _train_figures("convex", "convex problems"),
+    "assumptions-deep": _train_figures("deep", "deep networks"),
+    "edge-of-stability": _train_figures("edge", "full-batch GD on a tanh MLP"),
+    "norms-least-squares": _train_figures("norms", "steepest descent under each norm (tuned)"),
+    "orthogonalization": _orthogonalization_figures,
 }
 """Per recipe: ``fn(run_dir) -> [(png path, caption)]`` drawn from stored results."""
 
