@@ -202,3 +202,25 @@ def test_random_precisions_raise_only_value_errors(text):
         precision(text)
     except ValueError:
         pass
+
+
+def test_damaged_run_files_and_checkpoints_name_the_file_and_the_fix(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--problem", "quadratic(dim=3)", "--optimizer", "sgd", "--steps", "20",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    (out / "metrics.parquet").write_bytes(b"PAR1 truncated")
+    assert cli.main(["report", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics.parquet is damaged" in err[0] and "--overwrite" in err[0]
+    (out / "metrics.parquet").unlink()
+    assert cli.main(["report", str(out)]) == 2
+    assert "metrics.parquet is missing" in capsys.readouterr().err
+    # A truncated checkpoint: every rerun would fail the same way, so say which file to delete.
+    ckpt = tmp_path / "ckpt"
+    optimorph.train("quadratic(dim=3)", "sgd", steps=20, checkpoint_dir=ckpt, progress=False)
+    (path,) = ckpt.glob("*.npz")
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(optimorph.engine.trainer.TrainingError, match="delete it"):
+        optimorph.train("quadratic(dim=3)", "sgd", steps=20, checkpoint_dir=ckpt, progress=False)

@@ -254,6 +254,11 @@ def _parser() -> argparse.ArgumentParser:
     wn.add_argument("--json", action="store_true", help="JSON on stdout")
     wn.set_defaults(run=_which_norm)
 
+    nm = sub.add_parser("norms", help="the modular norm's per-layer assignment for a problem's model")
+    nm.add_argument("problem", help="a problem spec, e.g. 'modular-addition(p=97)'")
+    nm.add_argument("--optimizer", default="modular", help="a modular(...) spec: its norm rules")
+    nm.set_defaults(run=_norms)
+
     ex = sub.add_parser(
         "run", help="run a named recipe (without a name: list them)", description=_recipes_help()
     )
@@ -533,6 +538,27 @@ def _which_norm(args) -> int:
     verdict = "exactly" if found.exact else "approximately (not to rounding)"
     also = f" (same direction: {', '.join(found.same_direction)})" if found.same_direction else ""
     print(f"{found.optimizer}: steepest descent under {found.best}{also}, {verdict}")
+    return 0
+
+
+def _norms(args) -> int:
+    import jax
+
+    from optimorph.norms.modular import assign
+    from optimorph.optimizers import resolve
+    from optimorph.problems import problem
+
+    spec = resolve(args.optimizer)
+    if spec.name != "modular":
+        raise ValueError(f"--optimizer must be a modular(...) spec, got {args.optimizer!r}")
+    v = spec.values
+    rules = (("embed", v["embed_norm"]), ("matrix", v["dense_norm"]), ("other", v["vector_norm"]))
+    prob = problem(args.problem)
+    rows = assign(prob.init(jax.random.key(0)), rules, {"embed": v["embed_mass"]})
+    print(f"{'parameter':<28} {'shape':<14} {'norm':<12} {'mass':>6}   ({prob.name})")
+    for a in rows:
+        print(f"{a.path:<28} {str(a.shape):<14} {a.norm:<12} {a.mass:>6g}")
+    print("modular norm = max over layers of mass x norm (matrix norms of the operator W^T)")
     return 0
 
 

@@ -24,6 +24,7 @@ TINY = {
                              sharpness_every=4, seeds=1, schedules=("constant",)),
     "edge-of-stability": dict(n_train=200, lrs=(0.1, 0.4), steps=100, sharpness_every=20),
     "norms-least-squares": dict(lrs=(1e-3, 0.01), steps=30, seeds=1),
+    "modular-norm": dict(p=7, steps=40, batch=16, seeds=1),
     "orthogonalization": dict(methods=("svd", "quintic", "polar-express"), shapes=((32, 16),),
                               repeats=1),
 }  # fmt: skip

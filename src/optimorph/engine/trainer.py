@@ -18,6 +18,7 @@ import json
 import math
 import operator
 import time
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -705,12 +706,22 @@ def _load_checkpoint(path, template):
     """The saved carry (shaped like ``template``, a fresh init) and series, or None."""
     if path is None or not path.exists():
         return None
-    with np.load(path) as z:
-        leaves, treedef = jax.tree.flatten(template)
-        restored = []
-        for i, like in enumerate(leaves):
-            saved = jnp.asarray(z[f"carry_{i}"])
-            restored.append(jax.random.wrap_key_data(saved) if _is_key(like) else saved)
-        carry = jax.tree.unflatten(treedef, restored)
-        parts = {k[8:]: [z[k]] for k in z.files if k.startswith("series::")}
-        return carry, int(z["done"]), parts, float(z["wall"])
+    try:
+        # Our own file handle: np.load leaks its own when the zip is truncated.
+        with open(path, "rb") as f, np.load(f) as z:
+            leaves, treedef = jax.tree.flatten(template)
+            restored = []
+            for i, like in enumerate(leaves):
+                saved = jnp.asarray(z[f"carry_{i}"])
+                if saved.shape != jnp.shape(like) and not _is_key(like):
+                    raise ValueError(f"entry carry_{i} has shape {saved.shape}, not "
+                                     f"{jnp.shape(like)}")  # fmt: skip
+                restored.append(jax.random.wrap_key_data(saved) if _is_key(like) else saved)
+            carry = jax.tree.unflatten(treedef, restored)
+            parts = {k[8:]: [z[k]] for k in z.files if k.startswith("series::")}
+            return carry, int(z["done"]), parts, float(z["wall"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # truncated
+        raise TrainingError(
+            f"checkpoint {path} is damaged ({err}); delete it to start this run over "
+            "(the other checkpoints in its folder are kept)"
+        ) from None

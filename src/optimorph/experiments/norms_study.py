@@ -200,3 +200,65 @@ def orthogonalization(config: OrthogonalizationConfig, *, checkpoints: str | Non
 def _finite(rows: list[dict]) -> list[dict]:
     return [{k: (v if not isinstance(v, float) or math.isfinite(v) else None)
              for k, v in r.items()} for r in rows]  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ModularConfig:
+    """A small embedding model on modular addition, trained by four optimizers."""
+
+    p: int = 97
+    train_fraction: float = 0.5
+    steps: int = 3000
+    batch: int = 256
+    seeds: int = 2
+    # One stated rate each (departure: the anthology gives no settings); momentum 0.9 for the
+    # norm-based methods, Adam's defaults otherwise.
+    modular_lr: float = 0.1
+    muon_lr: float = 0.02
+    adam_lr: float = 1e-3
+    sgd_lr: float = 0.5
+
+    @classmethod
+    def quick(cls) -> ModularConfig:
+        return cls(p=23, steps=300, batch=64, seeds=1)
+
+    @property
+    def problem(self) -> str:
+        return f"modular-addition(p={self.p}, train_fraction={self.train_fraction!r})"
+
+    @property
+    def optimizers(self) -> list[str]:
+        return [
+            f"modular(lr={self.modular_lr!r}, beta=0.9, scale='unit')",
+            f"muon(lr={self.muon_lr!r})",
+            f"adam(lr={self.adam_lr!r})",
+            f"sgd(lr={self.sgd_lr!r})",
+        ]
+
+
+def modular_norm(config: ModularConfig, *, checkpoints: str | None = None) -> dict:
+    """Train and test accuracy of modular-norm descent, Muon, Adam and SGD."""
+    eval_every = config.steps // 20 if config.steps % 20 == 0 else config.steps
+    r = train(config.problem, config.optimizers, seeds=config.seeds, steps=config.steps,
+              batch_size=config.batch, eval_every=eval_every, progress=True,
+              checkpoint_dir=f"{checkpoints}/train" if checkpoints else None)  # fmt: skip
+    train_acc = r.evals["train/accuracy"][:, :, -1].mean(axis=1)
+    test_acc = r.evals["test/accuracy"][:, :, -1].mean(axis=1)
+    names = ["modular", "muon", "adam", "sgd"]
+    table = [{"optimizer": o, "train_accuracy": float(a), "test_accuracy": float(b)}
+             for o, a, b in zip(r.optimizers, train_acc, test_acc, strict=True)]  # fmt: skip
+    findings = [
+        finding(
+            "A per-layer norm (l1 -> RMS for the embedding, RMS -> RMS for dense layers, sign "
+            "descent for biases) gives a working optimizer: modular-norm descent fits the task",
+            f"train accuracy after {config.steps} steps: modular {train_acc[0]:.3f}",
+            bool(train_acc[0] >= 0.99),
+        ),
+        finding(
+            "(measured; the anthology makes no claim) train / test accuracy of each optimizer",
+            ", ".join(f"{n} {a:.3f} / {b:.3f}" for n, a, b in zip(names, train_acc, test_acc,
+                                                                  strict=True)),  # fmt: skip
+            None,
+        ),
+    ]
+    return {"result": r, "findings": findings, "tables": {"accuracy": _finite(table)}}

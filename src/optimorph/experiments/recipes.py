@@ -317,6 +317,18 @@ RECIPES.add(
     ),
 )
 
+RECIPES.add(
+    "modular-norm",
+    Recipe(
+        "modular-norm",
+        "an embedding model on a + b mod 97 trained by modular-norm descent, Muon, Adam and "
+        "SGD: train and test accuracy",
+        "the norms anthology, experiment 2",
+        norms_study.ModularConfig,
+        _train_recipe(norms_study.modular_norm),
+    ),
+)
+
 
 def _run_proposal16(config: proposal16.Recipe, out: Path, progress: bool) -> list[dict]:
     doc = proposal16.run(out, config, progress=progress)

@@ -168,3 +168,36 @@ def shampoo(lr, accumulate: bool, eps) -> optax.GradientTransformation:
         return un[0], ShampooState(count, un[1], un[2], un[3])
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+@register(
+    "modular",
+    _lr(0.01),
+    HParam("beta", 0.0, float, low=0.0, high=1.0, open_high=True, doc="EMA momentum of g"),
+    HParam("scale", "dual", str, choices=("dual", "unit"), doc="eta = lr sum ||G_k||_*/s_k or lr"),
+    HParam("embed_norm", "l1_to_rms", str, choices=_MATRIX_NORMS, doc="paths with 'embed'"),
+    HParam("dense_norm", "rms_to_rms", str, choices=_MATRIX_NORMS, doc="other 2-D weights"),
+    HParam("vector_norm", "linf", str, choices=_VECTOR_NORMS, doc="biases and vectors"),
+    HParam("embed_mass", 1.0, float, low=0.0, open_low=True, doc="s_l of embeddings (others 1)"),
+    summary="steepest descent under the modular norm: a norm per layer, weighted max",
+)
+def modular(
+    lr, beta, scale: str, embed_norm: str, dense_norm: str, vector_norm: str, embed_mass
+) -> optax.GradientTransformation:
+    """Steepest descent under the modular norm (:mod:`optimorph.norms.modular`) of the EMA
+    momentum m of g (beta = 0: the gradient): dW_l = -(eta / s_l) dualize_l(m_l)."""
+    from optimorph.norms.modular import assign, modular_step
+
+    rules = (("embed", embed_norm), ("matrix", dense_norm), ("other", vector_norm))
+
+    def init(params):
+        return SteepestState(_count(), jax.tree.map(jnp.zeros_like, params))
+
+    def update(grads, state, params=None, **extra):
+        count, t = _step(state.count)
+        b = jnp.asarray(beta)
+        m = jax.tree.map(lambda o, g: (b * o + (1 - b) * g).astype(g.dtype), state.m, grads)
+        assignment = assign(m, rules, {"embed": embed_mass})
+        return modular_step(m, assignment, _rate(lr, t), scale), SteepestState(count, m)
+
+    return optax.GradientTransformationExtraArgs(init, update)

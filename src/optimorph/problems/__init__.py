@@ -42,6 +42,7 @@ for _factory in (
     synthetic.stretched_moons,
     synthetic.quadratic,
     synthetic.least_squares,
+    synthetic.modular_addition,
     datasets.logistic,
     datasets.digits,
     datasets.mnist1d,

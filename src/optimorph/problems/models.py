@@ -232,6 +232,45 @@ def cnn(
     return init, apply
 
 
+def embedding_mlp(
+    vocab: int, tokens: int, dim: int, widths: Sequence[int], activation: Activation = "relu"
+) -> tuple[Init, Apply]:
+    """Token embeddings, concatenated, then an MLP: for sequences of ``tokens`` integer ids.
+
+    Args:
+      vocab: ids are ``0..vocab-1``.
+      tokens: ids per example.
+      dim: embedding width.
+      widths: the MLP's hidden and output widths (its input is ``tokens * dim``).
+      activation: the MLP's activation.
+
+    Returns:
+      ``(init, apply)``; params ``{"embed": {"w": (vocab, dim)}, "dense0": ..., ...}`` (the
+      embedding table's rows are the tokens' vectors, initialised N(0, 1)-scaled uniform);
+      ``apply`` maps int ``(..., tokens)`` to ``(..., widths[-1])``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> init, apply = embedding_mlp(7, 2, 4, [8, 7])
+    >>> apply(init(jax.random.key(0)), jnp.asarray([[1, 2], [3, 4]])).shape
+    (2, 7)
+    """
+    widths = [tokens * dim, *[int(w) for w in widths]]
+    act = _activation(activation)
+    n_layers = len(widths) - 1
+    layout = {"embed": {"w": ((vocab, dim), 1)}}
+    layout.update({f"dense{i}": _dense_layout(widths[i], widths[i + 1]) for i in range(n_layers)})
+    init = _initializer(layout)
+
+    def apply(params: Params, x: jax.Array) -> jax.Array:
+        e = jnp.take(params["embed"]["w"], x, axis=0)  # (..., tokens, dim)
+        h = e.reshape(*e.shape[:-2], tokens * dim)
+        for i in range(n_layers - 1):
+            h = act(_dense(params[f"dense{i}"], h))
+        return _dense(params[f"dense{n_layers - 1}"], h)
+
+    return init, apply
+
+
 def n_params(init: Init) -> int:
     """Number of scalar parameters ``init`` creates (traced shapes only, nothing computed)."""
     shapes = jax.eval_shape(init, jax.random.key(0))

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optimorph.problems.base import Batch, Problem
-from optimorph.problems.models import Activation, linear, mlp, n_params
+from optimorph.problems.models import Activation, embedding_mlp, linear, mlp, n_params
 from optimorph.problems.registry import check, registered
 from optimorph.problems.supervised import classification_problem, regression_problem
 
@@ -264,4 +264,46 @@ def least_squares(
             "hessian_condition": float(np.linalg.cond(x64.T @ x64 / n)),
             "optimum": float(0.5 * np.mean(residual**2)),
         },
+    )
+
+
+@registered("modular-addition", shown=("p", "train_fraction"))
+def modular_addition(
+    *,
+    p: int = 97,
+    train_fraction: float = 0.5,
+    dim: int = 64,
+    width: int = 128,
+    activation: Activation = "relu",
+    seed: int = 0,
+) -> Problem:
+    """a + b mod p from the token pair (a, b): every pair once, split into train and test.
+
+    The small algorithmic task of the grokking literature (Power et al. 2022), shipped with
+    the code: p^2 examples, ``train_fraction`` of them (a seeded random subset) for training,
+    the rest as ``test``. Model: an embedding table (p x dim) for both tokens, concatenated,
+    then an MLP (2 dim -> width -> p); cross-entropy over the p residues.
+
+    >>> prob = modular_addition(p=5, train_fraction=0.6)
+    >>> prob.train[0].shape, prob.evals["test"][0].shape, int(prob.train[1][0]) == int(
+    ...     prob.train[0][0].sum()) % 5
+    ((15, 2), (10, 2), True)
+    """
+    check(p >= 2, "p", p, "p >= 2")
+    check(0 < train_fraction < 1, "train_fraction", train_fraction, "0 < train_fraction < 1")
+    check(dim > 0 and width > 0, "dim/width", (dim, width), "positive integers")
+    a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    x = np.stack([a.ravel(), b.ravel()], axis=1).astype(np.int32)
+    y = ((x[:, 0] + x[:, 1]) % p).astype(np.int32)
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_train = max(1, min(len(x) - 1, int(round(train_fraction * len(x)))))
+    train, test = order[:n_train], order[n_train:]
+    init, apply = embedding_mlp(p, 2, dim, [width, p], activation)
+    return classification_problem(
+        init,
+        apply,
+        (x[train], y[train]),
+        {"test": (x[test], y[test])},
+        n_classes=p,
+        info={"source": "generated", "n_params": n_params(init)},
     )

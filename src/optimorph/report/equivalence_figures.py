@@ -33,12 +33,14 @@ from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.axes import Axes
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Circle, Patch
+from matplotlib.patches import Circle, Patch, Rectangle
 
 from optimorph.atomic import atomic_path
 from optimorph.stats import growth_exponent, percentile_band
 
 __all__ = [
+    "verdict_heatmap",
+    "outcome",
     "MAX_FRAMES",
     "NATIVE_MANTISSA_BITS",
     "divergence_figure",
@@ -172,6 +174,59 @@ def divergence_grid(panels: Sequence[dict[str, Any]], *, kind: str = "distance")
     first = next(ax for ax in axes.ravel() if ax.axison)
     # One legend for the grid, below it: inside a panel it would hide the curves.
     fig.legend(*first.get_legend_handles_labels(), loc="outside lower center", fontsize="x-small")
+    return fig
+
+
+_OUTCOME_COLORS = {"equivalent": "#2b8cbe", "different": "#f4a582", "undecidable": "#bdbdbd"}
+
+
+def outcome(v: dict) -> str:
+    """A stored verdict's outcome (run directories written before outcomes were stored have
+    only ``equivalent`` and the reason)."""
+    if "outcome" in v:
+        return v["outcome"]
+    if not v["equivalent"] and "undecidable" in str(v.get("reason", "")):
+        return "undecidable"
+    return "equivalent" if v["equivalent"] else "different"
+
+
+def verdict_heatmap(verdicts: dict[str, list[dict]]) -> Figure:
+    """Pairs (rows) x precisions (columns): the outcome as colour, d / floor written in each
+    cell, ``stalled`` and the first NaN step marked; one figure instead of a panel per cell."""
+    precisions = list(verdicts)
+    pairs = list(dict.fromkeys((v["a"], v["b"]) for vs in verdicts.values() for v in vs))
+    height = 1.2 + 0.42 * len(pairs)
+    fig = Figure(figsize=(3.0 + 1.7 * len(precisions), height), layout="constrained")
+    ax = fig.subplots()
+    for j, p in enumerate(precisions):
+        by_pair = {(v["a"], v["b"]): v for v in verdicts[p]}
+        for i, pair in enumerate(pairs):
+            v = by_pair.get(pair)
+            if v is None:
+                continue
+            kind = outcome(v)
+            ax.add_patch(Rectangle((j, i), 1, 1, facecolor=_OUTCOME_COLORS[kind],
+                                   edgecolor="white", linewidth=2))  # fmt: skip
+            ratio = v.get("distance_ratio")
+            text = "NaN" if ratio is None or ratio == "inf" else f"{float(ratio):.2g}"
+            marks = []
+            if v.get("stalled"):
+                marks.append("stalled")
+            nan = [v.get("first_nan_a"), v.get("first_nan_b")]
+            if any(n is not None for n in nan):
+                marks.append("NaN @" + "/".join("-" if n is None else str(n) for n in nan))
+            label = text + ("\n" + ", ".join(marks) if marks else "")
+            ax.text(j + 0.5, i + 0.5, label, ha="center", va="center", fontsize=8)
+    ax.set_xlim(0, len(precisions))
+    ax.set_ylim(len(pairs), 0)
+    ax.set_xticks(np.arange(len(precisions)) + 0.5, precisions)
+    ax.set_yticks(np.arange(len(pairs)) + 0.5,
+                  [textwrap.shorten(f"{a}  |  {b}", 70) for a, b in pairs], fontsize=8)  # fmt: skip
+    ax.tick_params(length=0)
+    ax.set_xlabel("precision (cell: max over t of d / noise floor, median over seeds)")
+    handles = [Patch(color=c, label=k) for k, c in _OUTCOME_COLORS.items()]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    ax.set_title("verdict per pair and precision")
     return fig
 
 

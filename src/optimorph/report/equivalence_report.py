@@ -13,8 +13,10 @@ import numpy as np
 
 from optimorph.report.equivalence_figures import (
     divergence_grid,
+    outcome,
     phase_diagram_figure,
     tracking_animation,
+    verdict_heatmap,
 )
 from optimorph.report.figures import save_figure
 from optimorph.report.html import REPORT_FILE, figure_html, mapping_table, rows_table, write_page
@@ -44,7 +46,7 @@ def _comparison_body(run_dir: Path, kind: str) -> list[str]:
     rows, sentence = [], []
     for precision, items in verdicts.items():
         for v in items if isinstance(items, list) else [items]:
-            word = "equivalent" if v["equivalent"] else "different"
+            word = outcome(v)
             rows.append([precision, v["a"], v["b"], word, _num(v["distance_ratio"]),
                          _num(v["defect_ab"]), v["map"], v["reason"]])  # fmt: skip
             if kind == "compare":
@@ -59,7 +61,13 @@ def _comparison_body(run_dir: Path, kind: str) -> list[str]:
         class_rows = [[p, len(c), " | ".join(" ~ ".join(m) for m in c)]
                       for p, c in doc["precisions"].items()]  # fmt: skip
         body += ["<h2>Classes</h2>", rows_table(["precision", "classes", "members"], class_rows)]
+    per_precision = {p: (items if isinstance(items, list) else [items])
+                     for p, items in verdicts.items()}  # fmt: skip
+    heatmap = save_figure(verdict_heatmap(per_precision), run_dir / "verdicts.png")
     body += [
+        _image(heatmap, "Every verdict at a glance: blue equivalent, orange different, grey "
+               "undecidable (both diverged); the number is max over t of d / floor; stalled runs "
+               "and the first NaN step (A/B) are marked."),
         "<h2>Verdicts</h2>",
         rows_table(
             ["precision", "A", "B", "verdict", "d / floor (max)", "defect A->B", "map", "reason"],

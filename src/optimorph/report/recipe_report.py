@@ -368,6 +368,7 @@ FIGURES: dict[str, Callable[[Path], list[tuple[Path, str]]]] = {
     "edge-of-stability": _train_figures("edge", "full-batch GD on a tanh MLP"),
     "norms-least-squares": _train_figures("norms", "steepest descent under each norm (tuned)"),
     "orthogonalization": _orthogonalization_figures,
+    "modular-norm": _train_figures("modular", "an embedding model on modular addition"),
 }
 """Per recipe: ``fn(run_dir) -> [(png path, caption)]`` drawn from stored results."""
 

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from optimorph.engine.result import TrainResult
 from optimorph.problems.base import Problem
 from optimorph.atomic import atomic_path, write_json_atomic
-from optimorph.results.store import FORMAT_VERSION
+from optimorph.results.store import FORMAT_VERSION, read_file
 from optimorph.results.summary import TRAIN_SPLIT, summarize
 
 __all__ = [
@@ -127,7 +127,7 @@ def read_run(run_dir: str | os.PathLike) -> TrainResult:
     """
     run_dir = Path(run_dir)
     meta = read_config(run_dir)
-    table = pq.read_table(run_dir / METRICS_FILE)
+    table = read_file(run_dir / METRICS_FILE, pq.read_table)
     col = {name: table.column(name).to_numpy() for name in table.column_names}
     n_opt = len(meta["optimizers"])
     seeds = np.asarray(meta["seeds"], dtype=np.int64)
@@ -181,12 +181,12 @@ def read_run(run_dir: str | os.PathLike) -> TrainResult:
 
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``config.json`` of a run directory."""
-    return json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+    return read_file(Path(run_dir) / CONFIG_FILE, lambda p: json.loads(p.read_text("utf-8")))
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``summary.json`` of a run directory (format: ``optimorph.results.summary``)."""
-    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
+    return read_file(Path(run_dir) / SUMMARY_FILE, lambda p: json.loads(p.read_text("utf-8")))
 
 
 def metrics_table(result: TrainResult) -> pa.Table:

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = [
     "read_arrays",
     "write_json",
     "read_json",
+    "read_file",
 ]
 
 FORMAT_VERSION = 1
@@ -181,11 +183,11 @@ def read_arrays(out: str | os.PathLike, name: str) -> dict[str, np.ndarray]:
     """The arrays of ``<name>.npz``; a missing or damaged file names itself and the fix."""
     path = Path(out) / f"{name}.npz"
     try:
-        with np.load(path) as z:
+        with open(path, "rb") as f, np.load(f) as z:  # our handle: np.load leaks on bad zips
             return {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise RunDirError(f"{path} is missing; rerun the command that made {out}") from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise RunDirError(f"{path} is damaged ({err}); delete it and rerun with --resume") from None
 
 
@@ -197,10 +199,23 @@ def write_json(out: Path, name: str, obj: Any) -> Path:
 
 
 def read_json(out: str | os.PathLike, name: str) -> Any:
-    path = Path(out) / f"{name}.json"
+    return read_file(Path(out) / f"{name}.json", lambda p: json.loads(p.read_text()))
+
+
+def read_file(path: str | os.PathLike, reader: Any) -> Any:
+    """``reader(path)``; a missing or damaged file becomes one RunDirError naming the file and
+    the fix (never a bare ``[Errno 2]`` or a decoder message without a file name)."""
+    path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return reader(path)
     except FileNotFoundError:
-        raise RunDirError(f"{path} is missing; rerun the command that made {out}") from None
-    except ValueError as err:
-        raise RunDirError(f"{path} is not valid JSON ({err}); delete it and rerun") from None
+        raise RunDirError(
+            f"{path} is missing; the run directory {path.parent} is incomplete: rerun the "
+            "command that made it (--resume continues an interrupted run)"
+        ) from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # pyarrow: ValueError
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RunDirError(
+            f"{path} is damaged ({first}); delete it and rerun the command that made "
+            f"{path.parent} (with --overwrite)"
+        ) from None
