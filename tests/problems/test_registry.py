@@ -19,6 +19,7 @@ NAMES = [
     "mnist1d",
     "fashion-mnist",
     "mnist",
+    "modular-addition",
 ]
 
 

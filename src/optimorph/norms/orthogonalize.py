@@ -8,7 +8,7 @@ All share one interface, ``fn(G) -> Q`` on a 2-D array, and are looked up by nam
 * ``quintic``: X <- a X + (b A + c A^2) X, A = X X^T, (a, b, c) = (3.4445, -4.7750, 2.0315),
   5 steps: fast but approximate (singular values end near 0.7..1.2);
 * ``shampoo-roots``: (G G^T)^-1/4 G (G^T G)^-1/4, Shampoo's step without accumulation, by
-  eigendecompositions in the default float dtype;
+  eigendecompositions (computed as SVDs) in the default float dtype;
 * ``polar-express``: per-step minimax coefficients (Amsel et al. 2025, "The Polar Express"),
   divided by the safety factor 1.01 (a / s, b / s^3, c / s^5, the last polynomial unchanged),
   X0 = G / (1.01 ||G||_F).
@@ -108,13 +108,16 @@ def polar_express(g: Array, steps: int = 5) -> Array:
 
 
 def inverse_fourth_root(a: Array, eps: Any = 0.0) -> Array:
-    """(A + eps I)^(-1/4) of a symmetric PSD A, by eigendecomposition in the default float.
+    """(A + eps I)^(-1/4) of a symmetric PSD A, by its eigendecomposition in the default float.
 
     Eigenvalues at rounding level are zero directions (the pseudo-inverse root): with eps = 0
     and a rank-deficient G they would otherwise blow up to (1e-17)^(-1/4).
     """
     a = a.astype(jnp.result_type(float))
-    w, v = jnp.linalg.eigh(a)
+    # The SVD of a symmetric PSD matrix is its eigendecomposition (A = V S V^T). eigh would be
+    # cheaper, but on jaxlib 0.10.2's CPU backend a vmapped eigh inside the trainer's loop hangs
+    # (every thread waiting; seen with 11 or more lanes of Shampoo on a 32 x 16 weight).
+    v, w, _ = jnp.linalg.svd(a)
     w = jnp.maximum(w, 0.0) + eps
     floor = jnp.max(w) * a.shape[0] * jnp.finfo(a.dtype).eps
     inv = jnp.where(w > floor, jnp.where(w > 0, w, 1.0) ** -0.25, 0.0)

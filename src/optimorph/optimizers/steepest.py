@@ -65,20 +65,27 @@ def _direction(norm_name: str, vector_norm: str, g: jax.Array, scale: str) -> ja
     summary="steepest descent under a named norm: d = -lr ||m||_* dualize(m)",
 )
 def steepest(lr, norm: str, beta, scale: str, vector_norm: str) -> optax.GradientTransformation:
-    def init(params):
-        return SteepestState(_count(), jax.tree.map(jnp.zeros_like, params))
-
     def update(grads, state, params=None, **extra):
-        count, t = _step(state.count)
-        b = jnp.asarray(beta)
-        m = jax.tree.map(lambda o, g: (b * o + (1 - b) * g).astype(g.dtype), state.m, grads)
+        count, t, m = _momentum_step(beta, state, grads)
         rate = _rate(lr, t)
         updates = jax.tree.map(
             lambda x: (-rate * _direction(norm, vector_norm, x, scale)).astype(x.dtype), m
         )
         return updates, SteepestState(count, m)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(_steepest_init, update)
+
+
+def _steepest_init(params) -> SteepestState:
+    return SteepestState(_count(), jax.tree.map(jnp.zeros_like, params))
+
+
+def _momentum_step(beta, state: SteepestState, grads) -> tuple:
+    """The new count, t and the EMA momentum m = beta m + (1 - beta) g (beta = 0: g)."""
+    count, t = _step(state.count)
+    b = jnp.asarray(beta)
+    m = jax.tree.map(lambda o, g: (b * o + (1 - b) * g).astype(g.dtype), state.m, grads)
+    return count, t, m
 
 
 class MuonState(NamedTuple):
@@ -190,14 +197,9 @@ def modular(
 
     rules = (("embed", embed_norm), ("matrix", dense_norm), ("other", vector_norm))
 
-    def init(params):
-        return SteepestState(_count(), jax.tree.map(jnp.zeros_like, params))
-
     def update(grads, state, params=None, **extra):
-        count, t = _step(state.count)
-        b = jnp.asarray(beta)
-        m = jax.tree.map(lambda o, g: (b * o + (1 - b) * g).astype(g.dtype), state.m, grads)
+        count, t, m = _momentum_step(beta, state, grads)
         assignment = assign(m, rules, {"embed": embed_mass})
         return modular_step(m, assignment, _rate(lr, t), scale), SteepestState(count, m)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(_steepest_init, update)

@@ -42,12 +42,12 @@ for _factory in (
     synthetic.stretched_moons,
     synthetic.quadratic,
     synthetic.least_squares,
-    synthetic.modular_addition,
     datasets.logistic,
     datasets.digits,
     datasets.mnist1d,
     datasets.fashion_mnist,
     datasets.mnist,
+    synthetic.modular_addition,
 ):
     _REGISTRY.add(_factory.info.name, _factory)
 
