@@ -106,3 +106,14 @@ def test_shampoo_without_accumulation_is_spectral_steepest_descent_exactly():
     ub, _ = b.build().update(grads, sb, params)
     for x, y in zip(jax.tree.leaves(ua), jax.tree.leaves(ub), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_compare_calls_shampoo_and_spectral_descent_equivalent_with_the_exact_map():
+    c = optimorph.compare("shampoo(lr=0.05, accumulate=false, eps=0)",
+                          "steepest(lr=0.05, norm='spectral', scale='unit')",
+                          problem="least-squares(n=64, d=6, outputs=3)", precision=["fp32", "fp64"],
+                          seeds=2, steps=40, progress=False)  # fmt: skip
+    for p in ("fp32", "fp64"):
+        (v,) = c.pairs[p]
+        assert v.equivalent and v.outcome == "equivalent", v.reason
+        assert v.map.startswith("shampoo(accumulate=false, eps=0) -> steepest"), v.map

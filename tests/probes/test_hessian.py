@@ -45,3 +45,15 @@ def test_preconditioned_sharpness_is_the_top_eigenvalue_of_p_half_h_p_half():
     got = hessian.sharpness(loss, params, batch, steps=eig.size,
                             preconditioner=unravel(jnp.asarray(p_flat)))  # fmt: skip
     np.testing.assert_allclose(got, want, rtol=1e-8)
+
+
+def test_sharpness_of_a_cnn_on_float32_images():
+    """The Hessian runs in float64 under x64: the images must follow (a convolution does not
+    promote float32 inputs to float64 weights)."""
+    import optimorph
+    from optimorph.probes.trajectory import make_probes
+
+    r = optimorph.train("digits(model=cnn)", "sgd(lr=0.01)", steps=4, batch_size=16,
+                        probes=make_probes("sharpness", every=2), progress=False)  # fmt: skip
+    values = r.probes["sharpness"][0, 0]
+    assert np.isfinite(values[::2]).all() and (values[::2] > 0).all()

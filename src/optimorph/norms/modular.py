@@ -26,7 +26,7 @@ as the operator W^T: the norms here are taken of W^T and the dualizers transpose
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -104,10 +104,28 @@ def modular_norm(params: Any, assignment: Sequence[Assignment]) -> jax.Array:
     return jnp.max(jnp.stack(values))
 
 
+def _dualizer(name: str, polar: Callable[[jax.Array], jax.Array] | None):
+    """The norm's dualizer, with U V^T from ``polar`` (an orthogonalizer) when given."""
+    if polar is None or name not in ("spectral", "rms_to_rms"):
+        return NORMS[name].dualize
+    if name == "spectral":
+        return polar
+    return lambda g: jnp.sqrt(g.shape[0] / g.shape[1]) * polar(g)
+
+
 def modular_step(
-    grads: Any, assignment: Sequence[Assignment], lr: Any, scale: str = "dual"
+    grads: Any,
+    assignment: Sequence[Assignment],
+    lr: Any,
+    scale: str = "dual",
+    polar: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Any:
-    """The steepest step under the modular norm (module docstring), as a pytree like grads."""
+    """The steepest step under the modular norm (module docstring), as a pytree like grads.
+
+    ``polar`` replaces the SVD in the spectral and RMS -> RMS dualizers by an orthogonalizer
+    (e.g. Newton-Schulz): an approximate U V^T, and no LAPACK call inside the training loop
+    (with ``scale='unit'``; the dual-norm scale still needs singular values).
+    """
     leaves, treedef = jax.tree.flatten(grads)
     ops = [_operator(g, a.norm) for g, a in zip(leaves, assignment, strict=True)]
     if scale == "dual":
@@ -117,6 +135,6 @@ def modular_step(
         eta = lr
     steps = []
     for g, a, leaf in zip(ops, assignment, leaves, strict=True):
-        d = NORMS[a.norm].dualize(g)
+        d = _dualizer(a.norm, polar)(g)
         steps.append((-(eta / a.mass) * _operator(d, a.norm)).astype(leaf.dtype))
     return jax.tree.unflatten(treedef, steps)

@@ -186,20 +186,31 @@ def shampoo(lr, accumulate: bool, eps) -> optax.GradientTransformation:
     HParam("dense_norm", "rms_to_rms", str, choices=_MATRIX_NORMS, doc="other 2-D weights"),
     HParam("vector_norm", "linf", str, choices=_VECTOR_NORMS, doc="biases and vectors"),
     HParam("embed_mass", 1.0, float, low=0.0, open_low=True, doc="s_l of embeddings (others 1)"),
+    HParam("orthogonalizer", "svd", str, choices=tuple(ORTHOGONALIZERS.names()),
+           doc="U V^T of spectral / RMS->RMS layers"),  # fmt: skip
     summary="steepest descent under the modular norm: a norm per layer, weighted max",
 )
 def modular(
-    lr, beta, scale: str, embed_norm: str, dense_norm: str, vector_norm: str, embed_mass
+    lr,
+    beta,
+    scale: str,
+    embed_norm: str,
+    dense_norm: str,
+    vector_norm: str,
+    embed_mass,
+    orthogonalizer: str,
 ) -> optax.GradientTransformation:
     """Steepest descent under the modular norm (:mod:`optimorph.norms.modular`) of the EMA
     momentum m of g (beta = 0: the gradient): dW_l = -(eta / s_l) dualize_l(m_l)."""
     from optimorph.norms.modular import assign, modular_step
 
     rules = (("embed", embed_norm), ("matrix", dense_norm), ("other", vector_norm))
+    polar = None if orthogonalizer == "svd" else resolve_orthogonalizer(orthogonalizer)
 
     def update(grads, state, params=None, **extra):
         count, t, m = _momentum_step(beta, state, grads)
         assignment = assign(m, rules, {"embed": embed_mass})
-        return modular_step(m, assignment, _rate(lr, t), scale), SteepestState(count, m)
+        updates = modular_step(m, assignment, _rate(lr, t), scale, polar)
+        return updates, SteepestState(count, m)
 
     return optax.GradientTransformationExtraArgs(_steepest_init, update)

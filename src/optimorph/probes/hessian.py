@@ -41,6 +41,12 @@ def hvp_fn(
     on flattened vectors in the default float dtype."""
     f = jnp.result_type(float)
     flat, unravel = ravel_pytree(jax.tree.map(lambda x: jnp.asarray(x, f), params))
+    # The batch's floats in the same dtype: a convolution refuses float64 weights on float32
+    # images (a matmul would promote silently).
+    batch = jax.tree.map(
+        lambda a: jnp.asarray(a, f) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a,
+        batch,
+    )
 
     def grad_flat(w):
         return ravel_pytree(jax.grad(loss_fn)(unravel(w), batch))[0]
