@@ -517,7 +517,7 @@ def _write_equivalence_outputs(out: Path, kind: str, doc: dict, comparison, args
 
 
 def _which_norm(args) -> int:
-    from optimorph.norms.identify import which_norm
+    from optimorph.equivalence.which_norm import which_norm
 
     found = which_norm(args.optimizer, samples=args.samples, problem=args.problem)
     doc = {

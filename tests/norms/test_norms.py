@@ -7,7 +7,7 @@ import pytest
 
 import optimorph
 from optimorph.norms import NORMS, dual_norm, dualize, norm, orthogonalize, quality
-from optimorph.norms.identify import which_norm
+from optimorph.equivalence.which_norm import which_norm
 
 RNG = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""Steepest descent under norms: dualizers, orthogonalizers, norm identification."""
+"""Steepest descent under norms: dualizers, orthogonalizers, the modular norm."""
 
 from optimorph.norms.dualizers import NORMS, Norm, dual_norm, dualize, norm, steepest_step
 from optimorph.norms.orthogonalize import ORTHOGONALIZERS, orthogonalize, quality
