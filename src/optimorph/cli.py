@@ -254,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
     wn.add_argument("--json", action="store_true", help="JSON on stdout")
     wn.set_defaults(run=_which_norm)
 
-    nm = sub.add_parser("norms", help="the modular norm's per-layer assignment for a problem's model")
+    nm = sub.add_parser("norms", help="the modular norm's norm per layer of a problem's model")
     nm.add_argument("problem", help="a problem spec, e.g. 'modular-addition(p=97)'")
     nm.add_argument("--optimizer", default="modular", help="a modular(...) spec: its norm rules")
     nm.set_defaults(run=_norms)

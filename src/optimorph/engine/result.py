@@ -100,11 +100,11 @@ test/accuracy; diverged: 0/2 runs; wall 0.0 s)
             line = f"diverged: {opt} seed {seed} at step {step}"
             rounded = self.rounded_hparams.get(opt)
             if rounded:
-                precision = self.config.get("precision", "the run's precision")
+                precision = self.config.get("precision", "fp16")
                 line += (
                     f"; {'; '.join(rounded)}: choose a value the format can hold (eps=1e-4 "
                     f"for fp16) or keep hyperparameters wide (precision "
-                    f"'{precision.split(',')[0]},hparams=fp32')"
+                    f"'{precision},hparams=fp32')"
                 )
             lines.append(line)
         return lines

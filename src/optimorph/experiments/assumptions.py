@@ -293,7 +293,7 @@ def deep(config: DeepConfig, *, checkpoints: str | None = None) -> dict:
             "smoothness than a constant rate",
             "exp_smooth over the last 10% of steps, constant vs cosine: "
             + ", ".join(f"{n} {a:.3g} vs {b:.3g}" for n, a, b in smooth_rows),
-            bool(smooth_rows) and rises > len(smooth_rows) / 2 if smooth_rows else None,
+            rises > len(smooth_rows) / 2 if smooth_rows else None,
         ),
     ]
     return {"results": results, "findings": findings, "dataset": dataset}

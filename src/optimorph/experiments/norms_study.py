@@ -92,13 +92,15 @@ def norms_least_squares(config: NormsLeastSquaresConfig, *, checkpoints: str | N
             "steepest(lr={}, norm='spectral', scale='unit')"]
     unit = train(config.problem, [pair[1].format(lr) for lr in config.lrs], seeds=config.seeds,
                  steps=config.steps, batch_size=config.batch, precision=config.precision,
-                 progress=True)  # fmt: skip
+                 progress=True,
+                 checkpoint_dir=f"{checkpoints}/unit" if checkpoints else None)  # fmt: skip
     unit_final = np.where((unit.diverged_at < 0).all(axis=1),
                           unit.train_loss[:, :, -1].mean(axis=1), np.inf)  # fmt: skip
     unit_lr = config.lrs[int(np.argmin(unit_final))]
     both = train(config.problem, [p.format(unit_lr) for p in pair], seeds=config.seeds,
                  steps=config.steps, batch_size=config.batch, precision=config.precision,
-                 record_params=True, progress=True)  # fmt: skip
+                 record_params=True, progress=True,
+                 checkpoint_dir=f"{checkpoints}/pair" if checkpoints else None)  # fmt: skip
     gap = np.abs(both.trajectory[0] - both.trajectory[1])  # [S, E, P]
     scale = np.abs(both.trajectory[0]).max()
     apart = gap.max(axis=(0, 2)) > 1e-6 * max(scale, 1.0)  # per evaluation
