@@ -1,6 +1,22 @@
-"""Test configuration: float64 available, strict rank promotion, warnings as errors (pyproject)."""
+"""Test configuration: float64 available, strict rank promotion, warnings as errors (pyproject).
 
-import jax
+The suite's time is mostly XLA compiling hundreds of small programs, so tests (and the
+processes they start, which inherit the environment) compile with LLVM's optimizer off and share
+one persistent compilation cache per session. Neither changes a float result: XLA CPU does no
+fast-math at any level. Benchmarks run with the defaults.
+"""
+
+import os
+import tempfile
+
+_flags = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = f"{_flags} --xla_backend_optimization_level=0".strip()
+_cache = os.path.join(tempfile.gettempdir(), "optimorph-test-jax-cache")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402
 import pytest
 
 jax.config.update("jax_enable_x64", True)
