@@ -314,6 +314,13 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
         "--probe-every", type=POSITIVE, default=100, metavar="K", help="sharpness every K steps"
     )
     p.add_argument(
+        "--full-batch-every",
+        type=POSITIVE,
+        default=10,
+        metavar="K",
+        help="the probes' full-batch gradients (ratio, noise) every K steps",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=_number(0.0),
         default=30.0,
@@ -707,7 +714,8 @@ def _probes(args) -> list:
             by_path = [stored[f"opt0{jax.tree_util.keystr(p)}"] for p, _ in
                        jax.tree_util.tree_flatten_with_path(template)[0]]  # fmt: skip
             reference = jax.tree.unflatten(treedef, by_path)
-    return make_probes(",".join(args.probe), reference=reference, every=args.probe_every)
+    return make_probes(",".join(args.probe), reference=reference, every=args.probe_every,
+                       full_every=args.full_batch_every)  # fmt: skip
 
 
 DEMO_CLASSES = [
@@ -854,6 +862,13 @@ def _print_summary(result) -> None:
             std = "" if s.get("std") is None else f"±{s['std']:.4f}"
             row += f"{mean:>14} {std:<7}"
         print(row)
+    for g in summary.get("grids", ()):
+        i = g["members"].index(g["best"]) if g["best"] is not None else None
+        best = "every point diverged" if i is None else (
+            f"{g['best']} (final {g['metric']} {g['means'][i]:.4g})")  # fmt: skip
+        print(f"best of {g['spec']}: {best}")
+    if summary.get("grids"):
+        print(f"  (rule: {summary['grids'][0]['rule']})")
     for line in result.divergence_messages():
         print(line, file=sys.stderr)
 

@@ -44,6 +44,7 @@ from optimorph.engine.step import (
     start,
 )
 from optimorph.optimizers import OptimizerSpec, resolve
+from optimorph.optimizers.grid import expand as expand_grid
 from optimorph.optimizers.registry import is_named
 from optimorph.precision import precision as make_precision
 from optimorph.precision import require_x64
@@ -97,7 +98,9 @@ def train(
     Args:
       problem: a :class:`Problem` or a problem spec string (``"two-moons(n=500)"``).
       optimizers: one spec / optax transformation / ``(name, transformation)`` pair, a list of
-        them, or a dict ``{name: transformation}`` (names label every table and figure).
+        them, or a dict ``{name: transformation}`` (names label every table and figure). A
+        spec with a grid, ``"adam(lr=[1e-4, 1e-3])"`` or ``"sgd(lr=logspace(1e-3, 1, 4))"``,
+        runs every point (:mod:`optimorph.optimizers.grid`); ``config["grids"]`` records them.
       seeds: a count (seeds 0..n-1) or an explicit list of seeds.
       steps: number of updates per run.
       batch_size: minibatch size; None (or >= the training set) is full batch. Each epoch is a
@@ -144,7 +147,8 @@ def train(
         or not isinstance(optimizers, Sequence)
     )
     optimizers = [optimizers] if is_one else list(optimizers)
-    specs = [resolve(o) for o in optimizers]
+    grids = [expand_grid(o) for o in optimizers]  # "adam(lr=[1e-4, 1e-3])": one spec per point
+    specs = [resolve(m) for g in grids for m in g.members]
     if not specs:
         raise TrainingError("give at least one optimizer")
     seed_list = _seed_list(seeds)
@@ -193,6 +197,12 @@ def train(
         "probes": [p.name for p in all_probes],
         "problem_info": dict(prob.info),
     }
+    if any(g.is_grid for g in grids):
+        config["grids"] = [
+            {"spec": g.text, "members": [resolve(m).text for m in g.members], "axes": g.axes}
+            for g in grids
+            if g.is_grid
+        ]
     n_opt, n_seed = len(specs), len(seed_list)
     n_logs = plan.steps // plan.log_every
     n_evals = plan.steps // plan.eval_every + 1
@@ -206,7 +216,9 @@ def train(
         if checkpoint_dir is not None:
             tag = _fingerprint(config, [[s.canonical, plan.block] for s in group_specs])
             ckpt = Path(checkpoint_dir) / f"checkpoint-{tag}.npz"
-        names = ", ".join(s.text for s in group_specs)
+        names = ", ".join(s.text for s in group_specs[:3])
+        if len(group_specs) > 3:  # a grid: the line stays readable
+            names += f", ... ({len(group_specs)} configurations, one program)"
         label = f"train {names}" + (f" [{g + 1}/{len(groups)}]" if len(groups) > 1 else "")
         bar = Progress(plan.steps, label, enabled=progress, every_s=PROGRESS_EVERY_S)
         out, group_div, params, group_earlier = _run_group(

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import optax
 
 from optimorph import spec as spec_lib
+from optimorph.optimizers.grid import is_grid_value
 from optimorph.registry import Registry
 from optimorph.schedules import Schedule, schedule
 from optimorph.spec import Call, SpecError
@@ -261,6 +262,12 @@ def resolve(spec: Any, **overrides: Any) -> OptimizerSpec:
     if call.args:  # a single positional argument is the learning rate: "sgd(0.1)"
         given.setdefault("lr", call.args[0])
     given.update(overrides)
+    grids = [f"{k}={v}" for k, v in given.items() if is_grid_value(v)]
+    if grids:
+        raise SpecError(
+            f"{where}: {', '.join(grids)} is a grid of values; train runs grids (one run per "
+            "value, see optimorph.optimizers.grid), everything else needs one value"
+        )
     unknown = [k for k in given if k not in names]
     if unknown:
         valid = "; ".join(h.describe() for h in entry.hparams)

@@ -12,12 +12,16 @@ loss on the fixed evaluation batch:
   f(x_t, z_t) - f(x_{t-1}, z_t) (one batch), with random scaling also <grad f(x_t, z_t),
   Delta_{t-1}>, and cumulative sums of all three;
 * ``ratio``: the convexity ratio sum_t <grad F(x_t), x_t - x*> / sum_t [F(x_t) - F(x*)] against
-  a reference point x* (default: the initial point is not a minimizer, so give one);
-* ``noise``: ||grad F(x_t)||, the gradient noise ||g_t - grad F(x_t)||, cos(g_t, g_{t-1}),
-  ||x_t||, the L1 norms of x_t and g_t;
+  a reference point x* (default: the initial point is not a minimizer, so give one), the sums
+  over every ``full_every``-th step;
+* ``noise``: cos(g_t, g_{t-1}), ||x_t||, the L1 norms of x_t and g_t every step, and every
+  ``full_every``-th step ||grad F(x_t)|| and the gradient noise ||g_t - grad F(x_t)||;
 * ``sharpness``: the top Hessian eigenvalue of F (Lanczos, every k steps; NaN between).
 
 ``gap`` and ``smooth`` share their extra gradient: selected together they are one probe.
+Quantities of F cost a gradient over the whole evaluation batch (500 examples on two moons:
+16 minibatches of 32), so they are measured every ``full_every`` steps (default 10), NaN between;
+the per-step probes cost at most one minibatch gradient each (``benchmarks/probes.py``).
 
 >>> [p.name for p in make_probes("gap,smooth,corr")]
 ['gap+smooth', 'corr']
@@ -173,22 +177,29 @@ def convexity_ratio(reference: Any, *, every: int = 1) -> Probe:
                  reduce="last")  # fmt: skip
 
 
-def gradient_noise() -> Probe:
-    """Full-batch gradient norm, gradient noise, cosine of consecutive gradients, norms."""
+def gradient_noise(*, every: int = 10) -> Probe:
+    """Full-batch gradient norm and gradient noise (every ``every`` steps, NaN between), cosine of
+    consecutive gradients and norms (every step)."""
     outputs = ("full_grad_norm", "grad_noise", "grad_cos", "param_norm", "param_l1", "grad_l1")
 
     def init(params):
         return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.result_type(float)), params)
 
     def update(v: StepValues, prev):
-        full = jax.grad(v.loss_fn)(v.params, v.eval_batch)
         g = jax.tree.map(_f, v.grads)
+
+        def full_batch():
+            full = jax.grad(v.loss_fn)(v.params, v.eval_batch)
+            return global_norm(full), global_norm(tree_sub(g, full))
+
+        nan = _f(jnp.nan)
+        full_norm, noise = jax.lax.cond(v.t % every == 0, full_batch, lambda: (nan, nan))
         norm_g, norm_prev = global_norm(g), global_norm(prev)
         cos = tree_dot(g, prev) / (norm_g * norm_prev)
         l1 = lambda tree: sum(jnp.sum(jnp.abs(_f(x))) for x in jax.tree.leaves(tree))  # noqa: E731
         values = (
-            global_norm(full),
-            global_norm(tree_sub(g, full)),
+            full_norm,
+            noise,
             jnp.where(v.t == 0, jnp.nan, cos),
             global_norm(v.params),
             l1(v.params),
@@ -227,9 +238,15 @@ def make_probes(
     beta: float = 0.99,
     steps_per_epoch: int | None = None,
     every: int = 100,
+    full_every: int = 10,
 ) -> list[Probe]:
     """Probes by name: ``"gap,smooth"``, ``["corr"]`` or ``"all"`` (``ratio`` needs
     ``reference`` and is left out of ``all`` without one).
+
+    Args:
+      every: sharpness every this many steps.
+      full_every: the full-batch quantities (``ratio``, ``noise``'s gradient of F) every this
+        many steps.
 
     Raises:
       SpecError: an unknown name (the message lists the valid ones) or ``ratio`` without x*.
@@ -253,9 +270,9 @@ def make_probes(
     if "ratio" in names:
         if reference is None:
             raise SpecError("probe 'ratio' needs a reference point x*: --probe-reference RUN_DIR")
-        probes.append(convexity_ratio(reference))
+        probes.append(convexity_ratio(reference, every=full_every))
     if "noise" in names:
-        probes.append(gradient_noise())
+        probes.append(gradient_noise(every=full_every))
     if "sharpness" in names:
         probes.append(sharpness_probe(every=every))
     return probes

@@ -31,6 +31,7 @@ __all__ = [
     "eval_figure",
     "final_metrics_figure",
     "probe_figure",
+    "grid_figure",
     "headline_eval_key",
 ]
 
@@ -144,6 +145,49 @@ def final_metrics_figure(result: TrainResult) -> Figure:
     return fig
 
 
+def grid_figure(result: TrainResult) -> Figure | None:
+    """One panel per hyperparameter grid over one axis: the final metric the best point is
+    chosen by (``summary["grids"]``) against the grid's values, mean over seeds with a min-max
+    bar, the best point ringed, diverged points as a cross on the top edge. None without such
+    a grid."""
+    summary = summarize(result)
+    grids = [g for g in summary.get("grids", ()) if len(g["axes"]) == 1]
+    if not grids:
+        return None
+    finals = final_values(result)
+    ok = result.diverged_at < 0
+    index = {name: i for i, name in enumerate(result.optimizers)}
+    fig = Figure(figsize=(_PANEL[0] * len(grids), _PANEL[1] + 0.3), layout="constrained")
+    for ax, g in zip(fig.subplots(1, len(grids), squeeze=False)[0], grids):
+        (axis, values), = g["axes"].items()
+        rows = [index[m] for m in g["members"]]
+        per_seed = finals[g["metric"]]
+        x = np.asarray(values, dtype=float)
+        mean, low, high = (np.array([_seed_band(per_seed[r][ok[r]][:, None])[k][0]
+                                     if ok[r].any() else np.nan for r in rows])
+                           for k in range(3))  # fmt: skip
+        ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="o-", capsize=4, color="C0",
+                    label="mean over seeds (bar: min-max)")  # fmt: skip
+        bad = np.array([not ok[r].all() for r in rows])
+        if bad.any():
+            ax.plot(x[bad], np.full(bad.sum(), 1.0), "x", color="C3", markersize=9,
+                    transform=ax.get_xaxis_transform(), clip_on=False,
+                    label="a seed diverged (left out of the choice)")  # fmt: skip
+        if g["best"] is not None:
+            b = g["members"].index(g["best"])
+            ax.plot([x[b]], [mean[b]], "o", markersize=14, markerfacecolor="none",
+                    markeredgecolor="C2", markeredgewidth=2, label=f"best: {axis}={values[b]:g}")
+        if (x > 0).all() and x.max() >= 10 * x.min():
+            ax.set_xscale("log")
+        _log_if_positive(ax, mean)
+        ax.set_xlabel(axis)
+        ax.set_ylabel(f"final {g['metric']}")
+        ax.set_title(_label(g["spec"]), fontsize="medium")
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(fontsize="small")
+    return fig
+
+
 def headline_eval_key(keys: Sequence[str]) -> str:
     """The evaluation metric a one-glance figure should show: held-out before training-set
     metrics, accuracy before anything else, otherwise the first key."""
@@ -188,8 +232,10 @@ def _seed_band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _log_if_positive(ax: Axes, values: np.ndarray) -> None:
+    """A log y axis when the values are positive and span at least a decade (within one
+    decade a log axis only has unreadable minor-tick labels like 4x10^-1)."""
     finite = values[np.isfinite(values)]
-    if finite.size and (finite > 0).all():
+    if finite.size and (finite > 0).all() and finite.max() >= 10 * finite.min():
         ax.set_yscale("log")
 
 

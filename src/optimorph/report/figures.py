@@ -8,7 +8,13 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from optimorph.engine.result import TrainResult
-from optimorph.report.curves import eval_figure, final_metrics_figure, loss_figure, probe_figure
+from optimorph.report.curves import (
+    eval_figure,
+    final_metrics_figure,
+    grid_figure,
+    loss_figure,
+    probe_figure,
+)
 from optimorph.atomic import atomic_path
 from optimorph.results.rundir import read_run
 
@@ -28,8 +34,9 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
 def save_figures(result: TrainResult, run_dir: str | os.PathLike) -> list[Path]:
     """Draw the standard figures of ``result`` into ``run_dir``.
 
-    Writes ``loss_curves.png``, ``eval_curves.png`` (when there are evaluations) and
-    ``final_metrics.png``.
+    Writes ``loss_curves.png``, ``eval_curves.png`` (when there are evaluations),
+    ``final_metrics.png``, ``probes.png`` (with probes) and ``grids.png`` (with a hyperparameter
+    grid).
 
     Returns:
       The paths written.
@@ -39,9 +46,9 @@ def save_figures(result: TrainResult, run_dir: str | os.PathLike) -> list[Path]:
     if result.evals:
         figures["eval_curves.png"] = eval_figure(result)
     figures["final_metrics.png"] = final_metrics_figure(result)
-    probes = probe_figure(result)
-    if probes is not None:
-        figures["probes.png"] = probes
+    for name, fig in (("probes.png", probe_figure(result)), ("grids.png", grid_figure(result))):
+        if fig is not None:
+            figures[name] = fig
     return [save_figure(fig, run_dir / name) for name, fig in figures.items()]
 
 

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 REPORT_FILE = "report.html"
-FIGURE_ORDER = ("loss_curves.png", "eval_curves.png", "final_metrics.png", "probes.png")
+FIGURE_ORDER = ("grids.png", "loss_curves.png", "eval_curves.png", "final_metrics.png", "probes.png")
 """Figures shown first, in this order; any other PNG of the run directory follows by name."""
 
 _STYLE = """
@@ -38,9 +38,10 @@ body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; 
        color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; max-width: 100%; }
 td { overflow-wrap: anywhere; }
+td:first-child code { white-space: nowrap; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 code { font-size: 0.9em; white-space: pre-wrap; }
 figure { margin: 1em 0; }
 img { max-width: 100%; }
@@ -75,6 +76,8 @@ def write_report(
     body = [
         f"<h1>{_e(title)}</h1>",
         "<h2>Summary</h2>",
+        _lead(summary),
+        _grids_table(summary),
         _summary_table(summary),
         _diverged_list(summary),
         "<h2>Figures</h2>",
@@ -163,6 +166,62 @@ def _summary_table(summary: dict[str, Any]) -> str:
         f"{_e(str(summary['last_eval_step']))}.</p>"
     )
     return f"<table><tr>{head}</tr>\n" + "\n".join(rows) + "</table>\n" + note
+
+
+def _lead(summary: dict[str, Any]) -> str:
+    """The answer in one sentence: the ranking by final loss, or each grid's best point."""
+    if summary.get("grids"):
+        parts = []
+        for g in summary["grids"]:
+            best = g["best"]
+            mean = g["means"][g["members"].index(best)] if best is not None else None
+            parts.append(
+                f"<code>{_e(g['spec'])}</code>: best <code>{_e(best)}</code> "
+                f"(final {_e(g['metric'])} {mean:.4g})"
+                if best is not None
+                else f"<code>{_e(g['spec'])}</code>: every point diverged"
+            )
+        return f'<p class="lead">{"; ".join(parts)}.</p>'
+    ranked = _ranking(summary)
+    if not ranked:
+        return '<p class="lead">Every run diverged.</p>'
+    key, order = ranked
+    if len(order) == 1:
+        name, mean = order[0]
+        return f'<p class="lead"><code>{_e(name)}</code>: final {_e(key)} {mean:.4g}.</p>'
+    text = ", then ".join(f"<code>{_e(n)}</code> ({m:.4g})" for n, m in order)
+    return f'<p class="lead">Lowest final {_e(key)} first: {text}.</p>'
+
+
+def _ranking(summary: dict[str, Any]) -> tuple[str, list[tuple[str, float]]] | None:
+    """(metric, [(optimizer, mean)] ascending) by the training-set loss at the last evaluation
+    (the minibatch loss without evaluations); optimizers with no finite mean are left out."""
+    keys = {k for o in summary["optimizers"] for k in o["final"]}
+    key = "train/loss" if "train/loss" in keys else "train_step/loss"
+    means = [(o["optimizer"], (o["final"].get(key) or {}).get("mean"))
+             for o in summary["optimizers"]]  # fmt: skip
+    order = sorted(((n, m) for n, m in means if m is not None), key=lambda nm: nm[1])
+    return (key, order) if order else None
+
+
+def _grids_table(summary: dict[str, Any]) -> str:
+    """Per grid: each point's final metric, the best marked, and the rule."""
+    out = []
+    for g in summary.get("grids", ()):
+        rows = []
+        for member, mean in zip(g["members"], g["means"]):
+            mark = " ← best" if member == g["best"] else ""
+            value = "—" if mean is None else f"{mean:.4g}"
+            rows.append(f'<tr><td><code>{_e(member)}</code>{mark}</td>'
+                        f'<td class="num">{value}</td></tr>')  # fmt: skip
+        out.append(
+            f"<table><tr><th>{_e(g['spec'])}</th><th>final {_e(g['metric'])} (mean)</th></tr>"
+            + "".join(rows)
+            + "</table>"
+        )
+    if out:
+        out.append(f"<p>Best point of a grid: {_e(summary['grids'][0]['rule'])}.</p>")
+    return "\n".join(out)
 
 
 def _format_stats(stats: dict[str, Any] | None, n_seeds: int) -> str:

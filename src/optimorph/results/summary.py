@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from optimorph.engine.result import TrainResult
+from optimorph.optimizers.grid import BEST_RULE, best_point
 
 __all__ = [
     "TRAIN_SPLIT",
@@ -41,6 +42,9 @@ __all__ = [
 TRAIN_SPLIT = "train_step"
 """Split name of the per-step minibatch training loss (``TrainResult.train_loss``)."""
 TRAIN_LOSS_KEY = f"{TRAIN_SPLIT}/loss"
+GRID_METRIC = "train/loss"
+"""What a grid's best point is chosen by: the loss on the whole training set at the last
+evaluation (``optimorph.optimizers.grid.BEST_RULE``)."""
 FINAL_FRACTION = 0.1
 """The final training loss is the mean over this last fraction of the logged steps: one minibatch
 loss is too noisy to compare optimizers by."""
@@ -74,12 +78,31 @@ def summarize(result: TrainResult) -> dict[str, Any]:
             }
         )
     steps = result.steps[final_window(result.steps)]
-    return {
+    out = {
         "wall_time": float(result.wall_time),
         "seeds": [int(s) for s in result.seeds],
         "last_eval_step": int(result.eval_steps[-1]) if result.eval_steps.size else None,
         "train_window": [int(steps[0]), int(steps[-1])] if steps.size else None,
         "optimizers": optimizers,
+    }
+    if result.config.get("grids"):
+        out["grids"] = [_grid_summary(g, optimizers) for g in result.config["grids"]]
+    return out
+
+
+def _grid_summary(grid: dict[str, Any], optimizers: list[dict[str, Any]]) -> dict[str, Any]:
+    """One grid's points with the metric BEST_RULE ranks by and the best point."""
+    by_name = {o["optimizer"]: o for o in optimizers}
+    rows = [by_name[m] for m in grid["members"]]
+    metric = GRID_METRIC if all(GRID_METRIC in r["final"] for r in rows) else TRAIN_LOSS_KEY
+    means = [r["final"][metric]["mean"] for r in rows]
+    best = best_point(means, [r["n_diverged"] > 0 for r in rows])
+    return {
+        **grid,
+        "metric": metric,
+        "means": means,
+        "rule": BEST_RULE,
+        "best": None if best is None else grid["members"][best],
     }
 
 

@@ -1,0 +1,126 @@
+"""Hyperparameter grids in spec strings: ``adam(lr=[1e-4, 3e-4, 1e-3])``, ``lr=logspace(1e-4, 1e-2, 5)``.
+
+A list, ``logspace(low, high, n)`` (n values from low to high, evenly spaced in log, both ends
+included) or ``linspace(low, high, n)`` as the value of a hyperparameter makes the spec a grid:
+:func:`expand` turns it into one spec per point (several grid hyperparameters: every
+combination). ``train`` runs the points that differ only in numbers (learning rates, betas) as
+lanes of one compiled program, and the summary picks the best point of each grid by
+:data:`BEST_RULE`.
+
+logspace/linspace values are rounded to 3 significant digits, so that labels, tables and files
+name the value that was run (``3.16e-04``, not ``0.00031622776601683794``).
+
+>>> expand("adam(lr=logspace(1e-4, 1e-2, 3), b2=0.99)").members
+['adam(lr=0.0001, b2=0.99)', 'adam(lr=0.001, b2=0.99)', 'adam(lr=0.01, b2=0.99)']
+>>> expand("sgd(lr=0.1)").members
+['sgd(lr=0.1)']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+from optimorph import spec as spec_lib
+from optimorph.spec import Call, SpecError
+
+__all__ = ["Grid", "expand", "is_grid_value", "BEST_RULE", "best_point"]
+
+BEST_RULE = (
+    "lowest mean final loss on the whole training set (the last evaluation; the minibatch "
+    "loss of the last 10% of steps when there is no evaluation), over seeds, among the points "
+    "where no seed diverged"
+)
+_RANGES = ("logspace", "linspace")
+MAX_POINTS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A spec and the specs it expands to.
+
+    Attributes:
+      text: the spec as given.
+      members: one spec string per grid point (just ``[text]`` when it is no grid).
+      axes: ``{hyperparameter: values}`` of the grid, in the order of ``members``' product.
+    """
+
+    text: str
+    members: list[str]
+    axes: dict[str, list]
+
+    @property
+    def is_grid(self) -> bool:
+        return bool(self.axes)
+
+
+def is_grid_value(value: Any) -> bool:
+    """A list or a ``logspace``/``linspace`` call: a grid of values, not one value."""
+    return isinstance(value, list) or (isinstance(value, Call) and value.name in _RANGES)
+
+
+def expand(text: Any) -> Grid:
+    """The grid points of a spec string (anything else is one point, unchanged).
+
+    Raises:
+      SpecError: a malformed range (``logspace`` needs 0 < low, high and an integer n >= 2) or
+        an empty list.
+    """
+    if not isinstance(text, str):
+        return Grid(str(text), [text], {})
+    call = spec_lib.parse(text)
+    args, kwargs = list(call.args), dict(call.kwargs)
+    if len(args) == 1 and is_grid_value(args[0]):  # "sgd([0.1, 0.2])": the lr
+        kwargs = {"lr": args.pop(), **kwargs}
+    axes = {k: _values(k, v, text) for k, v in kwargs.items() if is_grid_value(v)}
+    if not axes:
+        return Grid(text, [text], {})
+    size = math.prod(len(v) for v in axes.values())
+    if size > MAX_POINTS:
+        raise SpecError(f"{text!r} is a grid of {size} points; at most {MAX_POINTS} per spec")
+    members = []
+    for point in itertools.product(*axes.values()):
+        chosen = dict(kwargs, **dict(zip(axes, point)))
+        members.append(str(Call(call.name, tuple(args), chosen)))
+    return Grid(text, members, axes)
+
+
+def _values(name: str, value: Any, text: str) -> list:
+    if isinstance(value, list):
+        if not value:
+            raise SpecError(f"{name}=[] in {text!r}: a grid needs at least one value")
+        if any(is_grid_value(v) for v in value):
+            raise SpecError(f"{name} in {text!r}: a grid's values must be plain values")
+        return list(value)
+    kind = value.name
+    usage = f"{kind}(low, high, n), e.g. {name}={kind}(1e-4, 1e-2, 5)"
+    if value.kwargs or len(value.args) != 3:
+        raise SpecError(f"{name}={value} in {text!r}: write {usage}")
+    low, high, n = value.args
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (low, high, n))
+    if not numbers or not (isinstance(n, int) and n >= 2) or not math.isfinite(low + high):
+        raise SpecError(f"{name}={value} in {text!r}: write {usage} (finite ends, integer n >= 2)")
+    if kind == "logspace":
+        if low <= 0 or high <= 0:
+            raise SpecError(f"{name}={value} in {text!r}: logspace needs low, high > 0")
+        points = np.geomspace(low, high, n)
+    else:
+        points = np.linspace(low, high, n)
+    return [float(f"{x:.3g}") for x in points]
+
+
+def best_point(means: list[float | None], diverged: list[bool]) -> int | None:
+    """Index of the best grid point by :data:`BEST_RULE` (None when every point diverged or has
+    no finite value); ties go to the first point.
+
+    >>> best_point([0.5, 0.2, None], [False, False, False])
+    1
+    >>> best_point([0.5, 0.2, 0.1], [False, False, True])
+    1
+    """
+    ok = [i for i, (m, d) in enumerate(zip(means, diverged)) if m is not None and not d]
+    return min(ok, key=lambda i: means[i]) if ok else None
