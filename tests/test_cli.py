@@ -160,3 +160,35 @@ def test_precision_lists_with_roles_and_stagnation_in_the_run_directory(tmp_path
     back = read_run(out)
     assert back.stalled.shape == (1, 1, 40)
     assert back.stalled[0, 0, -1] > 0.5, "bf16 absorbs most of these tiny updates"
+
+
+def test_a_running_train_can_be_watched_with_report(tmp_path):
+    """Every checkpoint but the last writes the metrics so far; `optimorph report DIR` then
+    draws the curves so far under a banner, and the finished run replaces them."""
+    from optimorph.engine import train
+    from optimorph.results import read_run, write_run
+
+    out = tmp_path / "run"
+    pages = []
+
+    def watch(partial):
+        write_run(partial, out)
+        assert cli.main(["report", str(out)]) == 0
+        pages.append((partial.config["progress"], (out / "report.html").read_text()))
+        seen = read_run(out)
+        done, running = partial.config["progress"]["done"], partial.config["progress"]["group"] - 1
+        assert np.isfinite(seen.train_loss[:running]).all()  # programs done: complete
+        assert np.isfinite(seen.train_loss[running, :, :done]).all()
+        assert np.isnan(seen.train_loss[running, :, done:]).all()
+        assert np.isnan(seen.train_loss[running + 1 :]).all()  # programs to come: NaN
+
+    result = train("two-moons(n=100)", ["sgd(lr=0.1)", "adam(lr=1e-3)"], steps=60, seeds=2,
+                   chunk_steps=20, eval_every=20, checkpoint_dir=tmp_path / "ckpt",
+                   on_checkpoint=watch, progress=False)  # fmt: skip
+    assert [p for p, _ in pages][:2] == [{"done": 20, "steps": 60, "group": 1, "groups": 2},
+                                         {"done": 40, "steps": 60, "group": 1, "groups": 2}]
+    assert len(pages) == 4  # two per program: the last checkpoint of each is the result itself
+    assert all("Still running: step" in page and "loss_curves.png" in page for _, page in pages)
+    write_run(result, out)
+    assert cli.main(["report", str(out)]) == 0
+    assert "Still running" not in (out / "report.html").read_text()

@@ -676,6 +676,8 @@ def _train(args) -> int:
             progress=not args.quiet,
             track_stalled=args.track_stalled,
             probes=_probes(args),
+            # The metrics so far at every checkpoint: `optimorph report DIR` shows a live run.
+            on_checkpoint=lambda partial: write_run(partial, out),
         )
         write_run(result, out)
         save_figures(result, out)

@@ -19,7 +19,7 @@ import math
 import operator
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ def train(
     probes: Sequence[Probe] = (),
     divergence_factor: float | None = DIVERGENCE_FACTOR,
     checkpoint_every: float = CHECKPOINT_EVERY_S,
+    on_checkpoint: Callable[[TrainResult], None] | None = None,
 ) -> TrainResult:
     """Train every optimizer on ``problem`` for every seed, compiled end to end.
 
@@ -123,6 +124,9 @@ def train(
         (``stalled``; None when not tracked).
       probes: trajectory probes (:class:`~optimorph.probes.Probe`) evaluated inside the
         compiled step; their per-step outputs land in ``result.probes`` as ``[O, S, T]``.
+      on_checkpoint: called with the result so far (``config["progress"]`` says how far;
+        series not yet run are NaN) whenever a checkpoint is written before the end, so a long
+        run can be watched: the command line writes it to the run directory.
       divergence_factor: a run has diverged at the first step whose loss or parameters are
         NaN/inf, or whose loss exceeds this multiple of its first step's loss (default 1e4;
         None: NaN/inf only). Evaluation metrics of non-finite parameters are NaN.
@@ -210,8 +214,51 @@ def train(
     diverged = np.full((n_opt, n_seed), -1, np.int64)
     final_params: list[Any] = [None] * n_opt
     earlier = 0.0  # training time spent by earlier processes on resumed groups
+    def result(series, diverged, final_params, wall) -> TrainResult:
+        evals = {k[5:]: v for k, v in series.items() if k.startswith("eval:")}
+        builtin = {"loss", "stalled", "replica_distance", "trajectory"}
+        return TrainResult(
+            optimizers=[s.text for s in specs],
+            seeds=seed_list,
+            steps=np.arange(1, n_logs + 1) * plan.log_every,
+            train_loss=series["loss"],
+            eval_steps=np.arange(n_evals) * plan.eval_every,
+            evals=evals,
+            diverged_at=diverged,
+            final_params=final_params,
+            wall_time=wall,
+            config=config,
+            stalled=series.get("stalled"),
+            replica_distance=series.get("replica_distance"),
+            trajectory=series.get("trajectory"),
+            probes={k: v for k, v in series.items()
+                    if not k.startswith("eval:") and k not in builtin},  # fmt: skip
+            rounded_hparams={k: v for k, v in rounded.items() if v},
+        )
+
+    def place(target, out, members):
+        for k, i in enumerate(members):
+            for name, arr in out.items():
+                if name not in target:
+                    target[name] = np.full((n_opt, *arr.shape[1:]), np.nan, arr.dtype)
+                target[name][i] = arr[k]
+
     for g, members in enumerate(groups.values()):
         group_specs = [specs[i] for i in members]
+        live = None
+        if on_checkpoint is not None:
+
+            def live(out, done, group_div, g=g, members=members):
+                partial = {k: v.copy() for k, v in series.items()}
+                place(partial, out, members)
+                div = diverged.copy()
+                div[members] = group_div
+                progress_ = {"done": int(done), "steps": plan.steps, "group": g + 1,
+                             "groups": len(groups)}  # fmt: skip
+                snapshot = result(partial, div, [], time.perf_counter() - started + earlier)
+                on_checkpoint(dataclasses.replace(
+                    snapshot, config={**config, "progress": progress_}))  # fmt: skip
+
         ckpt = None
         if checkpoint_dir is not None:
             tag = _fingerprint(config, [[s.canonical, plan.block] for s in group_specs])
@@ -223,35 +270,15 @@ def train(
         bar = Progress(plan.steps, label, enabled=progress, every_s=PROGRESS_EVERY_S)
         out, group_div, params, group_earlier = _run_group(
             prob, group_specs, seed_list, policy, plan, all_probes, data, ckpt, bar,
-            float(checkpoint_every),
+            float(checkpoint_every), live,
         )  # fmt: skip
         earlier += group_earlier
+        place(series, out, members)
         for k, i in enumerate(members):
             diverged[i] = group_div[k]
             final_params[i] = jax.tree.map(lambda a, k=k: a[k], params) if keep_params else None
-            for name, arr in out.items():
-                if name not in series:
-                    series[name] = np.full((n_opt, *arr.shape[1:]), np.nan, arr.dtype)
-                series[name][i] = arr[k]
-    evals = {k[5:]: v for k, v in series.items() if k.startswith("eval:")}
-    builtin = {"loss", "stalled", "replica_distance", "trajectory"}
-    return TrainResult(
-        optimizers=[s.text for s in specs],
-        seeds=seed_list,
-        steps=np.arange(1, n_logs + 1) * plan.log_every,
-        train_loss=series["loss"],
-        eval_steps=np.arange(n_evals) * plan.eval_every,
-        evals=evals,
-        diverged_at=diverged,
-        final_params=final_params if keep_params else [],
-        wall_time=time.perf_counter() - started + earlier,
-        config=config,
-        stalled=series.get("stalled"),
-        replica_distance=series.get("replica_distance"),
-        trajectory=series.get("trajectory"),
-        probes={k: v for k, v in series.items() if not k.startswith("eval:") and k not in builtin},
-        rounded_hparams={k: v for k, v in rounded.items() if v},
-    )
+    wall = time.perf_counter() - started + earlier
+    return result(series, diverged, final_params if keep_params else [], wall)
 
 
 def _seed_list(seeds: Any) -> list[int]:
@@ -438,13 +465,15 @@ def _device_data(prob: Problem, policy) -> dict:
     return {"train": train, "evals": eval_sets}
 
 
-def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_every):
+def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_every, live):
     """Train one compiled program: lanes = len(specs) x len(seeds).
 
     Returns ``(series, diverged [C, S], final params [C, S, ...], earlier wall time)`` where
     ``series`` maps ``loss`` and each step probe's outputs to ``[C, S, T]``,
     ``eval:<set>/<metric>`` to ``[C, S, E]`` and each eval probe's outputs to ``[C, S, E, ...]``,
     and the earlier wall time is what processes before a resume spent on this group.
+    ``live(series so far, steps done, diverged)``, when given, follows every checkpoint but
+    the last (the series padded with NaN to their full length).
     """
     started = time.perf_counter()
     n_cfg, n_seed = len(specs), len(seeds)
@@ -480,6 +509,9 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
         if plan.chunk_blocks or done >= plan.steps or now - last_save >= ckpt_every:
             _save_checkpoint(ckpt, carry, done, parts, earlier + now - started)
             last_save = now
+            if live is not None and done < plan.steps:
+                div = np.asarray(carry["diverged"]).reshape(n_cfg, n_seed)
+                live(_padded(parts, per_step, plan, n_cfg, n_seed), done, div)
         bar.advance(n * plan.block, "" if compiled else f"(compiled and ran in {elapsed:.1f}s)")
         if plan.chunk_blocks is None:
             # The first chunk's time is mostly compilation: try 2 blocks, then aim for a chunk
@@ -488,15 +520,32 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
             n = 2 if not compiled else max(1, int(PROGRESS_EVERY_S / max(per_block, 1e-9)))
         compiled = True
 
-    series = {}
-    for k, v in parts.items():
-        joined = np.concatenate(v, axis=1)
-        series[k] = joined.reshape(n_cfg, n_seed, *joined.shape[1:])
+    series = _joined(parts, n_cfg, n_seed)
     div = np.asarray(carry["diverged"]).reshape(n_cfg, n_seed)
     params = jax.tree.map(
         lambda a: np.asarray(a).reshape(n_cfg, n_seed, *a.shape[1:]), carry["run"].params
     )
     return series, div, params, earlier
+
+
+def _joined(parts: dict, n_cfg: int, n_seed: int) -> dict:
+    """Chunks of each series joined along time, lanes split into [C, S, ...]."""
+    series = {}
+    for k, v in parts.items():
+        joined = np.concatenate(v, axis=1)
+        series[k] = joined.reshape(n_cfg, n_seed, *joined.shape[1:])
+    return series
+
+
+def _padded(parts: dict, step_keys, plan, n_cfg: int, n_seed: int) -> dict:
+    """The series so far, NaN-padded along time to the run's length (per-step series to
+    ``steps // log_every`` windows, evaluations to ``steps // eval_every + 1``)."""
+    out = {}
+    for k, v in _joined(parts, n_cfg, n_seed).items():
+        full = plan.steps // plan.log_every if k in step_keys else plan.steps // plan.eval_every + 1
+        pad = np.full((*v.shape[:2], full - v.shape[2], *v.shape[3:]), np.nan)
+        out[k] = np.concatenate([v, pad.astype(v.dtype, copy=False)], axis=2)
+    return out
 
 
 # Compiled programs are kept across calls (a benchmark or a sweep calls train repeatedly); the key

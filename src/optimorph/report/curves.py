@@ -50,12 +50,14 @@ def loss_figure(result: TrainResult) -> Figure:
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     steps, losses, window = _smoothed(result.steps, result.train_loss)
     _plot_curves(axes[0], result, steps, losses)
+    axes[0].set_ylabel(_ylabel("loss"))
     title = "training loss (minibatch)"
     axes[0].set_title(f"{title}, mean of {window} steps" if window > 1 else title)
     _log_if_positive(axes[0], result.train_loss)
     if key:
         _plot_curves(axes[1], result, result.eval_steps, result.evals[key])
         axes[1].set_title(key)
+        axes[1].set_ylabel(_ylabel(key))
         if key.endswith("loss"):
             _log_if_positive(axes[1], result.evals[key])
     axes[0].legend(fontsize="small")
@@ -92,6 +94,7 @@ def eval_figure(result: TrainResult, keys: Sequence[str] | None = None) -> Figur
     for ax, key in zip(axes, keys):
         _plot_curves(ax, result, result.eval_steps, result.evals[key])
         ax.set_title(key)
+        ax.set_ylabel(_ylabel(key))
         if key.endswith("loss"):
             _log_if_positive(ax, result.evals[key])
     for ax in axes[len(keys) :]:
@@ -181,7 +184,7 @@ def grid_figure(result: TrainResult) -> Figure | None:
             ax.set_xscale("log")
         _log_if_positive(ax, mean)
         ax.set_xlabel(axis)
-        ax.set_ylabel(f"final {g['metric']}")
+        ax.set_ylabel(f"final {g['metric']} (objective value)")
         ax.set_title(_label(g["spec"]), fontsize="medium")
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize="small")
@@ -211,8 +214,19 @@ def _plot_curves(ax: Axes, result: TrainResult, steps: np.ndarray, values: np.nd
         (line,) = ax.plot(steps, mean, label=label, color=f"C{i % 10}", linewidth=1.5)
         if len(result.seeds) > 1:
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("step")
+    ax.set_xlabel("step (optimizer updates)")
+    if len(steps):  # the whole run's length, also while it is still going
+        ax.set_xlim(0, float(np.max(steps)))
     ax.grid(True, alpha=0.3)
+
+
+def _ylabel(key: str) -> str:
+    """A y label with its unit: losses in the problem's objective, accuracies as fractions."""
+    if key.endswith("accuracy"):
+        return "accuracy (fraction correct)"
+    if key.endswith("loss"):
+        return "loss (objective value)"
+    return key.rsplit("/", 1)[-1]
 
 
 def _seed_band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -49,6 +49,7 @@ td.held { color: #0a6b0a; font-weight: 600; }
 td.failed { color: #b00020; font-weight: 600; }
 td.open { color: #8a6d00; }
 p.lead { font-size: 1.1em; }
+p.running { background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.5em 0.8em; }
 """
 
 
@@ -73,10 +74,12 @@ def write_report(
     config = read_config(run_dir)
     summary = read_summary(run_dir)
     title = title if title is not None else f"optimorph run {run_dir.resolve().name}"
+    progress = config.get("config", {}).get("progress")
     body = [
         f"<h1>{_e(title)}</h1>",
+        _in_progress(progress) if progress else "",
         "<h2>Summary</h2>",
-        _lead(summary),
+        "" if progress else _lead(summary),
         _grids_table(summary),
         _summary_table(summary),
         _diverged_list(summary),
@@ -166,6 +169,17 @@ def _summary_table(summary: dict[str, Any]) -> str:
         f"{_e(str(summary['last_eval_step']))}.</p>"
     )
     return f"<table><tr>{head}</tr>\n" + "\n".join(rows) + "</table>\n" + note
+
+
+def _in_progress(progress: dict[str, Any]) -> str:
+    """The banner of a run still going: how far, and that final numbers are not final yet."""
+    groups = f" of program {progress['group']}/{progress['groups']}" if progress["groups"] > 1 else ""
+    return (
+        f'<p class="lead running">Still running: step {progress["done"]:,} of '
+        f'{progress["steps"]:,}{groups} when these results were written. Curves stop where the '
+        "run is; final values of unfinished runs are blank. Run <code>optimorph report DIR</code> "
+        "again to refresh.</p>"
+    )
 
 
 def _lead(summary: dict[str, Any]) -> str:
@@ -263,8 +277,23 @@ def _figures(run_dir: Path) -> list[Path]:
     return [found[name] for name in order]
 
 
+_BAND = "line: mean over seeds, band: min-max over seeds (a seed leaves from the step it diverged)"
+CAPTIONS = {
+    "grids.png": "Each grid's final training-set loss against its hyperparameter: marker the "
+    "mean over seeds, bar min-max over seeds, ring the best point by the rule above, cross on "
+    "the top edge a point where a seed diverged.",
+    "loss_curves.png": f"Training loss on each step's minibatch against step; {_BAND}. Right: "
+    "the headline evaluation metric.",
+    "eval_curves.png": f"Every evaluation metric against step, on the problem's sets; {_BAND}.",
+    "final_metrics.png": "Final values per optimizer: a dot per seed, the black bar mean ± sample "
+    "std over the seeds that did not diverge.",
+    "probes.png": f"Trajectory probes against step (docs/reference.md section 4); {_BAND}.",
+}
+"""What each standard figure shows and what its bands are (the figure's caption)."""
+
+
 def _figure(path: Path) -> str:
-    return figure_html(path)
+    return figure_html(path, CAPTIONS.get(path.name))
 
 
 def figure_html(path: Path, caption: str | None = None) -> str:
