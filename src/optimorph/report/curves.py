@@ -214,10 +214,24 @@ def _plot_curves(ax: Axes, result: TrainResult, steps: np.ndarray, values: np.nd
         (line,) = ax.plot(steps, mean, label=label, color=f"C{i % 10}", linewidth=1.5)
         if len(result.seeds) > 1:
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        _mark_divergences(ax, steps, values[i], result.diverged_at[i], line.get_color())
     ax.set_xlabel("step (optimizer updates)")
     if len(steps):  # the whole run's length, also while it is still going
         ax.set_xlim(0, float(np.max(steps)))
     ax.grid(True, alpha=0.3)
+
+
+def _mark_divergences(ax: Axes, steps, values: np.ndarray, diverged: np.ndarray, color) -> None:
+    """A cross where each diverged seed's curve ends: its last finite value before the step it
+    diverged at (on the bottom edge when it had none)."""
+    for j in np.flatnonzero(diverged >= 0):
+        finite = np.flatnonzero(np.isfinite(values[j]))
+        if finite.size:
+            k = finite[-1]
+            ax.plot([steps[k]], [values[j, k]], "x", color=color, markersize=8, mew=2)
+        else:
+            ax.plot([diverged[j]], [0.0], "x", color=color, markersize=8, mew=2, clip_on=False,
+                    transform=ax.get_xaxis_transform())  # fmt: skip
 
 
 def _ylabel(key: str) -> str:

@@ -234,7 +234,8 @@ def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) 
     """Which pairs are p-equivalent over mantissa bits x gradient heterogeneity.
 
     One small heatmap per pair (x: heterogeneity h = max|g_i| / min|g_i| on a log axis, y:
-    mantissa bits; a cell is colored when the pair is equivalent there), then a summary panel
+    mantissa bits as one equal row per width, so the low-bit rows where verdicts change are as
+    tall as the wide ones; a cell is colored when the pair is equivalent there), then a summary panel
     with the number of equivalent pairs per cell. The native formats (bf16 7, fp16 10, fp32 23,
     fp64 52 explicit mantissa bits) are marked on the right-hand y axis of each panel.
 
@@ -269,7 +270,9 @@ def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) 
         raise ValueError("mantissa_bits and heterogeneity must be strictly increasing, h > 0")
     x_edges = _edges(np.log10(hetero), half_width=0.5)
     x_edges = 10.0**x_edges
-    y_edges = _edges(bits, half_width=0.5)
+    # Categorical rows, one per width: the low-bit rows where verdicts change get the same
+    # height as the 30-52 bit rows where nothing happens.
+    y_edges = np.arange(bits.size + 1) - 0.5
     n = len(labels) + 1
     ncols = min(4, n)
     nrows = math.ceil(n / ncols)
@@ -291,7 +294,7 @@ def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) 
         for (bi, hi), count in np.ndenumerate(counts):
             summary.text(
                 math.sqrt(x_edges[hi] * x_edges[hi + 1]),
-                bits[bi],
+                bi,
                 str(count),
                 ha="center",
                 va="center",
@@ -301,8 +304,9 @@ def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) 
     for ax in axes[:n]:
         ax.set_xscale("log")
         ax.set_xlabel("heterogeneity max|g| / min|g|")
-        ax.set_ylabel("mantissa bits")
-        _mark_formats(ax, y_edges[0], y_edges[-1])
+        ax.set_ylabel("mantissa bits (explicit)")
+        ax.set_yticks(np.arange(bits.size), [f"{b:g}" for b in bits], fontsize="x-small")
+        _mark_formats(ax, bits)
     for ax in axes[n:]:
         ax.set_visible(False)
     fig.legend(
@@ -327,6 +331,8 @@ def tracking_animation(
     max_frames: int = MAX_FRAMES,
     labels: Sequence[str] = ("phi(A)", "B"),
     dpi: int = 80,
+    step_numbers: Sequence[int] | None = None,
+    title: str | None = None,
 ) -> Path:
     """Write a GIF of phi(state_A) tracking state_B, projected onto 2-D by PCA.
 
@@ -348,6 +354,9 @@ def tracking_animation(
       max_frames: frame cap, at most ``MAX_FRAMES``.
       labels: legend names of the two paths.
       dpi: resolution of the frames.
+      step_numbers: [T] the training step of each state (the frame caption counts states
+        1..T without it).
+      title: the figure's title (say which pair, precision and seed it shows).
 
     Returns:
       ``path`` as a Path.
@@ -383,6 +392,8 @@ def tracking_animation(
             raise ValueError(f"residual_radius must have shape ({steps},), got {radius.shape}")
         if not (np.isfinite(radius).all() and (radius >= 0).all()):
             raise ValueError("residual_radius must be finite and nonnegative")
+    if step_numbers is not None and len(step_numbers) != steps:
+        raise ValueError(f"step_numbers must have {steps} entries, got {len(step_numbers)}")
     pa, pb, explained = _pca_2d(a, b)
     frames = np.unique(np.linspace(0, steps - 1, min(steps, max_frames)).round().astype(int))
 
@@ -396,6 +407,8 @@ def tracking_animation(
     ax.set_xlim(center[0] - half, center[0] + half)
     ax.set_ylim(center[1] - half, center[1] + half)
     ax.set_aspect("equal")
+    if title:
+        ax.set_title(textwrap.fill(_text(title), 60), fontsize="small")
     ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC2 ({explained[1]:.0%} of variance)")
     ax.grid(True, alpha=0.3)
@@ -418,7 +431,9 @@ def tracking_animation(
         circle.set_center((pa[i, 0], pa[i, 1]))
         circle.set_radius(radius[i])
         distance = float(np.linalg.norm(a[i] - b[i]))
-        caption.set_text(f"step {i + 1}/{steps}   |phi(A) - B| = {distance:.3g}")
+        where = (f"step {int(step_numbers[i]):,} of {int(step_numbers[-1]):,}"
+                 if step_numbers is not None else f"state {i + 1}/{steps}")  # fmt: skip
+        caption.set_text(f"{where}   |phi(A) - B| = {distance:.3g}")
 
     # Lay out once, then freeze: the axes do not move between frames, and constrained layout
     # on every frame would be most of the rendering time.
@@ -540,8 +555,10 @@ def _edges(centers: np.ndarray, half_width: float) -> np.ndarray:
     )
 
 
-def _mark_formats(ax: Axes, low: float, high: float) -> None:
-    shown = {name: bits for name, bits in NATIVE_MANTISSA_BITS.items() if low <= bits <= high}
+def _mark_formats(ax: Axes, bits: np.ndarray) -> None:
+    """Name the hardware formats on the right-hand axis, at the rows of their widths."""
+    rows = {int(b): i for i, b in enumerate(bits)}
+    shown = {name: rows[b] for name, b in NATIVE_MANTISSA_BITS.items() if b in rows}
     if shown:
         right = ax.secondary_yaxis("right")
         right.set_yticks(list(shown.values()), list(shown), fontsize="x-small")

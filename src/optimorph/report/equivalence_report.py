@@ -84,7 +84,11 @@ def _comparison_body(run_dir: Path, kind: str) -> list[str]:
                 "floor (median over replicas; bands over seeds).")]  # fmt: skip
     first = panels[0]
     floor = np.maximum(first["floor_a"][0], first["floor_b"][0]) * doc["C"]
-    gif = tracking_animation(run_dir / "tracking.gif", first["path_a"], first["path_b"], floor)
+    gif = tracking_animation(
+        run_dir / "tracking.gif", first["path_a"], first["path_b"], floor,
+        step_numbers=first["t"],
+        title=f"{first['precision']}, seed 0: phi(A) = phi({first['a']}), B = {first['b']}",
+    )  # fmt: skip
     figures.append((gif, f"phi(A) tracking B at {first['precision']}, seed 0 (PCA projection); "
                           "the circle is C times the noise floor."))  # fmt: skip
     body.append("<h2>Figures</h2>")

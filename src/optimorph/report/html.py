@@ -277,7 +277,8 @@ def _figures(run_dir: Path) -> list[Path]:
     return [found[name] for name in order]
 
 
-_BAND = "line: mean over seeds, band: min-max over seeds (a seed leaves from the step it diverged)"
+_BAND = ("line: mean over seeds, band: min-max over seeds; a cross marks where a diverged seed's "
+         "curve ends")
 CAPTIONS = {
     "grids.png": "Each grid's final training-set loss against its hyperparameter: marker the "
     "mean over seeds, bar min-max over seeds, ring the best point by the rule above, cross on "
