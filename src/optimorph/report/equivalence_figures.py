@@ -556,9 +556,11 @@ def _edges(centers: np.ndarray, half_width: float) -> np.ndarray:
 
 
 def _mark_formats(ax: Axes, bits: np.ndarray) -> None:
-    """Name the hardware formats on the right-hand axis, at the rows of their widths."""
-    rows = {int(b): i for i, b in enumerate(bits)}
-    shown = {name: rows[b] for name, b in NATIVE_MANTISSA_BITS.items() if b in rows}
+    """Name the hardware formats on the right-hand axis at their widths (between two rows when
+    the grid skips a format's width)."""
+    rows = np.arange(bits.size)
+    shown = {name: float(np.interp(b, bits, rows)) for name, b in NATIVE_MANTISSA_BITS.items()
+             if bits[0] <= b <= bits[-1]}  # fmt: skip
     if shown:
         right = ax.secondary_yaxis("right")
         right.set_yticks(list(shown.values()), list(shown), fontsize="x-small")
