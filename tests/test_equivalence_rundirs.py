@@ -36,9 +36,11 @@ def test_report_redraws_a_run_from_disk(argv, files, tmp_path, check_page):
 def _run(argv, out, resume=False):
     code = "from optimorph.cli import entry; entry()"
     extra = ["--resume"] if resume else []
+    # No persistent compilation cache: the reference run filled it, and a process that does not
+    # compile can finish before the interrupt lands.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_ENABLE_COMPILATION_CACHE="false")
     return subprocess.Popen([sys.executable, "-c", code, *argv, "--out", str(out), *extra],
-                            stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
 
 
 @pytest.mark.parametrize("argv, result", [(COMPARE, "equivalence.json"),

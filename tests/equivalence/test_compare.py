@@ -58,6 +58,11 @@ def test_a_tiny_learning_rate_change_is_visible_at_fp64_not_at_e8m3():
     )
     assert not c.pairs["fp64"][0].equivalent
     assert c.pairs["e8m3"][0].equivalent, c.pairs["e8m3"][0].reason
+    # The paired final difference: the smaller rate ends a little higher on every seed.
+    v = c.pairs["fp64"][0]
+    low, high = v.final_diff_ci
+    assert 0 < low < v.final_diff < high, (v.final_metric, v.final_diff, v.final_diff_ci)
+    assert v.summary()["final_diff_ci"] == [low, high]
 
 
 def test_classes_and_cli_json(capsys):

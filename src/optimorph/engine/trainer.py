@@ -84,7 +84,7 @@ def train(
     log_every: int = 1,
     chunk_steps: int | None = None,
     checkpoint_dir: str | Path | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     keep_params: bool = True,
     replicas: int = 0,
     record_params: bool = False,
@@ -113,7 +113,8 @@ def train(
       checkpoint_dir: where to keep checkpoints; a rerun with the same arguments resumes.
       checkpoint_every: seconds between checkpoints (one is also written when each compiled
         program finishes); with ``chunk_steps`` a checkpoint follows every chunk.
-      progress: print a progress line on stderr.
+      progress: print a progress line on stderr; a string also prefixes each line with it
+        (parallel workers sharing a terminal say which cell they are).
       keep_params: return each run's final parameters.
       replicas: k noisy replicas per run for the rounding noise floor (DESIGN.md section 3):
         each replica multiplies every stored value by (1 + u xi), xi ~ U(-1, 1), u the params
@@ -267,7 +268,9 @@ def train(
         if len(group_specs) > 3:  # a grid: the line stays readable
             names += f", ... ({len(group_specs)} configurations, one program)"
         label = f"train {names}" + (f" [{g + 1}/{len(groups)}]" if len(groups) > 1 else "")
-        bar = Progress(plan.steps, label, enabled=progress, every_s=PROGRESS_EVERY_S)
+        if isinstance(progress, str):  # a worker's tag: several processes share one terminal
+            label = f"{progress}: {label}"
+        bar = Progress(plan.steps, label, enabled=bool(progress), every_s=PROGRESS_EVERY_S)
         out, group_div, params, group_earlier = _run_group(
             prob, group_specs, seed_list, policy, plan, all_probes, data, ckpt, bar,
             float(checkpoint_every), live,

@@ -90,6 +90,10 @@ class PairVerdict:
     final_metric: str
     theory: dict
     decided: bool = True  # False: both diverged, differently (undecidable)
+    # Paired difference of the final metric over seeds, mean(A - B) and its 95% CI (NaN when a
+    # seed diverged or there is one seed).
+    final_diff: float = math.nan
+    final_diff_ci: tuple[float, float] = (math.nan, math.nan)
     # Curves for figures: [S, E] arrays over evaluation steps.
     eval_steps: np.ndarray = dataclasses.field(repr=False, default=None)
     distance: np.ndarray = dataclasses.field(repr=False, default=None)
@@ -383,6 +387,8 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
         final_metric=key,
         theory=checks,
         decided=decided,
+        final_diff=float(ttest.mean_diff),
+        final_diff_ci=(float(ttest.ci_low), float(ttest.ci_high)),
         eval_steps=r.eval_steps,
         distance=d,
         floor_a=runs.floor[i],

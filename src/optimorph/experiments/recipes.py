@@ -179,16 +179,22 @@ def _run_batch_size(config: tour.BatchSizeConfig, out: Path, progress: bool) -> 
             "numpy_projected_s": numpy["projected_s"],
             "optimorph_s": numpy["optimorph_s"],
             "speedup": numpy["projected_s"] / numpy["optimorph_s"],
+            "optimorph_wall_s": numpy["wall_s"],
+            "resumed_cells": numpy["resumed"],
         },
     )
     findings = result["findings"]
+    per_run = numpy["projected_s"] / numpy["runs"]
+    slowest = max(config.steps / r for r in numpy["rates"].values())
     findings.append(
         tour.finding(
             "The textbook NumPy loop takes minutes per run (the tour's figures)",
-            f"NumPy loop projected for the whole sweep: {numpy['projected_s']:.0f} s; optimorph: "
+            f"NumPy loop projected: {per_run:.0f} s per run on average, {slowest:.0f} s for the "
+            f"slowest, {numpy['projected_s']:.0f} s for the sweep; optimorph: "
             f"{numpy['optimorph_s']:.0f} s of cell time "
-            f"({numpy['projected_s'] / numpy['optimorph_s']:.1f}x)",
-            None,
+            f"({numpy['projected_s'] / numpy['optimorph_s']:.1f}x), {numpy['wall_s']:.0f} s of "
+            f"wall clock for the cells run now",
+            per_run >= 60,
         )
     )
     return findings

@@ -21,6 +21,7 @@ v into the learning rate, which scales eps by sqrt(1 - b2^t)).
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -134,7 +135,7 @@ def _batch_size_cell(cell: tuple[BatchSizeConfig, int, str | None]) -> dict:
         eval_every=eval_every,
         log_every=_log_every(config.steps, eval_every),
         checkpoint_dir=checkpoints,
-        progress=True,
+        progress=f"B={batch}",
     )
     k = config.test_sets
     names = [f"_{i}" for i in range(k)] if k > 1 else [""]
@@ -179,7 +180,9 @@ def batch_size(
         if on_cell:
             on_cell(result)
 
+    started = time.perf_counter()
     map_cells(_batch_size_cell, cells, workers=config.workers, on_result=store)
+    sweep_wall = time.perf_counter() - started  # this session's cells, all processes together
     prob = problem(config.problem)
     x, y = (np.asarray(a) for a in prob.train)
     numpy_rates = {
@@ -192,7 +195,9 @@ def batch_size(
     boundaries = {b: decision_grid(prob, done[b]["params"]) for b in (small, full) if b in done}
     return {
         "cells": {b: done[b] for b in config.batch_sizes},
-        "numpy": {"rates": numpy_rates, "projected_s": numpy_total, "optimorph_s": ours_total},
+        "numpy": {"rates": numpy_rates, "projected_s": numpy_total, "optimorph_s": ours_total,
+                  "wall_s": sweep_wall, "resumed": sorted(set(config.batch_sizes) - set(todo)),
+                  "runs": len(config.batch_sizes)},  # fmt: skip
         "boundaries": boundaries,
         "findings": _batch_size_findings(config, done),
     }

@@ -48,7 +48,7 @@ def _comparison_body(run_dir: Path, kind: str) -> list[str]:
         for v in items if isinstance(items, list) else [items]:
             word = outcome(v)
             rows.append([precision, v["a"], v["b"], word, _num(v["distance_ratio"]),
-                         _num(v["defect_ab"]), v["map"], v["reason"]])  # fmt: skip
+                         _num(v["defect_ab"]), v["map"], _difference(v), v["reason"]])  # fmt: skip
             if kind == "compare":
                 sentence.append(f"{word} at {precision}")
     if kind == "compare":
@@ -70,11 +70,14 @@ def _comparison_body(run_dir: Path, kind: str) -> list[str]:
                "and the first NaN step (A/B) are marked."),
         "<h2>Verdicts</h2>",
         rows_table(
-            ["precision", "A", "B", "verdict", "d / floor (max)", "defect A->B", "map", "reason"],
+            ["precision", "A", "B", "verdict", "d / floor (max)", "defect A->B", "map",
+             "final A - B (95% CI)", "reason"],
             rows,
         ),  # fmt: skip
         f"<p>Equivalent when d(t) <= C x max(floor_A, floor_B, u ||theta||) for every t, C = "
-        f"{doc['C']}, with the state maps' condition numbers bounded.</p>",
+        f"{doc['C']}, with the state maps' condition numbers bounded. Final A - B: the paired "
+        "difference of the final metric over seeds (same seed, same initialisation and batches), "
+        "mean and 95% t-interval; blank when a seed diverged or there is one seed.</p>",
     ]
     grid = [{"t": p["t"], "d": p["d"], "floor_a": p["floor_a"], "floor_b": p["floor_b"],
              "labels": ("A", "B"), "pair": f"A: {p['a']}\nB: {p['b']}",
@@ -122,6 +125,15 @@ def _image(path: Path, caption: str) -> str:
         return (f'<figure><img src="data:image/gif;base64,{data}" alt="{path.name}">'
                 f"<figcaption>{caption}</figcaption></figure>")  # fmt: skip
     return figure_html(path, caption)
+
+
+def _difference(v: dict) -> str:
+    """``metric: mean [low, high]`` of the paired final difference (stored docs of earlier
+    versions have none: a dash)."""
+    mean, ci = v.get("final_diff"), v.get("final_diff_ci") or [None, None]
+    if mean is None or None in ci:
+        return "—"
+    return f"{v['final_metric']}: {mean:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
 
 
 def _num(x) -> float | str:
