@@ -130,6 +130,12 @@ BAD_COMMAND_LINES = [
      "--set batch_sizes=0: must be finite and > 0"),
     (["run", "batch-size", "--set", "steps=1.5", "--out", "{tmp}/r"], "give an integer like"),
     (["run", "batch-size", "--set", "batch_sizes=4", "--out", "{tmp}/r"], "non-empty list"),
+    # Settings whose default is None are checked against their annotated type.
+    (["run", "batch-size", "--set", "workers=0", "--out", "{tmp}/r"],
+     "--set workers=0: must be finite and > 0"),
+    (["run", "linear-weights", "--set", "n_train=2.5", "--out", "{tmp}/r"],
+     "give an integer like"),
+    (["run", "linear-weights", "--set", "path=3", "--out", "{tmp}/r"], "give a string"),
     (["run", "nosuch"], "unknown recipe 'nosuch'; registered: batch-size"),
     (["report", "{tmp}/nothing"], "holds no optimorph run"),
     (["list", "nothing"], "invalid choice: 'nothing'"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,22 @@ def make_config(recipe: Recipe, quick: bool = False, **overrides: Any) -> Any:
             f"recipe {recipe.name}: unknown setting {', '.join(unknown)}; "
             f"its settings are {', '.join(sorted(fields))}"
         )
+    hints = typing.get_type_hints(type(config))
     for name, value in overrides.items():
-        overrides[name] = _checked_setting(recipe.name, name, value, getattr(config, name))
+        default = getattr(config, name)
+        if default is None and value is not None:  # check against the annotated type instead
+            default = _example(hints.get(name))
+        overrides[name] = _checked_setting(recipe.name, name, value, default)
     return dataclasses.replace(config, **overrides)
+
+
+def _example(hint: Any) -> Any:
+    """A stand-in default for a setting whose default is None (``workers: int | None``): a
+    value of the annotated type, so the given value is checked like one; None when unknown."""
+    for kind, example in ((bool, False), (int, 1), (float, 1.0), (str, "")):
+        if hint is kind or kind in typing.get_args(hint):
+            return example
+    return None
 
 
 # Settings that may be zero (a count of things, a noise level, an exponent); every other number
