@@ -204,7 +204,7 @@ def train(
     }
     if any(g.is_grid for g in grids):
         config["grids"] = [
-            {"spec": g.text, "members": [resolve(m).text for m in g.members], "axes": g.axes}
+            {"spec": g.text, "members": g.members, "axes": g.axes}
             for g in grids
             if g.is_grid
         ]

@@ -166,9 +166,8 @@ def grid_figure(result: TrainResult) -> Figure | None:
         rows = [index[m] for m in g["members"]]
         per_seed = finals[g["metric"]]
         x = np.asarray(values, dtype=float)
-        mean, low, high = (np.array([_seed_band(per_seed[r][ok[r]][:, None])[k][0]
-                                     if ok[r].any() else np.nan for r in rows])
-                           for k in range(3))  # fmt: skip
+        # Diverged seeds left out, as in the choice: [seeds, points] with NaN where diverged.
+        mean, low, high = _seed_band(np.where(ok[rows], per_seed[rows], np.nan).T)
         ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="o-", capsize=4, color="C0",
                     label="mean over seeds (bar: min-max)")  # fmt: skip
         bad = np.array([not ok[r].all() for r in rows])

@@ -172,13 +172,15 @@ def _summary_table(summary: dict[str, Any]) -> str:
 
 
 def _in_progress(progress: dict[str, Any]) -> str:
-    """The banner of a run still going: how far, and that final numbers are not final yet."""
-    groups = f" of program {progress['group']}/{progress['groups']}" if progress["groups"] > 1 else ""
+    """The banner of an unfinished run: how far, and that final numbers are not final yet."""
+    many = progress["groups"] > 1
+    groups = f" of program {progress['group']}/{progress['groups']}" if many else ""
     return (
         f'<p class="lead running">Still running: step {progress["done"]:,} of '
         f'{progress["steps"]:,}{groups} when these results were written. Curves stop where the '
         "run is; final values of unfinished runs are blank. Run <code>optimorph report DIR</code> "
-        "again to refresh.</p>"
+        "again to refresh; if the run was interrupted, the same command with "
+        "<code>--resume</code> continues it from its checkpoint.</p>"
     )
 
 
