@@ -676,8 +676,10 @@ def _train(args) -> int:
             progress=not args.quiet,
             track_stalled=args.track_stalled,
             probes=_probes(args),
-            # The metrics so far at every checkpoint: `optimorph report DIR` shows a live run.
-            on_checkpoint=lambda partial: write_run(partial, out),
+            # The metrics so far, at checkpoints at most every LIVE_EVERY_S: `optimorph report
+            # DIR` shows a live run. Throttled apart from checkpoints because each write is the
+            # whole run's Parquet table (NaN-padded), too much for --checkpoint-every 0.3.
+            on_checkpoint=_live_writer(out, write_run),
         )
         write_run(result, out)
         save_figures(result, out)
@@ -686,6 +688,24 @@ def _train(args) -> int:
     _print_summary(result)
     print(f"wrote {out}; report: {report}", file=sys.stderr)
     return 0
+
+
+LIVE_EVERY_S = 30.0
+
+
+def _live_writer(out: Path, write_run):
+    """``on_checkpoint`` for a train run: write the result so far into ``out`` when at least
+    ``LIVE_EVERY_S`` seconds have passed since the start or the last such write."""
+    import time
+
+    last = [time.monotonic()]
+
+    def write(partial) -> None:
+        if time.monotonic() - last[0] >= LIVE_EVERY_S:
+            write_run(partial, out)
+            last[0] = time.monotonic()
+
+    return write
 
 
 def _probes(args) -> list:
