@@ -1,5 +1,10 @@
 """The compiled trainer against a plain Python loop, and its grid, divergence and resume paths."""
 
+import os
+import signal
+import threading
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +13,7 @@ import pytest
 
 import optimorph
 from optimorph.engine import TrainingError, train, trainer
+from optimorph.probes import Probe
 
 
 def _reference_run(prob, spec, seed, steps, batch):
@@ -115,6 +121,55 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     np.testing.assert_array_equal(resumed.train_loss, full.train_loss)
     for key in full.evals:
         np.testing.assert_array_equal(resumed.evals[key], full.evals[key])
+
+
+def test_ctrl_c_during_a_chunk_stops_after_it_with_a_checkpoint(tmp_path):
+    """A SIGINT while a chunk runs takes effect when it ends: a checkpoint of that chunk, then
+    KeyboardInterrupt; the resumed run is the uninterrupted one, and Python's handler is back."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # fmt: skip
+        pytest.skip("needs the main thread with Python's own SIGINT handler")
+    kw = dict(seeds=2, steps=60, batch_size=10, eval_every=10, chunk_steps=20, progress=False)
+    full = train("two-moons(n=100)", "sgd(lr=0.1)", **kw)
+    fired = []
+
+    def fire(t):  # from inside the compiled chunk, at step 25 of the chunk 20..40
+        if int(t) == 25 and not fired:
+            fired.append(int(t))
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def update(values, state):
+        jax.debug.callback(fire, values.t)
+        return state, {}
+
+    signaller = Probe("signaller", lambda params: (), update, outputs=("unused",))
+    with pytest.raises(KeyboardInterrupt):
+        train("two-moons(n=100)", "sgd(lr=0.1)", checkpoint_dir=tmp_path, probes=[signaller],
+              **kw)  # fmt: skip
+    assert fired == [25]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    (ckpt,) = tmp_path.glob("*.npz")
+    with np.load(ckpt) as z:  # the chunk the signal landed in ran to its end and was saved
+        assert int(z["done"]) == 40
+    resumed = train("two-moons(n=100)", "sgd(lr=0.1)", checkpoint_dir=tmp_path,
+                    probes=[signaller], **kw)  # fmt: skip
+    np.testing.assert_array_equal(resumed.train_loss, full.train_loss)
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # fmt: skip
+        pytest.skip("needs the main thread with Python's own SIGINT handler")
+    from optimorph.engine import interrupts
+
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert interrupts.requested()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # not reached: the second signal raises here
+        pytest.fail("the second SIGINT did not raise")
+    assert not interrupts.requested()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_low_precision_parameters_stay_in_their_format():

@@ -4,7 +4,8 @@ Every (optimizer, seed) run of one *program* (optimizers that differ only in num
 rates, betas, schedule parameters) is one lane of a vmapped, scanned program compiled once.
 Optimizers that differ in kind or flags get one program each. The loop runs in chunks; between
 chunks a progress line advances and, with ``checkpoint_dir``, a checkpoint is written atomically so
-an interrupted run resumes where it stopped.
+an interrupted run resumes where it stopped. Ctrl-C takes effect at the end of the running chunk,
+after a checkpoint (:mod:`optimorph.engine.interrupts`).
 
 Seeds are shared across optimizers: seed s gives the same initial parameters and the same batch
 sequence to every optimizer, so comparisons over seeds are paired.
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optimorph.engine import interrupts
 from optimorph.engine.progress import Progress
 from optimorph.engine.result import TrainResult
 from optimorph.engine.step import (
@@ -244,42 +246,43 @@ def train(
                     target[name] = np.full((n_opt, *arr.shape[1:]), np.nan, arr.dtype)
                 target[name][i] = arr[k]
 
-    for g, members in enumerate(groups.values()):
-        group_specs = [specs[i] for i in members]
-        live = None
-        if on_checkpoint is not None:
+    with interrupts.deferred():  # Ctrl-C takes effect between chunks, after a checkpoint
+        for g, members in enumerate(groups.values()):
+            group_specs = [specs[i] for i in members]
+            live = None
+            if on_checkpoint is not None:
 
-            def live(out, done, group_div, g=g, members=members):
-                partial = {k: v.copy() for k, v in series.items()}
-                place(partial, out, members)
-                div = diverged.copy()
-                div[members] = group_div
-                progress_ = {"done": int(done), "steps": plan.steps, "group": g + 1,
-                             "groups": len(groups)}  # fmt: skip
-                snapshot = result(partial, div, [], time.perf_counter() - started + earlier)
-                on_checkpoint(dataclasses.replace(
-                    snapshot, config={**config, "progress": progress_}))  # fmt: skip
+                def live(out, done, group_div, g=g, members=members):
+                    partial = {k: v.copy() for k, v in series.items()}
+                    place(partial, out, members)
+                    div = diverged.copy()
+                    div[members] = group_div
+                    progress_ = {"done": int(done), "steps": plan.steps, "group": g + 1,
+                                 "groups": len(groups)}  # fmt: skip
+                    snapshot = result(partial, div, [], time.perf_counter() - started + earlier)
+                    on_checkpoint(dataclasses.replace(
+                        snapshot, config={**config, "progress": progress_}))  # fmt: skip
 
-        ckpt = None
-        if checkpoint_dir is not None:
-            tag = _fingerprint(config, [[s.canonical, plan.block] for s in group_specs])
-            ckpt = Path(checkpoint_dir) / f"checkpoint-{tag}.npz"
-        names = ", ".join(s.text for s in group_specs[:3])
-        if len(group_specs) > 3:  # a grid: the line stays readable
-            names += f", ... ({len(group_specs)} configurations, one program)"
-        label = f"train {names}" + (f" [{g + 1}/{len(groups)}]" if len(groups) > 1 else "")
-        if isinstance(progress, str):  # a worker's tag: several processes share one terminal
-            label = f"{progress}: {label}"
-        bar = Progress(plan.steps, label, enabled=bool(progress), every_s=PROGRESS_EVERY_S)
-        out, group_div, params, group_earlier = _run_group(
-            prob, group_specs, seed_list, policy, plan, all_probes, data, ckpt, bar,
-            float(checkpoint_every), live,
-        )  # fmt: skip
-        earlier += group_earlier
-        place(series, out, members)
-        for k, i in enumerate(members):
-            diverged[i] = group_div[k]
-            final_params[i] = jax.tree.map(lambda a, k=k: a[k], params) if keep_params else None
+            ckpt = None
+            if checkpoint_dir is not None:
+                tag = _fingerprint(config, [[s.canonical, plan.block] for s in group_specs])
+                ckpt = Path(checkpoint_dir) / f"checkpoint-{tag}.npz"
+            names = ", ".join(s.text for s in group_specs[:3])
+            if len(group_specs) > 3:  # a grid: the line stays readable
+                names += f", ... ({len(group_specs)} configurations, one program)"
+            label = f"train {names}" + (f" [{g + 1}/{len(groups)}]" if len(groups) > 1 else "")
+            if isinstance(progress, str):  # a worker's tag: several processes share one terminal
+                label = f"{progress}: {label}"
+            bar = Progress(plan.steps, label, enabled=bool(progress), every_s=PROGRESS_EVERY_S)
+            out, group_div, params, group_earlier = _run_group(
+                prob, group_specs, seed_list, policy, plan, all_probes, data, ckpt, bar,
+                float(checkpoint_every), live,
+            )  # fmt: skip
+            earlier += group_earlier
+            place(series, out, members)
+            for k, i in enumerate(members):
+                diverged[i] = group_div[k]
+                final_params[i] = jax.tree.map(lambda a, k=k: a[k], params) if keep_params else None
     wall = time.perf_counter() - started + earlier
     return result(series, diverged, final_params if keep_params else [], wall)
 
@@ -509,13 +512,15 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
         elapsed = time.perf_counter() - tick
         done += n * plan.block
         now = time.perf_counter()
-        if plan.chunk_blocks or done >= plan.steps or now - last_save >= ckpt_every:
+        stop = interrupts.requested()  # Ctrl-C during this chunk: checkpoint, then stop
+        if plan.chunk_blocks or done >= plan.steps or now - last_save >= ckpt_every or stop:
             _save_checkpoint(ckpt, carry, done, parts, earlier + now - started)
             last_save = now
-            if live is not None and done < plan.steps:
+            if live is not None and done < plan.steps and not stop:
                 div = np.asarray(carry["diverged"]).reshape(n_cfg, n_seed)
                 live(_padded(parts, per_step, plan, n_cfg, n_seed), done, div)
         bar.advance(n * plan.block, "" if compiled else f"(compiled and ran in {elapsed:.1f}s)")
+        interrupts.raise_if_requested()
         if plan.chunk_blocks is None:
             # The first chunk's time is mostly compilation: try 2 blocks, then aim for a chunk
             # every PROGRESS_EVERY_S seconds.

@@ -1,0 +1,70 @@
+"""Ctrl-C at a safe point: during training an interrupt takes effect between compiled chunks.
+
+Python raises ``KeyboardInterrupt`` wherever the main thread happens to be. Inside JAX's
+dispatch, a ``__del__`` or a file write that can go wrong: an exception raised in a ``__del__``
+is printed and dropped, so the run went on as if nothing had happened (seen as a process that
+ignored Ctrl-C for minutes). Within :func:`deferred` the first SIGINT only records the request
+and the trainer acts on it at the end of the chunk it is running (:func:`raise_if_requested`),
+after writing a checkpoint. A second SIGINT raises at once.
+
+Only the main thread can install signal handlers; elsewhere, or when someone else installed a
+SIGINT handler (not Python's default), :func:`deferred` changes nothing.
+
+>>> with deferred():
+...     raise_if_requested()  # nothing pending: returns
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+__all__ = ["deferred", "raise_if_requested", "requested"]
+
+_pending = threading.Event()
+_MESSAGE = (
+    b"\noptimorph: interrupt received; stopping at the end of this chunk after a checkpoint "
+    b"(Ctrl-C again to stop at once)\n"
+)
+
+
+def _handler(signum, frame) -> None:
+    if _pending.is_set():
+        _pending.clear()
+        raise KeyboardInterrupt
+    _pending.set()
+    os.write(2, _MESSAGE)  # not print(): the main thread may be inside a write to stderr
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within: the first SIGINT is recorded, not raised (see the module docstring). On leaving,
+    a request not yet acted on raises ``KeyboardInterrupt``."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    _pending.clear()
+    signal.signal(signal.SIGINT, _handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise_if_requested()
+
+
+def requested() -> bool:
+    """Whether an interrupt is waiting for the next safe point."""
+    return _pending.is_set()
+
+
+def raise_if_requested() -> None:
+    """Raise the waiting ``KeyboardInterrupt`` (call at a safe point), else return."""
+    if _pending.is_set():
+        _pending.clear()
+        raise KeyboardInterrupt
