@@ -10,7 +10,15 @@ import pytest
 import scipy.special
 
 from optimorph.problems import problem
-from optimorph.problems.models import ACTIVATIONS, Activation, cnn, linear, mlp, n_params
+from optimorph.problems.models import (
+    ACTIVATIONS,
+    Activation,
+    cnn,
+    conv2d_same,
+    linear,
+    mlp,
+    n_params,
+)
 from optimorph.problems.supervised import accuracy, cross_entropy, mse
 from optimorph.spec import SpecError
 
@@ -48,6 +56,35 @@ def test_cnn_forward_on_digits():
     assert logits.shape == (16, 10) and bool(jnp.all(jnp.isfinite(logits)))
     # 3x3x1x16 + 16, 3x3x16x32 + 32, (2*2*32)x10 + 10
     assert p.info["n_params"] == 160 + 4640 + 1290
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride"),
+    [((28, 28, 1), (3, 3), 2), ((14, 14, 16), (3, 3), 2), ((9, 7, 3), (3, 3), 1),
+     ((9, 7, 3), (2, 4), 3), ((40, 1, 1), (5, 1), 2)],
+)  # fmt: skip
+def test_conv2d_same_is_the_convolution_op_with_its_gradients(shape, kernel, stride):
+    """float64: the im2col convolution equals lax's SAME convolution, and so do the gradients
+    with respect to both the images and the kernel (odd sizes and uneven padding included)."""
+    kx, kw, kc = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (3, *shape), jnp.float64)
+    w = jax.random.normal(kw, (*kernel, shape[-1], 5), jnp.float64)
+
+    def reference(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=jax.lax.Precision.HIGHEST,
+        )  # fmt: skip
+
+    ours = conv2d_same(x, w, stride)
+    ref = reference(x, w)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+    cot = jax.random.normal(kc, ref.shape, jnp.float64)
+    g_ours = jax.grad(lambda x, w: jnp.vdot(conv2d_same(x, w, stride), cot), (0, 1))(x, w)
+    g_ref = jax.grad(lambda x, w: jnp.vdot(reference(x, w), cot), (0, 1))(x, w)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-11)
 
 
 def test_init_is_pytorch_default_uniform():

@@ -9,8 +9,9 @@ He-uniform with gain ``1/sqrt(3)`` (kaiming_uniform with ``a = sqrt(5)``), i.e. 
 ``1/(3 fan_in)``. ``init`` is jitted and draws all leaves from one uniform draw (faster to
 compile than one draw per leaf).
 
-Matrix products and convolutions pin ``precision=HIGHEST``: on GPUs the float32 default is
-TF32 (10 mantissa bits), which would silently change what a "float32 run" means.
+Matrix products pin ``precision=HIGHEST`` (convolutions are matrix products too, see
+:func:`conv2d_same`): on GPUs the float32 default is TF32 (10 mantissa bits), which would
+silently change what a "float32 run" means.
 
 >>> import jax
 >>> init, apply = mlp([2, 64, 64, 2])
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 
 from optimorph.spec import SpecError
 
-__all__ = ["Activation", "ACTIVATIONS", "linear", "mlp", "cnn", "n_params"]
+__all__ = ["Activation", "ACTIVATIONS", "linear", "mlp", "cnn", "conv2d_same", "n_params"]
 
 Params = dict[str, Any]
 Init = Callable[[jax.Array], Params]
@@ -214,14 +215,7 @@ def cnn(
     )
 
     def conv(layer: Params, x: jax.Array) -> jax.Array:
-        y = jax.lax.conv_general_dilated(
-            x,
-            layer["w"],
-            window_strides=(stride, stride),
-            padding="SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision=_HIGHEST,
-        )
+        y = conv2d_same(x, layer["w"], stride)
         return y + jnp.broadcast_to(layer["b"], y.shape)
 
     def apply(params: Params, x: jax.Array) -> jax.Array:
@@ -230,6 +224,38 @@ def cnn(
         return _dense(params["dense0"], x.reshape(x.shape[0], flat))
 
     return init, apply
+
+
+def conv2d_same(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """``lax.conv_general_dilated(x, w, (stride, stride), "SAME")`` (NHWC, HWIO) as strided slices
+    and one matrix product (im2col).
+
+    Why not the convolution op: inside a compiled loop (the trainer's scan) XLA's CPU backend
+    leaves the convolutions of the backward pass in a layout its fast convolution kernel does not
+    take and emits naive loops instead. A CNN's gradient ran about 12x slower there than
+    standalone and a Hessian-vector product about 14x (jaxlib 0.10.2, ``benchmarks/cnn.py``);
+    slices, pads and matrix products have no such cliff. Same values to float rounding (the
+    products sum in another order).
+    """
+    kh, kw, c_in, c_out = w.shape
+    batch, height, width, _ = x.shape
+    out_h, out_w = math.ceil(height / stride), math.ceil(width / stride)
+    pad_h = max((out_h - 1) * stride + kh - height, 0)
+    pad_w = max((out_w - 1) * stride + kw - width, 0)
+    pads = ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
+    x = jnp.pad(x, pads)
+    taps = [
+        jax.lax.slice(
+            x,
+            (0, i, j, 0),
+            (batch, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c_in),
+            (1, stride, stride, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = jnp.concatenate(taps, axis=-1)  # [B, out_h, out_w, kh * kw * c_in], (i, j, c) order
+    return jnp.dot(patches, w.reshape(kh * kw * c_in, c_out), precision=_HIGHEST)
 
 
 def embedding_mlp(
