@@ -277,6 +277,20 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--quiet", action="store_true")
     ex.set_defaults(run=_experiment)
 
+    hs = sub.add_parser(
+        "hessian",
+        help="the Hessian spectrum at a train run's final parameters (writes hessian.json)",
+    )
+    hs.add_argument("run_dir", type=Path, help="a train run directory (its --out)")
+    hs.add_argument("--examples", type=POSITIVE, default=2048,
+                    help="the first N training examples (the probes' evaluation subset)")  # fmt: skip
+    hs.add_argument("--k", type=POSITIVE, default=5, help="largest and most negative eigenvalues")
+    hs.add_argument("--lanczos-steps", type=POSITIVE, default=50)
+    hs.add_argument("--samples", type=POSITIVE, default=100, help="Hutchinson vectors (trace)")
+    hs.add_argument("--seeds", type=POSITIVE, default=1, help="the run's first N seeds")
+    hs.add_argument("--quiet", action="store_true")
+    hs.set_defaults(run=_hessian)
+
     rep = sub.add_parser("report", help="redraw the figures and HTML report of a run directory")
     rep.add_argument("run_dir", type=Path)
     rep.set_defaults(run=_report)
@@ -717,25 +731,18 @@ def _probes(args) -> list:
     reference = None
     if args.probe_reference is not None:
         import jax
-        import numpy as np
 
-        from optimorph.results.rundir import PARAMS_FILE
+        from optimorph.problems import problem
+        from optimorph.results.rundir import read_final_params
 
-        path = Path(args.probe_reference) / PARAMS_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"--probe-reference: {path} not found (a train run's --out)")
-        with np.load(path) as z:  # optimizer 0, seed 0 of the earlier run
-            from optimorph.problems import problem
-
-            template = problem(args.problem).init(jax.random.key(0))
-            leaves, treedef = jax.tree.flatten(template)
-            keys = sorted(k for k in z.files if k.startswith("opt0["))
-            if len(keys) != len(leaves):
-                raise ValueError(f"--probe-reference: {path} does not match {args.problem}")
-            stored = {k: z[k][0] for k in keys}
-            by_path = [stored[f"opt0{jax.tree_util.keystr(p)}"] for p, _ in
-                       jax.tree_util.tree_flatten_with_path(template)[0]]  # fmt: skip
-            reference = jax.tree.unflatten(treedef, by_path)
+        template = problem(args.problem).init(jax.random.key(0))
+        try:  # optimizer 0, seed 0 of the earlier run
+            stacked = read_final_params(args.probe_reference, template)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"--probe-reference: {err} (give a train run's --out)") from None
+        except ValueError as err:
+            raise ValueError(f"--probe-reference: {err}; is it a run of {args.problem}?") from None
+        reference = jax.tree.map(lambda a: a[0], stacked)
     return make_probes(",".join(args.probe), reference=reference, every=args.probe_every,
                        full_every=args.full_batch_every)  # fmt: skip
 
@@ -844,6 +851,28 @@ def _index_page(out: Path, pages: list[tuple[str, Path, str]], seconds: float) -
         f"<p>Made in {seconds:.0f} s. Full-size recipes: <code>optimorph run NAME</code>.</p>",
     ]
     return write_page(out / "index.html", "optimorph demo", body)
+
+
+def _hessian(args) -> int:
+    from optimorph.report import redraw, write_report
+    from optimorph.results.hessian import hessian_of_run
+    from optimorph.results.store import read_kind
+
+    if read_kind(args.run_dir) != "train":
+        raise ValueError(f"{args.run_dir} is not a train run directory (optimorph train --out)")
+    doc = hessian_of_run(args.run_dir, examples=args.examples, k=args.k,
+                         lanczos_steps=args.lanczos_steps, samples=args.samples,
+                         seeds=args.seeds, progress=not args.quiet)  # fmt: skip
+    for e in doc["entries"]:
+        if e.get("diverged"):
+            print(f"{e['optimizer']} seed {e['seed']}: diverged, no spectrum", file=sys.stderr)
+            continue
+        print(f"{e['optimizer']} seed {e['seed']}: top {e['top'][0]:.6g}, most negative "
+              f"{e['bottom'][0]:.6g}, trace {e['trace']:.6g} ± {e['trace_se']:.2g}")  # fmt: skip
+    redraw(args.run_dir)
+    print(f"wrote {args.run_dir / 'hessian.json'}; report: {write_report(args.run_dir)}",
+          file=sys.stderr)  # fmt: skip
+    return 0
 
 
 def _report(args) -> int:

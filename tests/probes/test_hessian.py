@@ -57,3 +57,70 @@ def test_sharpness_of_a_cnn_on_float32_images():
                         probes=make_probes("sharpness", every=2), progress=False)  # fmt: skip
     values = r.probes["sharpness"][0, 0]
     assert np.isfinite(values[::2]).all() and (values[::2] > 0).all()
+
+
+def test_layer_blocks_and_the_spectrum_summary_match_the_dense_hessian():
+    """Each layer's top eigenvalue is that of its diagonal block of the dense Hessian; the
+    summary's extremes, trace and density agree with the dense spectrum (mean of the density
+    = tr(H) / n)."""
+    loss, params, batch, eig, dense = _mlp_problem()
+    sizes = {name: sum(x.size for x in jax.tree.leaves(params[name])) for name in sorted(params)}
+    layers = hessian.layer_top_eigenvalues(loss, params, batch, steps=max(sizes.values()))
+    offset = 0
+    for name, size in sizes.items():
+        block = dense[offset : offset + size, offset : offset + size]
+        np.testing.assert_allclose(layers[name], np.linalg.eigvalsh(block)[-1], rtol=1e-8)
+        offset += size
+    assert sorted(layers) == sorted(params)
+    summary = hessian.spectrum(loss, params, batch, k=2, steps=eig.size, samples=400)
+    np.testing.assert_allclose(summary["top"], eig[::-1][:2], rtol=1e-8)
+    np.testing.assert_allclose(summary["bottom"], eig[:2], rtol=1e-8, atol=1e-10)
+    assert abs(summary["trace"] - eig.sum()) < 4 * summary["trace_se"] + 1e-12
+    grid = np.asarray(summary["density"]["grid"])
+    density = np.asarray(summary["density"]["values"])
+    step = grid[1] - grid[0]
+    mean = float(np.sum(grid * density) * step)
+    np.testing.assert_allclose(mean, eig.mean(), atol=0.02 * (eig.max() - eig.min()))
+    assert summary["n_params"] == eig.size
+
+
+def test_hessian_of_a_saved_run_matches_the_dense_hessian_and_is_reported(tmp_path, check_page):
+    """`optimorph hessian RUN_DIR`: per optimizer and seed, the spectrum at the stored final
+    parameters on the first examples, in float64, against jax.hessian of the same loss; then
+    the figure and the report's table; and a run without parameters gets one clear error."""
+    import json
+
+    from optimorph import cli
+    from optimorph.results.rundir import read_final_params
+
+    out = tmp_path / "run"
+    spec = "two-moons(n=80, widths=[5], activation=tanh)"
+    argv = ["train", "--problem", spec, "--optimizer", "sgd(lr=0.2)", "--optimizer",
+            "adam(lr=0.01)", "--seeds", "2", "--steps", "40", "--batch-size", "16", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert cli.main(["hessian", str(out), "--seeds", "2", "--examples", "50", "--k", "2",
+                     "--samples", "300", "--quiet"]) == 0  # fmt: skip
+    doc = json.loads((out / "hessian.json").read_text())
+    assert doc["examples"] == 50 and len(doc["entries"]) == 4
+    prob = optimorph.problem(spec)
+    batch = tuple(jnp.asarray(a[:50], jnp.float64) if a.dtype.kind == "f" else jnp.asarray(a[:50])
+                  for a in prob.train)  # fmt: skip
+    template = prob.init(jax.random.key(0))
+    for e in doc["entries"]:
+        stacked = read_final_params(out, template, e["optimizer_index"])
+        params = jax.tree.map(lambda a: jnp.asarray(a[e["seed"]], jnp.float64), stacked)
+        flat, unravel = ravel_pytree(params)
+        dense = np.asarray(jax.hessian(lambda w: prob.loss(unravel(w), batch))(flat))
+        eig = np.linalg.eigvalsh(dense)
+        assert e["n_params"] == eig.size == 27  # 2x5 + 5 + 5x2 + 2
+        np.testing.assert_allclose(e["top"], eig[::-1][:2], rtol=1e-8)
+        np.testing.assert_allclose(e["bottom"], eig[:2], rtol=1e-7, atol=1e-10)
+        assert abs(e["trace"] - eig.sum()) < 4 * e["trace_se"] + 1e-12
+        assert sorted(e["layers"]) == ["dense0", "dense1"]
+    page = (out / "report.html").read_text()
+    assert "Hessian at the final parameters" in page and (out / "hessian.png").exists()
+    assert check_page(out / "report.html")["images"] >= 4
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert cli.main(["hessian", str(bare)]) == 2

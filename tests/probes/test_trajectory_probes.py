@@ -27,6 +27,33 @@ def test_on_a_quadratic_gap_smoothness_and_sharpness_are_exact():
     assert np.all(r.probes["max_smooth"][0, 0] == np.maximum.accumulate(smooth))
 
 
+@pytest.mark.parametrize("bias_correction", [True, False])
+def test_preconditioned_sharpness_of_adam_on_a_quadratic(bias_correction):
+    """On f = 1/2 x^T A x with A diagonal, P^-1/2 A P^-1/2 is diagonal: the preconditioned
+    sharpness after step t is max_i lam_i / P_i with P = (1 - b1^t)(sqrt(v_hat) + eps), v
+    replayed from the trajectory (g = A x). SGD has none (NaN)."""
+    dim, kappa, b1, b2, eps = 6, 10.0, 0.9, 0.99, 1e-8
+    lam = np.geomspace(1.0, kappa, dim).astype(np.float32).astype(np.float64)
+    spec = f"adam(lr=0.05, b1={b1}, b2={b2}, eps={eps}, bias_correction={bias_correction})"
+    r = optimorph.train(f"quadratic(dim={dim}, kappa={kappa})", [spec, "sgd(lr=0.1)"],
+                        steps=12, eval_every=1, precision="fp64", record_params=True,
+                        probes=make_probes("sharpness", every=1), progress=False)  # fmt: skip
+    x = r.trajectory[0, 0]
+    v = np.zeros(dim)
+    expected = []
+    for t in range(12):  # the probe at step t sees the state after it: count t + 1
+        v = b2 * v + (1 - b2) * (lam * x[t]) ** 2
+        n = t + 1
+        if bias_correction:
+            p = (1 - b1**n) * (np.sqrt(v / (1 - b2**n)) + eps)
+        else:
+            p = np.sqrt(v) + eps
+        expected.append(np.max(lam / p))
+    np.testing.assert_allclose(r.probes["precond_sharpness"][0, 0], expected, rtol=1e-7)
+    np.testing.assert_allclose(r.probes["sharpness"][0, 0], lam.max(), rtol=1e-8)
+    assert np.isnan(r.probes["precond_sharpness"][1]).all()
+
+
 def test_convex_logistic_regression_has_no_positive_gap_beyond_rounding():
     prob = optimorph.problem("logistic(dataset=breast_cancer)")
     reference = optimorph.train(prob, "adam(lr=0.05)", steps=600, precision="fp32",

@@ -647,6 +647,9 @@ def _build_programs(prob, template, policy, plan, probes):
         # traced: one compiled program serves every chunk length). Outputs go to fixed buffers:
         # per-step series per block, evaluations at the blocks that end an evaluation interval.
         tx = template.build(hv)
+        # The probes see every hyperparameter: the traced ones (hv) and the fixed flags.
+        fixed = {k: x for k, x in getattr(template, "values", {}).items()
+                 if isinstance(x, (bool, int, float))}  # fmt: skip
         if order.full_batch:
             perm0 = jnp.zeros((0,), jnp.int32)  # unused
         else:
@@ -678,7 +681,7 @@ def _build_programs(prob, template, policy, plan, probes):
                     batch=batch, updates=new.updates, state=run.state,
                     lr=learning_rate(template, hv, t), loss_fn=prob.loss,
                     eval_batch=data["evals"]["train"],
-                    key=jax.random.fold_in(carry["probe_key"], t),
+                    key=jax.random.fold_in(carry["probe_key"], t), hparams={**fixed, **hv},
                 )  # fmt: skip
                 states = []
                 for probe, pstate in zip(step_probes, carry["probes"], strict=True):

@@ -15,6 +15,7 @@ values stay exact to rounding at any length instead of producing spurious copies
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,8 @@ __all__ = [
     "hutchinson_trace",
     "spectral_density",
     "sharpness",
+    "layer_top_eigenvalues",
+    "spectrum",
 ]
 
 PyTree = Any
@@ -141,7 +144,8 @@ def hutchinson_trace(
     hvp, n = hvp_fn(loss_fn, params, batch)
     key = jax.random.key(0) if key is None else key
     z = jax.random.rademacher(key, (samples, n), jnp.result_type(float))
-    values = jax.vmap(lambda v: jnp.vdot(v, hvp(v)))(z)
+    # In batches of 10: a vmap over every sample holds samples x the activations at once.
+    values = jax.lax.map(lambda v: jnp.vdot(v, hvp(v)), z, batch_size=min(samples, 10))
     return values.mean(), values.std(ddof=1) / jnp.sqrt(samples)
 
 
@@ -160,7 +164,7 @@ def spectral_density(
     hvp, n = hvp_fn(loss_fn, params, batch)
     key = jax.random.key(0) if key is None else key
     v0s = jax.random.normal(key, (probes, n), jnp.result_type(float))
-    nodes, weights = jax.vmap(lambda v: lanczos(hvp, v, steps))(v0s)
+    nodes, weights = jax.lax.map(lambda v: lanczos(hvp, v, steps), v0s)  # one basis at a time
     lo, hi = nodes.min(), nodes.max()
     span = jnp.maximum(hi - lo, 1e-12)
     grid = jnp.linspace(lo - 0.05 * span, hi + 0.05 * span, 400) if grid is None else grid
@@ -168,3 +172,67 @@ def spectral_density(
     gauss = jnp.exp(-0.5 * ((grid[None, None, :] - nodes[..., None]) / sigma) ** 2)
     gauss = gauss / (sigma * jnp.sqrt(2 * jnp.pi))
     return grid, jnp.mean(jnp.sum(weights[..., None] * gauss, axis=1), axis=0)
+
+
+def layer_top_eigenvalues(
+    loss_fn: Callable, params: PyTree, batch: Any, *, steps: int = 20,
+    key: jax.Array | None = None,
+) -> dict[str, jax.Array]:  # fmt: skip
+    """Per layer (each top-level entry of ``params``), the top eigenvalue of that layer's diagonal
+    Hessian block H_ll: the curvature the layer sees with every other layer held fixed."""
+    hvp, n = hvp_fn(loss_fn, params, batch)
+    f = jnp.result_type(float)
+    layers = params if isinstance(params, dict) else {"params": params}
+    key = jax.random.key(0) if key is None else key
+    out, offset = {}, 0
+    for i, name in enumerate(sorted(layers)):  # ravel_pytree's order: dict keys sorted
+        size = sum(int(jnp.size(x)) for x in jax.tree.leaves(layers[name]))
+        lo = offset
+
+        def block(v, lo=lo, size=size):
+            full = jnp.zeros(n, f).at[lo : lo + size].set(v)
+            return jax.lax.dynamic_slice(hvp(full), (lo,), (size,))
+
+        v0 = jax.random.normal(jax.random.fold_in(key, i), (size,), f)
+        out[name] = lanczos(block, v0, steps)[0][-1]
+        offset += size
+    return out
+
+
+def spectrum(
+    loss_fn: Callable, params: PyTree, batch: Any, *, k: int = 5, steps: int = 50,
+    samples: int = 100, density_probes: int = 4, key: jax.Array | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Everything above at one point, as plain Python numbers (a ``hessian.json`` entry).
+
+    Returns:
+      ``{"top": [k, descending], "bottom": [k, ascending], "trace", "trace_se", "layers":
+      {layer: top eigenvalue}, "density": {"grid", "values"}, "n_params", "lanczos_steps"}``.
+    """
+    key = jax.random.key(0) if key is None else key
+    k_top, k_trace, k_density, k_layers = jax.random.split(key, 4)
+    top, bottom = _jitted(top_eigenvalues, "k", "steps")(loss_fn, params, batch, k=k,
+                                                         steps=steps, key=k_top)  # fmt: skip
+    trace, se = _jitted(hutchinson_trace, "samples")(loss_fn, params, batch, samples=samples,
+                                                     key=k_trace)  # fmt: skip
+    grid, density = _jitted(spectral_density, "probes", "steps")(
+        loss_fn, params, batch, probes=density_probes, steps=steps, key=k_density)
+    layers = _jitted(layer_top_eigenvalues, "steps")(loss_fn, params, batch,
+                                                     steps=min(steps, 30), key=k_layers)  # fmt: skip
+    n = ravel_pytree(params)[0].size
+    return {
+        "top": [float(x) for x in top],
+        "bottom": [float(x) for x in bottom],
+        "trace": float(trace),
+        "trace_se": float(se),
+        "layers": {name: float(v) for name, v in layers.items()},
+        "density": {"grid": [float(x) for x in grid], "values": [float(x) for x in density]},
+        "n_params": int(n),
+        "lanczos_steps": int(min(steps, n)),
+    }
+
+
+@functools.cache
+def _jitted(fn: Callable, *static: str) -> Callable:
+    """``fn`` compiled once per loss function and counts (every spectrum of a run reuses it)."""
+    return jax.jit(fn, static_argnums=(0,), static_argnames=static)

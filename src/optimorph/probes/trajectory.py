@@ -16,7 +16,8 @@ loss on the fixed evaluation batch:
   over every ``full_every``-th step;
 * ``noise``: cos(g_t, g_{t-1}), ||x_t||, the L1 norms of x_t and g_t every step, and every
   ``full_every``-th step ||grad F(x_t)|| and the gradient noise ||g_t - grad F(x_t)||;
-* ``sharpness``: the top Hessian eigenvalue of F (Lanczos, every k steps; NaN between).
+* ``sharpness``: the top Hessian eigenvalue of F (Lanczos, every k steps; NaN between), and for
+  Adam/AdamW the preconditioned sharpness.
 
 ``gap`` and ``smooth`` share their extra gradient: selected together they are one probe.
 Quantities of F cost a gradient over the whole evaluation batch (500 examples on two moons:
@@ -35,6 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from optimorph.optimizers.first_order import AdamState
 from optimorph.probes.base import Probe, StepValues, global_norm, tree_dot, tree_sub
 from optimorph.probes.hessian import sharpness as top_eigenvalue
 from optimorph.spec import SpecError
@@ -212,23 +214,54 @@ def gradient_noise(*, every: int = 10) -> Probe:
 
 def sharpness_probe(*, every: int = 100, lanczos_steps: int = 20) -> Probe:
     """The top eigenvalue of the Hessian of F at x_t every ``every`` steps (NaN between), with
-    the learning rate of that step so reports can draw 2/lr beside it."""
+    the learning rate of that step so reports can draw 2/lr beside it.
+
+    For Adam and AdamW also the preconditioned sharpness (Cohen et al. 2022): the top eigenvalue
+    of P^-1 H with P = (1 - b1^t) (sqrt(v_hat) + eps) from the state after the step, the
+    preconditioner of the next step; its edge is (2 + 2 b1) / ((1 - b1) lr). NaN for other
+    optimizers.
+    """
 
     def init(params):
         return ()
 
     def update(v: StepValues, s):
+        due = v.t % every == 0
+        preconditioner = _adam_preconditioner(v)
+
         def measure():
             key = jax.random.fold_in(v.key, 1)
-            return _f(top_eigenvalue(v.loss_fn, v.params, v.eval_batch, steps=lanczos_steps,
-                                     key=key))  # fmt: skip
+            plain = _f(top_eigenvalue(v.loss_fn, v.params, v.eval_batch, steps=lanczos_steps,
+                                      key=key))  # fmt: skip
+            if preconditioner is None:
+                return plain, _f(jnp.nan)
+            scaled = top_eigenvalue(v.loss_fn, v.params, v.eval_batch, steps=lanczos_steps,
+                                    key=key, preconditioner=preconditioner)  # fmt: skip
+            return plain, _f(scaled)
 
-        value = jax.lax.cond(v.t % every == 0, measure, lambda: _f(jnp.nan))
-        lr = jnp.where(v.t % every == 0, _f(v.lr), jnp.nan)
-        return s, {"sharpness": value, "sharpness_lr": lr}
+        nan = _f(jnp.nan)
+        value, precond = jax.lax.cond(due, measure, lambda: (nan, nan))
+        lr = jnp.where(due, _f(v.lr), jnp.nan)
+        return s, {"sharpness": value, "sharpness_lr": lr, "precond_sharpness": precond}
 
-    return Probe("sharpness", init, update, outputs=("sharpness", "sharpness_lr"),
+    return Probe("sharpness", init, update,
+                 outputs=("sharpness", "sharpness_lr", "precond_sharpness"),
                  reduce="nanmean")  # fmt: skip
+
+
+def _adam_preconditioner(v: StepValues):
+    """(1 - b1^t) (sqrt(v / (1 - b2^t)) + eps) of the zoo's Adam/AdamW state (sqrt(v) + eps
+    without bias correction), else None."""
+    state, hp = v.state, v.hparams or {}
+    if not isinstance(state, AdamState) or not {"b1", "b2", "eps"} <= set(hp):
+        return None
+    t = _f(state.count)
+    b1, b2, eps = (_f(hp[k]) for k in ("b1", "b2", "eps"))
+    if not hp.get("bias_correction", True):  # the update is m / (sqrt(v) + eps)
+        return jax.tree.map(lambda second: jnp.sqrt(_f(second)) + eps, state.v)
+    return jax.tree.map(
+        lambda second: (1 - b1**t) * (jnp.sqrt(_f(second) / (1 - b2**t)) + eps), state.v
+    )
 
 
 def make_probes(

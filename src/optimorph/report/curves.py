@@ -24,6 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from optimorph.engine.result import TrainResult
+from optimorph.optimizers import resolve
 from optimorph.results.summary import FINAL_FRACTION, TRAIN_LOSS_KEY, final_values, summarize
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "probe_figure",
     "grid_figure",
     "headline_eval_key",
+    "stability_edge",
 ]
 
 _PANEL = (5.5, 4.0)  # inches per panel
@@ -275,6 +277,7 @@ def _label(name: str) -> str:
 _PROBE_PANELS = (
     (("inst_gap", "avg_gap", "exp_gap"), "convexity gap (loss units; <= 0 where convex)"),
     (("inst_smooth", "max_smooth", "exp_smooth", "sharpness"), "smoothness / sharpness (1/step)"),
+    (("precond_sharpness",), "preconditioned sharpness (Adam)"),
     (("cum_update_corr", "cum_loss_diff", "cum_rs_corr"), "cumulative sums (loss units)"),
     (("update_corr", "loss_diff", "rs_corr"), "per step (loss units)"),
     (("convexity_ratio",), "convexity ratio (>= 1 if convex)"),
@@ -287,8 +290,11 @@ _PROBE_PANELS = (
 def probe_figure(result: TrainResult) -> Figure | None:
     """One panel per group of probe outputs over steps; lines per optimizer (mean over seeds,
     band min-max over seeds), line style per output. Sharpness is drawn beside 2/lr."""
+    def measured(name: str) -> bool:  # e.g. precond_sharpness is all NaN without Adam
+        return name in result.probes and bool(np.isfinite(result.probes[name]).any())
+
     panels = [(names, ylabel) for names, ylabel in _PROBE_PANELS
-              if any(n in result.probes for n in names)]  # fmt: skip
+              if any(measured(n) for n in names)]  # fmt: skip
     if not panels:
         return None
     cols = min(2, len(panels))
@@ -297,10 +303,10 @@ def probe_figure(result: TrainResult) -> Figure | None:
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     styles = ("-", "--", ":", "-.")
     for ax, (names, ylabel) in zip(axes, panels, strict=False):
-        present = [n for n in names if n in result.probes]
+        present = [n for n in names if measured(n)]
         for j, name in enumerate(present):
             steps, values = _window_mean(result.steps, result.probes[name])
-            sparse = name == "sharpness"  # measured every k steps: markers, not a line
+            sparse = "sharpness" in name  # measured every k steps: markers, not a line
             for i, opt in enumerate(result.optimizers):
                 mean, low, high = _seed_band(values[i])
                 ok = np.isfinite(mean)
@@ -313,8 +319,8 @@ def probe_figure(result: TrainResult) -> Figure | None:
                 if len(result.seeds) > 1 and not sparse:
                     ax.fill_between(steps[ok], low[ok], high[ok], color=f"C{i % 10}",
                                     alpha=0.15, linewidth=0)  # fmt: skip
-            if name == "sharpness" and "sharpness_lr" in result.probes:
-                _stability_edges(ax, result)
+            if name in ("sharpness", "precond_sharpness") and "sharpness_lr" in result.probes:
+                _stability_edges(ax, result, name)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
@@ -339,18 +345,48 @@ def _window_mean(steps: np.ndarray, values: np.ndarray, points: int = 200):
     return np.asarray(steps)[n - m :][window - 1 :: window], np.where(count > 0, mean, np.nan)
 
 
-def _stability_edges(ax: Axes, result: TrainResult) -> None:
-    """2/lr beside the sharpness of plain SGD runs (GD's edge of stability); the momentum and
-    Adam thresholds, (2 + 2 beta)/lr and (2 + 2 b1)/((1 - b1) lr), depend on their form."""
+def _stability_edges(ax: Axes, result: TrainResult, output: str) -> None:
+    """Each optimizer's edge of stability c / lr beside the ``output`` it bounds: 2/lr for SGD,
+    (2 + 2 beta)/lr for heavy-ball and PyTorch momentum, (2 + 2 beta)/((1 - beta) lr) for the EMA
+    form (the sharpness), (2 + 2 b1)/((1 - b1) lr) for Adam (the preconditioned sharpness)."""
     lr = result.probes["sharpness_lr"]
     for i, opt in enumerate(result.optimizers):
-        if not opt.startswith("sgd"):
+        edge = stability_edge(opt)
+        if edge is None or edge[0] != output:
             continue
+        _, factor, text = edge
         finite = np.isfinite(lr[i])
         count = finite.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(finite, lr[i], 0.0).sum(axis=0) / count
         ok = (count > 0) & (mean > 0)
         if ok.any():
-            ax.plot(result.steps[ok], 2 / mean[ok], ":", color=f"C{i % 10}", linewidth=1.2,
-                    label=f"2 / lr: {_label(opt)}")  # fmt: skip
+            ax.plot(result.steps[ok], factor / mean[ok], ":", color=f"C{i % 10}", linewidth=1.2,
+                    label=f"{text}: {_label(opt)}")  # fmt: skip
+
+
+def stability_edge(optimizer: str) -> tuple[str, float, str] | None:
+    """``(probe output, c, formula)``: the optimizer's edge of stability is c / lr on that output
+    (quadratic model of the loss), or None when it has no known one.
+
+    >>> stability_edge("momentum(lr=0.1, beta=0.9)")
+    ('sharpness', 3.8, '(2 + 2 beta) / lr')
+    >>> stability_edge("adam(lr=1e-3)")[1:]
+    (38.00000000000001, '(2 + 2 b1) / ((1 - b1) lr)')
+    """
+    try:
+        spec = resolve(optimizer)
+    except Exception:  # a spec from another session's registry: no edge drawn
+        return None
+    name, values = spec.name, getattr(spec, "values", {})
+    if name == "sgd":
+        return "sharpness", 2.0, "2 / lr"
+    if name == "momentum":
+        beta = float(values["beta"])
+        if values.get("form") == "ema":
+            return "sharpness", (2 + 2 * beta) / (1 - beta), "(2 + 2 beta) / ((1 - beta) lr)"
+        return "sharpness", 2 + 2 * beta, "(2 + 2 beta) / lr"
+    if name in ("adam", "adamw"):
+        b1 = float(values["b1"])
+        return "precond_sharpness", (2 + 2 * b1) / (1 - b1), "(2 + 2 b1) / ((1 - b1) lr)"
+    return None

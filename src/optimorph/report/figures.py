@@ -15,10 +15,12 @@ from optimorph.report.curves import (
     loss_figure,
     probe_figure,
 )
+from optimorph.report.hessian_figures import hessian_figure
 from optimorph.atomic import atomic_path
+from optimorph.results.hessian import read_hessian
 from optimorph.results.rundir import read_run
 
-__all__ = ["DPI", "save_figure", "save_figures", "redraw"]
+__all__ = ["DPI", "save_figure", "save_figures", "save_hessian_figure", "redraw"]
 
 DPI = 120
 
@@ -52,10 +54,20 @@ def save_figures(result: TrainResult, run_dir: str | os.PathLike) -> list[Path]:
     return [save_figure(fig, run_dir / name) for name, fig in figures.items()]
 
 
+def save_hessian_figure(run_dir: str | os.PathLike) -> Path | None:
+    """Draw ``hessian.png`` from the run's ``hessian.json`` (None when it has none)."""
+    doc = read_hessian(run_dir)
+    fig = hessian_figure(doc) if doc is not None else None
+    return save_figure(fig, Path(run_dir) / "hessian.png") if fig is not None else None
+
+
 def redraw(run_dir: str | os.PathLike) -> list[Path]:
-    """Redraw the standard figures of a run directory from its stored results, without training.
+    """Redraw the standard figures of a run directory from its stored results, without training
+    (and ``hessian.png`` when the run has a ``hessian.json``).
 
     Returns:
       The paths written.
     """
-    return save_figures(read_run(run_dir), run_dir)
+    paths = save_figures(read_run(run_dir), run_dir)
+    hessian = save_hessian_figure(run_dir)
+    return paths + ([hessian] if hessian is not None else [])

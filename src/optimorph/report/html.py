@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from optimorph.atomic import write_text_atomic
+from optimorph.results.hessian import read_hessian
 from optimorph.results.rundir import read_config, read_summary
 
 __all__ = [
@@ -30,7 +31,8 @@ __all__ = [
 ]
 
 REPORT_FILE = "report.html"
-FIGURE_ORDER = ("grids.png", "loss_curves.png", "eval_curves.png", "final_metrics.png", "probes.png")
+FIGURE_ORDER = ("grids.png", "loss_curves.png", "eval_curves.png", "final_metrics.png", "probes.png",
+                "hessian.png")
 """Figures shown first, in this order; any other PNG of the run directory follows by name."""
 
 _STYLE = """
@@ -85,6 +87,7 @@ def write_report(
         _diverged_list(summary),
         "<h2>Figures</h2>",
         *(_figure(path) for path in _figures(run_dir)),
+        _hessian_section(read_hessian(run_dir)),
         "<h2>Configuration</h2>",
         _mapping_table(config.get("config", {})),
     ]
@@ -291,8 +294,36 @@ CAPTIONS = {
     "final_metrics.png": "Final values per optimizer: a dot per seed, the black bar mean ± sample "
     "std over the seeds that did not diverge.",
     "probes.png": f"Trajectory probes against step (docs/reference.md section 4); {_BAND}.",
+    "hessian.png": "The Hessian of the training loss at the final parameters (optimorph hessian): "
+    "left the spectral density of the first seed with the extreme eigenvalues as ticks, right "
+    "each layer's top block eigenvalue against the whole Hessian's (dashed).",
 }
 """What each standard figure shows and what its bands are (the figure's caption)."""
+
+
+def _hessian_section(doc: dict[str, Any] | None) -> str:
+    """The numbers of ``hessian.json``: one row per (optimizer, seed)."""
+    if not doc:
+        return ""
+    rows = []
+    for e in doc["entries"]:
+        if e.get("diverged"):
+            rows.append([e["optimizer"], e["seed"], "diverged", "", "", ""])
+            continue
+        layers = ", ".join(f"{k} {v:.4g}" for k, v in e["layers"].items())
+        rows.append([
+            e["optimizer"], e["seed"], ", ".join(f"{x:.4g}" for x in e["top"]),
+            ", ".join(f"{x:.4g}" for x in e["bottom"]),
+            f"{e['trace']:.4g}\u00a0±\u00a0{e['trace_se']:.2g}", layers,
+        ])  # fmt: skip
+    head = (
+        f"<h3>Hessian at the final parameters</h3><p>On the first {doc['examples']} training "
+        f"examples in {doc['dtype']}: Lanczos with full reorthogonalization "
+        f"({doc['lanczos_steps']} steps), Hutchinson's trace over {doc['samples']} Rademacher "
+        "vectors (± its standard error), each layer's diagonal block alone.</p>"
+    )
+    columns = ["optimizer", "seed", "top eigenvalues", "most negative", "trace", "per layer (top)"]
+    return head + rows_table(columns, rows)
 
 
 def _figure(path: Path) -> str:

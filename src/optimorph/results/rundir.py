@@ -8,6 +8,7 @@
                          optimizer, optimizer_index, seed, step, split, metric, value
 <run>/summary.json       final statistics over seeds per optimizer (optimorph.results.summary)
 <run>/final_params.npz   final parameters, when the result carries them
+<run>/hessian.json       the Hessian spectrum at the final parameters (``optimorph hessian``)
 <run>/*.png              figures (drawn by optimorph.report from the files above)
 ```
 
@@ -49,11 +50,13 @@ __all__ = [
     "METRICS_FILE",
     "SUMMARY_FILE",
     "PARAMS_FILE",
+    "HESSIAN_FILE",
     "METRICS_SCHEMA",
     "write_run",
     "read_run",
     "read_config",
     "read_summary",
+    "read_final_params",
     "metrics_table",
     "environment",
     "query",
@@ -64,6 +67,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.parquet"
 SUMMARY_FILE = "summary.json"
 PARAMS_FILE = "final_params.npz"
+HESSIAN_FILE = "hessian.json"
 
 METRICS_SCHEMA = pa.schema(
     [
@@ -282,6 +286,34 @@ def _config(result: TrainResult, problem: Problem | None) -> dict[str, Any]:
         }
     config["environment"] = environment()
     return config
+
+
+def read_final_params(run_dir: str | os.PathLike, template: Any, optimizer: int = 0) -> Any:
+    """One optimizer's final parameters from ``final_params.npz``, shaped like ``template`` (a
+    params pytree of the run's problem) with a leading seed axis on every leaf.
+
+    Raises:
+      FileNotFoundError: the run kept no parameters.
+      ValueError: the file's entries do not match ``template`` or ``optimizer`` is not in it.
+    """
+    path = Path(run_dir) / PARAMS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the run kept no final parameters")
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    with np.load(path) as z:
+        names = [f"opt{optimizer}{jax.tree_util.keystr(p)}" for p, _ in flat]
+        stored = sorted(k for k in z.files if k.startswith(f"opt{optimizer}["))
+        if sorted(names) != stored:
+            raise ValueError(
+                f"{path} holds no parameters of optimizer {optimizer} shaped like this problem's "
+                f"model (entries {stored[:3]}...)"
+            )
+        leaves = [z[name] for name in names]
+    for (key_path, like), leaf in zip(flat, leaves, strict=True):
+        if leaf.shape[1:] != np.shape(like):
+            raise ValueError(f"{path}: {jax.tree_util.keystr(key_path)} has shape "
+                             f"{leaf.shape[1:]}, the model {np.shape(like)}")  # fmt: skip
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def _write_params(result: TrainResult, path: Path) -> None:
