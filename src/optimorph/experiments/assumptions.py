@@ -305,7 +305,8 @@ def deep(config: DeepConfig, *, checkpoints: str | None = None) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class EdgeConfig:
-    """Full-batch GD on a tanh MLP at several learning rates: sharpness against 2/lr.
+    """Full-batch GD on a tanh MLP at several learning rates: sharpness against 2/lr; full-batch
+    Adam (``adam_lrs``) on the same problem: preconditioned sharpness against 38/lr.
 
     The edge-of-stability phase of a run is the ``window`` steps after its sharpness first
     reaches ``reach`` x 2/lr; "hovers" and "smoothness tracks sharpness" are judged there. With
@@ -318,6 +319,10 @@ class EdgeConfig:
     n_train: int = 1000  # Cohen et al. used a 5k subset of CIFAR-10; a 1k subset here
     widths: tuple[int, ...] = (64, 64)
     lrs: tuple[float, ...] = (0.05, 0.1, 0.2)
+    adam_lrs: tuple[float, ...] = (1e-3,)  # full-batch Adam: preconditioned sharpness vs 38/lr
+    # Adam's first measurements are left out of the judgement: after t steps v_hat averages t
+    # squared gradients, and at t = 1 P = (1 - b1)|g| makes P^-1 H huge where g is tiny.
+    adam_skip: int = 50
     steps: int = 4000
     sharpness_every: int = 25
     lanczos_steps: int = 20
@@ -330,7 +335,8 @@ class EdgeConfig:
 
     @classmethod
     def quick(cls) -> EdgeConfig:
-        return cls(n_train=400, lrs=(0.1, 0.4), steps=600, sharpness_every=20, window=200)
+        return cls(n_train=400, lrs=(0.1, 0.4), adam_lrs=(0.004,), steps=600, sharpness_every=20,
+                   window=200)  # fmt: skip
 
     def problem_spec(self, dataset: str) -> str:
         widths = "[" + ", ".join(map(str, self.widths)) + "]"
@@ -361,6 +367,19 @@ def edge_of_stability(config: EdgeConfig, *, checkpoints: str | None = None) -> 
     )
     rows = [_edge_row(config, lr, {k: v[i] for k, v in r.probes.items()}, r.steps)
             for i, lr in enumerate(config.lrs)]  # fmt: skip
+    results = {"gd": r}
+    adam_rows = []
+    if config.adam_lrs:
+        b1 = 0.9
+        results["adam"] = ra = train(
+            prob, [f"adam(lr={lr!r}, b1={b1!r})" for lr in config.adam_lrs], seeds=config.seeds,
+            steps=config.steps, batch_size=None, precision=config.precision, probes=probes,
+            checkpoint_dir=_sub(checkpoints, "adam"), progress=True,
+        )  # fmt: skip
+        adam_rows = [_edge_row(config, lr, {k: v[i] for k, v in ra.probes.items()}, ra.steps,
+                               key="precond_sharpness", factor=(2 + 2 * b1) / (1 - b1),
+                               skip=config.adam_skip)
+                     for i, lr in enumerate(config.adam_lrs)]  # fmt: skip
     lo, hi = config.band
     t_lo, t_hi = config.track_band
     phased = [row for row in rows if row["start"] is not None]
@@ -408,20 +427,41 @@ def edge_of_stability(config: EdgeConfig, *, checkpoints: str | None = None) -> 
             None,
         ),
     ]
-    return {"results": {"gd": r}, "findings": findings, "dataset": dataset}
+    if adam_rows:
+        findings.append(finding(
+            "(Cohen et al. 2022, not the study) Under full-batch Adam the preconditioned sharpness "
+            "rises to (2 + 2 b1)/((1 - b1) lr) = 38/lr and hovers there",
+            f"from step {config.adam_skip} on, max / edge: "
+            + ", ".join(f"lr {row['lr']:g}: {row['max'] / row['edge']:.2f}" for row in adam_rows)
+            + "; final / edge: "
+            + ", ".join(f"lr {row['lr']:g}: {row['final'] / row['edge']:.2f}" for row in adam_rows)
+            + f"; median / edge over the {config.window} steps after it reached the edge: "
+            + ", ".join(f"lr {row['lr']:g}: {row['hover']:.2f} (from step {row['start']})"
+                        if row["start"] is not None else f"lr {row['lr']:g}: never reached"
+                        for row in adam_rows)
+            + f" (hovering: within {lo:g}..{hi:g}); plain sharpness at the end: "
+            + ", ".join(f"lr {row['lr']:g}: {row['final_plain']:.3g}" for row in adam_rows),
+            all(row["start"] is not None and lo <= row["hover"] <= hi for row in adam_rows),
+        ))  # fmt: skip
+    return {"results": results, "findings": findings, "dataset": dataset}
 
 
-def _edge_row(config: EdgeConfig, lr: float, probes: dict, steps: np.ndarray) -> dict:
-    """One learning rate's edge-of-stability numbers (medians over seeds, then over time)."""
-    sharp = _seed_median(probes["sharpness"])
+def _edge_row(
+    config: EdgeConfig, lr: float, probes: dict, steps: np.ndarray, *,
+    key: str = "sharpness", factor: float = 2.0, skip: int = 0,
+) -> dict:  # fmt: skip
+    """One learning rate's edge-of-stability numbers (medians over seeds, then over time) for
+    the probe output ``key`` against its edge ``factor / lr``, from step ``skip`` on."""
+    sharp = _seed_median(probes[key])
     inst = _seed_median(probes["inst_smooth"])
     exp_s = _seed_median(probes["exp_smooth"])
-    at = np.flatnonzero(np.isfinite(sharp))
-    edge = 2.0 / lr
+    plain = _seed_median(probes["sharpness"])
+    at = np.flatnonzero(np.isfinite(sharp) & (steps >= skip))
+    edge = factor / lr
     reached = at[sharp[at] >= config.reach * edge]
-    row = {"lr": lr, "edge": edge, "max": float(np.nanmax(sharp)), "start": None,
-           "final": float(sharp[at[-1]]), "hover": np.nan, "track": np.nan,
-           "track_exp": np.nan}  # fmt: skip
+    row = {"lr": lr, "edge": edge, "max": float(np.max(sharp[at])), "start": None,
+           "final": float(sharp[at[-1]]), "final_plain": float(plain[at[-1]]), "hover": np.nan,
+           "track": np.nan, "track_exp": np.nan}  # fmt: skip
     if reached.size:
         first = int(reached[0])
         phase = at[(at >= first) & (steps[at] <= steps[first] + config.window)]

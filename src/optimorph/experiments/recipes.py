@@ -307,7 +307,7 @@ RECIPES.add(
     Recipe(
         "edge-of-stability",
         "full-batch GD on a tanh MLP at several rates: sharpness rises to 2/lr and hovers; "
-        "smoothness tracks it",
+        "smoothness tracks it; full-batch Adam's preconditioned sharpness against 38/lr",
         "the empirical-assumptions study, section on smoothness (after Cohen et al.)",
         assumptions.EdgeConfig,
         _train_recipe(assumptions.edge_of_stability),

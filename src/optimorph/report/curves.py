@@ -321,6 +321,8 @@ def probe_figure(result: TrainResult) -> Figure | None:
                                     alpha=0.15, linewidth=0)  # fmt: skip
             if name in ("sharpness", "precond_sharpness") and "sharpness_lr" in result.probes:
                 _stability_edges(ax, result, name)
+        if names == ("precond_sharpness",):  # Adam's first steps sit orders of magnitude up
+            _log_if_positive(ax, result.probes["precond_sharpness"])
         ax.set_ylabel(ylabel)
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
