@@ -34,7 +34,10 @@ def test_report_redraws_a_run_from_disk(argv, files, tmp_path, check_page):
 
 
 def _run(argv, out, resume=False):
-    code = "from optimorph.cli import entry; entry()"
+    # Python's own SIGINT handler even when this process ignores SIGINT (a job started in the
+    # background does, and its children inherit that: they would never see the Ctrl-C).
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from optimorph.cli import entry; entry()")
     extra = ["--resume"] if resume else []
     # No persistent compilation cache: the reference run filled it, and a process that does not
     # compile can finish before the interrupt lands.

@@ -15,7 +15,10 @@ ARGS = ["train", "--problem", "two-moons(n=200)", "--optimizer", "sgd(lr=0.1)", 
 
 def _start(out, resume=False):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    code = "from optimorph.cli import entry; entry()"
+    # Python's own SIGINT handler even when this process ignores SIGINT (a job started in the
+    # background does, and its children inherit that: they would never see the Ctrl-C).
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from optimorph.cli import entry; entry()")
     return subprocess.Popen(
         [sys.executable, "-c", code, *ARGS, "--out", str(out), *(["--resume"] if resume else [])],
         stdout=subprocess.PIPE,

@@ -123,12 +123,19 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
         np.testing.assert_array_equal(resumed.evals[key], full.evals[key])
 
 
-def test_ctrl_c_during_a_chunk_stops_after_it_with_a_checkpoint(tmp_path):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test (a background job starts with SIGINT ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers live in the main thread")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_chunk_stops_after_it_with_a_checkpoint(tmp_path, python_sigint):
     """A SIGINT while a chunk runs takes effect when it ends: a checkpoint of that chunk, then
     KeyboardInterrupt; the resumed run is the uninterrupted one, and Python's handler is back."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # fmt: skip
-        pytest.skip("needs the main thread with Python's own SIGINT handler")
     kw = dict(seeds=2, steps=60, batch_size=10, eval_every=10, chunk_steps=20, progress=False)
     full = train("two-moons(n=100)", "sgd(lr=0.1)", **kw)
     fired = []
@@ -156,10 +163,7 @@ def test_ctrl_c_during_a_chunk_stops_after_it_with_a_checkpoint(tmp_path):
     np.testing.assert_array_equal(resumed.train_loss, full.train_loss)
 
 
-def test_a_second_ctrl_c_stops_at_once():
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # fmt: skip
-        pytest.skip("needs the main thread with Python's own SIGINT handler")
+def test_a_second_ctrl_c_stops_at_once(python_sigint):
     from optimorph.engine import interrupts
 
     with pytest.raises(KeyboardInterrupt), interrupts.deferred():
