@@ -54,6 +54,25 @@ def test_preconditioned_sharpness_of_adam_on_a_quadratic(bias_correction):
     assert np.isnan(r.probes["precond_sharpness"][1]).all()
 
 
+def test_on_a_quadratic_the_gap_against_x_star_is_minus_half_the_a_norm():
+    """f = 1/2 x^T A x: f(x) - f(x*) - <A x, x - x*> = -1/2 (x - x*)^T A (x - x*), every step."""
+    from optimorph.probes.trajectory import reference_gap
+
+    dim, kappa = 8, 10.0
+    lam = np.geomspace(1.0, kappa, dim).astype(np.float32).astype(np.float64)
+    prob = optimorph.problem(f"quadratic(dim={dim}, kappa={kappa})")
+    x_star = jax.tree.map(lambda a: np.linspace(-1.0, 1.0, a.size).reshape(a.shape),
+                          prob.init(jax.random.key(5)))  # fmt: skip
+    r = optimorph.train(prob, "sgd(lr=0.1)", steps=30, eval_every=1, precision="fp64",
+                        record_params=True, probes=[reference_gap(x_star, beta=0.9)],
+                        progress=False)  # fmt: skip
+    d = r.trajectory[0, 0][:-1] - np.concatenate(jax.tree.leaves(x_star))[None]  # x_0 .. x_29
+    want = -0.5 * np.sum(lam * d**2, axis=1)
+    np.testing.assert_allclose(r.probes["ref_gap"][0, 0], want, rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(r.probes["avg_ref_gap"][0, 0],
+                               np.cumsum(want) / np.arange(1, 31), rtol=1e-9)  # fmt: skip
+
+
 def test_convex_logistic_regression_has_no_positive_gap_beyond_rounding():
     prob = optimorph.problem("logistic(dataset=breast_cancer)")
     reference = optimorph.train(prob, "adam(lr=0.05)", steps=600, precision="fp32",
@@ -69,6 +88,9 @@ def test_convex_logistic_regression_has_no_positive_gap_beyond_rounding():
     assert np.mean(gap < 0) > 0.9  # strictly convex: the gaps are negative
     ratio = r.probes["convexity_ratio"][0, 0, -1]
     assert ratio >= 1 - 1e-4, ratio
+    ref_gap = r.probes["ref_gap"][0, 0]  # against x*: the same convexity, a longer chord
+    assert np.all(ref_gap <= allowance), (ref_gap.max(), allowance[np.argmax(ref_gap)])
+    assert np.mean(ref_gap < 0) > 0.9
 
 
 def test_random_scaling_makes_the_update_correlation_track_the_loss_difference():

@@ -13,7 +13,8 @@ loss on the fixed evaluation batch:
   Delta_{t-1}>, and cumulative sums of all three;
 * ``ratio``: the convexity ratio sum_t <grad F(x_t), x_t - x*> / sum_t [F(x_t) - F(x*)] against
   a reference point x* (default: the initial point is not a minimizer, so give one), the sums
-  over every ``full_every``-th step;
+  over every ``full_every``-th step; and at every step the gap against x*, ``ref_gap`` =
+  f(x_t, z_t) - f(x*, z_t) - <grad f(x_t, z_t), x_t - x*>, with ``avg_ref_gap``/``exp_ref_gap``;
 * ``noise``: cos(g_t, g_{t-1}), ||x_t||, the L1 norms of x_t and g_t every step, and every
   ``full_every``-th step ||grad F(x_t)|| and the gradient noise ||g_t - grad F(x_t)||;
 * ``sharpness``: the top Hessian eigenvalue of F (Lanczos, every k steps; NaN between), and for
@@ -42,7 +43,7 @@ from optimorph.probes.hessian import sharpness as top_eigenvalue
 from optimorph.spec import SpecError
 
 __all__ = ["PROBE_NAMES", "make_probes", "gap_smooth", "correlation", "convexity_ratio",
-           "gradient_noise", "sharpness_probe"]  # fmt: skip
+           "reference_gap", "gradient_noise", "sharpness_probe"]  # fmt: skip
 
 PROBE_NAMES = ("gap", "smooth", "corr", "ratio", "noise", "sharpness")
 
@@ -53,6 +54,19 @@ def _f(x: Any) -> jax.Array:
 
 def _ema(old: jax.Array, new: jax.Array, beta: float, first: jax.Array) -> jax.Array:
     return jnp.where(first, new, beta * old + (1 - beta) * new)
+
+
+def _fresh(t: jax.Array, steps_per_epoch: int | None) -> jax.Array:
+    """Whether running means restart at step t (the first step, or an epoch start)."""
+    fresh = t == 0
+    return fresh | (t % steps_per_epoch == 0) if steps_per_epoch else fresh
+
+
+def _running_means(n, avg, exp, value, beta, fresh):
+    """(count, running mean, exponential mean) after ``value``, restarted where ``fresh``."""
+    n = jnp.where(fresh, 1.0, n + 1.0)
+    avg = jnp.where(fresh, value, avg + (value - avg) / n)
+    return n, avg, _ema(exp, value, beta, fresh)
 
 
 def gap_smooth(
@@ -84,16 +98,13 @@ def gap_smooth(
         inst_smooth = jnp.where(
             step_len > 0, global_norm(tree_sub(new_grad, v.grads)) / step_len, jnp.nan
         )
-        fresh = v.t == 0
-        if steps_per_epoch:
-            fresh = fresh | (v.t % steps_per_epoch == 0)
-        n = jnp.where(fresh, 1.0, s["n"] + 1.0)
-        avg = jnp.where(fresh, inst_gap, s["avg_gap"] + (inst_gap - s["avg_gap"]) / n)
+        n, avg, exp = _running_means(s["n"], s["avg_gap"], s["exp_gap"], inst_gap, beta,
+                                     _fresh(v.t, steps_per_epoch))  # fmt: skip
         smooth_ok = jnp.isfinite(inst_smooth)
         new = {
             "n": n,
             "avg_gap": avg,
-            "exp_gap": _ema(s["exp_gap"], inst_gap, beta, fresh),
+            "exp_gap": exp,
             "max_smooth": jnp.where(smooth_ok, jnp.maximum(s["max_smooth"], inst_smooth),
                                     s["max_smooth"]),
             "exp_smooth": jnp.where(smooth_ok, _ema(s["exp_smooth"], inst_smooth, beta, v.t == 0),
@@ -177,6 +188,36 @@ def convexity_ratio(reference: Any, *, every: int = 1) -> Probe:
 
     return Probe("ratio", init, update, outputs=("convexity_ratio", "ratio_num", "ratio_den"),
                  reduce="last")  # fmt: skip
+
+
+def reference_gap(
+    reference: Any, *, beta: float = 0.99, steps_per_epoch: int | None = None
+) -> Probe:
+    """The convexity gap against a reference point x* at every step,
+    ref_gap = f(x_t, z_t) - f(x*, z_t) - <grad f(x_t, z_t), x_t - x*> (<= 0 where f(., z_t) is
+    convex between x_t and x*), with its running mean and exponential average. Costs one
+    forward pass (x* on z_t); the rest is the step's own loss and gradient.
+
+    Args:
+      reference: x*, a params pytree (e.g. the final params of an earlier run).
+      beta, steps_per_epoch: as in :func:`gap_smooth`.
+    """
+    x_star = jax.tree.map(_f, reference)
+
+    def init(params):
+        zero = _f(0.0)
+        return {"n": zero, "avg": zero, "exp": zero}
+
+    def update(v: StepValues, s):
+        star = jax.tree.map(lambda a, b: a.astype(b.dtype), x_star, v.params)
+        gap = (_f(v.loss) - _f(v.loss_fn(star, v.batch))
+               - tree_dot(v.grads, tree_sub(v.params, x_star)))  # fmt: skip
+        n, avg, exp = _running_means(s["n"], s["avg"], s["exp"], gap, beta,
+                                     _fresh(v.t, steps_per_epoch))  # fmt: skip
+        return {"n": n, "avg": avg, "exp": exp}, {"ref_gap": gap, "avg_ref_gap": avg,
+                                                  "exp_ref_gap": exp}  # fmt: skip
+
+    return Probe("refgap", init, update, outputs=("ref_gap", "avg_ref_gap", "exp_ref_gap"))
 
 
 def gradient_noise(*, every: int = 10) -> Probe:
@@ -304,6 +345,7 @@ def make_probes(
         if reference is None:
             raise SpecError("probe 'ratio' needs a reference point x*: --probe-reference RUN_DIR")
         probes.append(convexity_ratio(reference, every=full_every))
+        probes.append(reference_gap(reference, beta=beta, steps_per_epoch=steps_per_epoch))
     if "noise" in names:
         probes.append(gradient_noise(every=full_every))
     if "sharpness" in names:

@@ -276,6 +276,7 @@ def _label(name: str) -> str:
 # Which probe outputs share a panel, with the panel's y label (units).
 _PROBE_PANELS = (
     (("inst_gap", "avg_gap", "exp_gap"), "convexity gap (loss units; <= 0 where convex)"),
+    (("ref_gap", "avg_ref_gap", "exp_ref_gap"), "gap against x* (loss units; <= 0 if convex)"),
     (("inst_smooth", "max_smooth", "exp_smooth", "sharpness"), "smoothness / sharpness (1/step)"),
     (("precond_sharpness",), "preconditioned sharpness (Adam)"),
     (("cum_update_corr", "cum_loss_diff", "cum_rs_corr"), "cumulative sums (loss units)"),
