@@ -13,7 +13,7 @@ def test_convex_problems_show_no_positive_gap_and_a_ratio_above_one():
                                       seeds=2)  # fmt: skip
     out = assumptions.convex(config)
     decided = [f for f in out["findings"] if f["held"] is not None]
-    assert len(decided) == 4 and all(f["held"] for f in decided), decided
+    assert len(decided) == 5 and all(f["held"] for f in decided), decided
     gd = out["results"]["least-squares"]
     # GD on a quadratic: the gap is -1/2 dx^T A dx < 0 and <g_t, x_t - x_{t-1}> < 0 every step.
     assert np.all(gd.probes["inst_gap"] < 0)
@@ -22,6 +22,7 @@ def test_convex_problems_show_no_positive_gap_and_a_ratio_above_one():
     allowance = assumptions.gap_allowance(logistic.train_loss, "fp32")
     assert np.all(logistic.probes["inst_gap"] <= allowance)
     assert np.all(logistic.probes["convexity_ratio"][..., -1] >= 1 - 1e-3)
+    assert np.all(logistic.probes["ref_gap"] <= allowance)
 
 
 def test_gap_allowance_is_derived_from_the_format():
