@@ -315,8 +315,9 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAMES",
-        help="trajectory probes inside the step: gap, smooth, corr, ratio, noise, sharpness or "
-        "all (comma-separated or repeated); stored as split 'probe' in metrics.parquet",
+        help="trajectory probes inside the step: gap, smooth, corr, ratio, noise, sharpness, "
+        "spectrum or all (all but spectrum; comma-separated or repeated); stored as split "
+        "'probe' in metrics.parquet",
     )
     p.add_argument(
         "--probe-reference",
@@ -325,7 +326,8 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
         help="x* for the gap/ratio probes: the final parameters of an earlier train run",
     )
     p.add_argument(
-        "--probe-every", type=POSITIVE, default=100, metavar="K", help="sharpness every K steps"
+        "--probe-every", type=POSITIVE, default=100, metavar="K",
+        help="sharpness and spectrum every K steps",
     )
     p.add_argument(
         "--full-batch-every",

@@ -73,6 +73,26 @@ def test_on_a_quadratic_the_gap_against_x_star_is_minus_half_the_a_norm():
                                np.cumsum(want) / np.arange(1, 31), rtol=1e-9)  # fmt: skip
 
 
+def test_spectrum_probe_on_a_quadratic_is_its_known_spectrum():
+    """A = diag(lam): the top three and the smallest eigenvalue by Lanczos, and the trace by
+    Hutchinson, exact (z^T A z = sum lam for every Rademacher z), measured every 5 steps."""
+    dim, kappa = 8, 10.0
+    lam = np.geomspace(1.0, kappa, dim).astype(np.float32).astype(np.float64)
+    r = optimorph.train(f"quadratic(dim={dim}, kappa={kappa})", "sgd(lr=0.1)", steps=20,
+                        precision="fp64", probes=make_probes("spectrum", every=5),
+                        progress=False)  # fmt: skip
+    p = {k: v[0, 0] for k, v in r.probes.items()}
+    at = np.arange(0, 20, 5)
+    assert np.isnan(p["eig_top1"][1:5]).all()
+    for i in range(3):
+        np.testing.assert_allclose(p[f"eig_top{i + 1}"][at], lam[::-1][i], rtol=1e-9)
+    np.testing.assert_allclose(p["eig_min"][at], lam.min(), rtol=1e-9)
+    np.testing.assert_allclose(p["hess_trace"][at], lam.sum(), rtol=1e-12)
+    np.testing.assert_allclose(p["hess_trace_se"][at], 0.0, atol=1e-9)
+    assert "spectrum" not in [q.name for q in make_probes("all")]
+    assert [q.name for q in make_probes("all,spectrum")][-1] == "spectrum"
+
+
 def test_convex_logistic_regression_has_no_positive_gap_beyond_rounding():
     prob = optimorph.problem("logistic(dataset=breast_cancer)")
     reference = optimorph.train(prob, "adam(lr=0.05)", steps=600, precision="fp32",

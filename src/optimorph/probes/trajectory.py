@@ -18,7 +18,9 @@ loss on the fixed evaluation batch:
 * ``noise``: cos(g_t, g_{t-1}), ||x_t||, the L1 norms of x_t and g_t every step, and every
   ``full_every``-th step ||grad F(x_t)|| and the gradient noise ||g_t - grad F(x_t)||;
 * ``sharpness``: the top Hessian eigenvalue of F (Lanczos, every k steps; NaN between), and for
-  Adam/AdamW the preconditioned sharpness.
+  Adam/AdamW the preconditioned sharpness;
+* ``spectrum`` (not in ``all``): the top-k and the most negative Hessian eigenvalues of F and
+  its trace with a standard error, every k steps.
 
 ``gap`` and ``smooth`` share their extra gradient: selected together they are one probe.
 Quantities of F cost a gradient over the whole evaluation batch (500 examples on two moons:
@@ -39,13 +41,16 @@ import jax.numpy as jnp
 
 from optimorph.optimizers.first_order import AdamState
 from optimorph.probes.base import Probe, StepValues, global_norm, tree_dot, tree_sub
+from optimorph.probes.hessian import hutchinson_trace, top_eigenvalues
 from optimorph.probes.hessian import sharpness as top_eigenvalue
 from optimorph.spec import SpecError
 
 __all__ = ["PROBE_NAMES", "make_probes", "gap_smooth", "correlation", "convexity_ratio",
-           "reference_gap", "gradient_noise", "sharpness_probe"]  # fmt: skip
+           "reference_gap", "gradient_noise", "sharpness_probe", "spectrum_probe"]  # fmt: skip
 
-PROBE_NAMES = ("gap", "smooth", "corr", "ratio", "noise", "sharpness")
+PROBE_NAMES = ("gap", "smooth", "corr", "ratio", "noise", "sharpness", "spectrum")
+# Left out of "all": ratio needs x*, spectrum costs about 60 Hessian-vector products per measure.
+_NOT_IN_ALL = ("spectrum",)
 
 
 def _f(x: Any) -> jax.Array:
@@ -290,6 +295,34 @@ def sharpness_probe(*, every: int = 100, lanczos_steps: int = 20) -> Probe:
                  reduce="nanmean")  # fmt: skip
 
 
+def spectrum_probe(
+    *, every: int = 100, k: int = 3, lanczos_steps: int = 40, trace_samples: int = 20
+) -> Probe:
+    """More of the Hessian of F every ``every`` steps (NaN between): its ``k`` largest
+    eigenvalues and its most negative one from one Lanczos run, and its trace (Hutchinson over
+    ``trace_samples`` Rademacher vectors, with the standard error). ``optimorph hessian`` adds
+    the per-layer eigenvalues and the spectral density of a saved run."""
+    outputs = (*(f"eig_top{i + 1}" for i in range(k)), "eig_min", "hess_trace", "hess_trace_se")
+
+    def init(params):
+        return ()
+
+    def update(v: StepValues, s):
+        def measure():
+            key = jax.random.fold_in(v.key, 2)
+            top, bottom = top_eigenvalues(v.loss_fn, v.params, v.eval_batch, k=k,
+                                          steps=lanczos_steps, key=key)  # fmt: skip
+            trace, se = hutchinson_trace(v.loss_fn, v.params, v.eval_batch, samples=trace_samples,
+                                         key=jax.random.fold_in(key, 1))  # fmt: skip
+            return tuple(_f(x) for x in (*top, bottom[0], trace, se))
+
+        nan = tuple(_f(jnp.nan) for _ in outputs)
+        values = jax.lax.cond(v.t % every == 0, measure, lambda: nan)
+        return s, dict(zip(outputs, values, strict=True))
+
+    return Probe("spectrum", init, update, outputs=outputs, reduce="nanmean")
+
+
 def _adam_preconditioner(v: StepValues):
     """(1 - b1^t) (sqrt(v / (1 - b2^t)) + eps) of the zoo's Adam/AdamW state (sqrt(v) + eps
     without bias correction), else None."""
@@ -315,10 +348,10 @@ def make_probes(
     full_every: int = 10,
 ) -> list[Probe]:
     """Probes by name: ``"gap,smooth"``, ``["corr"]`` or ``"all"`` (``ratio`` needs
-    ``reference`` and is left out of ``all`` without one).
+    ``reference`` and is left out of ``all`` without one; ``spectrum`` is never in ``all``).
 
     Args:
-      every: sharpness every this many steps.
+      every: sharpness and spectrum every this many steps.
       full_every: the full-batch quantities (``ratio``, ``noise``'s gradient of F) every this
         many steps.
 
@@ -329,7 +362,9 @@ def make_probes(
         names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(dict.fromkeys(names))
     if "all" in names:
-        names = [n for n in PROBE_NAMES if n != "ratio" or reference is not None]
+        chosen = [n for n in PROBE_NAMES if n not in _NOT_IN_ALL]
+        chosen = [n for n in chosen if n != "ratio" or reference is not None]
+        names = list(dict.fromkeys(chosen + [n for n in names if n != "all"]))
     unknown = [n for n in names if n not in PROBE_NAMES]
     if unknown:
         raise SpecError(
@@ -350,4 +385,6 @@ def make_probes(
         probes.append(gradient_noise(every=full_every))
     if "sharpness" in names:
         probes.append(sharpness_probe(every=every))
+    if "spectrum" in names:
+        probes.append(spectrum_probe(every=every))
     return probes

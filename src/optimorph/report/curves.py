@@ -279,6 +279,8 @@ _PROBE_PANELS = (
     (("ref_gap", "avg_ref_gap", "exp_ref_gap"), "gap against x* (loss units; <= 0 if convex)"),
     (("inst_smooth", "max_smooth", "exp_smooth", "sharpness"), "smoothness / sharpness (1/step)"),
     (("precond_sharpness",), "preconditioned sharpness (Adam)"),
+    (("eig_top1", "eig_top2", "eig_top3", "eig_min"), "Hessian eigenvalues (top-k, most negative)"),
+    (("hess_trace",), "Hessian trace (Hutchinson)"),
     (("cum_update_corr", "cum_loss_diff", "cum_rs_corr"), "cumulative sums (loss units)"),
     (("update_corr", "loss_diff", "rs_corr"), "per step (loss units)"),
     (("convexity_ratio",), "convexity ratio (>= 1 if convex)"),
@@ -286,6 +288,10 @@ _PROBE_PANELS = (
     (("grad_cos",), "cos(g_t, g_{t-1})"),
     (("param_norm",), "||x_t|| (global l2)"),
 )
+
+
+_SPARSE = ("sharpness", "precond_sharpness", "eig_top1", "eig_top2", "eig_top3", "eig_min",
+           "hess_trace")  # fmt: skip
 
 
 def probe_figure(result: TrainResult) -> Figure | None:
@@ -307,14 +313,14 @@ def probe_figure(result: TrainResult) -> Figure | None:
         present = [n for n in names if measured(n)]
         for j, name in enumerate(present):
             steps, values = _window_mean(result.steps, result.probes[name])
-            sparse = "sharpness" in name  # measured every k steps: markers, not a line
+            sparse = name in _SPARSE  # measured every k steps: markers, not a line
             for i, opt in enumerate(result.optimizers):
                 mean, low, high = _seed_band(values[i])
                 ok = np.isfinite(mean)
                 if not ok.any():
                     continue
                 label = f"{name}: {_label(opt)}" if len(result.optimizers) > 1 else name
-                style = "o" if sparse else styles[j % 4]
+                style = ("o", "s", "^", "v")[j % 4] if sparse else styles[j % 4]
                 ax.plot(steps[ok], mean[ok], style, color=f"C{i % 10}", label=label,
                         linewidth=1.3, markersize=4)  # fmt: skip
                 if len(result.seeds) > 1 and not sparse:
