@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optimorph.engine import step
+from optimorph.engine import interrupts, step
 from optimorph.optimizers import resolve
 from optimorph.precision import TracedBits, require_x64, round_to_bits, stalled_fraction
 
@@ -106,14 +106,16 @@ def phase_diagram(
     bits = jnp.asarray(mantissa_bits, jnp.int32)
     het = jnp.asarray(heterogeneity, jnp.float64)
     traj, stalled = {}, {}
-    for name in names:
-        if done and name in done:
-            traj[name], stalled[name] = done[name]
-            continue
-        t, s = _run_grid(name, bits, het, dim, steps, evals, seeds, replicas)
-        traj[name], stalled[name] = np.asarray(t), np.asarray(s)  # [M, H, S, R, E, D], [M, H]
-        if on_optimizer is not None:
-            on_optimizer(name, traj[name], stalled[name])
+    with interrupts.deferred():  # Ctrl-C takes effect after an optimizer's grid is saved
+        for name in names:
+            if done and name in done:
+                traj[name], stalled[name] = done[name]
+                continue
+            t, s = _run_grid(name, bits, het, dim, steps, evals, seeds, replicas)
+            traj[name], stalled[name] = np.asarray(t), np.asarray(s)  # [M, H, S, R, E, D], [M, H]
+            if on_optimizer is not None:
+                on_optimizer(name, traj[name], stalled[name])
+            interrupts.raise_if_requested()
     u = 2.0 ** -(np.asarray(mantissa_bits, float) + 1)
     equivalent = np.zeros((len(pairs), len(mantissa_bits), len(heterogeneity)), bool)
     ratio = np.zeros(equivalent.shape)
