@@ -57,7 +57,12 @@ class Progress:
 
 
 def _si(x: float) -> str:
+    """A rate, short: 72.0k, 12.3, and two significant digits below 1.
+
+    >>> _si(72000), _si(12.34), _si(0.0095)
+    ('72.0k', '12.3', '0.0095')
+    """
     for unit, scale in (("M", 1e6), ("k", 1e3)):
         if x >= scale:
             return f"{x / scale:.1f}{unit}"
-    return f"{x:.1f}"
+    return f"{x:.1f}" if x >= 1 or x == 0 else f"{x:.2g}"  # slow work: not "0.0 spectra/s"
