@@ -84,7 +84,8 @@ def test_layer_blocks_and_the_spectrum_summary_match_the_dense_hessian():
     assert summary["n_params"] == eig.size
 
 
-def test_hessian_of_a_saved_run_matches_the_dense_hessian_and_is_reported(tmp_path, check_page):
+def test_hessian_of_a_saved_run_matches_the_dense_hessian_and_is_reported(tmp_path, check_page,
+                                                                           monkeypatch):
     """`optimorph hessian RUN_DIR`: per optimizer and seed, the spectrum at the stored final
     parameters on the first examples, in float64, against jax.hessian of the same loss; then
     the figure and the report's table; and a run without parameters gets one clear error."""
@@ -120,6 +121,15 @@ def test_hessian_of_a_saved_run_matches_the_dense_hessian_and_is_reported(tmp_pa
         assert sorted(e["layers"]) == ["dense0", "dense1"]
     page = (out / "report.html").read_text()
     assert "Hessian at the final parameters" in page and (out / "hessian.png").exists()
+    # A rerun with the same settings keeps every spectrum (nothing is recomputed).
+    import optimorph.results.hessian as stored
+
+    def no_spectrum(*args, **kwargs):
+        raise AssertionError("recomputed a spectrum that was already stored")
+
+    monkeypatch.setattr(stored, "spectrum", no_spectrum)
+    again = stored.hessian_of_run(out, examples=50, k=2, samples=300, seeds=2, progress=False)
+    assert again == doc
     assert check_page(out / "report.html")["images"] >= 4
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -5,10 +5,13 @@ the k most negative eigenvalues (Lanczos with full reorthogonalization), the tra
 with its standard error), the top eigenvalue of each layer's diagonal block and the spectral
 density (stochastic Lanczos quadrature), all in float64 on the first ``examples`` training
 examples (the trainer's evaluation subset is the first 2048). See :mod:`optimorph.probes.hessian`.
+Each spectrum is written as soon as it is done; rerun with the same settings on the same
+``final_params.npz`` (its SHA-256 is stored), the command keeps the spectra already there and
+computes the rest.
 
 ``hessian.json``::
 
-    {"examples": 2048, "dtype": "float64", "lanczos_steps": 50, "samples": 100,
+    {"examples": 2048, "dtype": "float64", "k": 5, "lanczos_steps": 50, "samples": 100,
      "entries": [{"optimizer": "sgd(lr=0.1)", "optimizer_index": 0, "seed": 0,
                   "top": [...], "bottom": [...], "trace": ..., "trace_se": ...,
                   "layers": {"dense0": ...}, "density": {"grid": [...], "values": [...]},
@@ -17,6 +20,7 @@ examples (the trainer's evaluation subset is the first 2048). See :mod:`optimorp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -31,7 +35,7 @@ from optimorph.engine.progress import Progress
 from optimorph.precision import require_x64
 from optimorph.probes.hessian import spectrum
 from optimorph.problems import problem as make_problem
-from optimorph.results.rundir import HESSIAN_FILE, read_config, read_final_params
+from optimorph.results.rundir import HESSIAN_FILE, PARAMS_FILE, read_config, read_final_params
 from optimorph.results.store import read_file
 
 __all__ = ["hessian_of_run", "read_hessian"]
@@ -83,12 +87,25 @@ def hessian_of_run(
     optimizers = list(meta["optimizers"])
     run_seeds = list(meta["seeds"])[: int(seeds)]
     diverged = np.asarray(meta["diverged_at"]).reshape(len(optimizers), -1)
+    params_file = run_dir / PARAMS_FILE
+    digest = hashlib.sha256(params_file.read_bytes()).hexdigest() if params_file.exists() else None
+    settings = {"examples": int(min(examples, prob.n_train)), "dtype": "float64", "k": int(k),
+                "lanczos_steps": int(lanczos_steps), "samples": int(samples),
+                "params_sha256": digest}  # fmt: skip
+    # Each spectrum is saved as soon as it is done; a rerun with the same settings keeps them.
+    earlier = read_hessian(run_dir)
+    same = earlier is not None and all(earlier.get(key) == v for key, v in settings.items())
+    kept = {(e["optimizer_index"], e["seed"]): e for e in earlier["entries"]} if same else {}
     bar = Progress(len(optimizers) * len(run_seeds), "hessian", enabled=progress, every_s=0,
                    unit="spectra")  # fmt: skip
     entries = []
     for i, opt in enumerate(optimizers):
         stacked = read_final_params(run_dir, template, i)
         for s, seed in enumerate(run_seeds):
+            if (i, int(seed)) in kept and kept[(i, int(seed))]["optimizer"] == opt:
+                entries.append(kept[(i, int(seed))])
+                bar.advance(1, "(kept from an earlier run)")
+                continue
             params = jax.tree.map(lambda a, s=s: jnp.asarray(a[s], f), stacked)
             entry = {"optimizer": opt, "optimizer_index": i, "seed": int(seed)}
             finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
@@ -98,14 +115,9 @@ def hessian_of_run(
                 entry.update(spectrum(prob.loss, params, batch, k=int(k), steps=int(lanczos_steps),
                                       samples=int(samples)))  # fmt: skip
             entries.append(entry)
+            write_json_atomic(run_dir / HESSIAN_FILE, {**settings, "entries": entries})
             bar.advance(1)
-    doc = {
-        "examples": int(min(examples, prob.n_train)),
-        "dtype": "float64",
-        "lanczos_steps": int(lanczos_steps),
-        "samples": int(samples),
-        "entries": entries,
-    }
+    doc = {**settings, "entries": entries}
     write_json_atomic(run_dir / HESSIAN_FILE, doc)
     return doc
 
