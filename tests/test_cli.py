@@ -78,6 +78,7 @@ def test_demo_writes_a_report(tmp_path):
     assert cli.main(argv) == 0
     html = (out / "zoo" / "report.html").read_text()
     assert "data:image/png;base64" in html and "lion" in html
+    assert "Hessian at the final parameters" in html and (out / "zoo" / "hessian.png").exists()
     assert "zoo/report.html" in (out / "index.html").read_text()
 
 

@@ -770,10 +770,11 @@ def _demo(args) -> int:
     from optimorph.problems import DatasetNotFound
     from optimorph.report import write_report
     from optimorph.report.equivalence_report import write_equivalence_report
-    from optimorph.report.figures import save_figures
+    from optimorph.report.figures import save_figures, save_hessian_figure
     from optimorph.report.recipe_report import write_recipe_report
     from optimorph.results import store, write_run
     from optimorph.results.equivalence_store import write_comparison
+    from optimorph.results.hessian import hessian_of_run
 
     out = args.out
     if out.exists():
@@ -794,8 +795,12 @@ def _demo(args) -> int:
     write_run(result, zoo)
     save_figures(result, zoo)
     shutil.rmtree(zoo / "checkpoints", ignore_errors=True)
+    say("the Hessian's spectrum at each optimizer's final parameters")
+    hessian_of_run(zoo, examples=500, k=3, lanczos_steps=40, samples=50, seeds=1, progress=False)
+    save_hessian_figure(zoo)
     pages.append(("The zoo on noisy two moons", write_report(zoo, title="optimorph demo: the zoo"),
-                  f"{len(DEMO_OPTIMIZERS)} optimizers, {args.seeds} seeds"))  # fmt: skip
+                  f"{len(DEMO_OPTIMIZERS)} optimizers, {args.seeds} seeds, the Hessian at the "
+                  "end"))  # fmt: skip
     if not args.zoo_only:
         say("equivalence classes at fp16, fp32, fp64 (least squares)")
         eq = out / "equivalence"
