@@ -44,6 +44,7 @@ td:first-child code { white-space: nowrap; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.nowrap { white-space: nowrap; overflow-wrap: normal; }
 code { font-size: 0.9em; white-space: pre-wrap; }
 figure { margin: 1em 0; }
 img { max-width: 100%; }
@@ -137,15 +138,20 @@ def findings_table(findings: Iterable[dict]) -> str:
     return "<table>" + head + "\n".join(rows) + "</table>"
 
 
-def rows_table(columns: list[str], rows: Iterable[Iterable[Any]]) -> str:
-    """A plain table; numbers right-aligned."""
+def rows_table(
+    columns: list[str], rows: Iterable[Iterable[Any]], nowrap: Iterable[int] = ()
+) -> str:
+    """A plain table; numbers right-aligned; the text of the ``nowrap`` columns on one line."""
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    keep = set(nowrap)
     body = []
     for row in rows:
         cells = []
-        for x in row:
+        for j, x in enumerate(row):
             if isinstance(x, (int, float)) and not isinstance(x, bool):
                 cells.append(f'<td class="num">{_e(f"{x:.4g}")}</td>')
+            elif j in keep:
+                cells.append(f'<td class="nowrap">{_e(str(x))}</td>')
             else:
                 cells.append(f"<td>{_e(str(x))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -314,7 +320,7 @@ def _hessian_section(doc: dict[str, Any] | None) -> str:
         rows.append([
             e["optimizer"], e["seed"], ", ".join(f"{x:.4g}" for x in e["top"]),
             ", ".join(f"{x:.4g}" for x in e["bottom"]),
-            f"{e['trace']:.4g}\u00a0±\u00a0{e['trace_se']:.2g}", layers,
+            f"{e['trace']:.4g} ± {e['trace_se']:.2g}", layers,
         ])  # fmt: skip
     head = (
         f"<h3>Hessian at the final parameters</h3><p>On the first {doc['examples']} training "
@@ -323,7 +329,7 @@ def _hessian_section(doc: dict[str, Any] | None) -> str:
         "vectors (± its standard error), each layer's diagonal block alone.</p>"
     )
     columns = ["optimizer", "seed", "top eigenvalues", "most negative", "trace", "per layer (top)"]
-    return head + rows_table(columns, rows)
+    return head + rows_table(columns, rows, nowrap=(4,))
 
 
 def _figure(path: Path) -> str:
