@@ -35,6 +35,7 @@ __all__ = [
     "grid_figure",
     "headline_eval_key",
     "stability_edge",
+    "smoothness_figure",
 ]
 
 _PANEL = (5.5, 4.0)  # inches per panel
@@ -337,6 +338,43 @@ def probe_figure(result: TrainResult) -> Figure | None:
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle("trajectory probes (mean over seeds, band: min-max over seeds)")
+    return fig
+
+
+def smoothness_figure(result: TrainResult) -> Figure | None:
+    """Smoothness against sharpness at the steps sharpness was measured: inst_smooth (left) and
+    exp_smooth (right) per (optimizer, seed) point, with y = x. On the line, the smoothness the
+    step saw is the top curvature of the full-batch loss (the study's "smoothness tracks
+    sharpness")."""
+    needed = ("sharpness", "inst_smooth", "exp_smooth")
+    if not all(k in result.probes for k in needed):
+        return None
+    sharp = result.probes["sharpness"]
+    if not np.isfinite(sharp).any():
+        return None
+    fig = Figure(figsize=(_PANEL[0] * 2, _PANEL[1]), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, name in zip(axes, ("inst_smooth", "exp_smooth"), strict=True):
+        smooth = result.probes[name]
+        ok_all = np.isfinite(sharp) & np.isfinite(smooth) & (sharp > 0) & (smooth > 0)
+        if not ok_all.any():
+            ax.set_visible(False)
+            continue
+        for i, opt in enumerate(result.optimizers):
+            ok = ok_all[i]
+            ax.plot(sharp[i][ok], smooth[i][ok], "o", color=f"C{i % 10}", markersize=3,
+                    alpha=0.7, label=_label(opt))  # fmt: skip
+        lo = min(sharp[ok_all].min(), smooth[ok_all].min())
+        hi = max(sharp[ok_all].max(), smooth[ok_all].max())
+        ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="y = x")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("sharpness (top Hessian eigenvalue of F)")
+        ax.set_ylabel(f"{name} (1/step)")
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(fontsize="x-small")
+    fig.suptitle("smoothness against sharpness at the steps sharpness was measured "
+                 "(a dot per optimizer, seed and measurement)")  # fmt: skip
     return fig
 
 

@@ -14,6 +14,7 @@ from optimorph.report.curves import (
     grid_figure,
     loss_figure,
     probe_figure,
+    smoothness_figure,
 )
 from optimorph.report.hessian_figures import hessian_figure
 from optimorph.atomic import atomic_path
@@ -37,8 +38,8 @@ def save_figures(result: TrainResult, run_dir: str | os.PathLike) -> list[Path]:
     """Draw the standard figures of ``result`` into ``run_dir``.
 
     Writes ``loss_curves.png``, ``eval_curves.png`` (when there are evaluations),
-    ``final_metrics.png``, ``probes.png`` (with probes) and ``grids.png`` (with a hyperparameter
-    grid).
+    ``final_metrics.png``, ``probes.png`` (with probes), ``smoothness_vs_sharpness.png`` (with
+    the smooth and sharpness probes) and ``grids.png`` (with a hyperparameter grid).
 
     Returns:
       The paths written.
@@ -48,7 +49,9 @@ def save_figures(result: TrainResult, run_dir: str | os.PathLike) -> list[Path]:
     if result.evals:
         figures["eval_curves.png"] = eval_figure(result)
     figures["final_metrics.png"] = final_metrics_figure(result)
-    for name, fig in (("probes.png", probe_figure(result)), ("grids.png", grid_figure(result))):
+    drawn = (("probes.png", probe_figure(result)), ("grids.png", grid_figure(result)),
+             ("smoothness_vs_sharpness.png", smoothness_figure(result)))  # fmt: skip
+    for name, fig in drawn:
         if fig is not None:
             figures[name] = fig
     return [save_figure(fig, run_dir / name) for name, fig in figures.items()]

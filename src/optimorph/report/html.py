@@ -32,7 +32,7 @@ __all__ = [
 
 REPORT_FILE = "report.html"
 FIGURE_ORDER = ("grids.png", "loss_curves.png", "eval_curves.png", "final_metrics.png", "probes.png",
-                "hessian.png")
+                "smoothness_vs_sharpness.png", "hessian.png")
 """Figures shown first, in this order; any other PNG of the run directory follows by name."""
 
 _STYLE = """
@@ -300,6 +300,9 @@ CAPTIONS = {
     "final_metrics.png": "Final values per optimizer: a dot per seed, the black bar mean ± sample "
     "std over the seeds that did not diverge.",
     "probes.png": f"Trajectory probes against step (docs/reference.md section 4); {_BAND}.",
+    "smoothness_vs_sharpness.png": "Smoothness against sharpness, both per step, at the steps "
+    "sharpness was measured: on the dashed line the step's smoothness equals the top curvature "
+    "of the full-batch loss.",
     "hessian.png": "The Hessian of the training loss at the final parameters (optimorph hessian): "
     "left the spectral density of the first seed with the extreme eigenvalues as ticks, right "
     "each layer's top block eigenvalue against the whole Hessian's (dashed).",

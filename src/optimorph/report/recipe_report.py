@@ -15,9 +15,10 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from optimorph.report.curves import loss_figure, probe_figure
+from optimorph.report.curves import loss_figure, probe_figure, smoothness_figure
 from optimorph.report.figures import save_figure
 from optimorph.report.html import (
+    CAPTIONS,
     REPORT_FILE,
     figure_html,
     findings_table,
@@ -264,10 +265,15 @@ def _train_figures(prefix: str, title: str) -> Callable[[Path], list[tuple[Path,
                         save_figure(probes, run_dir / f"{tag}_probes.png"),
                         f"Trajectory probes of {result.config.get('problem', 'the run')}, per "
                         "optimizer: mean over seeds per window of steps, band min-max over "
-                        "seeds; sharpness as markers where measured, beside 2/lr for plain "
-                        "gradient descent.",
+                        "seeds; sharpness as markers where measured, beside each optimizer's "
+                        "edge of stability (2/lr for plain gradient descent, 38/lr for Adam's "
+                        "preconditioned sharpness).",
                     )
                 )
+            versus = smoothness_figure(result)
+            if versus is not None:
+                out.append((save_figure(versus, run_dir / f"{tag}_smoothness_vs_sharpness.png"),
+                            CAPTIONS["smoothness_vs_sharpness.png"]))  # fmt: skip
         grids = sorted(run_dir.glob("boundary_*.npz"))
         if grids:
             arrays = [store.read_arrays(run_dir, p.stem) for p in grids]
