@@ -211,6 +211,7 @@ class DeepConfig:
     weight_decay: float = 5e-4
     schedules: tuple[str, ...] = ("constant", "cosine")
     sharpness_every: int = 200
+    track_band: tuple[float, float] = (0.5, 1.5)  # "tracks": median exp_smooth / sharpness
     seeds: int = 2
     precision: str = "fp32"
     allowance_ulps: float = 8.0
@@ -287,6 +288,8 @@ def deep(config: DeepConfig, *, checkpoints: str | None = None) -> dict:
                     late[run[2]] = float(np.nanmean(s[:, -max(1, s.shape[-1] // 10) :]))
             if {"constant", "cosine"} <= set(late):
                 smooth_rows.append((f"{model}/{kind}", late["constant"], late["cosine"]))
+    tracking = [(label(run), *smoothness_over_sharpness(run[3])) for run in runs]
+    t_lo, t_hi = config.track_band
     n_pos = sum(c > 0 for _, c in corr_pos)
     rises = sum(cos > const for _, const, cos in smooth_rows)
     findings = [
@@ -310,8 +313,27 @@ def deep(config: DeepConfig, *, checkpoints: str | None = None) -> dict:
             + ", ".join(f"{n} {a:.3g} vs {b:.3g}" for n, a, b in smooth_rows),
             rises > len(smooth_rows) / 2 if smooth_rows else None,
         ),
+        finding(
+            "Smoothness tracks sharpness: exp_smooth is close to the top Hessian eigenvalue of "
+            "the full-batch loss where sharpness was measured",
+            "median exp_smooth / sharpness (inst_smooth / sharpness) over the measurements: "
+            + ", ".join(f"{n} {e:.2f} ({i:.2f})" for n, i, e in tracking)
+            + f" (tracking: within {t_lo:g}..{t_hi:g})",
+            bool(all(t_lo <= e <= t_hi for _, _, e in tracking)) if tracking else None,
+        ),
     ]
     return {"results": results, "findings": findings, "dataset": dataset}
+
+
+def smoothness_over_sharpness(probes: dict) -> tuple[float, float]:
+    """Median over seeds and measured steps of inst_smooth / sharpness and of exp_smooth /
+    sharpness (``probes``: [S, T] series of one optimizer); NaN without a measurement."""
+    sharp = probes["sharpness"]
+    at = np.isfinite(sharp) & (sharp > 0)
+    if not at.any():
+        return float("nan"), float("nan")
+    return (float(np.nanmedian(probes["inst_smooth"][at] / sharp[at])),
+            float(np.nanmedian(probes["exp_smooth"][at] / sharp[at])))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
