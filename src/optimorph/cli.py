@@ -282,8 +282,10 @@ def _parser() -> argparse.ArgumentParser:
         help="the Hessian spectrum at a train run's final parameters (writes hessian.json)",
     )
     hs.add_argument("run_dir", type=Path, help="a train run directory (its --out)")
-    hs.add_argument("--examples", type=POSITIVE, default=2048,
-                    help="the first N training examples (the probes' evaluation subset)")  # fmt: skip
+    hs.add_argument(
+        "--examples", type=POSITIVE, default=2048,
+        help="the first N training examples (the probes' evaluation subset)",
+    )  # fmt: skip
     hs.add_argument("--k", type=POSITIVE, default=5, help="largest and most negative eigenvalues")
     hs.add_argument("--lanczos-steps", type=POSITIVE, default=50)
     hs.add_argument("--samples", type=POSITIVE, default=100, help="Hutchinson vectors (trace)")
@@ -741,7 +743,9 @@ def _probes(args) -> list:
         try:  # optimizer 0, seed 0 of the earlier run
             stacked = read_final_params(args.probe_reference, template)
         except FileNotFoundError as err:
-            raise FileNotFoundError(f"--probe-reference: {err} (give a train run's --out)") from None
+            raise FileNotFoundError(
+                f"--probe-reference: {err} (give a train run's --out)"
+            ) from None
         except ValueError as err:
             raise ValueError(f"--probe-reference: {err}; is it a run of {args.problem}?") from None
         reference = jax.tree.map(lambda a: a[0], stacked)
@@ -861,7 +865,8 @@ def _index_page(out: Path, pages: list[tuple[str, Path, str]], seconds: float) -
 
 
 def _hessian(args) -> int:
-    from optimorph.report import redraw, write_report
+    from optimorph.report import write_report
+    from optimorph.report.figures import save_hessian_figure
     from optimorph.results.hessian import hessian_of_run
     from optimorph.results.store import read_kind
 
@@ -876,7 +881,7 @@ def _hessian(args) -> int:
             continue
         print(f"{e['optimizer']} seed {e['seed']}: top {e['top'][0]:.6g}, most negative "
               f"{e['bottom'][0]:.6g}, trace {e['trace']:.6g} ± {e['trace_se']:.2g}")  # fmt: skip
-    redraw(args.run_dir)
+    save_hessian_figure(args.run_dir)  # the other figures are as they were
     print(f"wrote {args.run_dir / 'hessian.json'}; report: {write_report(args.run_dir)}",
           file=sys.stderr)  # fmt: skip
     return 0

@@ -47,3 +47,18 @@ def test_steepest_descent_recipe_tunes_each_norm_and_shampoo_matches_spectral_de
                                [row["final_loss"] for row in table])  # fmt: skip
     shampoo = out["findings"][2]
     assert shampoo["held"], shampoo["measured"]
+
+
+def test_an_edge_row_without_a_measurement_after_the_skip_is_undecided_not_a_crash():
+    """--set steps=40 with adam_skip=50: no preconditioned sharpness to judge; the row says so."""
+    config = assumptions.EdgeConfig()
+    steps = np.arange(1, 41)
+    series = np.full((1, 40), np.nan)
+    series[0, ::20] = 1.0
+    probes = {"precond_sharpness": series, "sharpness": series, "inst_smooth": series,
+              "exp_smooth": series}  # fmt: skip
+    row = assumptions._edge_row(config, 1e-3, probes, steps, key="precond_sharpness",
+                                factor=38.0, skip=50)  # fmt: skip
+    assert row["start"] is None and np.isnan(row["max"]) and np.isnan(row["final"])
+    measured = assumptions._edge_row(config, 0.5, probes, steps)  # 2/lr = 4: never reached
+    assert measured["max"] == 1.0 and measured["start"] is None

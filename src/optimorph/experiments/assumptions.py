@@ -496,9 +496,13 @@ def _edge_row(
     at = np.flatnonzero(np.isfinite(sharp) & (steps >= skip))
     edge = factor / lr
     reached = at[sharp[at] >= config.reach * edge]
-    row = {"lr": lr, "edge": edge, "max": float(np.max(sharp[at])), "start": None,
-           "final": float(sharp[at[-1]]), "final_plain": float(plain[at[-1]]), "hover": np.nan,
-           "track": np.nan, "track_exp": np.nan}  # fmt: skip
+    row = {"lr": lr, "edge": edge, "max": np.nan, "start": None, "final": np.nan,
+           "final_plain": np.nan, "hover": np.nan, "track": np.nan,
+           "track_exp": np.nan}  # fmt: skip
+    if not at.size:  # no measurement at all (steps below skip, or every one NaN)
+        return row
+    row.update(max=float(np.max(sharp[at])), final=float(sharp[at[-1]]),
+               final_plain=float(plain[at[-1]]))  # fmt: skip
     if reached.size:
         first = int(reached[0])
         phase = at[(at >= first) & (steps[at] <= steps[first] + config.window)]

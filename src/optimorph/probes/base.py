@@ -49,8 +49,9 @@ class StepValues(NamedTuple):
       key: a PRNG key for this step's probe randomness, independent of every training key.
       replica_params: the noisy replicas' stored params with a leading replica axis (noise
         replicas on), else None.
-      hparams: this run's traced hyperparameters as the step sees them (``{"lr": ..., "b1":
-        ...}``; a schedule's parameters nested), else None.
+      hparams: this run's hyperparameters: the traced ones as the step sees them (``{"lr":
+        ..., "b1": ...}``; a schedule's parameters nested) and the fixed flags and numbers
+        (``bias_correction``), else None.
 
     Probes evaluated at evaluations (``when="eval"``) see ``t`` (steps done), ``params`` and
     ``new_params`` (both the current params), ``replica_params``, ``loss_fn``, ``eval_batch``

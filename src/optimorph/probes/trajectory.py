@@ -49,7 +49,7 @@ __all__ = ["PROBE_NAMES", "make_probes", "gap_smooth", "correlation", "convexity
            "reference_gap", "gradient_noise", "sharpness_probe", "spectrum_probe"]  # fmt: skip
 
 PROBE_NAMES = ("gap", "smooth", "corr", "ratio", "noise", "sharpness", "spectrum")
-# Left out of "all": ratio needs x*, spectrum costs about 60 Hessian-vector products per measure.
+# Left out of "all" (ratio too when there is no x*): about 60 Hessian-vector products per measure.
 _NOT_IN_ALL = ("spectrum",)
 
 
@@ -273,12 +273,12 @@ def sharpness_probe(*, every: int = 100, lanczos_steps: int = 20) -> Probe:
 
     def update(v: StepValues, s):
         due = v.t % every == 0
-        preconditioner = _adam_preconditioner(v)
 
         def measure():
             key = jax.random.fold_in(v.key, 1)
             plain = _f(top_eigenvalue(v.loss_fn, v.params, v.eval_batch, steps=lanczos_steps,
                                       key=key))  # fmt: skip
+            preconditioner = _adam_preconditioner(v)  # here: built only on measured steps
             if preconditioner is None:
                 return plain, _f(jnp.nan)
             scaled = top_eigenvalue(v.loss_fn, v.params, v.eval_batch, steps=lanczos_steps,

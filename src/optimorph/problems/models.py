@@ -232,9 +232,9 @@ def conv2d_same(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
 
     Why not the convolution op: inside a compiled loop (the trainer's scan) XLA's CPU backend
     leaves the convolutions of the backward pass in a layout its fast convolution kernel does not
-    take and emits naive loops instead. A CNN's gradient ran about 12x slower there than
-    standalone and a Hessian-vector product about 14x (jaxlib 0.10.2, ``benchmarks/cnn.py``);
-    slices, pads and matrix products have no such cliff. Same values to float rounding (the
+    take and emits naive loops instead. A CNN's gradient ran 6x slower there than standalone
+    and a Hessian-vector product 7x (12-14x on a busy machine; jaxlib 0.10.2,
+    ``benchmarks/cnn.py``); slices, pads and matrix products have no such cliff. Same values to float rounding (the
     products sum in another order).
     """
     kh, kw, c_in, c_out = w.shape

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from optimorph.engine.result import TrainResult
 from optimorph.optimizers import resolve
+from optimorph.report.labels import plain_text
 from optimorph.results.summary import FINAL_FRACTION, TRAIN_LOSS_KEY, final_values, summarize
 
 __all__ = [
@@ -117,7 +118,7 @@ def final_metrics_figure(result: TrainResult) -> Figure:
     finals = final_values(result)
     ok = result.diverged_at < 0
     labels = [
-        _label(o["optimizer"]) + (f"\n({o['n_diverged']} diverged)" if o["n_diverged"] else "")
+        plain_text(o["optimizer"]) + (f"\n({o['n_diverged']} diverged)" if o["n_diverged"] else "")
         for o in summary["optimizers"]
     ]
     x = np.arange(len(result.optimizers))
@@ -187,7 +188,7 @@ def grid_figure(result: TrainResult) -> Figure | None:
         _log_if_positive(ax, mean)
         ax.set_xlabel(axis)
         ax.set_ylabel(f"final {g['metric']} (objective value)")
-        ax.set_title(_label(g["spec"]), fontsize="medium")
+        ax.set_title(plain_text(g["spec"]), fontsize="medium")
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize="small")
     return fig
@@ -212,7 +213,7 @@ def _plot_curves(ax: Axes, result: TrainResult, steps: np.ndarray, values: np.nd
     for i, name in enumerate(result.optimizers):
         mean, low, high = _seed_band(values[i])
         n_div = int((result.diverged_at[i] >= 0).sum())
-        label = _label(name) + (f" ({n_div}/{len(result.seeds)} diverged)" if n_div else "")
+        label = plain_text(name) + (f" ({n_div}/{len(result.seeds)} diverged)" if n_div else "")
         (line,) = ax.plot(steps, mean, label=label, color=f"C{i % 10}", linewidth=1.5)
         if len(result.seeds) > 1:
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -269,11 +270,6 @@ def _log_if_positive(ax: Axes, values: np.ndarray) -> None:
         ax.set_yscale("log")
 
 
-def _label(name: str) -> str:
-    # matplotlib reads text between two '$' as TeX math; an optimizer spec is plain text.
-    return name.replace("$", r"\$")
-
-
 # Which probe outputs share a panel, with the panel's y label (units).
 _PROBE_PANELS = (
     (("inst_gap", "avg_gap", "exp_gap"), "convexity gap (loss units; <= 0 where convex)"),
@@ -320,7 +316,7 @@ def probe_figure(result: TrainResult) -> Figure | None:
                 ok = np.isfinite(mean)
                 if not ok.any():
                     continue
-                label = f"{name}: {_label(opt)}" if len(result.optimizers) > 1 else name
+                label = f"{name}: {plain_text(opt)}" if len(result.optimizers) > 1 else name
                 style = ("o", "s", "^", "v")[j % 4] if sparse else styles[j % 4]
                 ax.plot(steps[ok], mean[ok], style, color=f"C{i % 10}", label=label,
                         linewidth=1.3, markersize=4)  # fmt: skip
@@ -363,7 +359,7 @@ def smoothness_figure(result: TrainResult) -> Figure | None:
         for i, opt in enumerate(result.optimizers):
             ok = ok_all[i]
             ax.plot(sharp[i][ok], smooth[i][ok], "o", color=f"C{i % 10}", markersize=3,
-                    alpha=0.7, label=_label(opt))  # fmt: skip
+                    alpha=0.7, label=plain_text(opt))  # fmt: skip
         lo = min(sharp[ok_all].min(), smooth[ok_all].min())
         hi = max(sharp[ok_all].max(), smooth[ok_all].max())
         ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="y = x")
@@ -409,7 +405,7 @@ def _stability_edges(ax: Axes, result: TrainResult, output: str) -> None:
         ok = (count > 0) & (mean > 0)
         if ok.any():
             ax.plot(result.steps[ok], factor / mean[ok], ":", color=f"C{i % 10}", linewidth=1.2,
-                    label=f"{text}: {_label(opt)}")  # fmt: skip
+                    label=f"{text}: {plain_text(opt)}")  # fmt: skip
 
 
 def stability_edge(optimizer: str) -> tuple[str, float, str] | None:

@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Patch, Rectangle
 
 from optimorph.atomic import atomic_path
+from optimorph.report.labels import plain_text
 from optimorph.stats import growth_exponent, percentile_band
 
 __all__ = [
@@ -105,7 +106,7 @@ def divergence_figure(
     _draw_distance(ax_d, t, d, floor_a, floor_b, labels, ratio_c)
     _draw_ratio(ax_r, t, d, floor_a, floor_b, ratio_c)
     ax_d.legend(fontsize="small")
-    fig.suptitle(_text(title))
+    fig.suptitle(plain_text(title))
     return fig
 
 
@@ -170,7 +171,7 @@ def divergence_grid(panels: Sequence[dict[str, Any]], *, kind: str = "distance")
             _draw_distance(ax, t, d, fa, fb, panel.get("labels", ("A", "B")), c)
         else:
             _draw_ratio(ax, t, d, fa, fb, c)
-        ax.set_title(_text(f"{pair} @ {precision}\n{ax.get_title()}"), fontsize="small")
+        ax.set_title(plain_text(f"{pair} @ {precision}\n{ax.get_title()}"), fontsize="small")
     first = next(ax for ax in axes.ravel() if ax.axison)
     # One legend for the grid, below it: inside a panel it would hide the curves.
     fig.legend(*first.get_legend_handles_labels(), loc="outside lower center", fontsize="x-small")
@@ -235,8 +236,8 @@ def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) 
 
     One small heatmap per pair (x: heterogeneity h = max|g_i| / min|g_i| on a log axis, y:
     mantissa bits as one equal row per width, so the low-bit rows where verdicts change are as
-    tall as the wide ones; a cell is colored when the pair is equivalent there), then a summary panel
-    with the number of equivalent pairs per cell. The native formats (bf16 7, fp16 10, fp32 23,
+    tall as the wide ones; a cell is colored when the pair is equivalent there), then a summary
+    panel with the number of equivalent pairs per cell. The native formats (bf16 7, fp16 10, fp32 23,
     fp64 52 explicit mantissa bits) are marked on the right-hand y axis of each panel.
 
     Args:
@@ -281,7 +282,7 @@ def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) 
     for ax, label, cells in zip(axes, labels, eq):
         ax.pcolormesh(x_edges, y_edges, cells.astype(float), cmap=_EQUIV_COLORS, vmin=0, vmax=1)
         # Pair labels are long spec strings: wrap them so neighbouring titles do not collide.
-        ax.set_title(textwrap.fill(_text(label), 38), fontsize="small")
+        ax.set_title(textwrap.fill(plain_text(label), 38), fontsize="small")
     counts = eq.sum(axis=0)
     summary = axes[len(labels)]
     # Integer bins: one color per count, so "2 of 3 pairs" is a color, not a shade between.
@@ -408,12 +409,13 @@ def tracking_animation(
     ax.set_ylim(center[1] - half, center[1] + half)
     ax.set_aspect("equal")
     if title:
-        ax.set_title(textwrap.fill(_text(title), 60), fontsize="small")
+        ax.set_title(textwrap.fill(plain_text(title), 60), fontsize="small")
     ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC2 ({explained[1]:.0%} of variance)")
     ax.grid(True, alpha=0.3)
-    (line_a,) = ax.plot([], [], color="C0", label=_text(labels[0]), linewidth=1.2)
-    (line_b,) = ax.plot([], [], color="C1", label=_text(labels[1]), linewidth=1.2, linestyle="--")
+    (line_a,) = ax.plot([], [], color="C0", label=plain_text(labels[0]), linewidth=1.2)
+    (line_b,) = ax.plot([], [], color="C1", label=plain_text(labels[1]), linewidth=1.2,
+                        linestyle="--")
     (dot_a,) = ax.plot([], [], "o", color="C0", markersize=5)
     (dot_b,) = ax.plot([], [], "s", color="C1", markersize=5)
     circle = Circle((0.0, 0.0), 0.0, fill=False, color="C0", alpha=0.7)
@@ -462,7 +464,7 @@ def _check_divergence_inputs(t, d, floor_a, floor_b):
 
 
 def _draw_distance(ax: Axes, t, d, floor_a, floor_b, labels: Sequence[str], c: float) -> None:
-    a_name, b_name = (_text(label) for label in labels)
+    a_name, b_name = (plain_text(label) for label in labels)
     threshold = c * np.maximum(floor_a, floor_b)
     k, _, r2 = growth_exponent(t, d)
     law = f", ~t^{k:.2f} (R²={r2:.2f})" if math.isfinite(k) else ""
@@ -588,7 +590,3 @@ def _pca_2d(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     projected = centered @ basis.T
     return projected[: len(a)], projected[len(a) :], explained
 
-
-def _text(label: str) -> str:
-    # matplotlib reads text between two '$' as TeX math; optimizer specs are plain text.
-    return str(label).replace("$", r"\$")

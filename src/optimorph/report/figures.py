@@ -18,8 +18,7 @@ from optimorph.report.curves import (
 )
 from optimorph.report.hessian_figures import hessian_figure
 from optimorph.atomic import atomic_path
-from optimorph.results.hessian import read_hessian
-from optimorph.results.rundir import read_run
+from optimorph.results.rundir import read_hessian, read_run
 
 __all__ = ["DPI", "save_figure", "save_figures", "save_hessian_figure", "redraw"]
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from optimorph.report.labels import plain_text
+
 __all__ = ["hessian_figure"]
 
 
@@ -32,7 +34,7 @@ def hessian_figure(doc: dict[str, Any]) -> Figure | None:
         grid = np.asarray(first["density"]["grid"])
         values = np.asarray(first["density"]["values"])
         color = f"C{i % 10}"
-        label = f"{_plain(opt)} (seed {first['seed']})"
+        label = f"{plain_text(opt)} (seed {first['seed']})"
         ax_d.plot(grid, np.maximum(values, 1e-8), color=color, linewidth=1.2, label=label)
         for x in (*first["top"], *first["bottom"]):
             ax_d.axvline(x, color=color, alpha=0.35, linewidth=0.8, ymax=0.06)
@@ -53,7 +55,7 @@ def hessian_figure(doc: dict[str, Any]) -> Figure | None:
         pos = x + (i - (len(optimizers) - 1) / 2) * width
         color = f"C{i % 10}"
         ax_l.bar(pos, np.nanmean(per_seed, axis=0), width * 0.9, color=color, alpha=0.6,
-                 label=_plain(opt))  # fmt: skip
+                 label=plain_text(opt))  # fmt: skip
         for row in per_seed:
             ax_l.plot(pos, row, "o", color=color, markersize=3)
         top = np.mean([e["top"][0] for e in mine])
@@ -67,7 +69,3 @@ def hessian_figure(doc: dict[str, Any]) -> Figure | None:
     fig.suptitle(f"Hessian at the final parameters ({examples} training examples, float64)")
     return fig
 
-
-def _plain(name: str) -> str:
-    # matplotlib reads text between two '$' as TeX math; an optimizer spec is plain text.
-    return name.replace("$", r"\$")

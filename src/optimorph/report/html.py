@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from optimorph.atomic import write_text_atomic
-from optimorph.results.hessian import read_hessian
-from optimorph.results.rundir import read_config, read_summary
+from optimorph.results.rundir import read_config, read_hessian, read_summary
 
 __all__ = [
     "REPORT_FILE",
@@ -31,8 +30,8 @@ __all__ = [
 ]
 
 REPORT_FILE = "report.html"
-FIGURE_ORDER = ("grids.png", "loss_curves.png", "eval_curves.png", "final_metrics.png", "probes.png",
-                "smoothness_vs_sharpness.png", "hessian.png")
+FIGURE_ORDER = ("grids.png", "loss_curves.png", "eval_curves.png", "final_metrics.png",
+                "probes.png", "smoothness_vs_sharpness.png", "hessian.png")
 """Figures shown first, in this order; any other PNG of the run directory follows by name."""
 
 _STYLE = """

@@ -21,7 +21,6 @@ computes the rest.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,15 @@ from optimorph.engine.progress import Progress
 from optimorph.precision import require_x64
 from optimorph.probes.hessian import spectrum
 from optimorph.problems import problem as make_problem
-from optimorph.results.rundir import HESSIAN_FILE, PARAMS_FILE, read_config, read_final_params
-from optimorph.results.store import read_file
+from optimorph.results.rundir import (
+    HESSIAN_FILE,
+    PARAMS_FILE,
+    read_config,
+    read_final_params,
+    read_hessian,
+)
 
-__all__ = ["hessian_of_run", "read_hessian"]
+__all__ = ["hessian_of_run"]
 
 
 def hessian_of_run(
@@ -121,10 +125,3 @@ def hessian_of_run(
     write_json_atomic(run_dir / HESSIAN_FILE, doc)
     return doc
 
-
-def read_hessian(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The parsed ``hessian.json`` of a run directory, or None when there is none."""
-    path = Path(run_dir) / HESSIAN_FILE
-    if not path.exists():
-        return None
-    return read_file(path, lambda p: json.loads(p.read_text("utf-8")))

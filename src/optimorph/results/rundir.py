@@ -56,6 +56,7 @@ __all__ = [
     "read_run",
     "read_config",
     "read_summary",
+    "read_hessian",
     "read_final_params",
     "metrics_table",
     "environment",
@@ -191,6 +192,13 @@ def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``summary.json`` of a run directory (format: ``optimorph.results.summary``)."""
     return read_file(Path(run_dir) / SUMMARY_FILE, lambda p: json.loads(p.read_text("utf-8")))
+
+
+def read_hessian(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The parsed ``hessian.json`` of a run directory (``optimorph.results.hessian``), or None
+    when the run has none."""
+    path = Path(run_dir) / HESSIAN_FILE
+    return read_file(path, lambda p: json.loads(p.read_text("utf-8"))) if path.exists() else None
 
 
 def metrics_table(result: TrainResult) -> pa.Table:
