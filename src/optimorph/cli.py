@@ -31,12 +31,17 @@ def entry() -> None:
     After an interrupt the process ends with ``os._exit``: a normal interpreter shutdown while
     XLA's threads still hold a computation crashed (segmentation fault) about one time in three.
     Checkpoints are written atomically, so the last one is intact whenever the interrupt lands.
+    Until training takes SIGINT over, a Ctrl-C ends the process at once (:mod:`optimorph.startup`:
+    raised during JAX's import, a ``KeyboardInterrupt`` was dropped by a gc callback).
     """
     import os
 
+    from optimorph import startup
+
+    startup.install()  # before anything heavy is imported
     try:
         code = main()
-    except KeyboardInterrupt:  # during start-up, before main's own handler
+    except KeyboardInterrupt:  # after training, or where start-up's handler was not installed
         print("optimorph: interrupted", file=sys.stderr)
         code = 130
     sys.stdout.flush()
@@ -251,6 +256,8 @@ def _parser() -> argparse.ArgumentParser:
     wn.add_argument("optimizer", help='an optimizer spec, e.g. "adam(b1=0, b2=0, eps=0)"')
     wn.add_argument("--problem", default=None, help="add real gradients of this problem")
     wn.add_argument("--samples", type=POSITIVE, default=8, help="random gradients per shape")
+    wn.add_argument("--layout", default="in_out", choices=("in_out", "out_in"),
+                    help="how the optimizer stores weights: (d_in, d_out) or (d_out, d_in)")
     wn.add_argument("--json", action="store_true", help="JSON on stdout")
     wn.set_defaults(run=_which_norm)
 
@@ -295,6 +302,10 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="redraw the figures and HTML report of a run directory")
     rep.add_argument("run_dir", type=Path)
+    rep.add_argument(
+        "--out", type=_out_dir, default=None,
+        help="draw the figures and report.html here instead (a train run you cannot write)",
+    )  # fmt: skip
     rep.set_defaults(run=_report)
     return p
 
@@ -439,11 +450,12 @@ def _compare(args) -> int:
             "precisions": {p: v[0].summary() for p, v in result.pairs.items()},
         }
         for p, (v,) in result.pairs.items():
-            word = "EQUIVALENT" if v.equivalent else "different"
+            word = v.outcome if v.outcome == "different" else v.outcome.upper()
+            tests = f" ({v.tests_note})" if v.tests_note else ""
             print(
-                f"{p:>6}: {word:<10} d/floor={v.distance_ratio:<10.3g} defect={v.defect_ab:.2g}/"
+                f"{p:>6}: {word:<11} d/floor={v.distance_ratio:<10.3g} defect={v.defect_ab:.2g}/"
                 f"{v.defect_ba:.2g} kappa={v.kappa_phi:.3g}/{v.kappa_psi:.3g} map={v.map} "
-                f"p={v.p_value:.3g} tost_p={v.tost_p_value:.3g}  {v.reason}",
+                f"p={v.p_value:.3g} tost_p={v.tost_p_value:.3g}{tests}  {v.reason}",
                 file=sys.stderr,
             )
         if out:
@@ -467,11 +479,15 @@ def _classes(args) -> int:
             "precisions": {p: c for p, c in result.classes.items()},
             "non_transitive": result.non_transitive,
             "stalled_pairs": result.stalled_pairs,
+            "undecidable": result.undecidable,
             "pairs": {p: [v.summary() for v in vs] for p, vs in result.comparison.pairs.items()},
         }
         for p, cl in result.classes.items():
             text = " | ".join(" ~ ".join(c) for c in cl)
             print(f"{p:>6}: {len(cl)} classes: {text}", file=sys.stderr)
+            for a, b in result.undecidable.get(p, []):  # no edge: the classes do not rest on it
+                reason = result.comparison.verdict(a, b, p).reason
+                print(f"{'':>6}  undecidable: {a} | {b}: {reason}", file=sys.stderr)
         if out:
             _write_equivalence_outputs(out, "classes", doc, result.comparison, args)
     _emit(doc, args.json)
@@ -544,14 +560,20 @@ def _write_equivalence_outputs(out: Path, kind: str, doc: dict, comparison, args
 def _which_norm(args) -> int:
     from optimorph.equivalence.which_norm import which_norm
 
-    found = which_norm(args.optimizer, samples=args.samples, problem=args.problem)
+    found = which_norm(args.optimizer, samples=args.samples, problem=args.problem,
+                       layout=args.layout)  # fmt: skip
     doc = {
         "optimizer": found.optimizer,
         "best": found.best,
         "exact": found.exact,
+        "closest": found.closest,
+        "best_cosine": found.best_cosine,
+        "reason": found.reason,
+        "verdict": found.verdict,
         "same_direction": found.same_direction,
         "samples": found.samples,
         "tolerance": found.tolerance,
+        "layout": found.layout,
         "norms": found.table(),
     }
     if args.json:
@@ -560,9 +582,7 @@ def _which_norm(args) -> int:
     print(f"{'norm':<12} {'min cosine':>11} {'max defect':>11}   (over {found.samples} gradients)")
     for m in found.matches:
         print(f"{m.norm:<12} {m.cosine:>11.6f} {m.defect:>11.3g}")
-    verdict = "exactly" if found.exact else "approximately (not to rounding)"
-    also = f" (same direction: {', '.join(found.same_direction)})" if found.same_direction else ""
-    print(f"{found.optimizer}: steepest descent under {found.best}{also}, {verdict}")
+    print(found.verdict)
     return 0
 
 
@@ -583,7 +603,8 @@ def _norms(args) -> int:
     print(f"{'parameter':<28} {'shape':<14} {'norm':<12} {'mass':>6}   ({prob.name})")
     for a in rows:
         print(f"{a.path:<28} {str(a.shape):<14} {a.norm:<12} {a.mass:>6g}")
-    print("modular norm = max over layers of mass x norm (matrix norms of the operator W^T)")
+    op = "W^T" if v["layout"] == "in_out" else "W"
+    print(f"modular norm = max over layers of mass x norm (matrix norms of the operator {op})")
     return 0
 
 
@@ -888,9 +909,12 @@ def _hessian(args) -> int:
 
 
 def _report(args) -> int:
-    from optimorph.results.store import read_kind
+    from optimorph.results.store import drawing_dir, read_kind
 
     kind = read_kind(args.run_dir)
+    # Before any drawing: a run directory that cannot be written, or a bad --out.
+    drawn_in_place = kind in ("recipe", "compare", "classes", "phase-diagram")
+    out = drawing_dir(args.run_dir, args.out, movable=not drawn_in_place)
     if kind == "recipe":
         from optimorph.report.recipe_report import write_recipe_report
 
@@ -903,8 +927,8 @@ def _report(args) -> int:
         return 0
     from optimorph.report import redraw, write_report
 
-    redraw(args.run_dir)
-    print(write_report(args.run_dir))
+    redraw(args.run_dir, out)
+    print(write_report(args.run_dir, out_dir=out))
     return 0
 
 

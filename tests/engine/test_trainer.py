@@ -176,6 +176,33 @@ def test_a_second_ctrl_c_stops_at_once(python_sigint):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_second_ctrl_c_dropped_in_a_del_still_stops_at_the_safe_point(python_sigint):
+    """Its KeyboardInterrupt raised inside a ``__del__`` is printed and dropped by Python; the
+    request stays recorded, so the chunk's end still stops the run."""
+    import sys
+
+    from optimorph.engine import interrupts
+
+    class Interrupted:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    dropped, hook = [], sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: dropped.append(unraisable.exc_type)
+    try:
+        with pytest.raises(KeyboardInterrupt), interrupts.deferred():
+            signal.raise_signal(signal.SIGINT)  # the first: recorded
+            Interrupted()  # the second: raised in __del__ and dropped
+            assert dropped == [KeyboardInterrupt]
+            assert interrupts.requested()
+            interrupts.raise_if_requested()  # the safe point
+            pytest.fail("the request was lost")
+    finally:
+        sys.unraisablehook = hook
+    assert not interrupts.requested()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_low_precision_parameters_stay_in_their_format():
     r = train(
         "two-moons(n=100)",

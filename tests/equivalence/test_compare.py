@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 import optimorph
 from optimorph import cli
@@ -148,3 +149,70 @@ def test_an_overflowing_fp16_loss_is_not_a_divergence_of_the_parameters():
     c = compare("sgd(lr=1e-4)", "momentum(lr=1e-4, beta=0)", problem=HETERO, precision="fp16", **kw)
     v = c.pairs["fp16"][0]
     assert v.equivalent and v.first_nan_a is None and v.distance_ratio == 0.0, v.reason
+    assert "A: loss NaN/inf at step 1 with finite parameters" in v.reason, v.reason
+
+
+# Issue 16: Adam's eps rounds to 0 at fp16 and SGD's gradient overflows; both are NaN from step 1.
+BROKEN = "least-squares(n=200, d=20, hetero=1000)"
+ROUNDED_EPS = pytest.mark.filterwarnings("ignore:eps=1e-08 is stored as 0.0:UserWarning")
+
+
+@ROUNDED_EPS
+def test_two_algorithms_broken_at_step_1_are_undecidable_not_identical(tmp_path, capsys):
+    argv = ["compare", "adam(lr=0.01)", "sgd(lr=0.01)", "--problem", BROKEN, "--precision",
+            "fp16", "--seeds", "2", "--steps", "20", "--json", "--quiet",
+            "--out", str(tmp_path / "cmp")]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr()
+    v = json.loads(out.out)["precisions"]["fp16"]
+    assert v["outcome"] == "undecidable" and v["equivalent"] is False and v["decided"] is False
+    assert "identical" not in v["reason"] and "nothing to compare" in v["reason"], v["reason"]
+    # Both causes, per optimizer: at which step and why.
+    assert "A: NaN/inf at step 1 (2 of 2 seeds diverged; eps=1e-08 is stored as 0.0" in v["reason"]
+    assert "B: NaN/inf at step 1 (2 of 2 seeds diverged)" in v["reason"]
+    assert v["diverged_b"] == "NaN/inf at step 1 (2 of 2 seeds diverged)"
+    assert "fp16: UNDECIDABLE" in out.err and "nothing to compare" in out.err
+    # The report draws a run that never had a finite step after step 0, and says why.
+    page = (tmp_path / "cmp" / "report.html").read_text()
+    assert "undecidable at fp16" in page and "nothing to compare" in page
+
+
+@ROUNDED_EPS
+def test_an_optimizer_against_itself_needs_one_finite_step_to_be_identical():
+    kw = dict(seeds=2, steps=20, progress=False)
+    broken = compare("adam(lr=0.01)", "adam(lr=0.01)", problem=BROKEN, precision="fp16", **kw)
+    v = broken.pairs["fp16"][0]
+    assert v.outcome == "undecidable" and "nothing to compare" in v.reason, v.reason
+    # SGD with too large a step on a quadratic at fp32: the loss passes 1e4 x its first value at
+    # step 4, the parameters overflow to NaN/inf only around step 40; finite evaluations before.
+    kw["steps"] = 60
+    spec = "sgd(lr=1.0)"
+    late = compare(spec, spec, problem="quadratic(dim=4, kappa=10)", precision="fp32", **kw)
+    v = late.pairs["fp32"][0]
+    assert v.outcome == "equivalent" and v.reason.startswith("identical trajectories"), v.reason
+    assert 4 < v.first_nan_a == v.first_nan_b <= 60
+    # A loss blow-up is told apart from NaN/inf, and is not reported as the NaN step.
+    blowup = "diverged at step 4 (loss above 1e4 x its first value), NaN/inf parameters by step"
+    assert v.diverged_a.startswith(blowup) and blowup in v.reason, v.reason
+    assert "NaN/inf at step 4" not in v.reason
+
+
+@ROUNDED_EPS
+def test_classes_keep_an_undecidable_pair_apart():
+    c = classes(["adam(lr=0.01)", "sgd(lr=0.01)"], problem=BROKEN, precisions="fp16", seeds=2,
+                steps=20, progress=False)  # fmt: skip
+    assert c.classes["fp16"] == [["adam(lr=0.01)"], ["sgd(lr=0.01)"]]
+    assert c.undecidable["fp16"] == [("adam(lr=0.01)", "sgd(lr=0.01)")]
+
+
+def test_one_seed_says_why_there_are_no_p_values(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "sgd(lr=0.002)", "momentum(lr=0.002, beta=0)", "--problem", PROBLEM,
+            "--precision", "fp32", "--seeds", "1", "--steps", "40", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "p=nan tost_p=nan (no paired test: 1 seed; paired tests need >= 2 seeds)" in err, err
+    page = (out / "report.html").read_text()
+    assert "Blank at fp32: no paired test: 1 seed; paired tests need &gt;= 2 seeds." in page
+    assert "diverged" not in page.split("Blank at")[1].split("</p>")[0]  # only what happened

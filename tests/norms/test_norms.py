@@ -109,5 +109,49 @@ def test_which_norm_on_the_command_line(capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["best"] == "linf" and doc["exact"] and "l1_to_linf" in doc["same_direction"]
     assert cli.main(["which-norm", "sgd", "--problem", "two-moons(n=40)"]) == 0
-    assert "steepest descent under l2, exactly" in capsys.readouterr().out
+    assert "steepest descent under l2, exactly (worst-case cosine 1.0000" in capsys.readouterr().out
     assert cli.main(["which-norm", "sgd", "--samples", "0"]) == 2
+
+
+def _transform(direction):
+    """An optax transformation whose update is -direction(g), leafwise (no state)."""
+    import optax
+
+    return optax.GradientTransformation(
+        lambda p: optax.EmptyState(), lambda g, s, p=None: (jax.tree.map(direction, g), s)
+    )
+
+
+def test_which_norm_says_none_of_them_and_prints_the_best_cosine():
+    """The rule (worst-case cosine >= 0.95 and a 0.02 margin over any other direction) was
+    fixed before these optimizers were measured."""
+    from optimorph.equivalence.which_norm import MIN_COSINE
+
+    scales = np.exp(2 * np.random.default_rng(3).standard_normal((9, 9)))
+    diag = _transform(lambda g: -g * jnp.asarray(scales[: g.shape[0], : g.shape[1]]))
+    found = which_norm(diag)
+    assert found.best is None and found.best_cosine < MIN_COSINE
+    assert "none of the named norms" in found.verdict and f"{found.best_cosine:.4f}" in found.verdict
+
+    import optax
+
+    noisy = which_norm(optax.noisy_sgd(0.1, eta=100.0, key=jax.random.key(0)))
+    assert noisy.best is None and noisy.best_cosine < 0.5
+
+    # Halfway between the gradient and its sign: close to both l2 and linf, the same as neither.
+    half = _transform(lambda g: -(g / jnp.linalg.norm(g) + jnp.sign(g) / jnp.sqrt(g.size)))
+    found = which_norm(half)
+    assert found.best is None
+    assert "l2" not in found.same_direction and "linf" not in found.same_direction
+    cosines = {m.norm: m.cosine for m in found.matches}
+    assert abs(cosines["l2"] - cosines["linf"]) < 0.02  # equally close ...
+    # ... yet l2 and linf are not ties: ties mean equal dualizer directions.
+    sign = which_norm("signsgd(lr=0.1)")
+    assert sign.same_direction == ["l1_to_linf"] and sign.best == "linf"
+
+
+def test_which_norm_reads_the_layout():
+    """steepest(norm='l1_to_l2') in optimorph's layout is l1_to_l2 read as in_out; read as a
+    PyTorch (out_in) weight the same step normalises the other axis: l2_to_linf."""
+    assert which_norm("steepest(norm='l1_to_l2')").best == "l1_to_l2"
+    assert which_norm("steepest(norm='l1_to_l2')", layout="out_in").best == "l2_to_linf"

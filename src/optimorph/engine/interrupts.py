@@ -5,10 +5,14 @@ dispatch, a ``__del__`` or a file write that can go wrong: an exception raised i
 is printed and dropped, so the run went on as if nothing had happened (seen as a process that
 ignored Ctrl-C for minutes). Within :func:`deferred` the first SIGINT only records the request
 and the trainer acts on it at the end of the chunk it is running (:func:`raise_if_requested`),
-after writing a checkpoint. A second SIGINT raises at once.
+after writing a checkpoint. A second SIGINT raises at once; the request stays recorded until
+the block is left, so a second one raised inside a ``__del__`` (and dropped there) still stops
+the run at the end of the chunk.
 
 Only the main thread can install signal handlers; elsewhere, or when someone else installed a
-SIGINT handler (not Python's default), :func:`deferred` changes nothing.
+SIGINT handler (not Python's default, nor the console script's start-up one of
+:mod:`optimorph.startup`), :func:`deferred` changes nothing. On leaving, Python's default handler
+is back: start-up is over.
 
 >>> with deferred():
 ...     raise_if_requested()  # nothing pending: returns
@@ -22,6 +26,8 @@ import signal
 import threading
 from collections.abc import Iterator
 
+from optimorph import startup
+
 __all__ = ["deferred", "raise_if_requested", "requested"]
 
 _pending = threading.Event()
@@ -33,8 +39,7 @@ _MESSAGE = (
 
 def _handler(signum, frame) -> None:
     if _pending.is_set():
-        _pending.clear()
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # still pending: if a __del__ drops this, the chunk's end stops
     _pending.set()
     os.write(2, _MESSAGE)  # not print(): the main thread may be inside a write to stderr
 
@@ -45,7 +50,7 @@ def deferred() -> Iterator[None]:
     a request not yet acted on raises ``KeyboardInterrupt``."""
     if (
         threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        or not startup.replaceable(signal.getsignal(signal.SIGINT))
     ):
         yield
         return
@@ -53,6 +58,9 @@ def deferred() -> Iterator[None]:
     signal.signal(signal.SIGINT, _handler)
     try:
         yield
+    except BaseException:
+        _pending.clear()  # acted on: the exception (a second Ctrl-C's, say) is on its way out
+        raise
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     raise_if_requested()

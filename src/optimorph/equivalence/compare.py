@@ -11,9 +11,12 @@ condition numbers (kappa <= ``kappa_max``). Choices added to the definition (all
 - over seeds, the rule is applied to the median over seeds of the ratio at each t, so one
   unlucky seed does not decide; ``ratio_per_seed`` keeps every seed's maximum;
 - t = 0 is skipped (d = 0 = floor there);
-- a run that went NaN/inf where the other did not is a difference, reported with its first step;
-  both diverged is undecidable (not equivalent), unless the trajectories are bit-identical,
-  NaN included (equivalent, with the step where both broke);
+- a run whose parameters went NaN/inf where the other's did not is a difference, reported with
+  its first step; both went NaN/inf is undecidable (not equivalent), unless the trajectories are
+  bit-identical, NaN included, over at least one finite evaluation after step 0 (equivalent: the
+  same computation, broken the same way at the same step). Two runs broken before any finite
+  evaluation carry no evidence, even an optimizer against itself: undecidable, each cause named
+  (NaN/inf at step k, or a loss blow-up above ``divergence_factor`` x the first loss);
 - a verdict reached while both optimizers had most of their updates absorbed by rounding
   (stagnation > ``stall_limit``) is flagged ``stalled``: collapse by stalling is not evidence
   that the algorithms are the same.
@@ -89,7 +92,13 @@ class PairVerdict:
     tost_margin: float
     final_metric: str
     theory: dict
-    decided: bool = True  # False: both diverged, differently (undecidable)
+    decided: bool = True  # False: both diverged with nothing to compare (undecidable)
+    # How each run diverged by the engine's rule, over seeds ("NaN/inf at step 1 in 3 of 3
+    # seeds", "diverged at step 12 (loss above 1e4 x its first value) ..."); None: it did not.
+    diverged_a: str | None = None
+    diverged_b: str | None = None
+    # Why p_value / tost_p_value are NaN (one seed, a non-finite final value); empty otherwise.
+    tests_note: str = ""
     # Paired difference of the final metric over seeds, mean(A - B) and its 95% CI (NaN when a
     # seed diverged or there is one seed).
     final_diff: float = math.nan
@@ -117,8 +126,8 @@ class PairVerdict:
 
     @property
     def outcome(self) -> str:
-        """``"equivalent"``, ``"different"`` or ``"undecidable"`` (both diverged, differently:
-        nothing can be said about the algorithms at this precision)."""
+        """``"equivalent"``, ``"different"`` or ``"undecidable"`` (both diverged, differently or
+        before any finite step: nothing can be said about the algorithms at this precision)."""
         if not self.decided:
             return "undecidable"
         return "equivalent" if self.equivalent else "different"
@@ -294,8 +303,11 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
     t = r.eval_steps[1:].astype(float)
     growth = stats.growth_exponent(t, np.median(d[:, 1:], axis=0))[0]
 
-    nan_a = _first_nan(r.trajectory[i], r.eval_steps, r.diverged_at[i])
-    nan_b = _first_nan(r.trajectory[j], r.eval_steps, r.diverged_at[j])
+    factor = r.config.get("divergence_factor")
+    broke_a = _divergence(r, i, factor)
+    broke_b = _divergence(r, j, factor)
+    nan_a = broke_a.nan_step if broke_a else None
+    nan_b = broke_b.nan_step if broke_b else None
     every = max(steps // int(cfg["visits"]), 1)
     dfx = defect_lib.simulation_defect(
         specs[i],
@@ -320,26 +332,46 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
         ttest = stats.paired_t_test(fa, fb)
         tost = stats.tost(fa, fb, cfg["margin"], relative=bool(cfg["margin_relative"]))
     margin = float(tost.margin)
+    tests_note = _tests_note(
+        fa, fb, key, r.trajectory[[i, j], :, -1], p_name, ttest.p_value, tost.p_value, ttest.note
+    )
 
     kappa_ok = max(dfx.kappa_phi, dfx.kappa_psi) <= cfg["kappa_max"]
     decided = True
-    if nan_a is not None or nan_b is not None:
-        equivalent = False
-        if nan_a is not None and nan_b is not None and _identical(r.trajectory[i], r.trajectory[j]):
+    said_a = broke_a.describe() if broke_a else None
+    said_b = broke_b.describe() if broke_b else None
+    named = False  # whether the reason already names both runs' divergences
+    if nan_a is not None and nan_b is not None:
+        equivalent, named = False, True
+        last = _last_shared_finite(r.trajectory[i], r.trajectory[j], r.eval_steps)
+        same = _identical(r.trajectory[i], r.trajectory[j]) and np.array_equal(
+            r.diverged_at[i], r.diverged_at[j]
+        )
+        if same and last is not None:
             equivalent = True  # the same computation: the format breaks both the same way
             reason = (
-                f"identical trajectories, NaN/inf included: both diverged at step {nan_a} "
-                "(equivalent as computations, useless as optimizers at this precision)"
-            )
-        elif nan_a is not None and nan_b is not None:
-            decided = False
-            reason = (
-                f"both diverged (NaN/inf parameters from step {nan_a} for A, {nan_b} for "
-                "B): undecidable"
+                f"identical trajectories, bit for bit through step {last} (the last finite "
+                f"evaluation) and NaN/inf included after it: both {said_a} (equivalent as "
+                "computations, useless as optimizers at this precision)"
             )
         else:
-            who, step = ("A", nan_a) if nan_a is not None else ("B", nan_b)
-            reason = f"{who} had NaN/inf parameters from step {step} and the other did not"
+            # Two runs broken before any finite evaluation after step 0 are no evidence either
+            # way, even an optimizer against itself: t = 0 is the shared initialisation.
+            decided = False
+            what = (
+                "both diverged before any finite evaluation after step 0: nothing to compare"
+                if last is None
+                else "both diverged, differently"
+            )
+            reason = f"undecidable: {what} (A: {said_a}; B: {said_b})"
+    elif nan_a is not None or nan_b is not None:
+        equivalent, named = False, True
+        who, said, other, said_other = (
+            ("A", said_a, "B", said_b) if nan_a is not None else ("B", said_b, "A", said_a)
+        )
+        reason = f"{who}: {said}; {other}'s parameters stayed finite"
+        if said_other:
+            reason += f" ({other}: {said_other})"
     elif distance_ratio > cfg["C"]:
         equivalent, reason = False, f"d/floor reached {distance_ratio:.3g} > C={cfg['C']:g}"
     elif not kappa_ok:
@@ -351,6 +383,11 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
     else:
         equivalent = True
         reason = f"d/floor <= {distance_ratio:.3g} <= C={cfg['C']:g}, kappa bounded"
+    if not named and (said_a or said_b):
+        # The engine's divergence without NaN/inf parameters (an overflowing loss, a loss
+        # blow-up): the verdict above compared finite trajectories, but say what broke.
+        said = "; ".join(f"{w}: {t}" for w, t in (("A", said_a), ("B", said_b)) if t)
+        reason += f"; no NaN/inf parameters, but the engine's divergence rule fired ({said})"
     if stalled:
         reason += (
             f"; WARNING: both runs mostly stalled (updates absorbed: A {stalled_a:.0%}, "
@@ -387,6 +424,9 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
         final_metric=key,
         theory=checks,
         decided=decided,
+        diverged_a=said_a,
+        diverged_b=said_b,
+        tests_note=tests_note,
         final_diff=float(ttest.mean_diff),
         final_diff_ci=(float(ttest.ci_low), float(ttest.ci_high)),
         eval_steps=r.eval_steps,
@@ -403,19 +443,140 @@ def _identical(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
 
 
+def _last_shared_finite(a: np.ndarray, b: np.ndarray, eval_steps: np.ndarray) -> int | None:
+    """The last evaluation step after step 0 at which both trajectories ([S, E, P]) were finite
+    in some seed, else None: step 0 is the shared initialisation and shows nothing.
+
+    >>> a = np.array([[[1.0], [2.0], [np.nan]]])
+    >>> _last_shared_finite(a, a, np.array([0, 5, 10])), _last_shared_finite(a[:, ::2], a, [0, 5])
+    (5, None)
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return None
+    both = (np.isfinite(a).all(axis=-1) & np.isfinite(b).all(axis=-1)).any(axis=0)  # [E]
+    later = np.flatnonzero(both[1:])
+    return int(eval_steps[later[-1] + 1]) if later.size else None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Divergence:
+    """How one optimizer's runs diverged at one precision, by the engine's rule, over seeds.
+
+    Attributes:
+      step: the earliest divergence step over seeds (``TrainResult.diverged_at``).
+      blowup: at that step the loss was finite but above ``factor`` x its first value (the
+        engine's ``divergence_factor``), not NaN/inf.
+      loss_nan: at that step the loss was NaN/inf (the parameters may still be finite: an
+        overflowing loss).
+      nan_step: the first step with NaN/inf parameters in any seed, None if they stayed finite.
+      seeds, of: how many of the seeds diverged.
+      factor: the engine's ``divergence_factor``.
+      note: hyperparameters the precision rounded (the usual cause), "; "-joined.
+
+    >>> blowup = _Divergence(12, True, False, 40, 1, 3, 1e4, "")
+    >>> print(blowup.describe())  # doctest: +NORMALIZE_WHITESPACE
+    diverged at step 12 (loss above 1e4 x its first value), NaN/inf parameters by step 40 (1 of 3
+    seeds diverged)
+    >>> print(_Divergence(1, False, False, 1, 3, 3, 1e4, "eps=1e-08 is stored as 0.0").describe())
+    NaN/inf at step 1 (3 of 3 seeds diverged; eps=1e-08 is stored as 0.0)
+    """
+
+    step: int
+    blowup: bool
+    loss_nan: bool
+    nan_step: int | None
+    seeds: int
+    of: int
+    factor: float | None
+    note: str
+
+    def describe(self) -> str:
+        """One phrase: at which step and why (NaN/inf, or the loss above factor x its first)."""
+        if self.blowup:
+            factor = _short(self.factor)
+            text = f"diverged at step {self.step} (loss above {factor} x its first value)"
+            text += (
+                f", NaN/inf parameters by step {self.nan_step}"
+                if self.nan_step is not None
+                else ", parameters finite"
+            )
+        elif self.loss_nan and self.nan_step is None:
+            text = f"loss NaN/inf at step {self.step} with finite parameters"
+        elif self.loss_nan and self.nan_step > self.step:
+            text = f"loss NaN/inf at step {self.step}, NaN/inf parameters by step {self.nan_step}"
+        else:
+            text = f"NaN/inf at step {self.step}"
+        note = f"; {self.note}" if self.note else ""
+        return f"{text} ({self.seeds} of {self.of} seeds diverged{note})"
+
+
+def _divergence(r: Any, o: int, factor: float | None) -> _Divergence | None:
+    """Optimizer ``o``'s divergence in the TrainResult ``r`` (``record_params``), or None.
+
+    The loss of step s (before its update) is ``train_loss`` column s - 1 when ``log_every`` is
+    1, as in :func:`measure`; with wider windows the loss cannot be told apart and a step counts
+    as NaN/inf.
+    """
+    at = np.asarray(r.diverged_at[o])
+    if not (at >= 0).any():
+        return None
+    per_step = len(r.steps) > 0 and np.array_equal(r.steps, np.arange(1, len(r.steps) + 1))
+    loss = np.asarray(r.train_loss[o], np.float64)  # [S, T]
+    blowup = np.zeros(at.shape, bool)
+    loss_nan = np.zeros(at.shape, bool)
+    for seed in np.flatnonzero(at >= 1):
+        if not per_step or at[seed] > loss.shape[1]:
+            continue
+        value, first = loss[seed, at[seed] - 1], loss[seed, 0]
+        if np.isfinite(value):
+            blowup[seed] = factor is not None and abs(value) > factor * abs(first)
+        else:
+            loss_nan[seed] = True
+    seed = int(np.flatnonzero(at >= 0)[np.argmin(at[at >= 0])])
+    rounded = getattr(r, "rounded_hparams", {}).get(r.optimizers[o], [])
+    return _Divergence(
+        step=int(at[seed]),
+        blowup=bool(blowup[seed]),
+        loss_nan=bool(loss_nan[seed]),
+        nan_step=_first_nan(r.trajectory[o], r.eval_steps, at, blowup),
+        seeds=int((at >= 0).sum()),
+        of=int(at.size),
+        factor=factor,
+        note="; ".join(rounded),
+    )
+
+
+def _short(x: float | None) -> str:
+    """A factor as written by hand: 1e4 as ``1e4``, 500 as ``500``, 1500 as ``1500``."""
+    if x is None:
+        return "?"
+    mantissa, exponent = f"{x:.0e}".split("e")
+    if x < 1000 or float(f"{mantissa}e{exponent}") != x:
+        return f"{x:g}"
+    return f"{mantissa}e{int(exponent)}"
+
+
 def _first_nan(
-    trajectory: np.ndarray, eval_steps: np.ndarray, diverged_at: np.ndarray | None = None
+    trajectory: np.ndarray,
+    eval_steps: np.ndarray,
+    diverged_at: np.ndarray | None = None,
+    blowup: np.ndarray | None = None,
 ) -> int | None:
     """The first step at which some seed's parameters held NaN/inf, else None.
 
     The trajectory decides, not the loss: an fp16 loss can overflow to inf while the parameters
     (what the verdict compares) stay finite. The trajectory is stored at evaluations only, so
     the step is the engine's per-step divergence step (``diverged_at``, [S]) when it falls in
-    the evaluation interval where the parameters broke, else that evaluation's step.
+    the evaluation interval where the parameters broke, else that evaluation's step. A
+    divergence step that was a loss blow-up (``blowup``, [S]), not NaN/inf, is not the step the
+    parameters broke at: that seed gets the evaluation's step.
 
     >>> traj = np.array([[[1.0], [1.0], [np.nan]]])  # one seed, evaluations at 0, 10, 20
     >>> _first_nan(traj, np.array([0, 10, 20])), _first_nan(traj, np.array([0, 10, 20]), [13])
     (20, 13)
+    >>> _first_nan(traj, np.array([0, 10, 20]), [13], [True])
+    20
     """
     bad = ~np.isfinite(trajectory).all(axis=-1)  # [S, E]
     if not bad.any():
@@ -424,10 +585,63 @@ def _first_nan(
     for seed in np.flatnonzero(bad.any(axis=1)):
         e = int(np.argmax(bad[seed]))
         step = int(eval_steps[e])
-        if diverged_at is not None and e > 0 and eval_steps[e - 1] < diverged_at[seed] <= step:
+        exact = diverged_at is not None and not (blowup is not None and blowup[seed])
+        if exact and e > 0 and eval_steps[e - 1] < diverged_at[seed] <= step:
             step = int(diverged_at[seed])
         steps.append(step)
     return min(steps)
+
+
+def _tests_note(
+    fa: np.ndarray,
+    fb: np.ndarray,
+    metric: str,
+    last_params: np.ndarray,
+    precision: str,
+    p_value: float,
+    tost_p_value: float,
+    stats_note: str,
+) -> str:
+    """Why the paired tests gave no p-value, in the terms of this comparison; "" when they did.
+
+    ``last_params`` is ``[2, S, P]``: A's and B's final parameters (finite parameters with a
+    non-finite final loss mean the loss itself overflows at ``precision``).
+
+    >>> _tests_note(np.ones(1), np.ones(1), "test/loss", np.ones((2, 1, 3)), "fp32", np.nan,
+    ...             np.nan, "")
+    'no paired test: 1 seed; paired tests need >= 2 seeds'
+    >>> f = np.array([1.0, np.inf, 2.0])
+    >>> print(_tests_note(np.ones(3), f, "test/loss", np.ones((2, 3, 1)), "fp16", np.nan, np.nan,
+    ...                   ""))  # doctest: +NORMALIZE_WHITESPACE
+    no paired test: final test/loss NaN/inf for B in 1 of 3 seeds (parameters finite: the loss
+    overflows at fp16); paired tests need a finite final value in every seed on both sides
+    """
+    if not (math.isnan(p_value) or math.isnan(tost_p_value)):
+        return ""
+    n = len(fa)
+    if n < 2:
+        return f"no paired test: {n} seed{'s' if n != 1 else ''}; paired tests need >= 2 seeds"
+    parts = []
+    for who, f, params in (("A", fa, last_params[0]), ("B", fb, last_params[1])):
+        bad = ~np.isfinite(f)
+        if not bad.any():
+            continue
+        finite = np.isfinite(params).all(axis=-1)[bad]  # [bad seeds]
+        if finite.all() and np.isinf(f[bad]).all():
+            why = f"parameters finite: the loss overflows at {precision}"
+        elif finite.all():
+            why = "parameters finite"
+        elif not finite.any():
+            why = "diverged"
+        else:
+            why = f"{int((~finite).sum())} diverged, {int(finite.sum())} with finite parameters"
+        parts.append(f"{who} in {int(bad.sum())} of {n} seeds ({why})")
+    if not parts:
+        return f"no paired test: {stats_note or 'the test is undefined for these values'}"
+    return (
+        f"no paired test: final {metric} NaN/inf for {', '.join(parts)}; paired tests need a "
+        "finite final value in every seed on both sides"
+    )
 
 
 def _final_metric(evals: dict) -> str:

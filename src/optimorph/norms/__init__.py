@@ -1,6 +1,7 @@
 """Steepest descent under norms: dualizers, orthogonalizers, the modular norm."""
 
 from optimorph.norms.dualizers import NORMS, Norm, dual_norm, dualize, norm, steepest_step
+from optimorph.norms.layout import DEFAULT_LAYOUT, LAYOUTS, as_operator, fans
 from optimorph.norms.orthogonalize import ORTHOGONALIZERS, orthogonalize, quality
 
 __all__ = [
@@ -10,6 +11,10 @@ __all__ = [
     "dual_norm",
     "dualize",
     "steepest_step",
+    "LAYOUTS",
+    "DEFAULT_LAYOUT",
+    "as_operator",
+    "fans",
     "ORTHOGONALIZERS",
     "orthogonalize",
     "quality",

@@ -5,7 +5,11 @@ For a norm ||.|| with dual norm ||.||_*, the steepest-descent step is
     argmin_d  <g, d> + (lambda / 2) ||d||^2  =  -(||g||_* / lambda) dualize(g),
 
 where dualize(g) is a unit vector (||dualize(g)|| = 1) with <g, dualize(g)> = ||g||_*. The table
-(the "Old optimizer, new norm" anthology; matrices are d_out x d_in, W x maps R^d_in to R^d_out):
+(the "Old optimizer, new norm" anthology) is written on operators: G is d_out x d_in, the matrix
+of a map R^d_in -> R^d_out. A parameter stored in optimorph's layout W (d_in, d_out), y = x @ W,
+is read as G = W^T and its dualizer transposed back: :mod:`optimorph.norms.layout` holds that
+convention, and every function here takes ``layout=`` (``in_out``, the default, or ``out_in``
+for PyTorch-style (d_out, d_in) weights):
 
 | norm         | dualize(G)                             | dual norm                          |
 |--------------|----------------------------------------|------------------------------------|
@@ -21,7 +25,8 @@ where dualize(g) is a unit vector (||dualize(g)|| = 1) with <g, dualize(g)> = ||
 
 (The RMS->RMS norm is sqrt(d_in/d_out) times the spectral norm and l1->RMS the largest column
 RMS; the tests check <G, dualize(G)> = ||G||_*, ||dualize(G)|| = 1 and that no sampled unit
-direction does better, for every row.)
+direction does better, for every row, and each asymmetric norm's dualizer against a brute-force
+maximisation in both layouts.)
 
 >>> import jax.numpy as jnp
 >>> g = jnp.asarray([3.0, -4.0])
@@ -39,6 +44,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from optimorph.norms.layout import DEFAULT_LAYOUT, as_operator, from_operator
 from optimorph.registry import Registry
 
 __all__ = ["Norm", "NORMS", "norm", "dual_norm", "dualize", "steepest_step"]
@@ -48,7 +54,11 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class Norm:
-    """A named norm: its value, its dual norm and its dualizer (``matrix``: needs 2-D input)."""
+    """A named norm: its value, its dual norm and its dualizer (``matrix``: needs 2-D input).
+
+    ``value``, ``dual`` and ``dualize`` take operators (d_out x d_in); the ``*_of`` methods take
+    a parameter in a named layout (:mod:`optimorph.norms.layout`) and are what optimizers call.
+    """
 
     name: str
     value: Callable[[Array], Array]
@@ -56,6 +66,17 @@ class Norm:
     dualize: Callable[[Array], Array]
     matrix: bool
     doc: str
+
+    def value_of(self, w: Array, layout: str = DEFAULT_LAYOUT) -> Array:
+        return self.value(as_operator(w, layout) if self.matrix else w)
+
+    def dual_of(self, w: Array, layout: str = DEFAULT_LAYOUT) -> Array:
+        return self.dual(as_operator(w, layout) if self.matrix else w)
+
+    def dualize_of(self, w: Array, layout: str = DEFAULT_LAYOUT) -> Array:
+        if not self.matrix:
+            return self.dualize(w)
+        return from_operator(self.dualize(as_operator(w, layout)), layout)
 
 
 NORMS: Registry[Norm] = Registry("norm")
@@ -174,23 +195,23 @@ def _get(name: str, g: Array) -> Norm:
     return entry
 
 
-def norm(name: str, g: Array) -> Array:
-    """||g|| under the named norm."""
-    return _get(name, g).value(jnp.asarray(g))
+def norm(name: str, g: Array, layout: str = DEFAULT_LAYOUT) -> Array:
+    """||g|| under the named norm (a matrix read in ``layout``)."""
+    return _get(name, g).value_of(jnp.asarray(g), layout)
 
 
-def dual_norm(name: str, g: Array) -> Array:
+def dual_norm(name: str, g: Array, layout: str = DEFAULT_LAYOUT) -> Array:
     """||g||_* = max over ||d|| <= 1 of <g, d>."""
-    return _get(name, g).dual(jnp.asarray(g))
+    return _get(name, g).dual_of(jnp.asarray(g), layout)
 
 
-def dualize(name: str, g: Array) -> Array:
-    """The unit-norm direction d maximizing <g, d>."""
-    return _get(name, g).dualize(jnp.asarray(g))
+def dualize(name: str, g: Array, layout: str = DEFAULT_LAYOUT) -> Array:
+    """The unit-norm direction d maximizing <g, d>, in g's layout."""
+    return _get(name, g).dualize_of(jnp.asarray(g), layout)
 
 
-def steepest_step(name: str, g: Array, lam: float = 1.0) -> Array:
+def steepest_step(name: str, g: Array, lam: float = 1.0, layout: str = DEFAULT_LAYOUT) -> Array:
     """argmin_d <g, d> + lam/2 ||d||^2 = -(||g||_* / lam) dualize(g)."""
     entry = _get(name, g)
     g = jnp.asarray(g)
-    return -(entry.dual(g) / lam) * entry.dualize(g)
+    return -(entry.dual_of(g, layout) / lam) * entry.dualize_of(g, layout)

@@ -12,9 +12,10 @@ or ``eta = lr`` with ``scale='unit'``. Rules (first match wins; a path is the pa
 * any other 2-D weight -> ``rms_to_rms`` (a dense layer);
 * everything else (biases, vectors, scalars) -> ``linf`` (sign descent).
 
-Matrix norms are operator norms of the map a weight applies. optimorph's models compute
-``x @ W`` (W is d_in x d_out) and look embeddings up as rows of E (vocab x dim), so both act
-as the operator W^T: the norms here are taken of W^T and the dualizers transposed back.
+Matrix norms are operator norms of the map a weight applies, read through the one layout
+convention of :mod:`optimorph.norms.layout`: optimorph's models compute ``x @ W`` (W is
+d_in x d_out, layout ``in_out``) and look embeddings up as rows of E (vocab x dim), so both act
+as the operator W^T; ``layout='out_in'`` reads PyTorch-style (d_out, d_in) weights as they are.
 
 >>> import jax.numpy as jnp
 >>> params = {"embed": {"w": jnp.ones((5, 3))}, "dense0": {"w": jnp.ones((6, 4)),
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from optimorph.norms.dualizers import NORMS
+from optimorph.norms.layout import DEFAULT_LAYOUT, as_operator, from_operator
 
 __all__ = ["Assignment", "DEFAULT_RULES", "assign", "modular_norm", "modular_step"]
 
@@ -92,14 +94,12 @@ def assign(
     return out
 
 
-def _operator(g: jax.Array, name: str) -> jax.Array:
-    return g.T if NORMS[name].matrix else g
-
-
-def modular_norm(params: Any, assignment: Sequence[Assignment]) -> jax.Array:
+def modular_norm(
+    params: Any, assignment: Sequence[Assignment], layout: str = DEFAULT_LAYOUT
+) -> jax.Array:
     """max_l s_l ||W_l||_l."""
     leaves = jax.tree.leaves(params)
-    values = [a.mass * NORMS[a.norm].value(_operator(w, a.norm)) for w, a in
+    values = [a.mass * NORMS[a.norm].value_of(w, layout) for w, a in
               zip(leaves, assignment, strict=True)]  # fmt: skip
     return jnp.max(jnp.stack(values))
 
@@ -119,6 +119,7 @@ def modular_step(
     lr: Any,
     scale: str = "dual",
     polar: Callable[[jax.Array], jax.Array] | None = None,
+    layout: str = DEFAULT_LAYOUT,
 ) -> Any:
     """The steepest step under the modular norm (module docstring), as a pytree like grads.
 
@@ -127,7 +128,8 @@ def modular_step(
     (with ``scale='unit'``; the dual-norm scale still needs singular values).
     """
     leaves, treedef = jax.tree.flatten(grads)
-    ops = [_operator(g, a.norm) for g, a in zip(leaves, assignment, strict=True)]
+    ops = [as_operator(g, layout) if NORMS[a.norm].matrix else g
+           for g, a in zip(leaves, assignment, strict=True)]  # fmt: skip
     if scale == "dual":
         duals = [NORMS[a.norm].dual(g) / a.mass for g, a in zip(ops, assignment, strict=True)]
         eta = lr * sum(duals)
@@ -136,5 +138,6 @@ def modular_step(
     steps = []
     for g, a, leaf in zip(ops, assignment, leaves, strict=True):
         d = _dualizer(a.norm, polar)(g)
-        steps.append((-(eta / a.mass) * _operator(d, a.norm)).astype(leaf.dtype))
+        d = from_operator(d, layout) if NORMS[a.norm].matrix else d
+        steps.append((-(eta / a.mass) * d).astype(leaf.dtype))
     return jax.tree.unflatten(treedef, steps)

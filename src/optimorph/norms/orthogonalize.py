@@ -6,7 +6,9 @@ All share one interface, ``fn(G) -> Q`` on a 2-D array, and are looked up by nam
 * ``cubic``: Newton-Schulz X <- 1.5 X - 0.5 X X^T X from X0 = G / ||G||_F, converging to U V^T
   for singular values in (0, sqrt 3) (``steps``, default 12);
 * ``quintic``: X <- a X + (b A + c A^2) X, A = X X^T, (a, b, c) = (3.4445, -4.7750, 2.0315),
-  5 steps: fast but approximate (singular values end near 0.7..1.2);
+  5 steps: fast but approximate. Measured (fp32, Gaussian inputs): on rectangular matrices the
+  singular values end in about [0.68, 1.14]; on square ones the top stays <= 1.21 but the
+  smallest, tiny in the input, stay small (0.01..0.65 from 64 x 64 to 1024 x 1024);
 * ``shampoo-roots``: (G G^T)^-1/4 G (G^T G)^-1/4, Shampoo's step without accumulation, by
   eigendecompositions (computed as SVDs) in the default float dtype;
 * ``polar-express``: per-step minimax coefficients (Amsel et al. 2025, "The Polar Express"),

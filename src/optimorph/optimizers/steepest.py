@@ -7,7 +7,10 @@ use a stated vector fallback (``vector_norm``, default ``linf``: sign descent).
   (beta = 0: the gradient), s = ||m||_* (``scale='dual'``: true steepest descent
   argmin <m, d> + ||d||^2 / (2 lr)) or 1 (``scale='unit'``: a unit step in the norm).
 * ``muon(lr, beta, orthogonalizer)``: m = beta m + g; d = -lr sqrt(max(1, d_out/d_in)) orth(m) on
-  matrices (orth: Newton-Schulz by default), -lr sign(m) on vectors.
+  matrices (orth: Newton-Schulz by default), -lr sign(m) on vectors (``fallback='adam'``: Adam).
+
+Matrices are read in ``layout`` (default ``in_out``: W is (d_in, d_out), y = x @ W, optimorph's
+models; ``out_in`` for PyTorch-style weights), see :mod:`optimorph.norms.layout`.
 * ``shampoo(lr, accumulate, eps)``: L (+)= G G^T, R (+)= G^T G; d = -lr L^-1/4 G R^-1/4 with
   (L + eps I), roots by eigendecomposition in the default float dtype (float64 under x64).
   Without accumulation this is U V^T of G: steepest descent under the spectral norm, unit step.
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from optimorph.norms.dualizers import NORMS
+from optimorph.norms.layout import DEFAULT_LAYOUT, LAYOUTS, fans
 from optimorph.norms.orthogonalize import (
     ORTHOGONALIZERS,
     inverse_fourth_root,
@@ -48,11 +52,11 @@ class SteepestState(NamedTuple):
     m: Any
 
 
-def _direction(norm_name: str, vector_norm: str, g: jax.Array, scale: str) -> jax.Array:
+def _direction(norm_name: str, vector_norm: str, g: jax.Array, scale: str, layout: str):
     name = norm_name if g.ndim == 2 or not NORMS[norm_name].matrix else vector_norm
     entry = NORMS[name]
-    d = entry.dualize(g)
-    return d * entry.dual(g) if scale == "dual" else d
+    d = entry.dualize_of(g, layout)
+    return d * entry.dual_of(g, layout) if scale == "dual" else d
 
 
 @register(
@@ -62,14 +66,17 @@ def _direction(norm_name: str, vector_norm: str, g: jax.Array, scale: str) -> ja
     HParam("beta", 0.0, float, low=0.0, high=1.0, open_high=True, doc="EMA momentum of g"),
     HParam("scale", "dual", str, choices=("dual", "unit"), doc="step ||m||_* or a unit step"),
     HParam("vector_norm", "linf", str, choices=_VECTOR_NORMS, doc="norm for non-matrices"),
+    HParam("layout", DEFAULT_LAYOUT, str, choices=tuple(LAYOUTS), doc="in_out: W (d_in, d_out); out_in: PyTorch"),
     summary="steepest descent under a named norm: d = -lr ||m||_* dualize(m)",
 )
-def steepest(lr, norm: str, beta, scale: str, vector_norm: str) -> optax.GradientTransformation:
+def steepest(
+    lr, norm: str, beta, scale: str, vector_norm: str, layout: str
+) -> optax.GradientTransformation:
     def update(grads, state, params=None, **extra):
         count, t, m = _momentum_step(beta, state, grads)
         rate = _rate(lr, t)
         updates = jax.tree.map(
-            lambda x: (-rate * _direction(norm, vector_norm, x, scale)).astype(x.dtype), m
+            lambda x: (-rate * _direction(norm, vector_norm, x, scale, layout)).astype(x.dtype), m
         )
         return updates, SteepestState(count, m)
 
@@ -90,7 +97,8 @@ def _momentum_step(beta, state: SteepestState, grads) -> tuple:
 
 class MuonState(NamedTuple):
     count: jax.Array
-    m: Any
+    m: Any  # matrices: m = beta m + g; vectors: the same, or Adam's first moment (fallback)
+    v: Any  # vectors with fallback='adam': Adam's second moment; () elsewhere
 
 
 @register(
@@ -99,27 +107,72 @@ class MuonState(NamedTuple):
     HParam("beta", 0.95, float, low=0.0, high=1.0, open_high=True, doc="momentum"),
     HParam("nesterov", True, bool, doc="orthogonalize g + beta m instead of m"),
     HParam("orthogonalizer", "quintic", str, choices=tuple(ORTHOGONALIZERS.names())),
-    summary="orthogonalized momentum on matrices (Newton-Schulz), sign of momentum on vectors",
-)
-def muon(lr, beta, nesterov: bool, orthogonalizer: str) -> optax.GradientTransformation:
+    HParam("layout", DEFAULT_LAYOUT, str, choices=tuple(LAYOUTS), doc="in_out: W (d_in, d_out); out_in: PyTorch"),
+    HParam("fallback", "sign", str, choices=("sign", "adam"),
+           doc="vectors: sign (l_inf, the anthology's) or adam (optax.contrib.muon's)"),
+    HParam("adam_b1", 0.9, float, low=0.0, high=1.0, open_high=True, doc="Adam on vectors"),
+    HParam("adam_b2", 0.999, float, low=0.0, high=1.0, open_high=True, doc="Adam on vectors"),
+    HParam("adam_eps", 1e-8, float, low=0.0, doc="Adam on vectors"),
+    summary="orthogonalized momentum on matrices (Newton-Schulz), sign or Adam on vectors",
+)  # fmt: skip
+def muon(
+    lr, beta, nesterov: bool, orthogonalizer: str, layout: str, fallback: str, adam_b1, adam_b2,
+    adam_eps,
+) -> optax.GradientTransformation:  # fmt: skip
+    """Muon (Jordan et al. 2024): orthogonalized momentum on weight matrices.
+
+    Matrices: m <- beta m + g; d = -lr sqrt(max(1, d_out / d_in)) orth(v), v = g + beta m
+    (Nesterov) or m, with (d_in, d_out) read in ``layout`` (:mod:`optimorph.norms.layout`).
+    Vectors and other non-matrices: ``fallback='sign'`` (default) steps -lr sign(v), steepest
+    descent under l_inf as the norms anthology has it; ``fallback='adam'`` steps Adam with
+    (adam_b1, adam_b2, adam_eps) and optax's bias-corrected Nesterov form when ``nesterov``,
+    as ``optax.contrib.muon`` does. Conventions that differ from optax.contrib.muon on matrices:
+    optax keeps an EMA momentum with bias correction (a scale that orthogonalization removes,
+    except through its eps), and its Nesterov form b1 m_hat_{t+1} + (1-b1) g_hat_t weighs g
+    and m differently after step 1; optimorph's g + beta m is the original Muon's.
+    """
     orth = resolve_orthogonalizer(orthogonalizer)
+    adam_vectors = fallback == "adam"
 
     def init(params):
-        return MuonState(_count(), jax.tree.map(jnp.zeros_like, params))
+        def second(p):
+            return jnp.zeros_like(p) if adam_vectors and p.ndim != 2 else jnp.zeros((), p.dtype)
 
-    def direction(m, g):
+        return MuonState(_count(), jax.tree.map(jnp.zeros_like, params),
+                         jax.tree.map(second, params))  # fmt: skip
+
+    def matrix_step(m, g, rate):
         v = g + beta * m if nesterov else m
-        if v.ndim == 2:
-            d_out, d_in = v.shape
-            return orth(v) * max(1.0, d_out / d_in) ** 0.5
-        return jnp.sign(v)
+        d_in, d_out = fans(v.shape, layout)
+        return -rate * orth(v) * max(1.0, d_out / d_in) ** 0.5
+
+    def adam_step(m, v, g, t, rate):
+        b1, b2 = _hi(adam_b1), _hi(adam_b2)
+        m_hat = m / (1 - b1**t)
+        if nesterov:  # optax's scale_by_adam(nesterov=True)
+            m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+        return -rate * m_hat / (jnp.sqrt(v / (1 - b2**t)) + adam_eps)
 
     def update(grads, state, params=None, **extra):
         count, t = _step(state.count)
-        m = jax.tree.map(lambda o, g: (beta * o + g).astype(g.dtype), state.m, grads)
         rate = _rate(lr, t)
-        updates = jax.tree.map(lambda mm, g: (-rate * direction(mm, g)).astype(g.dtype), m, grads)
-        return updates, MuonState(count, m)
+
+        def one(g, m, v):
+            if g.ndim == 2:
+                m = (beta * m + g).astype(g.dtype)
+                return matrix_step(m, g, rate).astype(g.dtype), m, v
+            if adam_vectors:
+                m = (adam_b1 * m + (1 - adam_b1) * g).astype(g.dtype)
+                v = (adam_b2 * v + (1 - adam_b2) * g * g).astype(g.dtype)
+                return adam_step(m, v, g, t, rate).astype(g.dtype), m, v
+            m = (beta * m + g).astype(g.dtype)
+            return (-rate * jnp.sign(g + beta * m if nesterov else m)).astype(g.dtype), m, v
+
+        leaves, treedef = jax.tree.flatten(grads)
+        out = [one(g, m, v) for g, m, v in zip(leaves, treedef.flatten_up_to(state.m),
+                                               treedef.flatten_up_to(state.v), strict=True)]  # fmt: skip
+        un = [jax.tree.unflatten(treedef, [o[i] for o in out]) for i in range(3)]
+        return un[0], MuonState(count, un[1], un[2])
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -187,9 +240,10 @@ def shampoo(lr, accumulate: bool, eps) -> optax.GradientTransformation:
     HParam("vector_norm", "linf", str, choices=_VECTOR_NORMS, doc="biases and vectors"),
     HParam("embed_mass", 1.0, float, low=0.0, open_low=True, doc="s_l of embeddings (others 1)"),
     HParam("orthogonalizer", "svd", str, choices=tuple(ORTHOGONALIZERS.names()),
-           doc="U V^T of spectral / RMS->RMS layers"),  # fmt: skip
+           doc="U V^T of spectral / RMS->RMS layers"),
+    HParam("layout", DEFAULT_LAYOUT, str, choices=tuple(LAYOUTS), doc="in_out: W (d_in, d_out); out_in: PyTorch"),
     summary="steepest descent under the modular norm: a norm per layer, weighted max",
-)
+)  # fmt: skip
 def modular(
     lr,
     beta,
@@ -199,6 +253,7 @@ def modular(
     vector_norm: str,
     embed_mass,
     orthogonalizer: str,
+    layout: str,
 ) -> optax.GradientTransformation:
     """Steepest descent under the modular norm (:mod:`optimorph.norms.modular`) of the EMA
     momentum m of g (beta = 0: the gradient): dW_l = -(eta / s_l) dualize_l(m_l)."""
@@ -210,7 +265,7 @@ def modular(
     def update(grads, state, params=None, **extra):
         count, t, m = _momentum_step(beta, state, grads)
         assignment = assign(m, rules, {"embed": embed_mass})
-        updates = modular_step(m, assignment, _rate(lr, t), scale, polar)
+        updates = modular_step(m, assignment, _rate(lr, t), scale, polar, layout)
         return updates, SteepestState(count, m)
 
     return optax.GradientTransformationExtraArgs(_steepest_init, update)

@@ -7,6 +7,7 @@ NaN and undecidable cells said), then the figures.
 from __future__ import annotations
 
 import os
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +44,24 @@ def write_equivalence_report(run_dir: str | os.PathLike) -> Path:
 def _comparison_body(run_dir: Path, kind: str) -> list[str]:
     doc, panels = read_curves(run_dir)
     verdicts = doc["precisions"] if kind == "compare" else doc["pairs"]
-    rows, sentence = [], []
+    rows, sentence, open_pairs = [], [], {}
     for precision, items in verdicts.items():
         for v in items if isinstance(items, list) else [items]:
             word = outcome(v)
             rows.append([precision, v["a"], v["b"], word, _num(v["distance_ratio"]),
                          _num(v["defect_ab"]), v["map"], _difference(v), v["reason"]])  # fmt: skip
+            open_pairs[precision] = open_pairs.get(precision, 0) + (word == "undecidable")
             if kind == "compare":
                 sentence.append(f"{word} at {precision}")
     if kind == "compare":
         lead = f"{doc['a']} and {doc['b']} on {doc['problem']}: " + ", ".join(sentence) + "."
     else:
-        counts = ", ".join(f"{len(c)} at {p}" for p, c in doc["precisions"].items())
+        # An undecidable pair has no edge: a class count that rests on it is no evidence.
+        counts = ", ".join(
+            f"{len(c)} at {p}"
+            + (f" ({open_pairs[p]} pairs undecidable)" if open_pairs.get(p) else "")
+            for p, c in doc["precisions"].items()
+        )
         lead = f"{len(doc['optimizers'])} optimizers on {doc['problem']}: classes {counts}."
     body = [f"<h1>optimorph {kind}</h1>", f"<p class='lead'>{lead}</p>"]
     if kind == "classes":
@@ -66,8 +73,9 @@ def _comparison_body(run_dir: Path, kind: str) -> list[str]:
     heatmap = save_figure(verdict_heatmap(per_precision), run_dir / "verdicts.png")
     body += [
         _image(heatmap, "Every verdict at a glance: blue equivalent, orange different, grey "
-               "undecidable (both diverged); the number is max over t of d / floor; stalled runs "
-               "and the first NaN step (A/B) are marked."),
+               "undecidable (both diverged: differently, or before any finite step to compare); "
+               "the number is max over t of d / floor; stalled runs and the first NaN step (A/B) "
+               "are marked."),
         "<h2>Verdicts</h2>",
         rows_table(
             ["precision", "A", "B", "verdict", "d / floor (max)", "defect A->B", "map",
@@ -77,7 +85,7 @@ def _comparison_body(run_dir: Path, kind: str) -> list[str]:
         f"<p>Equivalent when d(t) <= C x max(floor_A, floor_B, u ||theta||) for every t, C = "
         f"{doc['C']}, with the state maps' condition numbers bounded. Final A - B: the paired "
         "difference of the final metric over seeds (same seed, same initialisation and batches), "
-        "mean and 95% t-interval; blank when a seed diverged or there is one seed.</p>",
+        f"mean and 95% t-interval.{_blank_caption(per_precision)}</p>",
     ]
     grid = [{"t": p["t"], "d": p["d"], "floor_a": p["floor_a"], "floor_b": p["floor_b"],
              "labels": ("A", "B"), "pair": f"A: {p['a']}\nB: {p['b']}",
@@ -87,13 +95,21 @@ def _comparison_body(run_dir: Path, kind: str) -> list[str]:
                 "floor (median over replicas; bands over seeds).")]  # fmt: skip
     first = panels[0]
     floor = np.maximum(first["floor_a"][0], first["floor_b"][0]) * doc["C"]
-    gif = tracking_animation(
-        run_dir / "tracking.gif", first["path_a"], first["path_b"], floor,
-        step_numbers=first["t"],
-        title=f"{first['precision']}, seed 0: phi(A) = phi({first['a']}), B = {first['b']}",
-    )  # fmt: skip
-    figures.append((gif, f"phi(A) tracking B at {first['precision']}, seed 0 (PCA projection); "
-                          "the circle is C times the noise floor."))  # fmt: skip
+    # A diverged run has no point to draw: animate the evaluations before the first NaN/inf.
+    finite = (np.isfinite(first["path_a"]).all(axis=-1) & np.isfinite(first["path_b"]).all(axis=-1)
+              & np.isfinite(floor))  # fmt: skip
+    keep = len(finite) if finite.all() else int(np.argmin(finite))
+    if keep:
+        gif = tracking_animation(
+            run_dir / "tracking.gif", first["path_a"][:keep], first["path_b"][:keep],
+            floor[:keep], step_numbers=first["t"][:keep],
+            title=f"{first['precision']}, seed 0: phi(A) = phi({first['a']}), B = {first['b']}",
+        )  # fmt: skip
+        caption = (f"phi(A) tracking B at {first['precision']}, seed 0 (PCA projection); the "
+                   "circle is C times the noise floor.")  # fmt: skip
+        if keep < len(finite):
+            caption += f" Shown to step {int(first['t'][keep - 1])}: a run diverged after it."
+        figures.append((gif, caption))
     body.append("<h2>Figures</h2>")
     body += [_image(path, caption) for path, caption in figures]
     return body
@@ -128,12 +144,35 @@ def _image(path: Path, caption: str) -> str:
 
 
 def _difference(v: dict) -> str:
-    """``metric: mean [low, high]`` of the paired final difference (stored docs of earlier
-    versions have none: a dash)."""
+    """``metric: mean [low, high]`` of the paired final difference; a dash when there is none,
+    with the reason when the stored verdict gives one (``tests_note``)."""
     mean, ci = v.get("final_diff"), v.get("final_diff_ci") or [None, None]
     if mean is None or None in ci:
-        return "—"
+        return f"— ({v['tests_note']})" if v.get("tests_note") else "—"
     return f"{v['final_metric']}: {mean:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+
+
+def _blank_caption(verdicts: dict[str, list[dict]]) -> str:
+    """The blank cells of the final-difference column explained by what happened in this run,
+    not by a list of cases that could happen ("" when no cell is blank).
+
+    >>> ok = {"final_diff": 1.0, "final_diff_ci": [0.5, 1.5], "final_metric": "test/loss"}
+    >>> _blank_caption({"fp32": [ok]})
+    ''
+    >>> _blank_caption({"fp32": [ok], "fp16": [{"final_diff": None, "tests_note": "1 seed"}]})
+    ' Blank at fp16: 1 seed.'
+    """
+    said: dict[str, list[str]] = {}  # the reason -> the precisions where it occurred
+    for precision, items in verdicts.items():
+        for v in items:
+            if _difference(v).startswith("—"):
+                # Stored verdicts of earlier versions have no tests_note: the possible causes.
+                note = v.get("tests_note") or "a seed's final value is not finite, or one seed"
+                said.setdefault(note, []).append(precision)
+    return "".join(
+        f" Blank at {', '.join(dict.fromkeys(ps))}: {escape(note)}."
+        for note, ps in said.items()
+    )
 
 
 def _num(x) -> float | str:

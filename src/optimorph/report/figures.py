@@ -56,20 +56,26 @@ def save_figures(result: TrainResult, run_dir: str | os.PathLike) -> list[Path]:
     return [save_figure(fig, run_dir / name) for name, fig in figures.items()]
 
 
-def save_hessian_figure(run_dir: str | os.PathLike) -> Path | None:
-    """Draw ``hessian.png`` from the run's ``hessian.json`` (None when it has none)."""
+def save_hessian_figure(
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
+) -> Path | None:
+    """Draw ``hessian.png`` from the run's ``hessian.json`` (None when it has none) into
+    ``out_dir`` (default: the run directory)."""
     doc = read_hessian(run_dir)
     fig = hessian_figure(doc) if doc is not None else None
-    return save_figure(fig, Path(run_dir) / "hessian.png") if fig is not None else None
+    out = Path(run_dir if out_dir is None else out_dir)
+    return save_figure(fig, out / "hessian.png") if fig is not None else None
 
 
-def redraw(run_dir: str | os.PathLike) -> list[Path]:
+def redraw(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """Redraw the standard figures of a run directory from its stored results, without training
-    (and ``hessian.png`` when the run has a ``hessian.json``).
+    (and ``hessian.png`` when the run has a ``hessian.json``), into ``out_dir`` (default: the
+    run directory; another one draws a run that cannot be written).
 
     Returns:
       The paths written.
     """
-    paths = save_figures(read_run(run_dir), run_dir)
-    hessian = save_hessian_figure(run_dir)
+    out = Path(run_dir if out_dir is None else out_dir)
+    paths = save_figures(read_run(run_dir), out)
+    hessian = save_hessian_figure(run_dir, out)
     return paths + ([hessian] if hessian is not None else [])

@@ -59,8 +59,9 @@ def write_report(
     run_dir: str | os.PathLike,
     title: str | None = None,
     sections: Iterable[tuple[str, str]] | None = None,
+    out_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Write ``report.html`` into a run directory and return its path.
+    """Write ``report.html`` of a run directory and return its path.
 
     Args:
       run_dir: a run directory written by ``optimorph.results.write_run``.
@@ -68,11 +69,13 @@ def write_report(
       sections: extra ``(heading, html_fragment)`` pairs appended to the page. Headings are
         escaped; fragments are inserted as given (they are HTML), so build them with
         ``html.escape`` around any text that is not yours.
+      out_dir: where the figures are and ``report.html`` goes; default the run directory.
 
     Returns:
       The path of ``report.html``.
     """
     run_dir = Path(run_dir)
+    out = Path(run_dir if out_dir is None else out_dir)
     config = read_config(run_dir)
     summary = read_summary(run_dir)
     title = title if title is not None else f"optimorph run {run_dir.resolve().name}"
@@ -86,7 +89,7 @@ def write_report(
         _summary_table(summary),
         _diverged_list(summary),
         "<h2>Figures</h2>",
-        *(_figure(path) for path in _figures(run_dir)),
+        *(_figure(path) for path in _figures(out)),
         _hessian_section(read_hessian(run_dir)),
         "<h2>Configuration</h2>",
         _mapping_table(config.get("config", {})),
@@ -98,7 +101,7 @@ def write_report(
     body += ["<h3>Environment</h3>", _mapping_table(config.get("environment", {}))]
     for heading, fragment in sections or ():
         body += [f"<h2>{_e(heading)}</h2>", fragment]
-    return write_page(run_dir / REPORT_FILE, title, body)
+    return write_page(out / REPORT_FILE, title, body)
 
 
 def write_page(path: str | os.PathLike, title: str, body: Iterable[str]) -> Path:

@@ -18,7 +18,9 @@ In ``metrics.parquet`` the per-step minibatch loss ``train_loss`` has ``split='t
 ``metric='accuracy'``. NaN values (diverged runs) are stored as NaN, not null.
 
 Every file is written atomically; ``config.json`` is written after the data, so a directory with a
-``config.json`` has its data complete even if the process died while drawing figures.
+``config.json`` has its data complete even if the process died while drawing figures. Every file is
+checked against its schema when read (:mod:`optimorph.results.schema`): a missing, damaged or
+foreign file is one ``RunDirError`` naming the file, what is wrong and the fix.
 """
 
 from __future__ import annotations
@@ -42,7 +44,15 @@ import pyarrow.parquet as pq
 from optimorph.engine.result import TrainResult
 from optimorph.problems.base import Problem
 from optimorph.atomic import atomic_path, write_json_atomic
-from optimorph.results.store import FORMAT_VERSION, read_file
+from optimorph.results.schema import (
+    METRICS_SCHEMA,
+    check_config,
+    check_final_params,
+    check_hessian,
+    check_metrics,
+    check_summary,
+)
+from optimorph.results.store import FORMAT_VERSION, RunDirError, read_file
 from optimorph.results.summary import TRAIN_SPLIT, summarize
 
 __all__ = [
@@ -69,20 +79,6 @@ METRICS_FILE = "metrics.parquet"
 SUMMARY_FILE = "summary.json"
 PARAMS_FILE = "final_params.npz"
 HESSIAN_FILE = "hessian.json"
-
-METRICS_SCHEMA = pa.schema(
-    [
-        ("optimizer", pa.string()),
-        ("optimizer_index", pa.int32()),
-        ("seed", pa.int64()),
-        ("step", pa.int64()),
-        ("split", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-    ]
-)
-"""Columns of ``metrics.parquet``. ``optimizer_index`` tells apart two rows of one spec."""
-
 
 def write_run(
     result: TrainResult,
@@ -127,12 +123,13 @@ def read_run(run_dir: str | os.PathLike) -> TrainResult:
     ``np.load`` when needed. ``eval_steps`` is empty when the run had no evaluations.
 
     Raises:
-      ValueError: ``metrics.parquet`` does not hold exactly one value per (optimizer, seed, step)
-        of every metric that ``config.json`` lists.
+      RunDirError: a file is missing or does not fit its schema, or ``metrics.parquet`` does not
+        hold exactly one value per (optimizer, seed, step) of every metric ``config.json`` lists.
     """
     run_dir = Path(run_dir)
-    meta = read_config(run_dir)
+    meta = read_config(run_dir, kind="train")
     table = read_file(run_dir / METRICS_FILE, pq.read_table)
+    check_metrics(run_dir / METRICS_FILE, table, meta)
     col = {name: table.column(name).to_numpy() for name in table.column_names}
     n_opt = len(meta["optimizers"])
     seeds = np.asarray(meta["seeds"], dtype=np.int64)
@@ -146,9 +143,9 @@ def read_run(run_dir: str | os.PathLike) -> TrainResult:
         filled = np.zeros(out.shape, dtype=bool)
         filled[index] = True
         if mask.sum() != out.size or not filled.all():
-            raise ValueError(
+            raise RunDirError(
                 f"{run_dir / METRICS_FILE} does not hold one row of {what} per (optimizer, seed, "
-                f"step): {mask.sum()} rows for {out.shape} values"
+                f"step): {mask.sum()} rows for {out.shape} values; rerun the training"
             )
         out[index] = col["value"][mask]
         return out
@@ -184,21 +181,36 @@ def read_run(run_dir: str | os.PathLike) -> TrainResult:
     )
 
 
-def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``config.json`` of a run directory."""
-    return read_file(Path(run_dir) / CONFIG_FILE, lambda p: json.loads(p.read_text("utf-8")))
+def read_config(run_dir: str | os.PathLike, *, kind: str | None = None) -> dict[str, Any]:
+    """The parsed and validated ``config.json`` of a run directory (of ``kind`` when given)."""
+    path = Path(run_dir) / CONFIG_FILE
+    doc = read_file(path, _read_json)
+    check_config(path, doc, kind=kind)
+    return doc
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``summary.json`` of a run directory (format: ``optimorph.results.summary``)."""
-    return read_file(Path(run_dir) / SUMMARY_FILE, lambda p: json.loads(p.read_text("utf-8")))
+    """The parsed and validated ``summary.json`` of a run directory (format:
+    ``optimorph.results.summary``)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    doc = read_file(path, _read_json)
+    check_summary(path, doc)
+    return doc
 
 
 def read_hessian(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The parsed ``hessian.json`` of a run directory (``optimorph.results.hessian``), or None
-    when the run has none."""
+    """The parsed and validated ``hessian.json`` of a run directory (``optimorph.results.hessian``),
+    or None when the run has none."""
     path = Path(run_dir) / HESSIAN_FILE
-    return read_file(path, lambda p: json.loads(p.read_text("utf-8"))) if path.exists() else None
+    if not path.exists():
+        return None
+    doc = read_file(path, _read_json)
+    check_hessian(path, doc)
+    return doc
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text("utf-8"))
 
 
 def metrics_table(result: TrainResult) -> pa.Table:
@@ -302,26 +314,33 @@ def read_final_params(run_dir: str | os.PathLike, template: Any, optimizer: int 
 
     Raises:
       FileNotFoundError: the run kept no parameters.
+      RunDirError: the file is damaged or does not fit its schema.
       ValueError: the file's entries do not match ``template`` or ``optimizer`` is not in it.
     """
     path = Path(run_dir) / PARAMS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: the run kept no final parameters")
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
-    with np.load(path) as z:
-        names = [f"opt{optimizer}{jax.tree_util.keystr(p)}" for p, _ in flat]
-        stored = sorted(k for k in z.files if k.startswith(f"opt{optimizer}["))
-        if sorted(names) != stored:
-            raise ValueError(
-                f"{path} holds no parameters of optimizer {optimizer} shaped like this problem's "
-                f"model (entries {stored[:3]}...)"
-            )
-        leaves = [z[name] for name in names]
+    arrays = read_file(path, _read_npz)
+    check_final_params(path, arrays)
+    names = [f"opt{optimizer}{jax.tree_util.keystr(p)}" for p, _ in flat]
+    stored = sorted(k for k in arrays if k.startswith(f"opt{optimizer}["))
+    if sorted(names) != stored:
+        raise ValueError(
+            f"{path} holds no parameters of optimizer {optimizer} shaped like this problem's "
+            f"model (entries {stored[:3]}...)"
+        )
+    leaves = [arrays[name] for name in names]
     for (key_path, like), leaf in zip(flat, leaves, strict=True):
         if leaf.shape[1:] != np.shape(like):
             raise ValueError(f"{path}: {jax.tree_util.keystr(key_path)} has shape "
                              f"{leaf.shape[1:]}, the model {np.shape(like)}")  # fmt: skip
     return jax.tree.unflatten(treedef, leaves)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f, np.load(f) as z:  # our handle: np.load leaks on bad zips
+        return {k: z[k] for k in z.files}
 
 
 def _write_params(result: TrainResult, path: Path) -> None:

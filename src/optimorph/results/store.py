@@ -25,6 +25,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -45,6 +46,8 @@ __all__ = [
     "write_json",
     "read_json",
     "read_file",
+    "probe_writable",
+    "drawing_dir",
 ]
 
 FORMAT_VERSION = 1
@@ -118,9 +121,11 @@ def _existing_kind(out: Path) -> str | None:
         checkpoints = out / "checkpoints"
         return UNFINISHED if checkpoints.is_dir() and any(checkpoints.iterdir()) else None
     try:
-        return json.loads(config.read_text()).get("kind", "train")
+        doc = json.loads(config.read_text())
     except (OSError, ValueError):
         return "unreadable"
+    kind = doc.get("kind", "train") if isinstance(doc, dict) else None
+    return kind if isinstance(kind, str) else "unreadable"  # the reader's schema says what is wrong
 
 
 def _check_lock(out: Path) -> None:
@@ -145,6 +150,61 @@ def _check_lock(out: Path) -> None:
             f"{out} is being written by process {pid}; wait for it or choose another --out"
         )
     lock.unlink(missing_ok=True)  # left by a process that died
+
+
+def probe_writable(directory: str | os.PathLike) -> str | None:
+    """None when a file can be created in ``directory``, else the reason (the system's words).
+
+    Tried, not asked: ``os.access`` answers from permission bits, which root ignores, and says
+    nothing of a read-only mount's or a network file system's own refusals.
+    """
+    try:
+        fd, name = tempfile.mkstemp(prefix=".probe-", dir=directory)
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def drawing_dir(
+    run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, movable: bool = True
+) -> Path:
+    """Where ``optimorph report`` draws a run's figures and page: ``out`` (created if missing)
+    or the run directory itself, checked writable before any drawing starts.
+
+    Args:
+      run_dir: the run directory, read only.
+      out: another directory for the figures and ``report.html``; None for ``run_dir``.
+      movable: whether this kind of run can be drawn elsewhere (train runs can); otherwise
+        ``out`` is refused and a read-only run directory's fix is to copy it.
+
+    Raises:
+      RunDirError: the directory cannot be written, or ``out`` holds another run.
+    """
+    run_dir = Path(run_dir)
+    if out is None or Path(out).resolve() == run_dir.resolve():
+        reason = probe_writable(run_dir)
+        if reason is None:
+            return run_dir
+        fix = ("give --out DIR to draw the figures and report.html in another directory" if movable
+               else f"copy it (cp -r {run_dir} DIR) and run optimorph report DIR")  # fmt: skip
+        raise RunDirError(f"{run_dir} is not writable ({reason}); {fix}")
+    out = Path(out)
+    if not movable:
+        raise RunDirError(f"--out {out}: only a train run is drawn elsewhere; copy {run_dir} "
+                          f"(cp -r {run_dir} DIR) and run optimorph report DIR")  # fmt: skip
+    if (out / CONFIG_FILE).exists():
+        raise RunDirError(f"--out {out} holds a run of its own; choose a new or empty directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror
+        raise RunDirError(f"--out {out}: cannot create it ({reason}); choose another") from None
+    reason = probe_writable(out)
+    if reason is not None:
+        raise RunDirError(f"--out {out} is not writable ({reason}); choose another")
+    return out
 
 
 def write_config(out: Path, kind: str, config: Mapping[str, Any], **extra: Any) -> None:
