@@ -21,6 +21,7 @@ from optimorph.spec import SpecError
         ("os:system('echo hi')", "user factories are off by default"),
         ("sgd(lr=nan)", "must be finite"),
         ("nosuch(lr=1)", "unknown optimizer 'nosuch'"),
+        ("optax.adamw(1e-3)", "write 'optax:adamw"),
     ],
 )
 def test_malformed_specs_are_refused_before_anything_runs(text, message):
@@ -162,17 +163,27 @@ def test_bad_seeds_are_refused_before_training(seeds, message):
         optimorph.train("quadratic(dim=3)", "sgd", seeds=seeds, steps=2, progress=False)
 
 
-def test_a_divergence_names_the_hyperparameter_its_format_rounded(capsys):
-    """Default Adam at fp16: eps = 1e-8 is stored as 0, and the run is NaN from step 1."""
+@pytest.mark.parametrize(
+    "optimizer, fmt, rounded, fix",
+    [  # default Adam at fp16: eps = 1e-8 is stored as 0; default AdamW at bf16: b2 as 1
+        ("adam", "fp16", "eps=1e-08 is stored as 0.0 in fp16", "or choose eps >= 6.104e-05"),
+        ("adamw", "bf16", "b2=0.999 is stored as 1.0 in bf16", "or choose b2 <= 0.996"),
+    ],
+)
+def test_a_divergence_names_the_hyperparameter_its_format_rounded_and_its_fix(
+    optimizer, fmt, rounded, fix
+):
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optimorph.PrecisionWarning)
-        r = optimorph.train("two-moons(n=64)", "adam", seeds=1, steps=4, precision="fp16",
+        r = optimorph.train("two-moons(n=64)", optimizer, seeds=1, steps=4, precision=fmt,
                             progress=False)  # fmt: skip
     (line,) = r.divergence_messages()
-    assert "at step 1" in line and "eps=1e-08 is stored as 0.0 in fp16" in line
-    assert "hparams=fp32" in line
+    assert "at step 1" in line and f"{rounded}: keep hyperparameters wide" in line
+    assert f"(e.g. --precision '{fmt},hparams=fp32')" in line and line.endswith(fix)
+    other = {"fp16": "bf16", "bf16": "fp16"}[fmt]
+    assert other not in line  # the fix is about the format and hyperparameter that failed
 
 
 # Random spec and precision strings: only the documented error (SpecError / ValueError) escapes.

@@ -24,6 +24,104 @@ def test_list_problems_prints_every_problem(capsys):
     assert cli.main(["list", "problems"]) == 0
     out = capsys.readouterr().out
     assert all(info.name in out for info in list_problems())
+    # One parameter a line, as optimizers' hyperparameters are, never a tuple's repr.
+    assert "Param(" not in out
+    assert "\n    n: int = 500\n" in out and "\n    widths: list[int] = [64, 64]\n" in out
+
+
+def _subcommands(parser, prog="optimorph"):
+    """(prog, parser) for the command and every subcommand, recursively."""
+    import argparse
+
+    yield prog, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subcommands(sub, f"{prog} {name}")
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    parser = cli._parser()
+    checked = 0
+    for prog, sub in _subcommands(parser):
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            name = "/".join(action.option_strings) or action.dest
+            assert action.help and action.help.strip(), f"{prog} {name} has no help text"
+            shown = formatter._get_help_string(action)
+            has_default = action.default not in (None, False, [], "==SUPPRESS==")
+            if has_default and (action.option_strings or action.nargs == "?"):
+                assert "default" in shown, f"{prog} {name}: default {action.default!r} not shown"
+            checked += 1
+    assert checked > 60  # every subcommand was walked
+    help_text = next(s for p, s in _subcommands(parser) if p == "optimorph train").format_help()
+    assert "--steps STEPS         training steps (default: 1000)" in help_text
+
+
+def test_run_help_lists_every_registered_recipe(capsys):
+    from optimorph.experiments.recipes import RECIPES
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for recipe in RECIPES.values():
+        assert f"{recipe.name} {' '.join(recipe.summary.split())}" in out
+
+
+def test_a_precision_warning_prints_once_in_one_line(tmp_path, capsys):
+    import warnings
+
+    argv = ["train", "--problem", "two-moons(n=64)", "--optimizer", "adamw(lr=1e-3)",
+            "--optimizer", "adamw(lr=2e-3)", "--precision", "bf16", "--steps", "2", "--quiet",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    before = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # Python's own filter would show both
+        assert cli.main(argv) == 0
+    assert warnings.showwarning is before  # the command's display does not outlive it
+    err = capsys.readouterr().err
+    shown = [line for line in err.splitlines() if "stored as" in line and "diverged" not in line]
+    assert shown == [
+        "optimorph: warning: b2=0.999 is stored as 1.0 in bf16: keep hyperparameters wide with "
+        "`hparams=fp32` (e.g. --precision 'bf16,hparams=fp32'), or choose b2 <= 0.996"
+    ]
+    assert ".py:" not in err and "warn_hparams" not in err  # no source path, no code line
+    assert "PrecisionWarning" not in err
+
+
+def test_warnings_turned_into_errors_still_raise_through_the_command(tmp_path):
+    import warnings
+
+    from optimorph.precision import PrecisionWarning
+
+    argv = ["train", "--problem", "two-moons(n=64)", "--optimizer", "adamw", "--precision",
+            "bf16", "--steps", "2", "--quiet", "--out", str(tmp_path / "run")]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrecisionWarning)
+        with pytest.raises(PrecisionWarning, match="b2=0.999 is stored as 1.0"):
+            cli.main(argv)
+
+
+def test_a_demo_recipe_without_its_dataset_is_skipped_with_the_whole_message(
+    tmp_path, monkeypatch, capsys
+):
+    from optimorph.problems import datasets
+
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("OPTIMORPH_DATA", str(empty))
+    monkeypatch.setattr(datasets, "DEBIAN_DIR", empty / "debian")
+    assert "linear-weights" in cli.DEMO_RECIPES
+    pages, skipped = cli._demo_recipes(tmp_path, ["linear-weights"], print)
+    out = capsys.readouterr().out
+    assert pages == [] and [title for title, _ in skipped] == ["Recipe linear-weights (quick)"]
+    assert "skipped linear-weights: fashion-mnist not found. Looked in:" in out
+    for part in (f"{empty}: no IDX files", "apt-get install dataset-fashion-mnist", "path=<dir>"):
+        assert part in out and part in skipped[0][1]
+    html = cli._index_page(tmp_path, pages, 1.0, skipped).read_text()
+    assert "<h2>Skipped</h2>" in html and "Recipe linear-weights (quick): not run" in html
+    assert "apt-get install dataset-fashion-mnist" in html
 
 
 def test_train_writes_a_complete_run_directory(tmp_path, capsys, monkeypatch):
@@ -128,8 +226,19 @@ def test_phase_diagram_command_writes_figure_and_table(tmp_path, capsys):
         "--json",
     ]
     assert cli.main(argv) == 0
-    doc = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
     assert len(doc["cells"]) == 2 * 3 * 2
+    # The terminal grid: heterogeneity labels over their columns, a legend for the symbols.
+    lines = captured.err.splitlines()
+    header = next(line for line in lines if line.strip().startswith("heterogeneity:"))
+    assert header.split(":")[1].split() == ["1", "100"]
+    row = next(line for line in lines if line.strip().startswith("mantissa 52:"))
+    for label in ("1", "100"):  # each mark ends where its column's label ends
+        end = header.index(f" {label}", len("  heterogeneity:")) + len(label)
+        assert row[end] in "#."
+    assert any(line.strip().startswith("legend: # equivalent") and ". different" in line
+               for line in lines)  # fmt: skip
     sign = [c for c in doc["cells"] if c["a"].startswith("adam")]
     assert all(c["equivalent"] for c in sign)
     assert (out / "phase_diagram.png").stat().st_size > 1000
@@ -193,3 +302,18 @@ def test_a_running_train_can_be_watched_with_report(tmp_path):
     write_run(result, out)
     assert cli.main(["report", str(out)]) == 0
     assert "Still running" not in (out / "report.html").read_text()
+
+
+def test_classes_prints_the_stall_warning_its_report_shows(tmp_path, capsys):
+    """Steps of 1e-6 vanish in bf16: two stalled runs look alike without being one algorithm."""
+    pair = ["sgd(lr=1e-6)", "momentum(lr=1e-6, beta=0)"]
+    argv = ["classes", "--optimizers", ",".join(pair), "--problem", "least-squares(n=32, d=4)",
+            "--precision", "bf16", "--seeds", "2", "--steps", "20", "--quiet",
+            "--out", str(tmp_path / "classes")]  # fmt: skip
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "mostly stalled" in line]
+    assert line.strip().startswith(f"WARNING: {pair[0]} | {pair[1]}: both runs mostly stalled")
+    assert "a collapse by stagnation, not evidence of one algorithm" in line
+    report = (tmp_path / "classes" / "report.html").read_text()
+    assert line.split(": ", 2)[2] in report  # the same words as the report's verdict table

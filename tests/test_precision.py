@@ -1,5 +1,6 @@
 """Tests for optimorph.precision: bit-exact rounding, stochastic rounding, policies, updates."""
 
+import re
 from typing import NamedTuple
 
 import jax
@@ -368,7 +369,38 @@ def test_check_hparams():
 def test_warn_hparams():
     with pytest.warns(PrecisionWarning, match=r"b2=0\.999 is stored as 1\.0 in bf16"):
         messages = precision("bf16").warn_hparams({"b1": 0.9, "b2": 0.999})
-    assert len(messages) == 1
+    assert messages == [
+        "b2=0.999 is stored as 1.0 in bf16: keep hyperparameters wide with `hparams=fp32` "
+        "(e.g. --precision 'bf16,hparams=fp32'), or choose b2 <= 0.996"
+    ]
+
+
+@pytest.mark.parametrize(
+    "spec, name, value, bound, nearest",
+    [
+        ("bf16", "b2", 0.999, "b2 <= 0.996", 1 - 2**-8),  # the largest bf16 value below 1
+        ("fp16", "b2", 0.9999, "b2 <= 0.9995", 1 - 2**-11),
+        ("bf16", "b1", -0.999, "b1 >= -0.996", -(1 - 2**-8)),
+        ("bf16,hparams=bf16", "beta", 1.001, "beta >= 1.01", 1 + 2**-7),  # above 1: next up
+        ("fp16", "eps", 1e-8, "eps >= 6.104e-05", 2.0**-14),  # the smallest normal fp16
+        ("fp16", "eps", 1e-7, "eps >= 6.104e-05", 2.0**-14),  # subnormal: most digits lost
+        ("fp16", "weight_decay", 1e6, "weight_decay <= 65500.0", 65504.0),  # overflow
+        ("fp32,hparams=e4m3", "b1", 0.99, "b1 <= 0.93", 1 - 2**-4),  # an emulated format
+    ],
+)
+def test_hparams_fix_names_the_failed_hyperparameter_and_the_nearest_value_its_format_holds(
+    spec, name, value, bound, nearest
+):
+    policy = precision(spec)
+    fix = policy.hparams_fix(name, value)
+    assert fix.endswith(f"or choose {bound}") and fix.count("choose") == 1, fix
+    chosen = float(bound.split()[-1])
+    assert policy.check_hparams({name: chosen}) == []  # the suggested value is held ...
+    assert float(np.asarray(policy.hparams.round(chosen), np.float64)) == nearest  # ... tightly
+    wide = precision(re.search(r"--precision '([^']+)'", fix)[1])  # the suggested policy parses,
+    assert policy.check_hparams({name: value}) != [] and wide.check_hparams({name: value}) == []
+    assert (wide.params, wide.state, wide.slots) == (policy.params, policy.state, policy.slots)
+    assert precision(spec).hparams_fix(name, nearest) == ""  # nothing to fix
 
 
 def test_round_hparam(mode):

@@ -172,3 +172,17 @@ def test_ctrl_c_during_the_live_metrics_write_keeps_the_checkpoint(
         assert g.files == w.files
         for name in w.files:
             np.testing.assert_array_equal(g[name], w[name])
+
+
+def test_a_reader_that_leaves_early_ends_the_listing_quietly():
+    """`optimorph list optimizers | head -1`: no BrokenPipeError traceback, exit 0 (the reader
+    is gone before the first write, so every write meets a closed pipe)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from optimorph.cli import entry; entry()", "list", "optimizers"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()  # the reader leaves before optimorph has imported its first module
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

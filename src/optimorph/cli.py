@@ -10,6 +10,7 @@ import argparse
 import math
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 DEMO_OPTIMIZERS = [
@@ -22,7 +23,8 @@ DEMO_OPTIMIZERS = [
     "signum(lr=1e-3)",
     "lion(lr=3e-4)",
 ]
-DEMO_PROBLEM = "two-moons(n=500, noise=0.1, flip=0.1)"
+# validation=0.1: the zoo is ranked by held-out loss, never by the training loss it overfits.
+DEMO_PROBLEM = "two-moons(n=500, noise=0.1, flip=0.1, validation=0.1)"
 
 
 def entry() -> None:
@@ -44,7 +46,13 @@ def entry() -> None:
     except KeyboardInterrupt:  # after training, or where start-up's handler was not installed
         print("optimorph: interrupted", file=sys.stderr)
         code = 130
-    sys.stdout.flush()
+    except BrokenPipeError:  # `optimorph list | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os._exit(0)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.stderr.flush()
     if code == 130:
         os._exit(130)
@@ -66,10 +74,33 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = spec.allow_imports(True) if args.allow_import else None
     try:
-        return _run(args)
+        with warnings.catch_warnings():  # restores the caller's warning display on return
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            return _run(args)
     finally:
         if previous is not None:
             spec.allow_imports(previous)
+
+
+def _warning_printer(show_other):
+    """``warnings.showwarning`` for the command: an optimorph warning as one line
+    ``optimorph: warning: ...``, each message once (the trainer and the simulation defect both
+    check a spec's hyperparameters), without the source line; other warnings go to
+    ``show_other``. Only the display changes: a filter that turns warnings into errors (the
+    tests' ``filterwarnings = error``) still raises before anything is shown."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        from optimorph.precision import PrecisionWarning
+
+        if not issubclass(category, PrecisionWarning):
+            return show_other(message, category, filename, lineno, file, line)
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            print(f"optimorph: warning: {text}", file=file or sys.stderr)
+
+    return show
 
 
 def _run(args) -> int:
@@ -92,10 +123,41 @@ def _run(args) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with its errors in the command's one-line form (``optimorph: error: ...``)."""
+    """argparse with its errors in the command's one-line form (``optimorph: error: ...``), every
+    option's default in its help, and a description that may be a function, called only when the
+    help is shown (the recipe list needs the recipe registry, too slow to import for every
+    command)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+    def format_help(self) -> str:
+        if callable(self.description):
+            self.description = self.description()
+        return super().format_help()
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help with ``(default: X)`` after every option that has a default its text does not
+    already state (None, False and [] are no default: the text says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default == []
+            or default is argparse.SUPPRESS
+            or not (action.option_strings or action.nargs in ("?", "*"))
+        ):
+            return text
+        return text + " (default: %(default)s)"
 
 
 class _UsageError(Exception):
@@ -176,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow 'pkg.module:factory(...)' specs: imports that module and calls the factory",
     )
-    sub = p.add_subparsers(metavar="COMMAND")
+    sub = p.add_subparsers(metavar="COMMAND", help="one of the commands below; COMMAND --help")
 
     ls = sub.add_parser("list", help="list registered optimizers, problems, recipes and norms")
     ls.add_argument(
@@ -201,9 +263,10 @@ def _parser() -> argparse.ArgumentParser:
     tr.set_defaults(run=_train)
 
     demo = sub.add_parser("demo", help="train the zoo on noisy two moons and write a report")
-    demo.add_argument("--out", type=_out_dir, default=Path("runs/demo"))
-    demo.add_argument("--steps", type=POSITIVE, default=4000)
-    demo.add_argument("--seeds", type=POSITIVE, default=3)
+    demo.add_argument("--out", type=_out_dir, default=Path("runs/demo"),
+                      help="directory for the demo's runs and index.html (replaced)")
+    demo.add_argument("--steps", type=POSITIVE, default=4000, help="training steps of the zoo run")
+    demo.add_argument("--seeds", type=POSITIVE, default=3, help="seeds per optimizer (zoo run)")
     demo.add_argument("--zoo-only", action="store_true", help="only the zoo run (fast)")
     demo.set_defaults(run=_demo)
 
@@ -223,7 +286,8 @@ def _parser() -> argparse.ArgumentParser:
     cls.set_defaults(run=_classes)
 
     ph = sub.add_parser("phase-diagram", help="equivalence over mantissa bits x heterogeneity")
-    ph.add_argument("--pairs", nargs="+", required=True, help="pairs 'A|B'")
+    ph.add_argument("--pairs", nargs="+", required=True,
+                    help="optimizer pairs, each 'A|B', e.g. 'sgd(lr=0.1)|momentum(lr=0.1, beta=0)'")
     ph.add_argument(
         "--problem-family",
         default="quadratic",
@@ -234,17 +298,18 @@ def _parser() -> argparse.ArgumentParser:
         "--mantissa-bits",
         type=_list_of(_integer(1, 52), "mantissa width"),
         default=None,
-        help="comma-separated, each in 1..52; default 4..52",
+        help="comma-separated, each in 1..52 (default: 4,5,7,8,10,12,16,20,23,30,40,52)",
     )
     ph.add_argument(
         "--heterogeneity",
         type=_list_of(_number(1.0), "heterogeneity"),
         default=None,
-        help="comma-separated, each >= 1 (max|g_i| / min|g_i|); default 1..1e4",
+        help="comma-separated, each >= 1 (max|g_i| / min|g_i|) (default: 8 values log-spaced "
+        "from 1 to 1e4)",
     )
-    ph.add_argument("--steps", type=POSITIVE, default=200)
-    ph.add_argument("--seeds", type=POSITIVE, default=3)
-    ph.add_argument("--out", type=_out_dir, required=True)
+    ph.add_argument("--steps", type=POSITIVE, default=200, help="training steps per cell")
+    ph.add_argument("--seeds", type=POSITIVE, default=3, help="seeds per cell")
+    ph.add_argument("--out", type=_out_dir, required=True, help="run directory to write")
     _out_policy(ph)
     ph.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     ph.set_defaults(run=_phase)
@@ -267,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
     nm.set_defaults(run=_norms)
 
     ex = sub.add_parser(
-        "run", help="run a named recipe (without a name: list them)", description=_recipes_help()
+        "run", help="run a named recipe (without a name: list them)", description=_recipes_help
     )
     ex.add_argument("experiment", nargs="?", metavar="RECIPE", help="a recipe name")
     ex.add_argument("--quick", action="store_true", help="the same pipeline, small enough for CI")
@@ -281,7 +346,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="change one setting of the recipe (repeatable), e.g. --set steps=100000",
     )
-    ex.add_argument("--quiet", action="store_true")
+    ex.add_argument("--quiet", action="store_true", help="no progress lines")
     ex.set_defaults(run=_experiment)
 
     hs = sub.add_parser(
@@ -294,14 +359,15 @@ def _parser() -> argparse.ArgumentParser:
         help="the first N training examples (the probes' evaluation subset)",
     )  # fmt: skip
     hs.add_argument("--k", type=POSITIVE, default=5, help="largest and most negative eigenvalues")
-    hs.add_argument("--lanczos-steps", type=POSITIVE, default=50)
+    hs.add_argument("--lanczos-steps", type=POSITIVE, default=50,
+                    help="Lanczos iterations (full reorthogonalization)")
     hs.add_argument("--samples", type=POSITIVE, default=100, help="Hutchinson vectors (trace)")
     hs.add_argument("--seeds", type=POSITIVE, default=1, help="the run's first N seeds")
-    hs.add_argument("--quiet", action="store_true")
+    hs.add_argument("--quiet", action="store_true", help="no progress line")
     hs.set_defaults(run=_hessian)
 
     rep = sub.add_parser("report", help="redraw the figures and HTML report of a run directory")
-    rep.add_argument("run_dir", type=Path)
+    rep.add_argument("run_dir", type=Path, help="a run directory (any command's --out)")
     rep.add_argument(
         "--out", type=_out_dir, default=None,
         help="draw the figures and report.html here instead (a train run you cannot write)",
@@ -312,11 +378,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=POSITIVE, default=1, help="number of seeds (0..N-1)")
-    p.add_argument("--steps", type=POSITIVE, default=1000)
-    p.add_argument("--batch-size", type=POSITIVE, default=None, help="default: full batch")
-    p.add_argument("--precision", default="fp32", help="e.g. fp32, bf16, e5m10, 'bf16,v=fp32'")
-    p.add_argument("--eval-every", type=POSITIVE, default=None)
-    p.add_argument("--log-every", type=POSITIVE, default=1)
+    p.add_argument("--steps", type=POSITIVE, default=1000, help="training steps")
+    p.add_argument("--batch-size", type=POSITIVE, default=None,
+                   help="examples per step (default: the full batch)")
+    p.add_argument("--precision", default="fp32",
+                   help="a precision policy, e.g. fp32, bf16, e5m10, 'bf16,v=fp32'")
+    p.add_argument("--eval-every", type=POSITIVE, default=None,
+                   help="evaluate on the held-out sets every N steps and at step 0 (default: "
+                   "the divisor of --steps nearest steps/20)")
+    p.add_argument("--log-every", type=POSITIVE, default=1,
+                   help="record the training loss averaged over windows of N steps")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument(
         "--track-stalled",
@@ -359,7 +430,8 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _equivalence_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--problem", required=True, help="problem spec")
+    p.add_argument("--problem", required=True,
+                   help="problem spec, e.g. 'least-squares(n=64, d=8, hetero=10)'")
     p.add_argument(
         "--precision",
         type=_precision_list,
@@ -367,14 +439,16 @@ def _equivalence_args(p: argparse.ArgumentParser) -> None:
         help="precisions separated by commas, or by ';' when one has roles: "
         "'fp16;params=bf16,state=fp32'",
     )
-    p.add_argument("--seeds", type=POSITIVE, default=5)
-    p.add_argument("--steps", type=POSITIVE, default=500)
-    p.add_argument("--batch-size", type=POSITIVE, default=None)
+    p.add_argument("--seeds", type=POSITIVE, default=5, help="paired seeds per optimizer")
+    p.add_argument("--steps", type=POSITIVE, default=500, help="training steps")
+    p.add_argument("--batch-size", type=POSITIVE, default=None,
+                   help="examples per step (default: the full batch)")
     p.add_argument(
         "--C", type=_number(0.0, open_low=True), default=10.0, help="noise-floor constant (> 0)"
     )
     p.add_argument(
-        "--out", type=_out_dir, default=None, help="also write figures and JSON here"
+        "--out", type=_out_dir, default=None,
+        help="also write figures, JSON and report.html here (default: print only)",
     )
     _out_policy(p)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -488,6 +562,9 @@ def _classes(args) -> int:
             for a, b in result.undecidable.get(p, []):  # no edge: the classes do not rest on it
                 reason = result.comparison.verdict(a, b, p).reason
                 print(f"{'':>6}  undecidable: {a} | {b}: {reason}", file=sys.stderr)
+            for v in result.comparison.pairs[p]:  # as the report's verdict table says it
+                if v.stalled:
+                    print(f"{'':>6}  WARNING: {v.a} | {v.b}: {v.stall_warning}", file=sys.stderr)
         if out:
             _write_equivalence_outputs(out, "classes", doc, result.comparison, args)
     _emit(doc, args.json)
@@ -535,15 +612,38 @@ def _phase(args) -> int:
         write_phase(out, doc, pd)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing to resume
         report = write_equivalence_report(out)
-    labels = [f"{a} | {b}" for a, b in pd.pairs]
-    for p, label in enumerate(labels):
-        print(label, file=sys.stderr)
-        for m, b in enumerate(pd.mantissa_bits):
-            row = "".join("#" if e else "." for e in pd.equivalent[p, m])
-            print(f"  mantissa {b:>2}: {row}", file=sys.stderr)
+    for line in _phase_grid(pd):
+        print(line, file=sys.stderr)
     print(f"report: {report}", file=sys.stderr)
     _emit(doc, args.json)
     return 0
+
+
+def _phase_grid(pd) -> list[str]:
+    """The phase diagram as text: per pair a grid of mantissa bits (rows) x heterogeneity
+    (columns, labelled), then one legend line."""
+    cols = [_short_number(h) for h in pd.heterogeneity]
+    width = max(len(c) for c in cols) + 1
+    lines = []
+    for p, (a, b) in enumerate(pd.pairs):
+        lines.append(f"{a} | {b}")
+        lines.append(f"  {'heterogeneity':>13}: " + "".join(f"{c:>{width}}" for c in cols))
+        for m, bits in enumerate(pd.mantissa_bits):
+            row = "".join(f"{'#' if e else '.':>{width}}" for e in pd.equivalent[p, m])
+            lines.append(f"  {f'mantissa {bits:>2}':>13}: {row}")
+    lines.append(
+        f"  legend: # equivalent (d/floor <= C={pd.settings.get('C', 10):g} throughout), "
+        ". different; heterogeneity = max|g_i| / min|g_i|"
+    )
+    return lines
+
+
+def _short_number(x: float) -> str:
+    """A column label: 3 significant digits below 1000, else 1 or 2 as 2.7e3."""
+    if x < 1000:
+        return f"{x:.3g}"
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def _write_equivalence_outputs(out: Path, kind: str, doc: dict, comparison, args) -> None:
@@ -609,17 +709,20 @@ def _norms(args) -> int:
 
 
 def _recipes_help() -> str:
-    return (
-        "Recipes: batch-size, stretched-moons, linear-weights, optimizer-tour (the optimizers "
-        "tour), proposal16 (numerical equivalence), assumptions-convex, assumptions-deep and "
-        "edge-of-stability (the empirical-assumptions study). `optimorph run` lists them with "
-        "their summaries."
-    )
+    """``optimorph run --help``'s description: every registered recipe with its summary."""
+    from optimorph.experiments.recipes import RECIPES
+
+    import textwrap
+
+    lines = [textwrap.fill(f"{r.name:<20} {r.summary}", 90, initial_indent="  ",
+                           subsequent_indent=" " * 23) for r in RECIPES.values()]  # fmt: skip
+    return "Run a named recipe. Recipes:\n" + "\n".join(lines)
 
 
 def _experiment(args) -> int:
     import ast
 
+    from optimorph.experiments.findings import FAILED, status_of
     from optimorph.experiments.recipes import RECIPES, run_recipe
     from optimorph.report.recipe_report import write_recipe_report
     from optimorph.results.store import read_json
@@ -650,8 +753,8 @@ def _experiment(args) -> int:
     )
     report = write_recipe_report(out)
     for f in read_json(out, "findings"):
-        mark = {True: "held", False: "DID NOT HOLD", None: "open"}[f["held"]]
-        print(f"[{mark}] {f['claim']}: {f['measured']}")
+        mark = status_of(f)
+        print(f"[{'DID NOT HOLD' if mark == FAILED else mark}] {f['claim']}: {f['measured']}")
     print(f"report: {report}", file=sys.stderr)
     return 0
 
@@ -680,7 +783,8 @@ def _list(args) -> int:
 
             for name, params, doc in list_problems():
                 print(f"{name:<16} {doc}")
-                print(f"    {params}")
+                for param in params:  # "n: int = 500"
+                    print(f"    {param}")
         elif kind == "recipes":
             from optimorph.experiments.recipes import RECIPES
 
@@ -791,12 +895,9 @@ def _demo(args) -> int:
 
     from optimorph.engine import train
     from optimorph.equivalence.compare import classes
-    from optimorph.experiments.recipes import run_recipe
-    from optimorph.problems import DatasetNotFound
     from optimorph.report import write_report
     from optimorph.report.equivalence_report import write_equivalence_report
     from optimorph.report.figures import save_figures, save_hessian_figure
-    from optimorph.report.recipe_report import write_recipe_report
     from optimorph.results import store, write_run
     from optimorph.results.equivalence_store import write_comparison
     from optimorph.results.hessian import hessian_of_run
@@ -807,6 +908,7 @@ def _demo(args) -> int:
     out.mkdir(parents=True)
     started = time.perf_counter()
     pages: list[tuple[str, Path, str]] = []
+    skipped: list[tuple[str, str]] = []
 
     def say(text: str) -> None:
         print(f"[demo {time.perf_counter() - started:5.0f}s] {text}", file=sys.stderr)
@@ -846,25 +948,45 @@ def _demo(args) -> int:
         counts = ", ".join(f"{len(c)} classes at {p}" for p, c in cls.classes.items())
         pages.append(("Which optimizers are the same algorithm?", write_equivalence_report(eq),
                       counts))  # fmt: skip
-        for name in ("batch-size", "stretched-moons", "optimizer-tour", "linear-weights"):
-            say(f"recipe {name} (quick)")
-            try:
-                d = run_recipe(name, out / name, quick=True, progress=False)
-            except DatasetNotFound as err:
-                say(f"skipped {name}: {err.args[0].splitlines()[0]}")
-                continue
-            findings = store.read_json(d, "findings")
-            held = sum(f["held"] is True for f in findings)
-            pages.append((f"Recipe {name} (quick)", write_recipe_report(d),
-                          f"{held} of {len(findings)} claims held"))  # fmt: skip
-    index = _index_page(out, pages, time.perf_counter() - started)
+        recipe_pages, skipped = _demo_recipes(out, DEMO_RECIPES, say)
+        pages += recipe_pages
+    index = _index_page(out, pages, time.perf_counter() - started, skipped)
     _print_summary(result)
     say(f"done; open {index}")
     print(f"report: {index}", file=sys.stderr)
     return 0
 
 
-def _index_page(out: Path, pages: list[tuple[str, Path, str]], seconds: float) -> Path:
+DEMO_RECIPES = ("batch-size", "stretched-moons", "optimizer-tour", "linear-weights")
+
+
+def _demo_recipes(out: Path, names, say) -> tuple[list, list]:
+    """Run the quick variant of each recipe in ``names`` into ``out/NAME``: the index entries
+    ``(title, report, summary)`` of those that ran and ``(title, why)`` of those skipped for a
+    missing dataset (the whole message: where it looked and how to get the data)."""
+    from optimorph.experiments.findings import tally
+    from optimorph.experiments.recipes import run_recipe
+    from optimorph.problems import DatasetNotFound
+    from optimorph.report.recipe_report import write_recipe_report
+    from optimorph.results import store
+
+    pages, skipped = [], []
+    for name in names:
+        say(f"recipe {name} (quick)")
+        title = f"Recipe {name} (quick)"
+        try:
+            d = run_recipe(name, out / name, quick=True, progress=False)
+        except DatasetNotFound as err:
+            say(f"skipped {name}: {err}")
+            skipped.append((title, str(err)))
+            continue
+        findings = store.read_json(d, "findings")
+        pages.append((title, write_recipe_report(d), tally(findings)))
+    return pages, skipped
+
+
+def _index_page(out: Path, pages: list[tuple[str, Path, str]], seconds: float,
+                skipped: list[tuple[str, str]] = ()) -> Path:  # fmt: skip
     import html
 
     from optimorph.report.html import write_page
@@ -880,8 +1002,16 @@ def _index_page(out: Path, pages: list[tuple[str, Path, str]], seconds: float) -
         "disguise, at which precision do two optimizers become the same, and do the tour's "
         "claims hold? Each page below answers one question, summary first.</p>",
         f"<ul>{items}</ul>",
-        f"<p>Made in {seconds:.0f} s. Full-size recipes: <code>optimorph run NAME</code>.</p>",
     ]
+    if skipped:
+        body += [
+            "<h2>Skipped</h2>",
+            "<ul>" + "".join(f"<li>{html.escape(title)}: not run<pre>{html.escape(why)}</pre></li>"
+                             for title, why in skipped) + "</ul>",
+        ]  # fmt: skip
+    body.append(
+        f"<p>Made in {seconds:.0f} s. Full-size recipes: <code>optimorph run NAME</code>.</p>"
+    )
     return write_page(out / "index.html", "optimorph demo", body)
 
 
@@ -938,7 +1068,7 @@ def _print_summary(result) -> None:
     from optimorph.results.summary import summarize
 
     summary = summarize(result)
-    keys = [k for k in result.evals if k.startswith("test")] or list(result.evals)
+    keys = [k for k in result.evals if k.startswith(("test", "validation"))] or list(result.evals)
     header = f"{'optimizer':<48}" + "".join(f"{k:>22}" for k in keys)
     print(header + "   (mean ± sample std over seeds that did not diverge)")
     for entry in summary["optimizers"]:
@@ -953,9 +1083,10 @@ def _print_summary(result) -> None:
         i = g["members"].index(g["best"]) if g["best"] is not None else None
         best = "every point diverged" if i is None else (
             f"{g['best']} (final {g['metric']} {g['means'][i]:.4g})")  # fmt: skip
-        print(f"best of {g['spec']}: {best}")
-    if summary.get("grids"):
-        print(f"  (rule: {summary['grids'][0]['rule']})")
+        print(f"best of {g['spec']}: {best}, best {g['rule']}")
+    ranking = summary["ranking"]
+    if not summary.get("grids") and len(result.optimizers) > 1 and ranking["order"]:
+        print(f"ranked {ranking['rule']}: {', then '.join(ranking['order'])}")
     for line in result.divergence_messages():
         print(line, file=sys.stderr)
 

@@ -190,6 +190,35 @@ FP32 = Format("fp32", 8, 23, np.dtype(np.float32))
 BF16 = Format("bf16", 8, 7, np.dtype(jnp.bfloat16))
 FP16 = Format("fp16", 5, 10, np.dtype(np.float16))
 
+
+def _nearest_held(fmt: Format, value: float, stored: float) -> float | None:
+    """The value of ``fmt`` nearest to ``value`` that stores it faithfully, where ``stored``
+    broke it: next to +-1 on value's side, the smallest normal number, or the largest finite one.
+    """
+    if abs(stored) == 1.0 and abs(value) != 1.0:
+        step = 2.0 ** -(fmt.mantissa_bits + 1) if abs(value) < 1 else -(2.0**-fmt.mantissa_bits)
+        return math.copysign(1.0 - step, value)
+    if abs(value) < fmt.smallest_normal:
+        return math.copysign(fmt.smallest_normal, value)
+    if abs(value) > fmt.max_value or not math.isfinite(stored):
+        return math.copysign(fmt.max_value, value)
+    return None
+
+
+def _decimal_toward(target: float, up: bool, stored: Callable[[float], float]) -> float:
+    """The shortest decimal on the far side of ``target`` (above if ``up``) that ``stored``
+    maps to ``target``: 0.99609375 in bf16 is 0.996."""
+    import decimal
+
+    exact = decimal.Decimal(target)
+    direction = decimal.ROUND_CEILING if up else decimal.ROUND_FLOOR
+    for digits in range(1, 18):
+        quantum = decimal.Decimal(1).scaleb(exact.adjusted() - digits + 1)
+        candidate = float(exact.quantize(quantum, rounding=direction))
+        if stored(candidate) == target:
+            return candidate
+    return target
+
 _NATIVE = {f.name: f for f in (FP64, FP32, BF16, FP16)}
 _ALIASES = {
     "float64": "fp64",
@@ -522,24 +551,74 @@ class Precision:
         >>> precision("bf16").check_hparams({"b1": 0.9, "b2": 0.999})
         ['b2=0.999 is stored as 1.0 in bf16']
         """
+        return [
+            f"{name}={value!r} is stored as {stored!r} in {self.hparams}"
+            for name, value, stored in self._broken_hparams(hparams)
+        ]
+
+    def hparams_fix(self, name: str, value: float) -> str:
+        """How to keep hyperparameter ``name=value`` intact: a wider hparams format (when one
+        holds it), or the nearest value on its side that this format holds ('' if it is kept).
+
+        The value is the nearest stored value that is not the broken one (the largest below 1
+        for a beta stored as 1, the smallest normal number for an underflow, the largest
+        finite number for an overflow), written with the fewest digits that still round to it.
+
+        >>> print(precision("bf16").hparams_fix("b2", 0.999))
+        keep hyperparameters wide with `hparams=fp32` (e.g. --precision 'bf16,hparams=fp32'),
+        or choose b2 <= 0.996
+        >>> print(precision("fp16").hparams_fix("eps", 1e-8))
+        keep hyperparameters wide with `hparams=fp32` (e.g. --precision 'fp16,hparams=fp32'),
+        or choose eps >= 6.104e-05
+        """
+        broken = self._broken_hparams({name: value})
+        if not broken:
+            return ""
+        fixes = []
+        widths = (FP32, FP64) if jax.config.jax_enable_x64 else (FP32,)
+        wide = next((f for f in widths if not self.hparams.contains(f)), None)
+        if wide is not None:
+            wider = dataclasses.replace(self, hparams=wide)
+            if not wider._broken_hparams({name: value}):
+                fixes.append(
+                    f"keep hyperparameters wide with `hparams={wide.name}` "
+                    f"(e.g. --precision '{wider.name}')"
+                )
+        target = _nearest_held(self.hparams, float(value), broken[0][2])
+        if target is not None:
+            up = target > value
+            held = _decimal_toward(target, up, lambda x: self._stored_hparam(x))
+            fixes.append(f"choose {name} {'>=' if up else '<='} {held!r}")
+        return ", or ".join(fixes)
+
+    def warn_hparams(self, hparams: Mapping[str, Any]) -> list[str]:
+        """:meth:`check_hparams` with each message's fix (:meth:`hparams_fix`), each emitted as
+        a :class:`PrecisionWarning`; returns those messages."""
         messages = []
+        for name, value, stored in self._broken_hparams(hparams):
+            fact = f"{name}={value!r} is stored as {stored!r} in {self.hparams}"
+            fix = self.hparams_fix(name, value)
+            messages.append(f"{fact}: {fix}" if fix else fact)
+        for message in messages:
+            warnings.warn(message, PrecisionWarning, stacklevel=2)
+        return messages
+
+    def _stored_hparam(self, value: float) -> float:
+        return float(np.asarray(self.hparams.round(value)).astype(np.float64))
+
+    def _broken_hparams(self, hparams: Mapping[str, Any]) -> list[tuple[str, float, float]]:
+        """``(name, value, stored)`` for each hyperparameter :meth:`check_hparams` reports."""
+        out = []
         for name, value in hparams.items():
             if isinstance(value, bool) or not isinstance(value, (float, np.floating)):
                 continue
-            stored = float(np.asarray(self.hparams.round(value)).astype(np.float64))
+            stored = self._stored_hparam(value)
             error = abs(stored - float(value))
             if stored != value and (
                 error > self.hparams.unit_roundoff * abs(value) or abs(stored) == 1.0
             ):
-                messages.append(f"{name}={value!r} is stored as {stored!r} in {self.hparams}")
-        return messages
-
-    def warn_hparams(self, hparams: Mapping[str, Any]) -> list[str]:
-        """:meth:`check_hparams`, also emitting each message as a :class:`PrecisionWarning`."""
-        messages = self.check_hparams(hparams)
-        for message in messages:
-            warnings.warn(message, PrecisionWarning, stacklevel=2)
-        return messages
+                out.append((name, value, stored))
+        return out
 
     def check_slots(self, state: PyTree, owner: str) -> None:
         """Raise ValueError unless every slot override (and a ``count`` format) names a field of

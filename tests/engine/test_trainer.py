@@ -322,3 +322,27 @@ def test_adaptive_chunks_show_progress_and_do_not_change_the_result(monkeypatch,
     for key in fixed.evals:
         np.testing.assert_array_equal(adaptive.evals[key], fixed.evals[key])
     np.testing.assert_array_equal(adaptive.eval_steps, [0, 100, 200, 300, 400])
+
+
+def test_progress_time_left_excludes_the_warm_up():
+    """A first chunk that compiles for 3 s, then 9 steps per 0.1 s: the ETA counts from the
+    steady rate, not from the compilation spread over the run."""
+    import io
+
+    from optimorph.engine import progress as progress_mod
+
+    clock = iter([0.0, 3.0, 3.1, 3.2])
+    real = progress_mod.time.perf_counter
+    progress_mod.time.perf_counter = lambda: next(clock)
+    try:
+        stream = io.StringIO()
+        bar = progress_mod.Progress(100, "run", stream=stream, every_s=0.0)
+        bar.advance(10, "(compiled)", warmup=True)  # t = 3.0
+        bar.advance(9)  # t = 3.1: 90 steps/s
+        bar.advance(9)  # t = 3.2
+    finally:
+        progress_mod.time.perf_counter = real
+    lines = stream.getvalue().splitlines()
+    assert "left" not in lines[0]  # no rate yet: nothing to project
+    assert "90.0 steps/s" in lines[1] and "~1s left" in lines[1]  # 81 steps at 90/s
+    assert "~1s left" in lines[2]

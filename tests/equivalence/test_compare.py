@@ -216,3 +216,24 @@ def test_one_seed_says_why_there_are_no_p_values(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert "Blank at fp32: no paired test: 1 seed; paired tests need &gt;= 2 seeds." in page
     assert "diverged" not in page.split("Blank at")[1].split("</p>")[0]  # only what happened
+
+
+def test_a_different_verdict_names_the_defaults_the_two_specs_leave_apart():
+    """optax's adamw decays by 1e-4 by default, optimorph's by 0.01 (as torch.optim.AdamW)."""
+    from optimorph.equivalence.compare import _default_mismatch
+    from optimorph.optimizers import resolve
+
+    previous = optimorph.spec.allow_imports(True)
+    try:
+        c = compare("optax:adamw(1e-3)", "adamw(lr=1e-3)", problem="least-squares(n=32, d=4)",
+                    precision="fp32", seeds=2, steps=40, progress=False)  # fmt: skip
+        v = c.pairs["fp32"][0]
+        # Set by the user on either side, a hyperparameter is no default left apart.
+        for a, b in [("optax:adamw(1e-3, weight_decay=0.01)", "adamw(lr=1e-3)"),
+                     ("optax:adamw(1e-3)", "adamw(lr=1e-3, weight_decay=1e-4)")]:  # fmt: skip
+            assert _default_mismatch(resolve(a), resolve(b)) == ""
+    finally:
+        optimorph.spec.allow_imports(previous)
+    assert v.outcome == "different"
+    assert "both specs leave weight_decay (A 0.0001, B 0.01) at different defaults" in v.reason
+    assert "b1" not in v.reason.split("defaults")[0]  # equal defaults are not named

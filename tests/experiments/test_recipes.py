@@ -1,8 +1,8 @@
 """Recipes end to end on tiny settings: run directory, findings, report, redraw, resume."""
 
-import html
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +10,14 @@ import pytest
 
 from optimorph import cli
 from optimorph.experiments import recipes, tour
+from optimorph.experiments.findings import NOT_JUDGED, OPEN
+from optimorph.report.html import cell_text
 from optimorph.report.recipe_report import write_recipe_report
 from optimorph.results import store
 
 TINY = {
     "batch-size": dict(batch_sizes=(8, 64), steps=300, test_sets=3, numpy_sample_steps=50,
-                       workers=1),
+                       optimorph_sample_steps=200, speed_pairs=3, workers=1),
     "stretched-moons": dict(epochs=2, seeds=2),
     "optimizer-tour": dict(steps=100, seeds=2),
     "linear-weights": dict(steps=40, n_train=500),
@@ -41,9 +43,15 @@ def test_a_recipe_writes_findings_and_a_report_that_a_browser_shows(name, tmp_pa
     assert config["recipe"] == name and config["quick"] is True
     findings = store.read_json(out, "findings")
     assert findings and all({"claim", "measured", "held"} <= set(f) for f in findings)
+    for f in findings:  # every verdict prints the rule that decided it, threshold included
+        assert f["rule"] or f["status"] == OPEN, f
+        if f["rule"]:
+            assert f"rule: {f['rule']}" in f["measured"] and re.search(r"\d", f["rule"]), f
+        if not f["judged_at_quick"]:  # fixed per claim in the recipe: quick runs leave it
+            assert f["status"] == NOT_JUDGED and f["held"] is None, f
     page = write_recipe_report(out)
     text = page.read_text()
-    assert "Findings" in text and html.escape(findings[0]["claim"], quote=False) in text
+    assert "Findings" in text and cell_text(findings[0]["claim"]) in text
     shown = check_page(page)
     assert shown["images"] >= 1
     assert not (out / ".lock").exists()

@@ -1,5 +1,6 @@
 """Hyperparameter grids in spec strings: expansion, one program, the best point by the stated rule."""
 
+import html
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import optimorph
 from optimorph import cli
 from optimorph.engine import trainer
-from optimorph.optimizers.grid import BEST_RULE, expand
+from optimorph.optimizers.grid import expand
 from optimorph.results.summary import summarize
 from optimorph.spec import SpecError
 
@@ -65,7 +66,9 @@ def test_a_grid_is_one_program_equal_to_separate_runs_and_its_best_point_follows
 
     summary = summarize(r)
     (grid,) = summary["grids"]
-    assert grid["spec"] == "sgd(lr=[0.01, 0.1, 50.0])" and grid["rule"] == BEST_RULE
+    assert grid["spec"] == "sgd(lr=[0.01, 0.1, 50.0])" and grid["metric"] == "train/loss"
+    assert grid["rule"].startswith("by training-set loss at the last evaluation, lowest mean over "
+                                   "2 seeds") and "no held-out data" in grid["rule"]  # fmt: skip
     finals = r.evals[grid["metric"]][:, :, -1].mean(axis=1)
     assert grid["means"][:2] == pytest.approx(finals[:2], rel=1e-12)
     assert grid["means"][2] is None  # every seed diverged: no mean, never the best
@@ -86,5 +89,6 @@ def test_the_command_line_prints_the_best_point_and_the_report_draws_the_grid(
     assert f"best of adam(lr=logspace(1e-3, 1e-1, 3)): {grid['best']}" in printed
     assert (out / "grids.png").exists()
     page = (out / "report.html").read_text()
-    assert "← best" in page and BEST_RULE in page
+    assert "← best" in page and html.escape(grid["rule"]) in page
+    assert "no validation split" in grid["rule"], "two moons has held-out data: say how to use it"
     check_page(out / "report.html")

@@ -84,9 +84,16 @@ def test_divergence_grid_png(tmp_path):
     for kind in ["distance", "ratio"]:
         fig = divergence_grid(panels, kind=kind)
         _assert_png(save_figure(fig, tmp_path / f"grid_{kind}.png"))
-        assert fig.axes[0].get_title().startswith("sgd vs signsgd @ fp16")
-        assert fig.axes[4].get_title().startswith("adam vs signsgd @ fp32")
+        # A pair's name once above its row, the precision on each panel, a y label per row.
+        assert [row.get_suptitle() for row in fig.subfigs] == ["sgd vs signsgd", "adam vs signsgd"]
+        assert fig.axes[0].get_title().startswith("fp16")
+        assert fig.axes[4].get_title().startswith("fp32")
         assert not fig.axes[5].axison
+        assert fig.axes[0].get_ylabel() and fig.axes[3].get_ylabel() and not fig.axes[1].get_ylabel()
+        # One legend, above the panels, naming each curve once.
+        (legend,) = fig.legends
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert len(texts) == len(set(texts)) == (4 if kind == "distance" else 2)
 
 
 @pytest.mark.parametrize(
@@ -121,6 +128,15 @@ def test_phase_diagram_png(tmp_path):
         np.asarray(summary.collections[0].get_array()).reshape(eq.shape[1:]), eq.sum(axis=0)
     )
     assert summary.get_xscale() == "log"
+    # One colour scale, darker = more different: "equivalent" on a pair's panel is the colour of
+    # "every pair equivalent" on the summary, "not equivalent" the colour of "none", and darker.
+    pair, total = fig.axes[0].collections[0], summary.collections[0]
+    shade = lambda mesh, v: np.asarray(mesh.cmap(mesh.norm(v)))  # noqa: E731
+    np.testing.assert_array_equal(shade(pair, 1.0), shade(total, 3))
+    np.testing.assert_array_equal(shade(pair, 0.0), shade(total, 0))
+    assert shade(pair, 0.0)[:3].sum() < shade(pair, 1.0)[:3].sum()
+    labels = [ax.get_ylabel() for ax in fig.axes[len(pairs) + 1 :] if ax.get_ylabel()]
+    assert any("darker" in label for label in labels) and len(labels) >= 2, labels
     # The native formats inside 4..52 bits are marked on a secondary y axis.
     right_labels = {
         label.get_text() for child in fig.axes[0].child_axes for label in child.get_yticklabels()

@@ -33,24 +33,36 @@ class Progress:
         self.start = time.perf_counter()
         self.last_print = -float("inf")
         self.done = 0
+        self.base = (self.start, 0)  # (time, done) the rate counts from: after the warm-up
         self.tty = getattr(self.stream, "isatty", lambda: False)()
 
-    def advance(self, n: int, note: str = "") -> None:
+    def advance(self, n: int, note: str = "", *, warmup: bool = False) -> None:
+        """Count ``n`` more units. ``warmup``: this work carried a one-off cost (compilation),
+        so the rate and the time left count from the end of it (an ETA of minutes for a run that
+        ends two seconds later was compilation time spread over the whole run)."""
         self.done = min(self.done + int(n), self.total)
+        now = time.perf_counter()
+        if warmup:
+            self.base = (now, self.done)
         if not self.enabled:
             return
-        now = time.perf_counter()
         finished = self.done >= self.total
         if not (self.tty or finished or now - self.last_print >= self.every_s):
             return
         self.last_print = now
         elapsed = now - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate > 0 else float("nan")
-        line = (
-            f"{self.label} {self.done}/{self.total} ({100 * self.done / self.total:.0f}%) "
-            f"{_si(rate)} {self.unit}/s, {elapsed:.0f}s elapsed, ~{left:.0f}s left {note}"
-        ).strip()
+        since, done_then = self.base
+        if self.done > done_then and now > since:  # steady rate, after the warm-up
+            rate = (self.done - done_then) / (now - since)
+        else:
+            rate = self.done / elapsed if elapsed > 0 and not warmup else 0.0
+        parts = [f"{self.label} {self.done}/{self.total} ({100 * self.done / self.total:.0f}%)"]
+        if rate > 0:
+            parts.append(f"{_si(rate)} {self.unit}/s,")
+        parts.append(f"{elapsed:.0f}s elapsed" + ("" if finished or rate <= 0 else ","))
+        if rate > 0 and not finished:
+            parts.append(f"~{(self.total - self.done) / rate:.0f}s left")
+        line = " ".join(parts + [note]).strip()
         end = "\n" if finished or not self.tty else ""
         self.stream.write(("\r" if self.tty else "") + line + end)
         self.stream.flush()

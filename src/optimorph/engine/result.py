@@ -35,7 +35,8 @@ class TrainResult:
       probes: per-step outputs of the run's trajectory probes, ``[O, S, T]`` like
         ``train_loss`` (averaged over ``log_every`` windows by each probe's rule).
       rounded_hparams: per optimizer, the hyperparameters its precision changed when storing
-        them (``"eps=1e-08 is stored as 0.0 in fp16"``): the usual cause of a divergence.
+        them, each with its fix (``"eps=1e-08 is stored as 0.0 in fp16: keep hyperparameters
+        wide with ..., or choose eps >= 6.104e-05"``): the usual cause of a divergence.
     """
 
     optimizers: list[str]
@@ -99,12 +100,7 @@ test/accuracy; diverged: 0/2 runs; wall 0.0 s)
         for opt, seed, step in self.diverged():
             line = f"diverged: {opt} seed {seed} at step {step}"
             rounded = self.rounded_hparams.get(opt)
-            if rounded:
-                precision = self.config.get("precision", "fp16")
-                line += (
-                    f"; {'; '.join(rounded)}: choose a value the format can hold (eps=1e-4 "
-                    f"for fp16) or keep hyperparameters wide (precision "
-                    f"'{precision},hparams=fp32')"
-                )
+            if rounded:  # each message carries its own fix (Precision.hparams_fix)
+                line += f"; {'; '.join(rounded)}"
             lines.append(line)
         return lines

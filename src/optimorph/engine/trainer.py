@@ -519,7 +519,8 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
             if live is not None and done < plan.steps and not stop:
                 div = np.asarray(carry["diverged"]).reshape(n_cfg, n_seed)
                 live(_padded(parts, per_step, plan, n_cfg, n_seed), done, div)
-        bar.advance(n * plan.block, "" if compiled else f"(compiled and ran in {elapsed:.1f}s)")
+        bar.advance(n * plan.block, "" if compiled else f"(compiled and ran in {elapsed:.1f}s)",
+                    warmup=not compiled)  # fmt: skip
         interrupts.raise_if_requested()
         if plan.chunk_blocks is None:
             # The first chunk's time is mostly compilation: try 2 blocks, then aim for a chunk

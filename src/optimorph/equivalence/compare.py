@@ -125,6 +125,11 @@ class PairVerdict:
         }
 
     @property
+    def stall_warning(self) -> str:
+        """Why a verdict on two mostly stalled runs is no evidence ('' when they did not stall)."""
+        return _stall_warning(self.stalled_a, self.stalled_b) if self.stalled else ""
+
+    @property
     def outcome(self) -> str:
         """``"equivalent"``, ``"different"`` or ``"undecidable"`` (both diverged, differently or
         before any finite step: nothing can be said about the algorithms at this precision)."""
@@ -388,11 +393,10 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
         # blow-up): the verdict above compared finite trajectories, but say what broke.
         said = "; ".join(f"{w}: {t}" for w, t in (("A", said_a), ("B", said_b)) if t)
         reason += f"; no NaN/inf parameters, but the engine's divergence rule fired ({said})"
+    if decided and not equivalent:
+        reason += _default_mismatch(specs[i], specs[j])
     if stalled:
-        reason += (
-            f"; WARNING: both runs mostly stalled (updates absorbed: A {stalled_a:.0%}, "
-            f"B {stalled_b:.0%}): a collapse by stagnation, not evidence of one algorithm"
-        )
+        reason += f"; WARNING: {_stall_warning(stalled_a, stalled_b)}"
     checks = _theory(prob, specs[i], p, steps, batch_size, every)
     return PairVerdict(
         a=specs[i].text,
@@ -544,6 +548,42 @@ def _divergence(r: Any, o: int, factor: float | None) -> _Divergence | None:
         of=int(at.size),
         factor=factor,
         note="; ".join(rounded),
+    )
+
+
+def _stall_warning(stalled_a: float, stalled_b: float) -> str:
+    return (
+        f"both runs mostly stalled (updates absorbed: A {stalled_a:.0%}, B {stalled_b:.0%}): "
+        "a collapse by stagnation, not evidence of one algorithm"
+    )
+
+
+def _default_mismatch(a: Any, b: Any) -> str:
+    """A clause naming the hyperparameters both specs leave unset whose defaults differ (the
+    likely cause of a 'different' verdict), or ''.
+
+    >>> from optimorph.optimizers import resolve
+    >>> _default_mismatch(resolve("adamw(lr=1e-3)"), resolve("adamw(lr=1e-3, b2=0.99)"))
+    ''
+    >>> a, b = resolve("adam(lr=1e-3)"), resolve("adabelief(lr=1e-3)")
+    >>> print(_default_mismatch(a, b))  # doctest: +NORMALIZE_WHITESPACE
+    ; both specs leave eps (A 1e-08, B 1e-16) at different defaults: set it in both to compare
+    the same setting
+    """
+    plain = (bool, int, float, str)
+    differ = [
+        f"{name} (A {value!r}, B {b.defaults[name]!r})"
+        for name, value in a.defaults.items()
+        if name in b.defaults
+        and isinstance(value, plain)
+        and isinstance(b.defaults[name], plain)
+        and value != b.defaults[name]
+    ]
+    if not differ:
+        return ""
+    return (
+        f"; both specs leave {', '.join(differ)} at different defaults: set "
+        f"{'it' if len(differ) == 1 else 'them'} in both to compare the same setting"
     )
 
 

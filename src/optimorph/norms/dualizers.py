@@ -44,6 +44,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from optimorph import linalg
 from optimorph.norms.layout import DEFAULT_LAYOUT, as_operator, from_operator
 from optimorph.registry import Registry
 
@@ -89,7 +90,7 @@ def _safe_div(a: Array, b: Array) -> Array:
 def _svd(g: Array) -> tuple[Array, Array, Array]:
     """The reduced SVD, computed in float32 at least (no half-precision SVD on CPU)."""
     work = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-    return jnp.linalg.svd(work, full_matrices=False)
+    return linalg.svd(work, full_matrices=False)
 
 
 def _polar(g: Array) -> Array:

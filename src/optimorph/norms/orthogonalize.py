@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optimorph import linalg
 from optimorph.registry import Registry
 
 __all__ = [
@@ -76,7 +77,7 @@ def _wide(g: Array) -> tuple[Array, bool]:
 def svd(g: Array) -> Array:
     """Exact U V^T (float32 at least: there is no half-precision SVD on CPU)."""
     work = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-    u, s, vt = jnp.linalg.svd(work, full_matrices=False)
+    u, s, vt = linalg.svd(work, full_matrices=False)
     keep = s > s.max(initial=0.0) * max(g.shape) * jnp.finfo(s.dtype).eps
     return ((u * keep[None, :]) @ vt).astype(g.dtype)
 
@@ -116,10 +117,10 @@ def inverse_fourth_root(a: Array, eps: Any = 0.0) -> Array:
     and a rank-deficient G they would otherwise blow up to (1e-17)^(-1/4).
     """
     a = a.astype(jnp.result_type(float))
-    # The SVD of a symmetric PSD matrix is its eigendecomposition (A = V S V^T). eigh would be
-    # cheaper, but on jaxlib 0.10.2's CPU backend a vmapped eigh inside the trainer's loop hangs
-    # (every thread waiting; seen with 11 or more lanes of Shampoo on a 32 x 16 weight).
-    v, w, _ = jnp.linalg.svd(a)
+    # The SVD of a symmetric PSD matrix is its eigendecomposition (A = V S V^T). It was chosen
+    # when a vmapped eigh hung in the trainer's loop (optimorph.linalg now runs every lane's
+    # decomposition on its own) and is kept so that Shampoo's trajectories stay as they were.
+    v, w, _ = linalg.svd(a)
     w = jnp.maximum(w, 0.0) + eps
     floor = jnp.max(w) * a.shape[0] * jnp.finfo(a.dtype).eps
     inv = jnp.where(w > floor, jnp.where(w > 0, w, 1.0) ** -0.25, 0.0)

@@ -4,8 +4,9 @@ A list, ``logspace(low, high, n)`` (n values from low to high, evenly spaced in 
 included) or ``linspace(low, high, n)`` as the value of a hyperparameter makes the spec a grid:
 :func:`expand` turns it into one spec per point (several grid hyperparameters: every
 combination). ``train`` runs the points that differ only in numbers (learning rates, betas) as
-lanes of one compiled program, and the summary picks the best point of each grid by
-:data:`BEST_RULE`.
+lanes of one compiled program, and the summary picks the best point of each grid by the one
+ranking rule, :func:`optimorph.results.summary.rank` (validation loss when the problem holds a
+validation split out, training-set loss otherwise; it says which).
 
 logspace/linspace values are rounded to 3 significant digits, so that labels, tables and files
 name the value that was run (``3.16e-04``, not ``0.00031622776601683794``).
@@ -28,13 +29,8 @@ import numpy as np
 from optimorph import spec as spec_lib
 from optimorph.spec import Call, SpecError
 
-__all__ = ["Grid", "expand", "is_grid_value", "BEST_RULE", "best_point"]
+__all__ = ["Grid", "expand", "is_grid_value"]
 
-BEST_RULE = (
-    "lowest mean final loss on the whole training set (the last evaluation; the minibatch "
-    "loss of the last 10% of steps when there is no evaluation), over seeds, among the points "
-    "where no seed diverged"
-)
 _RANGES = ("logspace", "linspace")
 MAX_POINTS = 1000
 
@@ -111,16 +107,3 @@ def _values(name: str, value: Any, text: str) -> list:
     else:
         points = np.linspace(low, high, n)
     return [float(f"{x:.3g}") for x in points]
-
-
-def best_point(means: list[float | None], diverged: list[bool]) -> int | None:
-    """Index of the best grid point by :data:`BEST_RULE` (None when every point diverged or has
-    no finite value); ties go to the first point.
-
-    >>> best_point([0.5, 0.2, None], [False, False, False])
-    1
-    >>> best_point([0.5, 0.2, 0.1], [False, False, True])
-    1
-    """
-    ok = [i for i, (m, d) in enumerate(zip(means, diverged)) if m is not None and not d]
-    return min(ok, key=lambda i: means[i]) if ok else None

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from optimorph import linalg
 from optimorph.optimizers.first_order import _count, _hi, _lr, _rate, _step
 from optimorph.optimizers.registry import HParam, register, resolve  # noqa: F401 (doctest)
 
@@ -68,7 +69,7 @@ def newton(lr, damping, max_params: int) -> optax.GradientTransformation:
         hessian = jax.hessian(lambda f: value_fn(unravel(f)))(flat)
         g = _hi(ravel_pytree(grads)[0])
         system = _hi(hessian) + _hi(damping) * jnp.eye(flat.size, dtype=g.dtype)
-        step = jnp.linalg.solve(system, g)
+        step = linalg.solve(system, g)
         updates = unravel((-_rate(lr, t) * step).astype(flat.dtype))
         return updates, NewtonState(count)
 

@@ -9,6 +9,7 @@ schedule parameters: a grid of them shares one compiled, vmapped program).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any, Callable, Mapping
 
@@ -164,13 +165,17 @@ class OptimizerSpec:
 
     ``text`` is the spec as the user gave it (the run's label); ``canonical`` spells out every value.
     A user's own transformation (``pkg.mod:attr`` or an optax object) has ``entry=None`` and
-    carries it in ``custom``.
+    carries it in ``custom``. ``defaults`` are the hyperparameters the spec leaves at their
+    defaults, with those values (a ``pkg.mod:factory(...)`` call's unset keyword defaults; empty
+    for an optax object, whose making is not known): what ``compare`` names when two specs
+    differ only by a default.
     """
 
     text: str
     entry: Entry | None
     values: Mapping[str, Any]
     custom: optax.GradientTransformation | None = None
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -250,6 +255,11 @@ def resolve(spec: Any, **overrides: Any) -> OptimizerSpec:
         return _from_import_path(call, overrides)
     entry = REGISTRY.get(call.name)
     if entry is None:
+        module, _, attr = call.name.rpartition(".")
+        if module and attr:  # optax.adamw: a factory written with '.' where ':' belongs
+            raise SpecError(f"unknown optimizer {call.name!r}: to call a factory from a module, "
+                            f"write '{module}:{attr}(...)' (with --allow-import on the command "
+                            f"line)")  # fmt: skip
         raise SpecError(
             f"unknown optimizer {call.name!r}; registered: {', '.join(sorted(REGISTRY))} "
             "(or give 'package.module:factory' for your own)"
@@ -274,7 +284,8 @@ def resolve(spec: Any, **overrides: Any) -> OptimizerSpec:
         raise SpecError(f"{where}: unknown hyperparameter {', '.join(unknown)}; valid: {valid}")
     values = {h.name: h.validate(given.get(h.name, h.default), where) for h in entry.hparams}
     text = spec if isinstance(spec, str) and not overrides else str(Call(call.name, (), given))
-    return OptimizerSpec(text, entry, values)
+    defaults = {h.name: h.default for h in entry.hparams if h.name not in given}
+    return OptimizerSpec(text, entry, values, defaults=defaults)
 
 
 def _from_import_path(call: Call, overrides: dict) -> OptimizerSpec:
@@ -285,12 +296,27 @@ def _from_import_path(call: Call, overrides: dict) -> OptimizerSpec:
     except Exception as err:  # the user's code: report it in one line, naming the spec
         raise SpecError(f"calling {call.name} failed: {type(err).__name__}: {err}") from None
     if isinstance(made, optax.GradientTransformation):
-        return OptimizerSpec(str(call), None, {}, made)
+        return OptimizerSpec(str(call), None, {}, made, _keyword_defaults(factory, call, kwargs))
     if isinstance(made, OptimizerSpec):
         return made
     raise SpecError(
         f"{call.name} returned {type(made).__name__}; it must return an optax.GradientTransformation"
     )
+
+
+def _keyword_defaults(factory: Any, call: Call, kwargs: dict) -> dict[str, Any]:
+    """The keyword defaults of ``factory`` that the call leaves unset ({} when its signature is
+    unknown, as for some builtins)."""
+    try:
+        signature = inspect.signature(factory)
+        given = signature.bind_partial(*call.args, **kwargs).arguments
+    except (TypeError, ValueError):
+        return {}
+    return {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if name not in given and p.default is not inspect.Parameter.empty
+    }
 
 
 def is_named(x: Any) -> bool:

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from optimorph import linalg
+
 __all__ = [
     "hvp_fn",
     "lanczos",
@@ -95,7 +97,7 @@ def lanczos(
 
     basis, alphas, betas = jax.lax.fori_loop(0, steps, body, (basis, alphas, betas))
     tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-    values, vectors = jnp.linalg.eigh(tri)
+    values, vectors = linalg.eigh(tri)
     return values, vectors[0] ** 2
 
 

@@ -10,7 +10,11 @@ import numpy as np
 Batch = tuple  # (inputs, targets) arrays with a leading example axis
 Params = Any  # a pytree of float arrays
 
-__all__ = ["Problem", "Batch", "Params"]
+__all__ = ["Problem", "Batch", "Params", "hold_out", "VALIDATION"]
+
+VALIDATION = "validation"
+"""Name of the evaluation set :func:`hold_out` carves from the training set."""
+_VALIDATION_STREAM = 0x76616C  # "val": the split's own random stream, never the data's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,3 +93,54 @@ class Problem:
             full_batch=full_batch,
             apply=apply,
         )
+
+
+def hold_out(problem: Problem, fraction: float, *, seed: int = 0) -> Problem:
+    """``problem`` with a random ``fraction`` of its training set moved to an evaluation set
+    named ``"validation"``: the engine evaluates it like the test sets and trains on the rest.
+
+    ``round(fraction * n)`` examples (at least one, and at least one left to train on), chosen
+    from a random stream of their own, ``numpy.random.SeedSequence((0x76616C, seed))``, so the
+    same problem and seed always hold out the same examples and the data's own streams are
+    untouched. Both parts keep the training set's order. The test sets are never touched.
+    ``info`` records ``validation`` (the fraction), ``n_validation`` and the new ``n_train``.
+
+    Args:
+      problem: a problem with a training set of at least two examples.
+      fraction: the fraction held out, in (0, 1).
+      seed: the problem's data seed.
+
+    Returns:
+      The new Problem (``problem`` itself is unchanged).
+
+    Raises:
+      ValueError: a fraction outside (0, 1), a full-batch problem without data, too few
+        examples, or a problem that already has an evaluation set named ``"validation"``.
+
+    >>> import jax.numpy as jnp, numpy as np
+    >>> p = Problem.from_functions(lambda key: {"w": jnp.zeros(1)},
+    ...     lambda params, b: jnp.mean((b[0] @ params["w"] - b[1]) ** 2),
+    ...     (np.arange(10.0).reshape(10, 1), np.zeros(10)))
+    >>> q = hold_out(p, 0.2)
+    >>> q.n_train, len(q.evals["validation"][0]), q.info["n_validation"]
+    (8, 2, 2)
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation={fraction!r}: the fraction held out must be in (0, 1)")
+    if VALIDATION in problem.evals:
+        raise ValueError(f"{problem.name} already has an evaluation set named {VALIDATION!r}")
+    n = problem.n_train
+    if problem.full_batch and n <= 1:
+        raise ValueError(f"{problem.name} has no training data to hold out a validation set from")
+    k = min(max(1, round(fraction * n)), n - 1)
+    if k < 1:
+        raise ValueError(f"{problem.name} has {n} training example(s): too few to hold any out")
+    rng = np.random.default_rng(np.random.SeedSequence((_VALIDATION_STREAM, seed)))
+    held = np.zeros(n, bool)
+    held[rng.choice(n, size=k, replace=False)] = True
+    train = tuple(np.asarray(a)[~held] for a in problem.train)
+    validation = tuple(np.asarray(a)[held] for a in problem.train)
+    info = {**problem.info, "n_train": n - k, "n_validation": k, "validation": fraction}
+    return dataclasses.replace(
+        problem, train=train, evals={**problem.evals, VALIDATION: validation}, info=info
+    )

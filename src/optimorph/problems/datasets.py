@@ -91,7 +91,7 @@ def _check_widths(widths: tuple[int, ...]) -> None:
     check(len(widths) > 0 and min(widths) > 0, "widths", widths, "a non-empty list of ints > 0")
 
 
-@registered("logistic", shown=("dataset",))
+@registered("logistic", shown=("dataset",), validation=True)
 def logistic(
     *,
     dataset: Literal["breast_cancer", "digits", "wine", "iris"] = "breast_cancer",
@@ -129,7 +129,7 @@ def logistic(
     )
 
 
-@registered("digits", shown=("model",))
+@registered("digits", shown=("model",), validation=True)
 def digits(
     *,
     model: Model = "mlp",
@@ -169,7 +169,7 @@ def digits(
     )
 
 
-@registered("mnist1d", shown=("n",))
+@registered("mnist1d", shown=("n",), validation=True)
 def mnist1d(
     *,
     n: int = 4000,
@@ -299,7 +299,7 @@ def _idx_problem(
     )
 
 
-@registered("fashion-mnist", shown=("model",))
+@registered("fashion-mnist", shown=("model",), validation=True)
 def fashion_mnist(
     *,
     path: str | None = None,
@@ -332,7 +332,7 @@ def fashion_mnist(
     return _idx_problem("fashion-mnist", how, path, model, widths, activation, n_train, standardize)
 
 
-@registered("mnist", shown=("model",))
+@registered("mnist", shown=("model",), validation=True)
 def mnist(
     *,
     path: str | None = None,

@@ -29,7 +29,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, Union
 
-from optimorph.problems.base import Problem
+from optimorph.problems.base import VALIDATION, Problem, hold_out
 from optimorph.spec import Call, SpecError
 
 __all__ = ["Param", "ProblemInfo", "registered", "check"]
@@ -69,12 +69,16 @@ def check(ok: bool, arg: str, value: Any, valid: str) -> None:
         raise SpecError(f"{arg}={_show(value)} is out of range: valid is {valid}")
 
 
-def registered(name: str, *, shown: tuple[str, ...] = ()) -> Callable:
+def registered(name: str, *, shown: tuple[str, ...] = (), validation: bool = False) -> Callable:
     """Decorate a problem factory: validate its arguments and name the Problem it returns.
 
     Args:
       name: the spec name, e.g. ``"two-moons"``.
       shown: arguments always written in the canonical name (others only when not default).
+      validation: the problem has a training set to hold a validation split out of: the factory
+        takes one more argument, ``validation: float = 0.0``, the fraction of the training set
+        moved to an evaluation set ``"validation"`` (:func:`~optimorph.problems.base.hold_out`,
+        drawn from the factory's ``seed``). 0, the default, leaves the problem as it was.
 
     Returns:
       A decorator; the decorated factory takes keyword arguments only and has an ``info``
@@ -87,6 +91,9 @@ def registered(name: str, *, shown: tuple[str, ...] = ()) -> Callable:
             Param(p.name, _type_name(hints[p.name]), p.default)
             for p in inspect.signature(fn).parameters.values()
         )
+        if validation:
+            hints = {**hints, VALIDATION: float}
+            params += (Param(VALIDATION, "float", 0.0),)
         description = (fn.__doc__ or "").strip().splitlines()[0]
         valid = ", ".join(str(p) for p in params)
 
@@ -106,10 +113,19 @@ def registered(name: str, *, shown: tuple[str, ...] = ()) -> Callable:
                         f"{name}: {key} must be {_type_name(hints[key])}, got {_show(value)} "
                         f"({type(value).__name__}); valid arguments: {valid}"
                     ) from None
+            held_out = values.pop(VALIDATION) if validation else 0.0
             try:
+                check(0 <= held_out < 1, VALIDATION, held_out, "0 <= validation < 1")
                 problem = fn(**values)
             except SpecError as err:
                 raise SpecError(f"{name}: {err}") from None
+            if held_out:
+                try:
+                    problem = hold_out(problem, held_out, seed=values.get("seed", 0))
+                except ValueError as err:  # too few training examples
+                    raise SpecError(f"{name}: {err}") from None
+            if validation:
+                values[VALIDATION] = held_out
             return dataclasses.replace(problem, name=_canonical(name, params, values, shown))
 
         factory.info = ProblemInfo(name, params, description)

@@ -48,7 +48,7 @@ def _check_moons(n: int, noise: float, test_n: int, widths: tuple[int, ...]) -> 
     check(len(widths) > 0 and min(widths) > 0, "widths", widths, "a non-empty list of ints > 0")
 
 
-@registered("two-moons", shown=("n", "noise", "flip"))
+@registered("two-moons", shown=("n", "noise", "flip"), validation=True)
 def two_moons(
     *,
     n: int = 500,
@@ -105,7 +105,7 @@ def two_moons(
     )
 
 
-@registered("stretched-moons", shown=("n", "sx", "sy", "noise"))
+@registered("stretched-moons", shown=("n", "sx", "sy", "noise"), validation=True)
 def stretched_moons(
     *,
     n: int = 500,
@@ -193,7 +193,7 @@ def quadratic(*, dim: int = 100, kappa: float = 100.0) -> Problem:
     )
 
 
-@registered("least-squares", shown=("n", "d", "hetero", "noise"))
+@registered("least-squares", shown=("n", "d", "hetero", "noise"), validation=True)
 def least_squares(
     *,
     n: int = 200,
@@ -267,7 +267,7 @@ def least_squares(
     )
 
 
-@registered("modular-addition", shown=("p", "train_fraction"))
+@registered("modular-addition", shown=("p", "train_fraction"), validation=True)
 def modular_addition(
     *,
     p: int = 97,

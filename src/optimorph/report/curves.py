@@ -17,6 +17,7 @@ curve from the step it broke instead of turning the whole mean into NaN.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +27,14 @@ from matplotlib.figure import Figure
 from optimorph.engine.result import TrainResult
 from optimorph.optimizers import resolve
 from optimorph.report.labels import plain_text
+from optimorph.report.style import (
+    MAX_WIDTH,
+    legend_above,
+    legend_height,
+    series_marker,
+    series_style,
+    tidy_log_ticks,
+)
 from optimorph.results.summary import FINAL_FRACTION, TRAIN_LOSS_KEY, final_values, summarize
 
 __all__ = [
@@ -50,7 +59,9 @@ def loss_figure(result: TrainResult) -> Figure:
     """
     key = headline_eval_key(list(result.evals)) if result.evals else None
     n_panels = 2 if key else 1
-    fig = Figure(figsize=(_PANEL[0] * n_panels, _PANEL[1]), layout="constrained")
+    width = min(MAX_WIDTH, _PANEL[0] * n_panels)
+    labels = _series_labels(result)
+    fig = Figure(figsize=(width, _PANEL[1] + legend_height(labels, width)), layout="constrained")
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     steps, losses, window = _smoothed(result.steps, result.train_loss)
     _plot_curves(axes[0], result, steps, losses)
@@ -64,8 +75,18 @@ def loss_figure(result: TrainResult) -> Figure:
         axes[1].set_ylabel(_ylabel(key))
         if key.endswith("loss"):
             _log_if_positive(axes[1], result.evals[key])
-    axes[0].legend(fontsize="small")
+    legend_above(fig, *axes[0].get_legend_handles_labels())
     return fig
+
+
+def _series_labels(result: TrainResult) -> list[str]:
+    """The legend label of each optimizer's curve: its spec, and how many seeds diverged."""
+    labels = []
+    for i, name in enumerate(result.optimizers):
+        n_div = int((result.diverged_at[i] >= 0).sum())
+        diverged = f" ({n_div}/{len(result.seeds)} diverged)" if n_div else ""
+        labels.append(plain_text(name) + diverged)
+    return labels
 
 
 def _smoothed(steps: np.ndarray, losses: np.ndarray, points: int = 200):
@@ -93,7 +114,10 @@ def eval_figure(result: TrainResult, keys: Sequence[str] | None = None) -> Figur
         raise ValueError("the result has no evaluation metrics to plot")
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
-    fig = Figure(figsize=(_PANEL[0] * ncols, _PANEL[1] * nrows), layout="constrained")
+    width = min(MAX_WIDTH, _PANEL[0] * ncols)
+    height = min(_PANEL[1], 0.8 * width / ncols + 0.2) * nrows
+    labels = _series_labels(result)
+    fig = Figure(figsize=(width, height + legend_height(labels, width)), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, key in zip(axes, keys):
         _plot_curves(ax, result, result.eval_steps, result.evals[key])
@@ -103,7 +127,7 @@ def eval_figure(result: TrainResult, keys: Sequence[str] | None = None) -> Figur
             _log_if_positive(ax, result.evals[key])
     for ax in axes[len(keys) :]:
         ax.set_visible(False)
-    axes[0].legend(fontsize="small")
+    legend_above(fig, *axes[0].get_legend_handles_labels())
     return fig
 
 
@@ -112,42 +136,44 @@ def final_metrics_figure(result: TrainResult) -> Figure:
 
     The numbers are those of ``summary.json``: the final training loss is averaged over the last
     ``FINAL_FRACTION`` of the steps, evaluation metrics are taken at the last evaluation, and
-    diverged seeds are left out (their count is added to the optimizer's label).
+    diverged seeds are left out (their count is added to the optimizer's label). Optimizers are
+    rows, named once on the left (specs wrapped at their commas), so the figure keeps the page's
+    width however many optimizers there are.
     """
     summary = summarize(result)
     finals = final_values(result)
     ok = result.diverged_at < 0
     labels = [
-        plain_text(o["optimizer"]) + (f"\n({o['n_diverged']} diverged)" if o["n_diverged"] else "")
+        textwrap.fill(plain_text(o["optimizer"]), 40)
+        + (f"\n({o['n_diverged']} diverged)" if o["n_diverged"] else "")
         for o in summary["optimizers"]
     ]
-    x = np.arange(len(result.optimizers))
+    y = np.arange(len(result.optimizers))
     # Fixed offsets rather than random jitter: the figure is reproducible byte for byte.
     jitter = np.linspace(-0.2, 0.2, len(result.seeds)) if len(result.seeds) > 1 else np.zeros(1)
     ncols = min(3, len(finals))
     nrows = math.ceil(len(finals) / ncols)
-    width = max(_PANEL[0], 0.9 * len(x) + 1.5)
-    fig = Figure(figsize=(width * ncols, (_PANEL[1] + 0.5) * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, (key, values) in zip(axes, finals.items()):
+    lines = sum(label.count("\n") + 1 for label in labels)
+    panel_height = 0.9 + 0.18 * lines + 0.1 * len(labels)
+    fig = Figure(figsize=(MAX_WIDTH, panel_height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    for ax, (key, values) in zip(axes.ravel(), finals.items()):
         for i, opt in enumerate(summary["optimizers"]):
             stats = opt["final"][key]
-            ax.scatter(x[i] + jitter[ok[i]], values[i][ok[i]], s=14, color=f"C{i % 10}", zorder=3)
+            ax.scatter(values[i][ok[i]], y[i] + jitter[ok[i]], s=14, zorder=3,
+                       color=series_style(i)["color"], marker=series_marker(i))  # fmt: skip
             if stats["mean"] is not None:
-                ax.errorbar(
-                    x[i],
-                    stats["mean"],
-                    yerr=stats["std"] or 0.0,
-                    fmt="_",
-                    markersize=24,
-                    capsize=6,
-                    color="black",
-                    zorder=4,
-                )
-        ax.set_title(key + (f" (last {FINAL_FRACTION:.0%})" if key == TRAIN_LOSS_KEY else ""))
-        ax.set_xticks(x, labels, rotation=20, ha="right", fontsize="small")
-        ax.set_xlim(-0.6, len(x) - 0.4)
-    for ax in axes[len(finals) :]:
+                ax.errorbar(stats["mean"], y[i], xerr=stats["std"] or 0.0, fmt="|",
+                            markersize=14, capsize=4, color="black", zorder=4)  # fmt: skip
+        ax.set_title(key + (f" (last {FINAL_FRACTION:.0%})" if key == TRAIN_LOSS_KEY else ""),
+                     fontsize="medium")  # fmt: skip
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize="small")
+    axes[0, 0].set_yticks(y, labels)  # shared: the other rows' first panels show them too
+    for ax in axes[:, 0]:
+        ax.tick_params(axis="y", labelsize="small")
+    axes[0, 0].set_ylim(len(y) - 0.5, -0.5)  # the first optimizer on top, as in the tables
+    for ax in axes.ravel()[len(finals) :]:
         ax.set_visible(False)
     return fig
 
@@ -164,8 +190,12 @@ def grid_figure(result: TrainResult) -> Figure | None:
     finals = final_values(result)
     ok = result.diverged_at < 0
     index = {name: i for i, name in enumerate(result.optimizers)}
-    fig = Figure(figsize=(_PANEL[0] * len(grids), _PANEL[1] + 0.3), layout="constrained")
-    for ax, g in zip(fig.subplots(1, len(grids), squeeze=False)[0], grids):
+    ncols = min(2, len(grids))
+    nrows = math.ceil(len(grids) / ncols)
+    width = min(MAX_WIDTH, _PANEL[0] * ncols)
+    fig = Figure(figsize=(width, (_PANEL[1] + 0.3) * nrows + 0.4), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, g in zip(axes, grids):
         (axis, values), = g["axes"].items()
         rows = [index[m] for m in g["members"]]
         per_seed = finals[g["metric"]]
@@ -179,18 +209,27 @@ def grid_figure(result: TrainResult) -> Figure | None:
             ax.plot(x[bad], np.full(bad.sum(), 1.0), "x", color="C3", markersize=9,
                     transform=ax.get_xaxis_transform(), clip_on=False,
                     label="a seed diverged (left out of the choice)")  # fmt: skip
+        best = ""
         if g["best"] is not None:
             b = g["members"].index(g["best"])
             ax.plot([x[b]], [mean[b]], "o", markersize=14, markerfacecolor="none",
-                    markeredgecolor="C2", markeredgewidth=2, label=f"best: {axis}={values[b]:g}")
+                    markeredgecolor="C2", markeredgewidth=2, label="best point")  # fmt: skip
+            best = f"\nbest: {axis}={values[b]:g}"
         if (x > 0).all() and x.max() >= 10 * x.min():
             ax.set_xscale("log")
         _log_if_positive(ax, mean)
+        tidy_log_ticks(ax)
         ax.set_xlabel(axis)
         ax.set_ylabel(f"final {g['metric']} (objective value)")
-        ax.set_title(plain_text(g["spec"]), fontsize="medium")
+        ax.set_title(plain_text(g["spec"]) + best, fontsize="medium")
         ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize="small")
+    for ax in axes[len(grids) :]:
+        ax.set_visible(False)
+    # One legend for every panel, above them: inside a panel it covers points of the curve.
+    entries = {}
+    for ax in axes[: len(grids)]:
+        entries.update(zip(*reversed(ax.get_legend_handles_labels())))
+    legend_above(fig, list(entries.values()), list(entries))
     return fig
 
 
@@ -210,11 +249,9 @@ def _plot_curves(ax: Axes, result: TrainResult, steps: np.ndarray, values: np.nd
     diverged = result.diverged_at[:, :, None]
     after = (diverged >= 0) & (np.asarray(steps)[None, None, :] >= diverged)
     values = np.where(after, np.nan, values)
-    for i, name in enumerate(result.optimizers):
+    for i, label in enumerate(_series_labels(result)):
         mean, low, high = _seed_band(values[i])
-        n_div = int((result.diverged_at[i] >= 0).sum())
-        label = plain_text(name) + (f" ({n_div}/{len(result.seeds)} diverged)" if n_div else "")
-        (line,) = ax.plot(steps, mean, label=label, color=f"C{i % 10}", linewidth=1.5)
+        (line,) = ax.plot(steps, mean, label=label, linewidth=1.5, **series_style(i))
         if len(result.seeds) > 1:
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         _mark_divergences(ax, steps, values[i], result.diverged_at[i], line.get_color())
@@ -268,6 +305,7 @@ def _log_if_positive(ax: Axes, values: np.ndarray) -> None:
     finite = values[np.isfinite(values)]
     if finite.size and (finite > 0).all() and finite.max() >= 10 * finite.min():
         ax.set_yscale("log")
+        tidy_log_ticks(ax)
 
 
 # Which probe outputs share a panel, with the panel's y label (units).

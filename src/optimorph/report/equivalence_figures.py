@@ -31,12 +31,15 @@ from typing import Any
 import numpy as np
 from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.axes import Axes
+from matplotlib import colormaps
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 from matplotlib.patches import Circle, Patch, Rectangle
 
 from optimorph.atomic import atomic_path
 from optimorph.report.labels import plain_text
+from optimorph.report.style import MAX_WIDTH, legend_above, legend_height, tidy_log_ticks
 from optimorph.stats import growth_exponent, percentile_band
 
 __all__ = [
@@ -56,7 +59,9 @@ MAX_FRAMES = 60  # a GIF with more frames grows past what a report page should e
 
 _PANEL = (5.5, 4.0)  # inches per panel, as in report.curves
 _BAND_LEVEL = 0.95
-_EQUIV_COLORS = ListedColormap(["#d9d9d9", "#2b8cbe"])  # not equivalent, equivalent
+# The phase diagram's one colour scale, from dark (not equivalent, or no pair equivalent) to
+# light (equivalent, or every pair): darker means more different on every panel.
+_EQUIVALENT_SHADES = ListedColormap(colormaps["Oranges"](np.linspace(0.9, 0.08, 256)))
 
 
 def divergence_figure(
@@ -101,12 +106,12 @@ def divergence_figure(
       ValueError: shapes that do not match.
     """
     t, d, floor_a, floor_b = _check_divergence_inputs(t, d, floor_a, floor_b)
-    fig = Figure(figsize=(2 * _PANEL[0], _PANEL[1]), layout="constrained")
+    fig = Figure(figsize=(MAX_WIDTH, _PANEL[1] + 0.6), layout="constrained")
     ax_d, ax_r = fig.subplots(1, 2)
-    _draw_distance(ax_d, t, d, floor_a, floor_b, labels, ratio_c)
+    law = _draw_distance(ax_d, t, d, floor_a, floor_b, labels, ratio_c)
+    ax_d.set_title("distance and noise floors" + (f", d ~ {law}" if law else ""))
     _draw_ratio(ax_r, t, d, floor_a, floor_b, ratio_c)
-    ax_d.legend(fontsize="small")
-    fig.suptitle(plain_text(title))
+    legend_above(fig, *ax_d.get_legend_handles_labels(), title=plain_text(title))
     return fig
 
 
@@ -149,32 +154,47 @@ def divergence_grid(panels: Sequence[dict[str, Any]], *, kind: str = "distance")
         cells[cell] = panel
     pairs = list(dict.fromkeys(pair for pair, _ in cells))
     precisions = list(dict.fromkeys(precision for _, precision in cells))
-    fig = Figure(
-        figsize=(0.9 * _PANEL[0] * len(precisions), 1.0 * _PANEL[1] * len(pairs) + 0.8),
-        layout="constrained",
-    )
-    axes = fig.subplots(len(pairs), len(precisions), squeeze=False)
-    for (i, pair), (j, precision) in (
-        (ip, jq) for ip in enumerate(pairs) for jq in enumerate(precisions)
-    ):
-        ax = axes[i, j]
-        panel = cells.get((pair, precision))
-        if panel is None:
-            ax.set_axis_off()
-            ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
-            continue
-        t, d, fa, fb = _check_divergence_inputs(
-            panel["t"], panel["d"], panel["floor_a"], panel["floor_b"]
-        )
-        c = float(panel.get("ratio_c", 10.0))
-        if kind == "distance":
-            _draw_distance(ax, t, d, fa, fb, panel.get("labels", ("A", "B")), c)
-        else:
-            _draw_ratio(ax, t, d, fa, fb, c)
-        ax.set_title(plain_text(f"{pair} @ {precision}\n{ax.get_title()}"), fontsize="small")
-    first = next(ax for ax in axes.ravel() if ax.axison)
-    # One legend for the grid, below it: inside a panel it would hide the curves.
-    fig.legend(*first.get_legend_handles_labels(), loc="outside lower center", fontsize="x-small")
+    # At most the page's width: a panel shown at its own size keeps its text readable.
+    panel = min(0.9 * _PANEL[0], MAX_WIDTH / len(precisions))
+    width = panel * len(precisions)
+    legend = ["d = |A - B|", "noise floor A", "noise floor B", "C x max floor"]
+    row_height = 0.75 * panel + 0.75
+    fig = Figure(figsize=(width, row_height * len(pairs) + legend_height(legend, width)),
+                 layout="constrained")  # fmt: skip
+    # One subfigure per pair: its name once above its row, the precisions as panel titles.
+    rows = np.atleast_1d(fig.subfigures(len(pairs), 1))
+    handles: dict[str, Any] = {}
+    ylabel = "distance, floors (parameter l2)" if kind == "distance" else "d / max floor"
+    for row, pair in zip(rows, pairs):
+        row.suptitle(plain_text(pair), fontsize="small", x=0.02, ha="left")
+        axes = np.atleast_1d(row.subplots(1, len(precisions)))
+        for j, (ax, precision) in enumerate(zip(axes, precisions)):
+            cell = cells.get((pair, precision))
+            if cell is None:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"{precision}: not run", ha="center", va="center",
+                        transform=ax.transAxes)  # fmt: skip
+                continue
+            t, d, fa, fb = _check_divergence_inputs(
+                cell["t"], cell["d"], cell["floor_a"], cell["floor_b"]
+            )
+            c = float(cell.get("ratio_c", 10.0))
+            if kind == "distance":
+                law = _draw_distance(ax, t, d, fa, fb, cell.get("labels", ("A", "B")), c)
+                title = f"{precision}: d ~ {law}" if law else precision
+            else:
+                _draw_ratio(ax, t, d, fa, fb, c)
+                title = f"{precision}: {ax.get_title()}"
+            ax.set_title(plain_text(title), fontsize="small")
+            ax.tick_params(labelsize="small")
+            ax.xaxis.label.set_fontsize("small")
+            if j == 0:
+                ax.set_ylabel(ylabel, fontsize="small")
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+    # One legend for the grid, at its top where a reader starts: inside a panel it would hide
+    # the curves, and below a tall grid it is out of sight.
+    legend_above(fig, list(handles.values()), list(handles), width=width)
     return fig
 
 
@@ -236,9 +256,10 @@ def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) 
 
     One small heatmap per pair (x: heterogeneity h = max|g_i| / min|g_i| on a log axis, y:
     mantissa bits as one equal row per width, so the low-bit rows where verdicts change are as
-    tall as the wide ones; a cell is colored when the pair is equivalent there), then a summary
-    panel with the number of equivalent pairs per cell. The native formats (bf16 7, fp16 10, fp32 23,
-    fp64 52 explicit mantissa bits) are marked on the right-hand y axis of each panel.
+    tall as the wide ones; a cell is light where the pair is equivalent, dark where not), then a
+    summary panel with the number of equivalent pairs per cell, on the same scale: darker means
+    more different everywhere, and both colour bars say so. The native formats (bf16 7, fp16 10,
+    fp32 23, fp64 52 explicit mantissa bits) are marked on the right-hand y axis of each panel.
 
     Args:
       mantissa_bits: [B] strictly increasing mantissa bit counts.
@@ -275,21 +296,30 @@ def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) 
     # height as the 30-52 bit rows where nothing happens.
     y_edges = np.arange(bits.size + 1) - 0.5
     n = len(labels) + 1
-    ncols = min(4, n)
+    ncols = min(3, n)
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows), layout="constrained")
+    fig = Figure(figsize=(min(MAX_WIDTH, 3.3 * ncols + 0.9), 3.0 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    # One colour scale on every panel, darker = more different: a pair's panel is light where
+    # it is equivalent and dark where not; the summary is light where every pair is equivalent.
+    pair_norm = BoundaryNorm([-0.5, 0.5, 1.5], ncolors=_EQUIVALENT_SHADES.N)
     for ax, label, cells in zip(axes, labels, eq):
-        ax.pcolormesh(x_edges, y_edges, cells.astype(float), cmap=_EQUIV_COLORS, vmin=0, vmax=1)
+        mesh = ax.pcolormesh(x_edges, y_edges, cells.astype(float), cmap=_EQUIVALENT_SHADES,
+                             norm=pair_norm)  # fmt: skip
         # Pair labels are long spec strings: wrap them so neighbouring titles do not collide.
         ax.set_title(textwrap.fill(plain_text(label), 38), fontsize="small")
+    bar = fig.colorbar(mesh, ax=list(axes[: len(labels)]), ticks=[0, 1], shrink=0.8, aspect=15)
+    bar.ax.set_yticklabels(["not\nequivalent", "equivalent"], fontsize="x-small")
+    bar.set_label("verdict of the pair (darker: different)", fontsize="x-small")
     counts = eq.sum(axis=0)
     summary = axes[len(labels)]
     # Integer bins: one color per count, so "2 of 3 pairs" is a color, not a shade between.
-    norm = BoundaryNorm(np.arange(-0.5, len(labels) + 1.5), ncolors=256)
-    mesh = summary.pcolormesh(x_edges, y_edges, counts, cmap="viridis", norm=norm)
-    fig.colorbar(mesh, ax=summary, ticks=np.arange(len(labels) + 1), shrink=0.9)
-    summary.set_title(f"equivalent pairs (of {len(labels)})")
+    norm = BoundaryNorm(np.arange(-0.5, len(labels) + 1.5), ncolors=_EQUIVALENT_SHADES.N)
+    mesh = summary.pcolormesh(x_edges, y_edges, counts, cmap=_EQUIVALENT_SHADES, norm=norm)
+    bar = fig.colorbar(mesh, ax=summary, ticks=np.arange(len(labels) + 1), shrink=0.9)
+    bar.set_label(f"equivalent pairs of {len(labels)} (darker: more differ)", fontsize="x-small")
+    bar.ax.tick_params(labelsize="x-small")
+    summary.set_title(f"equivalent pairs (of {len(labels)})", fontsize="small")
     if counts.size <= 60:
         # Numbers in the cells while they are big enough to read.
         for (bi, hi), count in np.ndenumerate(counts):
@@ -304,21 +334,16 @@ def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) 
             )
     for ax in axes[:n]:
         ax.set_xscale("log")
-        ax.set_xlabel("heterogeneity max|g| / min|g|")
-        ax.set_ylabel("mantissa bits (explicit)")
+        ax.set_xlabel("heterogeneity max|g| / min|g|", fontsize="small")
+        ax.set_ylabel("mantissa bits (explicit)", fontsize="small")
         ax.set_yticks(np.arange(bits.size), [f"{b:g}" for b in bits], fontsize="x-small")
+        # A tick at each column's centre, labelled with its heterogeneity: the columns are
+        # the measured values, not a continuous axis.
+        ax.set_xticks(hetero, [f"{h:.3g}" for h in hetero], fontsize="x-small")
+        ax.xaxis.set_minor_locator(NullLocator())
         _mark_formats(ax, bits)
     for ax in axes[n:]:
         ax.set_visible(False)
-    fig.legend(
-        handles=[
-            Patch(color=_EQUIV_COLORS(1), label="equivalent"),
-            Patch(color=_EQUIV_COLORS(0), label="not equivalent"),
-        ],
-        loc="outside lower center",
-        ncols=2,
-        fontsize="small",
-    )
     return fig
 
 
@@ -463,13 +488,15 @@ def _check_divergence_inputs(t, d, floor_a, floor_b):
     return (t, *arrays)
 
 
-def _draw_distance(ax: Axes, t, d, floor_a, floor_b, labels: Sequence[str], c: float) -> None:
+def _draw_distance(ax: Axes, t, d, floor_a, floor_b, labels: Sequence[str], c: float) -> str:
+    """Draw d, both floors and the threshold; return the fitted growth law of d ("t^0.52
+    (R²=0.98)", "" when it cannot be fitted) for the panel's title: the legend is shared."""
     a_name, b_name = (plain_text(label) for label in labels)
     threshold = c * np.maximum(floor_a, floor_b)
     k, _, r2 = growth_exponent(t, d)
-    law = f", ~t^{k:.2f} (R²={r2:.2f})" if math.isfinite(k) else ""
+    law = f"t^{k:.2f} (R²={r2:.2f})" if math.isfinite(k) else ""
     drawn = [
-        _band_line(ax, t, d, "C0", f"d = |{a_name} - {b_name}|{law}"),
+        _band_line(ax, t, d, "C0", f"d = |{a_name} - {b_name}|"),
         _band_line(ax, t, floor_a, "C1", f"noise floor {a_name}"),
         _band_line(ax, t, floor_b, "C2", f"noise floor {b_name}"),
         _band_line(ax, t, threshold, "black", f"{c:g} x max floor", linestyle="--", band=False),
@@ -477,6 +504,7 @@ def _draw_distance(ax: Axes, t, d, floor_a, floor_b, labels: Sequence[str], c: f
     ax.set_title("distance and noise floors")
     _note_gaps(ax, t, d, "d")
     _finish_log_axes(ax, any(drawn))
+    return law
 
 
 def _draw_ratio(ax: Axes, t, d, floor_a, floor_b, c: float) -> None:
@@ -539,6 +567,7 @@ def _finish_log_axes(ax: Axes, drawn: bool) -> None:
     if drawn:
         ax.set_xscale("log")
         ax.set_yscale("log")
+        tidy_log_ticks(ax)
     else:
         ax.text(
             0.5, 0.5, "nothing positive to draw", ha="center", va="center", transform=ax.transAxes

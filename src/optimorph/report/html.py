@@ -10,12 +10,15 @@ import base64
 import html
 import json
 import math
+import numbers
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from optimorph.atomic import write_text_atomic
+from optimorph.experiments.findings import FAILED, HELD, NOT_JUDGED, OPEN, status_of
 from optimorph.results.rundir import read_config, read_hessian, read_summary
 
 __all__ = [
@@ -27,6 +30,8 @@ __all__ = [
     "mapping_table",
     "findings_table",
     "rows_table",
+    "cell_text",
+    "format_number",
 ]
 
 REPORT_FILE = "report.html"
@@ -38,18 +43,19 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
        color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; max-width: 100%; }
-td { overflow-wrap: anywhere; }
-td:first-child code { white-space: nowrap; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.nowrap { white-space: nowrap; overflow-wrap: normal; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.nowrap { white-space: nowrap; }
+span.w { white-space: nowrap; }
 code { font-size: 0.9em; white-space: pre-wrap; }
+table.wide { font-size: 0.85em; }
 figure { margin: 1em 0; }
 img { max-width: 100%; }
 td.held { color: #0a6b0a; font-weight: 600; }
 td.failed { color: #b00020; font-weight: 600; }
 td.open { color: #8a6d00; }
+td.notjudged { color: #555; font-style: italic; }
 p.lead { font-size: 1.1em; }
 p.running { background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.5em 0.8em; }
 """
@@ -127,14 +133,16 @@ def write_page(path: str | os.PathLike, title: str, body: Iterable[str]) -> Path
 
 
 def findings_table(findings: Iterable[dict]) -> str:
-    """Claim | measured | held / did not hold / open: what a recipe found."""
-    label = {True: ("held", "held"), False: ("failed", "did not hold"), None: ("open", "open")}
+    """Claim | status | measured: what a recipe found (held, did not hold, open, or not judged
+    at quick scale, the last shown neutrally: it is no verdict)."""
+    css_of = {HELD: "held", FAILED: "failed", OPEN: "open", NOT_JUDGED: "notjudged"}
     rows = []
     for f in findings:
-        css, text = label[f.get("held")]
+        text = status_of(f)
+        css = css_of[text]
         rows.append(
-            f"<tr><td>{_e(f['claim'])}</td><td class='{css}'>{text}</td>"
-            f"<td>{_e(f['measured'])}</td></tr>"
+            f"<tr><td>{cell_text(f['claim'])}</td><td class='{css}'>{text}</td>"
+            f"<td>{cell_text(f['measured'])}</td></tr>"
         )
     head = "<tr><th>claim (source)</th><th>result</th><th>measured</th></tr>"
     return "<table>" + head + "\n".join(rows) + "</table>"
@@ -143,21 +151,27 @@ def findings_table(findings: Iterable[dict]) -> str:
 def rows_table(
     columns: list[str], rows: Iterable[Iterable[Any]], nowrap: Iterable[int] = ()
 ) -> str:
-    """A plain table; numbers right-aligned; the text of the ``nowrap`` columns on one line."""
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    """A plain table; numbers right-aligned and rounded by :func:`format_number`; text wrapped
+    only between words (:func:`cell_text`), the ``nowrap`` columns on one line."""
+    head = "".join(f"<th>{cell_text(c)}</th>" for c in columns)
     keep = set(nowrap)
     body = []
     for row in rows:
         cells = []
         for j, x in enumerate(row):
-            if isinstance(x, (int, float)) and not isinstance(x, bool):
-                cells.append(f'<td class="num">{_e(f"{x:.4g}")}</td>')
+            if _is_number(x):
+                cells.append(f'<td class="num">{cell_text(format_number(x))}</td>')
             elif j in keep:
                 cells.append(f'<td class="nowrap">{_e(str(x))}</td>')
             else:
-                cells.append(f"<td>{_e(str(x))}</td>")
+                cells.append(f"<td>{cell_text(x)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>" + "\n".join(body) + "</table>"
+    return f"<table{_wide(len(columns))}><tr>{head}</tr>" + "\n".join(body) + "</table>"
+
+
+def _wide(n_columns: int) -> str:
+    """The class of a table with many columns: a smaller font, so that it fits the page."""
+    return ' class="wide"' if n_columns > 7 else ""
 
 
 def _summary_table(summary: dict[str, Any]) -> str:
@@ -165,12 +179,13 @@ def _summary_table(summary: dict[str, Any]) -> str:
     optimizers = summary["optimizers"]
     keys = list(dict.fromkeys(k for o in optimizers for k in o["final"]))
     n_seeds = len(summary["seeds"])
-    head = "".join(f"<th>{_e(k)}</th>" for k in ["optimizer", *keys, "diverged"])
+    head = "".join(f"<th>{cell_text(k)}</th>" for k in ["optimizer", *keys, "diverged"])
     rows = []
     for o in optimizers:
-        cells = [f"<td><code>{_e(o['optimizer'])}</code></td>"]
+        cells = [f"<td><code>{cell_text(o['optimizer'])}</code></td>"]
         for key in keys:
-            cells.append(f'<td class="num">{_e(_format_stats(o["final"].get(key), n_seeds))}</td>')
+            stats = _format_stats(o["final"].get(key), n_seeds)
+            cells.append(f'<td class="num">{cell_text(stats)}</td>')
         cells.append(f'<td class="num">{o["n_diverged"]} / {n_seeds}</td>')
         rows.append(f"<tr>{''.join(cells)}</tr>")
     note = (
@@ -179,7 +194,8 @@ def _summary_table(summary: dict[str, Any]) -> str:
         f"{_e(str(summary['train_window']))}, evaluations are at step "
         f"{_e(str(summary['last_eval_step']))}.</p>"
     )
-    return f"<table><tr>{head}</tr>\n" + "\n".join(rows) + "</table>\n" + note
+    wide = _wide(len(keys) + 2)
+    return f"<table{wide}><tr>{head}</tr>\n" + "\n".join(rows) + "</table>\n" + note
 
 
 def _in_progress(progress: dict[str, Any]) -> str:
@@ -196,7 +212,8 @@ def _in_progress(progress: dict[str, Any]) -> str:
 
 
 def _lead(summary: dict[str, Any]) -> str:
-    """The answer in one sentence: the ranking by final loss, or each grid's best point."""
+    """The answer in one sentence with the rule it follows (``summary["ranking"]``, one rule for
+    optimizers and grid points): the ranking, or each grid's best point."""
     if summary.get("grids"):
         parts = []
         for g in summary["grids"]:
@@ -208,27 +225,22 @@ def _lead(summary: dict[str, Any]) -> str:
                 if best is not None
                 else f"<code>{_e(g['spec'])}</code>: every point diverged"
             )
-        return f'<p class="lead">{"; ".join(parts)}.</p>'
-    ranked = _ranking(summary)
-    if not ranked:
+        rule = summary["grids"][0]["rule"]
+        return f'<p class="lead">{"; ".join(parts)}; best {_e(rule)}.</p>'
+    ranking = summary["ranking"]
+    means = {o["optimizer"]: m for o, m in zip(summary["optimizers"], ranking["means"])}
+    key, rule = _e(ranking["metric"]), _e(ranking["rule"])
+    if all(m is None for m in means.values()):
         return '<p class="lead">Every run diverged.</p>'
-    key, order = ranked
-    if len(order) == 1:
-        name, mean = order[0]
-        return f'<p class="lead"><code>{_e(name)}</code>: final {_e(key)} {mean:.4g}.</p>'
-    text = ", then ".join(f"<code>{_e(n)}</code> ({m:.4g})" for n, m in order)
-    return f'<p class="lead">Lowest final {_e(key)} first: {text}.</p>'
-
-
-def _ranking(summary: dict[str, Any]) -> tuple[str, list[tuple[str, float]]] | None:
-    """(metric, [(optimizer, mean)] ascending) by the training-set loss at the last evaluation
-    (the minibatch loss without evaluations); optimizers with no finite mean are left out."""
-    keys = {k for o in summary["optimizers"] for k in o["final"]}
-    key = "train/loss" if "train/loss" in keys else "train_step/loss"
-    means = [(o["optimizer"], (o["final"].get(key) or {}).get("mean"))
-             for o in summary["optimizers"]]  # fmt: skip
-    order = sorted(((n, m) for n, m in means if m is not None), key=lambda nm: nm[1])
-    return (key, order) if order else None
+    if len(means) == 1:
+        ((name, mean),) = means.items()
+        return f'<p class="lead"><code>{_e(name)}</code>: final {key} {mean:.4g}.</p>'
+    if not ranking["order"]:
+        return f'<p class="lead">Every optimizer has a diverged seed: none is ranked {rule}.</p>'
+    text = ", then ".join(f"<code>{_e(n)}</code> ({means[n]:.4g})" for n in ranking["order"])
+    left = [f"<code>{_e(n)}</code>" for n in means if n not in ranking["order"]]
+    out = f"; left out: {', '.join(left)}" if left else ""
+    return f'<p class="lead">Ranked {rule}: {text}{out}.</p>'
 
 
 def _grids_table(summary: dict[str, Any]) -> str:
@@ -238,11 +250,12 @@ def _grids_table(summary: dict[str, Any]) -> str:
         rows = []
         for member, mean in zip(g["members"], g["means"]):
             mark = " ← best" if member == g["best"] else ""
-            value = "—" if mean is None else f"{mean:.4g}"
-            rows.append(f'<tr><td><code>{_e(member)}</code>{mark}</td>'
+            value = "—" if mean is None else format_number(mean)
+            rows.append(f'<tr><td><code>{cell_text(member)}</code>{mark}</td>'
                         f'<td class="num">{value}</td></tr>')  # fmt: skip
         out.append(
-            f"<table><tr><th>{_e(g['spec'])}</th><th>final {_e(g['metric'])} (mean)</th></tr>"
+            f"<table><tr><th>{cell_text(g['spec'])}</th>"
+            f"<th>final {cell_text(g['metric'])} (mean)</th></tr>"
             + "".join(rows)
             + "</table>"
         )
@@ -262,7 +275,7 @@ def _format_stats(stats: dict[str, Any] | None, n_seeds: int) -> str:
         digits = min(12, max(2, _exponent(mean) - _exponent(std) + 2))
     text = f"{mean:#.{digits}g}".rstrip(".")
     if std is not None:
-        text += f" ± {std:.2g}"
+        text += f" ±\u00a0{std:.2g}"  # a narrow column breaks before the ±, not after it
     if stats["n"] < n_seeds:
         text += f" (n={stats['n']})"
     return text
@@ -293,7 +306,8 @@ def _figures(run_dir: Path) -> list[Path]:
 _BAND = ("line: mean over seeds, band: min-max over seeds; a cross marks where a diverged seed's "
          "curve ends")
 CAPTIONS = {
-    "grids.png": "Each grid's final training-set loss against its hyperparameter: marker the "
+    "grids.png": "Each grid's final value of the metric it is ranked by against its "
+    "hyperparameter: marker the "
     "mean over seeds, bar min-max over seeds, ring the best point by the rule above, cross on "
     "the top edge a point where a seed diverged.",
     "loss_curves.png": f"Training loss on each step's minibatch against step; {_BAND}. Right: "
@@ -361,14 +375,76 @@ def _mapping_table(mapping: dict[str, Any]) -> str:
     if not mapping:
         return "<p>(none recorded)</p>"
     rows = [
-        f"<tr><th>{_e(str(key))}</th><td><code>{_e(_format_value(value))}</code></td></tr>"
+        f"<tr><th>{cell_text(key)}</th><td><code>{cell_text(_format_value(value))}</code></td></tr>"
         for key, value in mapping.items()
     ]
     return "<table>" + "\n".join(rows) + "</table>"
 
 
 def _format_value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    """A setting as text: strings as they are, anything else as JSON with its floats rounded by
+    :func:`format_number` (``wall_time 109.7``, not ``109.69708901199999``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        items = (f"{json.dumps(str(k), ensure_ascii=False)}: {_format_value_json(v)}"
+                 for k, v in value.items())  # fmt: skip
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_format_value_json(v) for v in value) + "]"
+    if _is_number(value):
+        return format_number(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _format_value_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else _format_value(value)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def format_number(x: float, digits: int = 4) -> str:
+    """A number as every table shows it: an integer as it is; a float that a person typed (at
+    most 6 significant digits: lr=0.15, tau=5e4) exactly; any other float, a measurement, to
+    ``digits`` significant digits. Exponents lose their padding (1e-8, not 1e-08).
+
+    >>> [format_number(x) for x in (109.69708901199999, 0.15, 5e4, 1e-8, 3, 7.595123e15)]
+    ['109.7', '0.15', '50000', '1e-8', '3', '7.595e+15']
+    """
+    if isinstance(x, numbers.Integral):
+        return str(int(x))
+    x = float(x)
+    if not math.isfinite(x):
+        return str(x)
+    typed = f"{x:.6g}"
+    text = typed if float(typed) == x else f"{x:.{digits}g}"
+    return re.sub(r"e([+-])0+(\d)", r"e\1\2", text)
+
+
+# Where a table may break a line: at spaces and after , / | (never inside a word). Browsers
+# also break after a hyphen ("1e-" / "08", "A-" / ">B"): pieces holding one are kept whole.
+_SPACES = re.compile(r"(\s+)")
+_AFTER = re.compile(r"(?<=[,/|])(?=\S)")
+
+
+def cell_text(text: Any) -> str:
+    """``text`` as HTML for a table cell: escaped, with a line break allowed at spaces and after
+    , / | only, so a narrow column wraps a spec at its commas, never mid-word.
+
+    >>> cell_text("adam(lr=1e-3,b1=0.9) | sgd")
+    '<span class="w">adam(lr=1e-3,</span><wbr>b1=0.9) | sgd'
+    """
+    out = []
+    for part in _SPACES.split(str(text)):
+        if not part or part.isspace():
+            out.append(part)
+            continue
+        pieces = [p for p in _AFTER.split(part) if p]
+        out.append("<wbr>".join(f'<span class="w">{_e(p)}</span>' if "-" in p else _e(p)
+                                for p in pieces))  # fmt: skip
+    return "".join(out)
 
 
 def _e(text: str) -> str:

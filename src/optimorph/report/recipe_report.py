@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from optimorph.report.curves import loss_figure, probe_figure, smoothness_figure
 from optimorph.report.figures import save_figure
+from optimorph.report.style import MAX_WIDTH, figure_title
 from optimorph.report.html import (
     CAPTIONS,
     REPORT_FILE,
@@ -26,6 +27,7 @@ from optimorph.report.html import (
     rows_table,
     write_page,
 )
+from optimorph.experiments.findings import tally
 from optimorph.results import store
 from optimorph.results.rundir import read_config, read_run
 
@@ -41,14 +43,11 @@ def write_recipe_report(run_dir: str | os.PathLike) -> Path:
     name = config.get("recipe", "?")
     findings = store.read_json(run_dir, "findings") if (run_dir / "findings.json").exists() else []
     figures = FIGURES.get(name, lambda d: [])(run_dir)
-    held = sum(f.get("held") is True for f in findings)
-    failed = sum(f.get("held") is False for f in findings)
-    open_ = len(findings) - held - failed
     quick = " (quick variant: reduced settings, see below)" if config.get("quick") else ""
     body = [
         f"<h1>optimorph recipe: {name}</h1>",
-        f"<p class='lead'>{held} of {len(findings)} claims of {config.get('source', 'the source')}"
-        f" held, {failed} did not" + (f", {open_} open" if open_ else "") + f"{quick}.</p>",
+        f"<p class='lead'>Claims of {config.get('source', 'the source')}: {tally(findings)}"
+        f"{quick}.</p>",
         f"<p>{config.get('summary', '')}</p>" if config.get("summary") else "",
         "<h2>Findings</h2>",
         findings_table(findings) if findings else "<p>No findings stored (run unfinished?).</p>",
@@ -81,7 +80,7 @@ def _orthogonalization_figures(run_dir: Path) -> list[tuple[Path, str]]:
     precisions = list(dict.fromkeys(r["precision"] for r in rows))
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig = Figure(figsize=(_PANEL[0] * 3, _PANEL[1] + 0.6), layout="constrained")
+    fig = Figure(figsize=(MAX_WIDTH, _PANEL[1] + 0.6), layout="constrained")
     axes = fig.subplots(1, 3)
     x = np.arange(len(shapes))
     for i, m in enumerate(methods):
@@ -220,19 +219,31 @@ def _batch_size_tables(run_dir: Path) -> list[str]:
                 [
                     "NumPy loop, projected for the sweep (s)",
                     "optimorph, sum of cell times (s)",
-                    "ratio",
+                    "NumPy / optimorph time, median (min..max)",
                     "optimorph, wall clock (s)",
                 ],
-                [[t["numpy_projected_s"], t["optimorph_s"], t["speedup"],
+                [[t["numpy_projected_s"], t["optimorph_s"], _ratio_text(t),
                   t.get("optimorph_wall_s", "—")]],
             ),  # fmt: skip
             "<p>The NumPy loop (hand-written forward and backward, one minibatch per Python "
-            "iteration) is timed on a sample of steps at each batch size and projected to the "
-            "full step count; optimorph's cells run on one process per core, so the wall clock "
-            "is about the cell time divided by the cores (cells resumed from an earlier run "
-            "count in the cell time, not in the wall clock).</p>",
+            "iteration) and optimorph (compiled first) are timed on a sample of steps at each "
+            "batch size, in interleaved rounds so that a slow spell of the machine hits both; "
+            "the ratio is NumPy's time over optimorph's for the same steps, one per round. The "
+            "NumPy projection uses the median rates. optimorph's cells (compilation included) "
+            "run on one process per core, so the wall clock is about the cell time divided by "
+            "the cores (cells resumed from an earlier run count in the cell time, not in the "
+            "wall clock).</p>",
         ]
     return out
+
+
+def _ratio_text(timing: dict) -> str:
+    """The speed ratio as ``median (min..max)``; runs stored before the interleaved samples
+    have one ratio only."""
+    samples = timing.get("speedup_samples")
+    if not samples:
+        return f"{timing['speedup']:.3g} (one sample)"
+    return f"{np.median(samples):.3g} ({min(samples):.3g}..{max(samples):.3g})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +260,7 @@ def _train_figures(prefix: str, title: str) -> Callable[[Path], list[tuple[Path,
             tag = f"{prefix}_{name}" if name else prefix
             result = read_run(train_dir)
             fig = loss_figure(result)
-            fig.suptitle(f"{title}: {name}" if name else title)
+            figure_title(fig, f"{title}: {name}" if name else title)
             out.append(
                 (
                     save_figure(fig, run_dir / f"{tag}_loss.png"),
@@ -301,7 +312,8 @@ def _train_figures(prefix: str, title: str) -> Callable[[Path], list[tuple[Path,
 
 
 def _boundaries(arrays: list[dict], labels: list[str]) -> Figure:
-    fig = Figure(figsize=(_PANEL[0] * len(arrays), _PANEL[1] + 0.4), layout="constrained")
+    width = min(MAX_WIDTH, _PANEL[0] * len(arrays))
+    fig = Figure(figsize=(width, width / len(arrays) * 0.75 + 0.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(arrays)))
     for ax, grid, label in zip(axes, arrays, labels, strict=True):
         _boundary(ax, grid)
@@ -323,7 +335,8 @@ def _boundary(ax: Axes, grid: dict) -> None:
 def _weight_images(images: dict[str, np.ndarray]) -> Figure:
     names = list(images)
     n_classes = images[names[0]].shape[0]
-    fig = Figure(figsize=(1.3 * n_classes, 1.55 * len(names)), layout="constrained")
+    side = min(1.3, MAX_WIDTH / n_classes)
+    fig = Figure(figsize=(side * n_classes, (side + 0.25) * len(names)), layout="constrained")
     axes = fig.subplots(len(names), n_classes, squeeze=False)
     for r, name in enumerate(names):
         for c in range(n_classes):

@@ -142,6 +142,10 @@ def check_summary(path: str | os.PathLike, doc: Any) -> None:
         _check(doc, _SUMMARY, "")
         if doc["train_window"] is not None and len(doc["train_window"]) != 2:
             raise _Bad("train_window", "must be [first step, last step]")
+        names = [o["optimizer"] for o in doc["optimizers"]]
+        stray = [n for n in doc["ranking"]["order"] if n not in names]
+        if stray or len(doc["ranking"]["means"]) != len(names):
+            raise _Bad("ranking", f"does not rank the optimizers {names}")
         for i, grid in enumerate(doc.get("grids", ())):
             if len(grid["means"]) != len(grid["members"]):
                 raise _Bad(f"grids[{i}].means", f"has {len(grid['means'])} values for "
@@ -246,6 +250,8 @@ _SUMMARY = {
             "diverged": _List({"seed": INT, "step": INT}),
         }
     ),
+    "ranking": {"metric": STRING, "means": _List(_Nullable(NUMBER)), "order": _List(STRING),
+                "rule": STRING},  # fmt: skip
     "grids?": _List({**_GRID, "metric": STRING, "means": _List(_Nullable(NUMBER)),
                      "rule": STRING, "best": _Nullable(STRING)}),  # fmt: skip
 }

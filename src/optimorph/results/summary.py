@@ -9,8 +9,17 @@ The summary is a plain JSON-able dict (what ``summary.json`` holds and the HTML 
     "final": {"train_step/loss": {"mean": .., "std": .., "min": .., "max": .., "n": 3},
               "test/accuracy": {...}, ...},
     "n_diverged": 1, "diverged": [{"seed": 2, "step": 37}]},
-   ...]}
+   ...],
+ "ranking": {"metric": "validation/loss", "means": [...], "order": ["adam(lr=1e-3)", ...],
+             "rule": "by validation loss (10% of the training set, ...) ..."},
+ "grids": [{"spec": ..., "members": [...], "axes": {...}, "metric": ..., "means": [...],
+            "rule": ..., "best": "adam(lr=0.001)"}]}
 ```
+
+Optimizers and each grid's points are ranked by one rule, :func:`rank`: the lowest mean final
+validation loss when the problem holds a validation split out of its training set (the problem
+option ``validation=FRACTION``), the training-set loss otherwise; ``rule`` is the sentence that
+says which (metric, split, seeds), and the CLI and the report print it beside the choice.
 
 Statistics are taken over the seeds that did **not** diverge (``n`` says how many): a diverged run's
 final values are NaN, or worse, finite and meaningless (the accuracy of NaN parameters is whatever
@@ -27,13 +36,15 @@ from typing import Any
 import numpy as np
 
 from optimorph.engine.result import TrainResult
-from optimorph.optimizers.grid import BEST_RULE, best_point
+from optimorph.problems.base import VALIDATION
 
 __all__ = [
     "TRAIN_SPLIT",
     "TRAIN_LOSS_KEY",
+    "RANK_METRICS",
     "FINAL_FRACTION",
     "summarize",
+    "rank",
     "final_values",
     "final_window",
     "seed_stats",
@@ -42,9 +53,9 @@ __all__ = [
 TRAIN_SPLIT = "train_step"
 """Split name of the per-step minibatch training loss (``TrainResult.train_loss``)."""
 TRAIN_LOSS_KEY = f"{TRAIN_SPLIT}/loss"
-GRID_METRIC = "train/loss"
-"""What a grid's best point is chosen by: the loss on the whole training set at the last
-evaluation (``optimorph.optimizers.grid.BEST_RULE``)."""
+RANK_METRICS = (f"{VALIDATION}/loss", "train/loss", TRAIN_LOSS_KEY)
+"""What :func:`rank` ranks by, the first that every run has: the held-out validation loss, the
+loss on the training set at the last evaluation, the minibatch loss of the last steps."""
 FINAL_FRACTION = 0.1
 """The final training loss is the mean over this last fraction of the logged steps: one minibatch
 loss is too noisy to compare optimizers by."""
@@ -85,25 +96,75 @@ def summarize(result: TrainResult) -> dict[str, Any]:
         "train_window": [int(steps[0]), int(steps[-1])] if steps.size else None,
         "optimizers": optimizers,
     }
+    info = result.config.get("problem_info", {})
+    ranking = rank(optimizers, n_seeds=len(result.seeds), problem_info=info)
+    out["ranking"] = {**ranking, "order": [optimizers[i]["optimizer"] for i in ranking["order"]]}
     if result.config.get("grids"):
-        out["grids"] = [_grid_summary(g, optimizers) for g in result.config["grids"]]
+        by_name = {o["optimizer"]: o for o in optimizers}
+        out["grids"] = []
+        for grid in result.config["grids"]:
+            points = rank([by_name[m] for m in grid["members"]], n_seeds=len(result.seeds),
+                          problem_info=info)  # fmt: skip
+            order = points.pop("order")
+            out["grids"].append({**grid, **points,
+                                 "best": grid["members"][order[0]] if order else None})  # fmt: skip
     return out
 
 
-def _grid_summary(grid: dict[str, Any], optimizers: list[dict[str, Any]]) -> dict[str, Any]:
-    """One grid's points with the metric BEST_RULE ranks by and the best point."""
-    by_name = {o["optimizer"]: o for o in optimizers}
-    rows = [by_name[m] for m in grid["members"]]
-    metric = GRID_METRIC if all(GRID_METRIC in r["final"] for r in rows) else TRAIN_LOSS_KEY
-    means = [r["final"][metric]["mean"] for r in rows]
-    best = best_point(means, [r["n_diverged"] > 0 for r in rows])
-    return {
-        **grid,
-        "metric": metric,
-        "means": means,
-        "rule": BEST_RULE,
-        "best": None if best is None else grid["members"][best],
-    }
+def rank(
+    entries: list[dict[str, Any]], *, n_seeds: int, problem_info: dict[str, Any]
+) -> dict[str, Any]:
+    """The one ranking rule of optimizers and of a grid's points, and the sentence stating it.
+
+    Ranked by the first of :data:`RANK_METRICS` that every entry has: the validation loss when
+    the problem holds a validation split out of its training set (never the test set), else the
+    training-set loss at the last evaluation, else the minibatch loss of the last steps. Lowest
+    mean over seeds first; entries where a seed diverged are left out, as are entries without a
+    finite mean; ties keep the entries' order.
+
+    Args:
+      entries: the summary's per-optimizer entries (``final``, ``n_diverged``).
+      n_seeds: seeds per optimizer in the run.
+      problem_info: the problem's ``info`` (``validation`` and ``n_validation`` when it has a
+        validation split).
+
+    Returns:
+      ``{"metric": key, "means": [mean per entry or None], "order": [entry indices, best first],
+      "rule": "by validation loss (...) ..."}``.
+
+    >>> entries = [{"final": {"train/loss": {"mean": m}, "validation/loss": {"mean": v}},
+    ...             "n_diverged": 0} for m, v in [(0.1, 0.5), (0.2, 0.3)]]
+    >>> r = rank(entries, n_seeds=3, problem_info={"validation": 0.1, "n_validation": 50})
+    >>> r["metric"], r["order"]
+    ('validation/loss', [1, 0])
+    >>> r["rule"][:66]
+    'by validation loss (10% of the training set, 50 examples, held out'
+    """
+    metric = next(k for k in RANK_METRICS if all(k in e["final"] for e in entries))
+    means = [e["final"][metric]["mean"] for e in entries]
+    ok = [i for i, e in enumerate(entries) if means[i] is not None and not e["n_diverged"]]
+    order = sorted(ok, key=lambda i: means[i])
+    splits = {k.split("/")[0] for e in entries for k in e["final"]}
+    held_out = bool(splits - {"train", TRAIN_SPLIT})
+    return {"metric": metric, "means": means, "order": order,
+            "rule": _rule(metric, n_seeds, problem_info, held_out)}  # fmt: skip
+
+
+def _rule(metric: str, n_seeds: int, info: dict[str, Any], held_out: bool) -> str:
+    """The sentence :func:`rank` chose by: metric, split, seeds, what was left out."""
+    seeds = f"lowest mean over {n_seeds} seed{'s' * (n_seeds != 1)}"
+    tail = f"{seeds}, among those where no seed diverged"
+    if metric.startswith(f"{VALIDATION}/"):
+        return (f"by validation loss ({100 * info.get('validation', math.nan):g}% of the training "
+                f"set, {info.get('n_validation', '?')} examples, held out from training; not the "
+                f"test set) at the last evaluation, {tail}")  # fmt: skip
+    why = ("the problem has no validation split, and the training loss rewards overfitting; "
+           "validation=0.1 in the problem's spec holds 10% of the training set out to rank by"
+           if held_out else "the problem has no held-out data")  # fmt: skip
+    if metric == TRAIN_LOSS_KEY:
+        return (f"by the minibatch training loss averaged over the last {FINAL_FRACTION:.0%} of "
+                f"steps (no evaluation was run), {tail} ({why})")  # fmt: skip
+    return f"by training-set loss at the last evaluation, {tail} ({why})"
 
 
 def final_values(result: TrainResult) -> dict[str, np.ndarray]:
