@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from optimorph.engine.result import TrainResult
+from optimorph.problems.base import Problem
 
 # '<' and '>' in a spec exercise HTML escaping; '$' exercises matplotlib's math-text escaping.
 OPTIMIZERS = ["adam(lr=1e-3)", "sgd<momentum>(lr=$0.1)"]
@@ -61,3 +62,15 @@ def result() -> TrainResult:
 def scaled_result() -> TrainResult:
     """The same run with every loss doubled: a second run directory for queries."""
     return make_result(scale=2.0)
+
+
+@pytest.fixture(scope="module")
+def stub_problem() -> Problem:
+    """The smallest Problem a run directory can record (two-moons' name, a test split)."""
+    return Problem.from_functions(
+        lambda key: {"w": np.zeros(2, np.float32)},
+        lambda params, batch: 0.0,
+        (np.ones((8, 2), np.float32), np.zeros(8, np.int32)),
+        name="two-moons(n=500)",
+        evals={"test": (np.ones((4, 2), np.float32), np.zeros(4, np.int32))},
+    )

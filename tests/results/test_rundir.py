@@ -11,7 +11,6 @@ import pytest
 from optimorph.report.figures import save_figures
 
 from optimorph.engine.result import TrainResult
-from optimorph.problems.base import Problem
 from optimorph.report import redraw
 from optimorph.results import metrics_table, query, read_config, read_run, read_summary, write_run
 from optimorph.results.rundir import METRICS_SCHEMA
@@ -20,14 +19,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def run_dir(result, tmp_path_factory):
-    problem = Problem.from_functions(
-        lambda key: {"w": np.zeros(2, np.float32)},
-        lambda params, batch: 0.0,
-        (np.ones((8, 2), np.float32), np.zeros(8, np.int32)),
-        name="two-moons(n=500)",
-        evals={"test": (np.ones((4, 2), np.float32), np.zeros(4, np.int32))},
-    )
+def run_dir(result, stub_problem, tmp_path_factory):
+    problem = stub_problem
     out = write_run(result, tmp_path_factory.mktemp("run") / "a", problem=problem)
     save_figures(result, out)  # the report layer draws; results only store
     return out

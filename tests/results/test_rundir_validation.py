@@ -15,20 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from optimorph import cli
-from optimorph.problems.base import Problem
 from optimorph.results import store, write_run
 from optimorph.results.rundir import read_final_params
 
 
 @pytest.fixture(scope="module")
-def pristine(result, tmp_path_factory):
-    problem = Problem.from_functions(
-        lambda key: {"w": np.zeros(2, np.float32)},
-        lambda params, batch: 0.0,
-        (np.ones((8, 2), np.float32), np.zeros(8, np.int32)),
-        name="two-moons(n=500)",
-        evals={"test": (np.ones((4, 2), np.float32), np.zeros(4, np.int32))},
-    )
+def pristine(result, stub_problem, tmp_path_factory):
+    problem = stub_problem
     return write_run(result, tmp_path_factory.mktemp("pristine") / "run", problem=problem)
 
 
