@@ -1,6 +1,7 @@
 """optimorph.linalg: LAPACK decompositions that never run batched (jaxlib 0.10.2's thread-pool
 deadlock), with every lane's result the unbatched call's, bit for bit."""
 
+import os
 import pathlib
 import re
 import subprocess
@@ -113,23 +114,37 @@ def test_no_vmapped_optimizer_step_or_probe_makes_a_batched_lapack_call():
     assert not bad, f"batched LAPACK calls in: {', '.join(bad)}; e.g. {example}"
 
 
-# The outside tester's commands, shortened: Shampoo at 11 lanes and the modular norm's SVD
-# dualizers at 2 lanes, each a vmapped program with a lax.scan over steps inside jit.
+# The smallest reproducer of the hang through optimorph's own code: one optimizer step per scan
+# step, lanes by vmap, inside jit (the trainer's structure). Before optimorph.linalg, jaxlib 0.10.2
+# left both threads of a 2-core machine's pool in lapack_sgesdd_ffi -> BlockingCounter::Wait for
+# ever (0% CPU) in every try, with OPENBLAS_NUM_THREADS=1: Shampoo at 11 lanes x 100 steps and
+# modular (SVD dualizers) at 11 lanes x 30 steps. Fixed, the two take about 2 s and 4 s here.
 REPRODUCER = """
-import optimorph
-optimorph.train("two-moons(n=200, widths=(32, 16))", "shampoo", seeds=11, steps=60,
-                progress=False)
-optimorph.train("modular-addition(p=11)", "modular", seeds=2, steps=30, progress=False)
+import jax, jax.numpy as jnp, optimorph
+def run(spec, problem, lanes, steps):
+    tx, prob = optimorph.optimizer(spec), optimorph.problem(problem)
+    def lane(key):
+        def body(carry, t):
+            p, s = carry
+            u, s = tx.update(jax.tree.map(lambda x: jnp.sin(x + t), p), s, p)
+            return (jax.tree.map(jnp.add, p, u), s), None
+        p = prob.init(key)
+        return jax.lax.scan(body, (p, tx.init(p)), jnp.arange(steps, dtype=jnp.float32))[0][0]
+    keys = jax.random.split(jax.random.key(0), lanes)
+    jax.block_until_ready(jax.jit(jax.vmap(lane))(keys))
+run("shampoo", "two-moons", 11, 100)
+run("modular", "modular-addition", 11, 30)
 print("finished")
 """
 
 
-def test_shampoo_at_11_lanes_and_modular_svd_at_2_lanes_finish():
-    """Both hung for ever (0% CPU, every thread in BlockingCounter::Wait) on jaxlib 0.10.2."""
+def test_vmapped_shampoo_and_modular_steps_in_a_compiled_loop_finish():
+    """Both hung for ever on jaxlib 0.10.2 (every pool thread in BlockingCounter::Wait)."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # the setting that hung every try here
     try:
         out = subprocess.run(
-            [sys.executable, "-c", REPRODUCER], capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", REPRODUCER], capture_output=True, text=True, timeout=120, env=env
         )
     except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"the training did not finish in {e.timeout} s (hung?)") from None
+        raise AssertionError(f"the compiled loop did not finish in {e.timeout} s (hung)") from None
     assert out.returncode == 0 and "finished" in out.stdout, out.stderr[-3000:]
