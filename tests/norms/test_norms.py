@@ -155,3 +155,12 @@ def test_which_norm_reads_the_layout():
     PyTorch (out_in) weight the same step normalises the other axis: l2_to_linf."""
     assert which_norm("steepest(norm='l1_to_l2')").best == "l1_to_l2"
     assert which_norm("steepest(norm='l1_to_l2')", layout="out_in").best == "l2_to_linf"
+
+
+def test_which_norm_reads_an_opposite_direction_as_opposite_not_missing():
+    """Gradient ascent (u = +g) is exactly opposite the l2 dualizer: cosine -1, defect 2."""
+    ascent = _transform(lambda g: g)
+    found = which_norm(ascent)
+    l2 = next(m for m in found.matches if m.norm == "l2")
+    assert found.best is None
+    np.testing.assert_allclose([l2.cosine, l2.defect], [-1.0, 2.0], rtol=1e-12)

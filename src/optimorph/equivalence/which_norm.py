@@ -131,10 +131,8 @@ def which_norm(
     for name, dualized in targets.items():
         cosines, defects = [], []
         for d, target in zip(directions, dualized, strict=True):
-            c = _cosine(d, target)
-            cosines.append(c)
-            defects.append(float(jnp.linalg.norm(d / jnp.linalg.norm(d) - target /
-                           jnp.linalg.norm(target))) if c > -1 else np.inf)  # fmt: skip
+            cosines.append(_cosine(d, target))
+            defects.append(_defect(d, target))
         matches.append(NormMatch(name, min(cosines), max(defects)))
     tolerance = 64 * float(jnp.finfo(dtype).eps) * max(max(s) for s in shapes)
     order = {name: i for i, name in enumerate(PREFERENCE)}
@@ -175,6 +173,15 @@ def _cosine(a: jax.Array, b: jax.Array) -> float:
     if na == 0 or nb == 0 or not (jnp.isfinite(na) and jnp.isfinite(nb)):
         return -1.0
     return float(jnp.vdot(a, b) / (na * nb))
+
+
+def _defect(a: jax.Array, b: jax.Array) -> float:
+    """||a/|a| - b/|b||| (Frobenius); inf when either has no direction (zero or not finite),
+    so an exactly opposite direction reads 2, not inf."""
+    na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
+    if na == 0 or nb == 0 or not (jnp.isfinite(na) and jnp.isfinite(nb)):
+        return np.inf
+    return float(jnp.linalg.norm(a / na - b / nb))
 
 
 def _problem_gradients(problem: Any, samples: int, dtype) -> list[jax.Array]:
