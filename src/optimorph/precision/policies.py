@@ -1,34 +1,11 @@
-"""Precision as an input: number formats, rounding, and per-role mixed-precision policies.
-
-A :class:`Format` is an IEEE-like binary format with ``exponent_bits`` and ``mantissa_bits``
-(explicit bits; the top exponent is reserved for inf/NaN, so ``e4m3`` is not OCP's ``E4M3FN``).
-The four native formats (fp64, fp32, bf16, fp16) are stored in their own dtype; every other
-``eXmY`` format is *emulated*: computed in float64 and rounded with ``lax.reduce_precision``.
-
-Rounding rules (``u = 2**-(mantissa_bits + 1)`` is the unit roundoff):
-
-* nearest: round to nearest, ties to even; overflow gives +-inf, NaN stays NaN, -0.0 stays -0.0.
-* gradual underflow (default): below the smallest normal, round to the nearest multiple of the
-  smallest subnormal, as IEEE formats do. ``reduce_precision`` on CPU flushes that range to zero,
-  so it is emulated here; ``subnormals='flush'`` gives the flush-to-zero behaviour instead.
-* stochastic: round ``|x|`` down to the grid spacing ``q`` and up with probability
-  ``(|x| - lo) / q``, so the result is unbiased in expectation.
-
-Platform facts the code works around (XLA on CPU, measured with jax 0.10.2):
-
-* conversions between float64 and float32/bfloat16 flush float32-subnormal values to zero (both
-  ways), so exact conversions of those values go through integer bit patterns (:func:`_convert`);
-* float64 -> bfloat16 conversion rounds twice (through float32), so a value is first rounded in the
-  wide dtype and only then converted, exactly;
-* under ``jax.jit`` XLA may keep excess precision and drop a ``convert(convert(x, bf16), f32)``
-  round trip, so every rounding whose result is used at a wider dtype goes through
-  ``reduce_precision`` or bit operations, which it must keep;
-* arithmetic flushes float32/float64/bfloat16 subnormals (float16 keeps them): that is the
-  platform's arithmetic, not something a rounding function can change.
+"""Per-role mixed-precision policies: which format each value of a training step is stored in.
 
 A :class:`Precision` policy gives a format to each role of a training step (params, grads,
 optimizer-state slots, the step counter, hyperparameters) and says how to round; build it from a
-spec string with :func:`precision`, e.g. ``precision("bf16,nu=fp32,rounding=stochastic")``.
+spec string with :func:`precision`, e.g. ``precision("bf16,nu=fp32,rounding=stochastic")`` or
+``precision("fp32,m=mxfp8e4m3,v=bnb8(block=256)")``. Params, grads, state and each slot take any
+format, block-scaled ones included; count and hparams (scalars) take the scalar formats only.
+:func:`state_bytes_per_param` states what a policy's optimizer state costs in memory.
 """
 
 from __future__ import annotations
@@ -44,151 +21,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = [
-    "BF16",
-    "FP16",
-    "FP32",
-    "FP64",
-    "Format",
-    "Precision",
-    "PrecisionWarning",
-    "parse_format",
-    "precision",
-    "require_x64",
-    "round_in",
-    "round_to_bits",
-    "stalled_fraction",
-    "TracedBits",
-]
+from optimorph.precision.block import BlockFormat
+from optimorph.precision.formats import (
+    BF16,
+    FP16,
+    FP32,
+    FP64,
+    ROUNDINGS,
+    SUBNORMALS,
+    Format,
+    _check_choice,
+    _format_of,
+    parse_format,
+    require_x64,
+)
+from optimorph.precision.rounding import _convert, round_in, round_to_bits, stalled_fraction
 
 Array = jax.Array
 PyTree = Any
-
-ROUNDINGS = ("nearest", "stochastic")
-SUBNORMALS = ("gradual", "flush")
 
 
 class PrecisionWarning(UserWarning):
     """A value changes qualitatively when stored in a policy's format (e.g. b2=0.999 -> 1.0)."""
 
-
-def require_x64(what: str) -> None:
-    """Raise a RuntimeError saying how to enable float64 when ``jax_enable_x64`` is off.
-
-    optimorph never flips the flag itself: it changes every default dtype of the user's program.
-    """
-    if not jax.config.jax_enable_x64:
-        raise RuntimeError(
-            f"{what} needs float64, but jax_enable_x64 is off. Enable it at program start with "
-            'jax.config.update("jax_enable_x64", True), or set the environment variable '
-            "JAX_ENABLE_X64=1."
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Formats
-
-
-@dataclasses.dataclass(frozen=True)
-class Format:
-    """An IEEE-like binary floating-point format: 1 sign, ``exponent_bits``, ``mantissa_bits``.
-
-    ``native_dtype`` is the jnp dtype for fp64/fp32/bf16/fp16 and None for emulated formats,
-    whose values are stored in float64.
-
-    >>> f = parse_format("e5m10")
-    >>> f.unit_roundoff, f.max_value, f.is_native
-    (0.00048828125, 65504.0, False)
-    """
-
-    name: str
-    exponent_bits: int
-    mantissa_bits: int
-    native_dtype: np.dtype | None = None
-
-    @property
-    def is_native(self) -> bool:
-        return self.native_dtype is not None
-
-    @property
-    def storage_dtype(self) -> np.dtype:
-        """The dtype values of this format are stored in: the native dtype, else float64."""
-        return self.native_dtype if self.native_dtype is not None else np.dtype(np.float64)
-
-    @property
-    def unit_roundoff(self) -> float:
-        """u = 2**-(mantissa_bits + 1): the relative error bound of round-to-nearest."""
-        return 2.0 ** -(self.mantissa_bits + 1)
-
-    @property
-    def emin(self) -> int:
-        """Exponent of the smallest normal number, 2 - 2**(exponent_bits - 1)."""
-        return 2 - 2 ** (self.exponent_bits - 1)
-
-    @property
-    def emax(self) -> int:
-        """Exponent of the largest finite number, 2**(exponent_bits - 1) - 1."""
-        return 2 ** (self.exponent_bits - 1) - 1
-
-    @property
-    def smallest_normal(self) -> float:
-        return 2.0**self.emin
-
-    @property
-    def smallest_subnormal(self) -> float:
-        return 2.0 ** (self.emin - self.mantissa_bits)
-
-    @property
-    def max_value(self) -> float:
-        return math.ldexp(2.0 - 2.0**-self.mantissa_bits, self.emax)
-
-    def contains(self, other: Format) -> bool:
-        """Whether every value of ``other`` is exactly representable in this format."""
-        return (
-            self.exponent_bits >= other.exponent_bits and self.mantissa_bits >= other.mantissa_bits
-        )
-
-    def __str__(self) -> str:
-        return self.name
-
-    def round(self, x: Any, *, subnormals: str = "gradual", key: Array | None = None) -> Array:
-        """Round ``x`` to this format; the result has dtype :attr:`storage_dtype`.
-
-        Args:
-          x: array or scalar of any float (or integer) dtype.
-          subnormals: 'gradual' (IEEE underflow through subnormals) or 'flush' (results below
-            the smallest normal become zero, sign kept).
-          key: a PRNG key for stochastic rounding; None rounds to nearest, ties to even.
-
-        Returns:
-          The rounded values in :attr:`storage_dtype`. Traceable and jit-safe.
-
-        >>> float(FP16.round(65520.0)), float(parse_format("e8m3").round(1.3))
-        (inf, 1.25)
-        """
-        _check_choice("subnormals", subnormals, SUBNORMALS)
-        x = jnp.asarray(x)
-        work = self._work_dtype(x.dtype)
-        if _format_of(x.dtype) is not None and self.contains(_format_of(x.dtype)):
-            return _convert(x, self.storage_dtype)  # every value fits: exact conversion
-        value = round_in(_convert(x, work), self, subnormals=subnormals, key=key)
-        return _convert(value, self.storage_dtype)
-
-    def _work_dtype(self, dtype: np.dtype) -> np.dtype:
-        """The dtype rounding is computed in: float64 for emulated formats and float64 inputs,
-        else float32 (which holds bf16 and fp16 exactly)."""
-        if not self.is_native or self.native_dtype == np.float64:
-            require_x64(f"format {self.name}")
-            return np.dtype(np.float64)
-        if dtype == np.float64:
-            return np.dtype(np.float64)
-        return np.dtype(np.float32)
-
-
-FP64 = Format("fp64", 11, 52, np.dtype(np.float64))
-FP32 = Format("fp32", 8, 23, np.dtype(np.float32))
-BF16 = Format("bf16", 8, 7, np.dtype(jnp.bfloat16))
-FP16 = Format("fp16", 5, 10, np.dtype(np.float16))
 
 
 def _nearest_held(fmt: Format, value: float, stored: float) -> float | None:
@@ -219,166 +74,6 @@ def _decimal_toward(target: float, up: bool, stored: Callable[[float], float]) -
             return candidate
     return target
 
-_NATIVE = {f.name: f for f in (FP64, FP32, BF16, FP16)}
-_ALIASES = {
-    "float64": "fp64",
-    "f64": "fp64",
-    "double": "fp64",
-    "float32": "fp32",
-    "f32": "fp32",
-    "float16": "fp16",
-    "f16": "fp16",
-    "half": "fp16",
-    "bfloat16": "bf16",
-}
-_EXMY = re.compile(r"^e(\d+)m(\d+)$")
-_FORMAT_HELP = (
-    "valid formats: fp64, fp32, bf16, fp16 (aliases float64, f64, float32, f32, float16, f16, "
-    "half, bfloat16) or eXmY with exponent bits X in 2..11 and mantissa bits Y in 0..52 "
-    "(e.g. e5m10, e8m3)"
-)
-
-
-def parse_format(text: str | Format) -> Format:
-    """Parse a format name: a native name or alias, or ``eXmY`` (emulated).
-
-    ``e11m52`` and ``e8m23`` are canonicalised to fp64 and fp32 (emulating them in float64 is
-    exact). ``e5m10`` and ``e8m7`` stay emulated: they have the fp16/bf16 layout but are computed
-    in float64, which is what lets the tests check emulation against the native formats.
-
-    >>> parse_format("half").name, parse_format("e8m23").name, parse_format("e8m7").is_native
-    ('fp16', 'fp32', False)
-    """
-    if isinstance(text, Format):
-        return text
-    if not isinstance(text, str):
-        raise ValueError(f"format must be a string, got {text!r}; {_FORMAT_HELP}")
-    name = text.strip().lower()
-    name = _ALIASES.get(name, name)
-    if name in _NATIVE:
-        return _NATIVE[name]
-    match = _EXMY.match(name)
-    if match:
-        exponent_bits, mantissa_bits = int(match[1]), int(match[2])
-        if 2 <= exponent_bits <= 11 and 0 <= mantissa_bits <= 52:
-            if (exponent_bits, mantissa_bits) == (11, 52):
-                return FP64
-            if (exponent_bits, mantissa_bits) == (8, 23):
-                return FP32
-            return Format(name, exponent_bits, mantissa_bits)
-    raise ValueError(f"unknown format {text!r}; {_FORMAT_HELP}")
-
-
-_BY_DTYPE = {f.native_dtype: f for f in _NATIVE.values()}
-
-
-def _format_of(dtype: np.dtype) -> Format | None:
-    """The native format of a float dtype, None for non-float dtypes."""
-    return _BY_DTYPE.get(np.dtype(dtype))
-
-
-# ---------------------------------------------------------------------------------------------
-# Rounding kernels (values stay in the working dtype)
-
-
-def round_in(
-    x: Array, fmt: Format, *, subnormals: str = "gradual", key: Array | None = None
-) -> Array:
-    """Round float32/float64 ``x`` to the values of ``fmt``, keeping x's dtype.
-
-    ``fmt`` must fit in x's dtype. This is the jit-safe kernel behind :meth:`Format.round`: the
-    rounding is done by ``reduce_precision`` or bit operations, which XLA cannot elide.
-    """
-    work = _format_of(x.dtype)
-    if work is None or not work.contains(fmt):
-        raise ValueError(f"cannot round {x.dtype} values to {fmt.name} in place")
-    if key is None:
-        y = _round_nearest(x, fmt, work, subnormals)
-    else:
-        y = _round_stochastic(x, fmt, work, key)
-    if subnormals == "flush":
-        y = jnp.where(jnp.abs(y) < fmt.smallest_normal, jnp.copysign(jnp.zeros_like(y), x), y)
-    return y
-
-
-def _round_nearest(x: Array, fmt: Format, work: Format, subnormals: str) -> Array:
-    if fmt == work:
-        return x
-    y = jax.lax.reduce_precision(x, fmt.exponent_bits, fmt.mantissa_bits)
-    if subnormals == "gradual" and fmt.exponent_bits < work.exponent_bits:
-        # reduce_precision flushes |x| < smallest normal; round those to the subnormal grid.
-        # Scaling by 2**k is exact: the target range is far inside the working dtype's normal
-        # range (k <= 562 for float64 with exponent_bits <= 10; k <= 85 for float32).
-        k = fmt.mantissa_bits - fmt.emin
-        up, down = _pow2(k, x.dtype), _pow2(-k, x.dtype)
-        tiny = jnp.abs(x) < fmt.smallest_normal
-        y = jnp.where(tiny, jnp.round(x * up) * down, y)  # jnp.round: ties to even
-    return y
-
-
-def _round_stochastic(x: Array, fmt: Format, work: Format, key: Array) -> Array:
-    """Round |x| down to the grid of ``fmt`` and up with probability (|x| - lo) / q.
-
-    On the normal range this is the integer trick: add D = (work mantissa - fmt mantissa) random
-    bits to the bit pattern of |x| and truncate those bits; a carry moves into the exponent
-    exactly as the grid does, and past the largest finite value it reaches inf. Below the
-    smallest normal the spacing is fixed (q = smallest subnormal): scale, floor, add a Bernoulli.
-    """
-    if fmt == work:
-        return x
-    nbits = 64 if x.dtype == np.float64 else 32
-    uint = jnp.uint64 if nbits == 64 else jnp.uint32
-    drop = work.mantissa_bits - fmt.mantissa_bits
-    rand = jax.random.bits(key, x.shape, uint)
-    a = jnp.abs(x)
-    bits = jax.lax.bitcast_convert_type(a, uint)
-    if drop > 0:
-        bits = (bits + (rand >> (nbits - drop))) & ~uint((1 << drop) - 1)
-    y = jax.lax.bitcast_convert_type(bits, x.dtype)
-    if fmt.exponent_bits < work.exponent_bits:
-        k = fmt.mantissa_bits - fmt.emin
-        s = a * _pow2(k, x.dtype)
-        low = jnp.floor(s)
-        # a uniform u in [0, 1) on a grid as fine as the working dtype (exact integer * 2**-p)
-        p = work.mantissa_bits + 1
-        u = (rand >> (nbits - p)).astype(x.dtype) * _pow2(-p, x.dtype)
-        sub = (low + (u < s - low).astype(x.dtype)) * _pow2(-k, x.dtype)
-        y = jnp.where(a < fmt.smallest_normal, sub, y)
-    y = jnp.where(y > fmt.max_value, jnp.inf, y).astype(x.dtype)
-    return jnp.where(jnp.isnan(x), x, jnp.copysign(y, x))
-
-
-def _pow2(k: int, dtype: np.dtype) -> Array:
-    return jnp.asarray(2.0**k, dtype)
-
-
-def _convert(x: Array, dtype: np.dtype) -> Array:
-    """Convert ``x`` to ``dtype`` exactly (values must be representable), keeping subnormals.
-
-    XLA on CPU flushes float32-subnormal values (which include bf16 subnormals) when converting
-    between float64 and float32/bfloat16, so those values are moved through bit patterns.
-    """
-    dtype = np.dtype(dtype)
-    if x.dtype == dtype:
-        return x
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        return x.astype(dtype)
-    if dtype == np.float64 and x.dtype in (np.float32, jnp.bfloat16):
-        x32 = x.astype(jnp.float32)  # bf16 -> f32 is a bit shift, subnormals survive
-        bits = jax.lax.bitcast_convert_type(x32, jnp.uint32)
-        sub = (bits & 0x7F800000) == 0
-        magnitude = (bits & 0x007FFFFF).astype(jnp.float64) * _pow2(-149, jnp.float64)
-        value = jnp.where(bits >> 31 == 1, -magnitude, magnitude)
-        return jnp.where(sub, value, x32.astype(jnp.float64))
-    if x.dtype == np.float64 and dtype in (np.float32, jnp.bfloat16):
-        a = jnp.abs(x)
-        sign = jnp.signbit(x).astype(jnp.uint32) << 31
-        mantissa = (a * _pow2(149, jnp.float64)).astype(jnp.uint32)
-        sub = jax.lax.bitcast_convert_type(sign | mantissa, jnp.float32)
-        x32 = jnp.where(a < FP32.smallest_normal, sub, x.astype(jnp.float32))
-        return x32.astype(dtype)  # f32 -> bf16 keeps subnormals
-    return x.astype(dtype)
-
 
 # ---------------------------------------------------------------------------------------------
 # Policies
@@ -389,7 +84,8 @@ _SPEC_HELP = (
     "a spec is comma-separated items: a bare FORMAT (default for params, grads and state), "
     "ROLE=FORMAT with ROLE in params, grads, state, hparams, count (count also takes 'exact'), "
     "rounding=nearest|stochastic, subnormals=gradual|flush, kahan=true|false, or SLOT=FORMAT "
-    "for an optimizer-state field such as mu, nu, v, trace"
+    "for an optimizer-state field such as mu, nu, v, trace; params, grads, state and slots also "
+    "take block formats such as mxfp8e4m3, mxfp4(axis=0), fp8e4m3, bnb8(block=256), int8, ao4"
 )
 
 
@@ -416,10 +112,10 @@ class Precision:
     ('bf16,nu=fp32', dtype('float32'))
     """
 
-    params: Format = FP32
-    grads: Format | None = None
-    state: Format | None = None
-    slots: Mapping[str, Format] = dataclasses.field(default_factory=dict)
+    params: Format | BlockFormat = FP32
+    grads: Format | BlockFormat | None = None
+    state: Format | BlockFormat | None = None
+    slots: Mapping[str, Format | BlockFormat] = dataclasses.field(default_factory=dict)
     count: Format | None = None
     hparams: Format | None = None
     rounding: str = "nearest"
@@ -432,8 +128,17 @@ class Precision:
         if not isinstance(self.kahan, bool):
             raise ValueError(f"kahan must be True or False, got {self.kahan!r}")
         for name, fmt in [(r, getattr(self, r)) for r in _ROLES] + list(self.slots.items()):
-            if fmt is not None and not isinstance(fmt, Format):
+            if fmt is not None and not isinstance(fmt, (Format, BlockFormat)):
                 raise ValueError(f"{name} must be a Format (see parse_format), got {fmt!r}")
+            if name in ("count", "hparams") and isinstance(fmt, BlockFormat):
+                raise ValueError(
+                    f"{name} holds scalars and takes a scalar format (fp64, fp32, bf16, fp16, "
+                    f"eXmY), not the block format {fmt.name}"
+                )
+        if self.kahan and isinstance(self.params, BlockFormat):
+            raise ValueError(
+                f"kahan=true needs a scalar params format; {self.params.name} is a block format"
+            )
         set_ = object.__setattr__  # frozen: resolve defaults once, here
         set_(self, "slots", dict(sorted(self.slots.items())))
         set_(self, "grads", self.grads or self.params)
@@ -455,6 +160,7 @@ class Precision:
 
     def _compute_dtype(self, include_hparams: bool) -> np.dtype:
         roles = [self.params, self.grads, self.state, *self.slots.values()]
+        roles = [f.container if isinstance(f, BlockFormat) else f for f in roles]
         if include_hparams:
             roles.append(self.hparams)
         if any(not f.is_native for f in [*roles, self.count] if f is not None):
@@ -532,8 +238,18 @@ class Precision:
             if role == "count" and jnp.issubdtype(jnp.result_type(leaf), jnp.integer):
                 out.append(self._round_count(leaf))
             else:
-                out.append(self._round(leaf, self.slots.get(role, self.state), k))
+                out.append(self._round(leaf, self.state_format(path), k))
         return jax.tree_util.tree_unflatten(treedef, out)
+
+    def state_format(self, path: tuple) -> Format | BlockFormat:
+        """The format of the optimizer-state leaf at ``path`` (a ``tree_flatten_with_path``
+        path): its slot's override, else ``state``. A code map with ``signed=auto`` is resolved
+        by the outermost field name on the path (unsigned for ``v``, ``nu``, ``sum_sq``)."""
+        fmt = self.slots.get(self._role(path), self.state)
+        if isinstance(fmt, BlockFormat):
+            names = [e.name for e in path if isinstance(e, jax.tree_util.GetAttrKey)]
+            fmt = fmt.for_slot(names[0] if names else None)
+        return fmt
 
     def round_hparam(self, x: Any) -> Array:
         """Round a hyperparameter to the hparams format; the result is in compute_dtype."""
@@ -710,6 +426,9 @@ class Precision:
             p_w, y = work.round(p), work.round(u)
             if c is not None:
                 y = y + work.round(c)
+            if isinstance(self.params, BlockFormat):  # kahan is refused for block params
+                new_p.append(self.params.round(p_w + y, subnormals=self.subnormals, key=k))
+                continue
             new_w = round_in(p_w + y, self.params, subnormals=self.subnormals, key=k)
             new_p.append(_convert(new_w, self.params.storage_dtype))
             if c is not None:
@@ -788,10 +507,25 @@ def precision(spec: str | Precision | None = None, **overrides: Any) -> Precisio
     return policy
 
 
+def _split_items(text: str) -> list[str]:
+    """Split a spec at the commas outside parentheses: ``fp32,v=bnb8(block=256,signed=true)``."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            raise ValueError(f"unbalanced ')' in precision spec {text!r}; {_SPEC_HELP}")
+        if char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    if depth != 0:
+        raise ValueError(f"unbalanced '(' in precision spec {text!r}; {_SPEC_HELP}")
+    return [*items, text[start:]]
+
+
 def _parse_spec(text: str) -> dict[str, Any]:
     settings: dict[str, Any] = {"slots": {}}
-    for item in (part.strip() for part in text.split(",")):
-        if "=" not in item:
+    for item in (part.strip() for part in _split_items(text)):
+        if "=" not in item.partition("(")[0]:  # a bare FORMAT, options included: mxfp4(block=16)
             if "default" in settings:
                 raise ValueError(f"two bare formats in precision spec {text!r}; {_SPEC_HELP}")
             settings["default"] = _format_arg(item)
@@ -823,16 +557,11 @@ def _set(settings: dict[str, Any], name: str, value: Any) -> None:
         raise ValueError(f"bad precision item {name!r}={value!r}; {_SPEC_HELP}")
 
 
-def _format_arg(value: Any) -> Format:
+def _format_arg(value: Any) -> Format | BlockFormat:
     try:
         return parse_format(value)
     except ValueError as error:
         raise ValueError(f"{error}. In a precision spec: {_SPEC_HELP}") from None
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _map_floats(fn, tree: PyTree) -> PyTree:
@@ -841,35 +570,6 @@ def _map_floats(fn, tree: PyTree) -> PyTree:
         lambda x: fn(x) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree
     )
 
-
-# ---------------------------------------------------------------------------------------------
-# A traced mantissa width (one compiled program for every precision)
-
-
-def round_to_bits(x: jax.Array, bits: jax.Array) -> jax.Array:
-    """Round float64 ``x`` to ``bits`` explicit mantissa bits (nearest, ties to even).
-
-    ``bits`` may be traced (0..52), which is what lets one program serve every precision. The
-    exponent range stays float64's; NaN and inf pass through.
-
-    >>> import jax; jax.config.update("jax_enable_x64", True)
-    >>> float(round_to_bits(jnp.float64(1 + 2**-11 + 2**-30), 10))  # up: above the tie
-    1.0009765625
-    >>> float(round_to_bits(jnp.float64(1 + 2**-11), 10))  # a tie: to even (1.0)
-    1.0
-    """
-    u = jax.lax.bitcast_convert_type(x, jnp.uint64)
-    drop = (52 - jnp.asarray(bits, jnp.uint64)).astype(jnp.uint64)
-    one = jnp.uint64(1)
-    half = jnp.where(drop > 0, one << jnp.maximum(drop, one) - one, jnp.uint64(0))
-    lsb = (u >> drop) & one
-    mask = ~((one << drop) - one)
-    # Adding half - 1 + lsb then truncating is round-half-to-even; a carry into the exponent
-    # is the correct rounding up to the next binade (and to inf past the largest value).
-    rounded = (u + half - one + lsb) & mask
-    rounded = jnp.where(drop > 0, rounded, u)
-    out = jax.lax.bitcast_convert_type(rounded, jnp.float64)
-    return jnp.where(jnp.isfinite(x), out, x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -919,18 +619,59 @@ class TracedBits:
         return self._round(perturb(total) if perturb is not None else total), None
 
 
-def stalled_fraction(params_old: PyTree, updates: PyTree, params_new: PyTree) -> Array:
-    """Fraction of coordinates asked to move (update != 0) that did not (rounding absorbed the
-    update); 0 when no coordinate was asked to move. A float32 scalar.
 
-    >>> float(stalled_fraction({"w": jnp.ones(2)}, {"w": jnp.asarray([1e-9, 1.0])},
-    ...                        {"w": jnp.asarray([1.0, 2.0])}))
-    0.5
+
+def storage_bits(fmt: Format | BlockFormat, shape: tuple[int, ...]) -> int:
+    """Bits a tensor of ``shape`` takes in ``fmt``: 1 + e + m per element for scalar formats
+    (an emulated ``eXmY`` counted at the width hardware would store it in, not its float64
+    emulation), elements plus scales for block formats.
+
+    >>> storage_bits(BF16, (10, 3)), storage_bits(parse_format("mxfp4"), (64,))
+    (480, 272)
     """
-    moved, asked = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
-    leaves = (jax.tree_util.tree_leaves(t) for t in (params_old, updates, params_new))
-    for old, u, new in zip(*leaves, strict=True):
-        nonzero = jnp.asarray(u) != 0
-        asked += jnp.sum(nonzero, dtype=jnp.int32)
-        moved += jnp.sum(nonzero & (new == old), dtype=jnp.int32)
-    return moved.astype(jnp.float32) / jnp.maximum(asked, 1).astype(jnp.float32)
+    if isinstance(fmt, BlockFormat):
+        return fmt.storage_bits(tuple(shape))
+    return math.prod(shape) * (1 + fmt.exponent_bits + fmt.mantissa_bits)
+
+
+def state_bytes_per_param(policy: Any, optimizer_or_state: Any, params: PyTree) -> float:
+    """Bytes of optimizer state per parameter under ``policy``: the memory number of a run.
+
+    Every float leaf of the state is counted in the format its role gives it
+    (:meth:`Precision.state_format`), block formats with their scales and padded blocks
+    (:func:`storage_bits`); integer leaves (the step counter) are not counted. Divided by the
+    number of float parameters. fp32 Adam is 8; bitsandbytes-style 8-bit Adam 2 + 2 * 4 / 256;
+    torchao-style 4-bit Adam 1 + 2 * 4 / 128.
+
+    Args:
+      policy: a :class:`Precision` or a spec string.
+      optimizer_or_state: an optax ``GradientTransformation`` (its state is shaped with
+        ``jax.eval_shape``, nothing is computed) or a state pytree (arrays or shape structs).
+      params: the parameters (arrays or ``jax.ShapeDtypeStruct``).
+
+    Returns:
+      Bytes per parameter, a float; 0.0 for a stateless optimizer.
+
+    >>> import jax.numpy as jnp, optax
+    >>> params = {"w": jnp.zeros((1000, 256))}
+    >>> state_bytes_per_param("fp32", optax.adam(1e-3), params)
+    8.0
+    >>> state_bytes_per_param("fp32,mu=bnb8,nu=bnb8", optax.adam(1e-3), params)
+    2.03125
+    >>> state_bytes_per_param("fp32,state=ao4", optax.adam(1e-3), params)
+    1.0625
+    """
+    policy = precision(policy)
+    state = optimizer_or_state
+    if hasattr(optimizer_or_state, "init") and callable(optimizer_or_state.init):
+        state = jax.eval_shape(optimizer_or_state.init, params)
+    n_params = sum(
+        math.prod(np.shape(leaf))
+        for leaf in jax.tree_util.tree_leaves(params)
+        if jnp.issubdtype(leaf.dtype, jnp.floating)
+    )
+    bits = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            bits += storage_bits(policy.state_format(path), tuple(np.shape(leaf)))
+    return bits / 8 / n_params if n_params else 0.0
