@@ -251,15 +251,21 @@ def resolve(spec: Any, **overrides: Any) -> OptimizerSpec:
     if is_named(spec):  # ("mine", tx): the name labels every table, figure and file
         return OptimizerSpec(spec[0], None, {}, spec[1])
     call = spec_lib.parse(spec)
+    if call.name.startswith("torch:"):  # torch.optim itself, stepped through a callback
+        from optimorph.optimizers import external
+
+        text = spec if isinstance(spec, str) and not overrides else None
+        return external.torch_spec(Call(call.name, call.args, {**call.kwargs, **overrides}), text)
     if spec_lib.is_import_path(call.name):
         return _from_import_path(call, overrides)
     entry = REGISTRY.get(call.name)
     if entry is None:
         module, _, attr = call.name.rpartition(".")
         if module and attr:  # optax.adamw: a factory written with '.' where ':' belongs
+            opt_in = "" if module.split(".")[0] in spec_lib.TRUSTED_MODULES else (
+                " (with --allow-import on the command line)")
             raise SpecError(f"unknown optimizer {call.name!r}: to call a factory from a module, "
-                            f"write '{module}:{attr}(...)' (with --allow-import on the command "
-                            f"line)")  # fmt: skip
+                            f"write '{module}:{attr}(...)'{opt_in}")  # fmt: skip
         raise SpecError(
             f"unknown optimizer {call.name!r}; registered: {', '.join(sorted(REGISTRY))} "
             "(or give 'package.module:factory' for your own)"
