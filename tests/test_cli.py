@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from optimorph import cli
+from optimorph import cli, demo
 from optimorph.optimizers import REGISTRY
 from optimorph.problems import list_problems
 
@@ -112,14 +112,14 @@ def test_a_demo_recipe_without_its_dataset_is_skipped_with_the_whole_message(
     empty.mkdir()
     monkeypatch.setenv("OPTIMORPH_DATA", str(empty))
     monkeypatch.setattr(datasets, "DEBIAN_DIR", empty / "debian")
-    assert "linear-weights" in cli.DEMO_RECIPES
-    pages, skipped = cli._demo_recipes(tmp_path, ["linear-weights"], print)
+    assert "linear-weights" in demo.RECIPES
+    pages, skipped = demo.run_recipes(tmp_path, ["linear-weights"], print)
     out = capsys.readouterr().out
     assert pages == [] and [title for title, _ in skipped] == ["Recipe linear-weights (quick)"]
     assert "skipped linear-weights: fashion-mnist not found. Looked in:" in out
     for part in (f"{empty}: no IDX files", "apt-get install dataset-fashion-mnist", "path=<dir>"):
         assert part in out and part in skipped[0][1]
-    html = cli._index_page(tmp_path, pages, 1.0, skipped).read_text()
+    html = demo.index_page(tmp_path, pages, 1.0, skipped).read_text()
     assert "<h2>Skipped</h2>" in html and "Recipe linear-weights (quick): not run" in html
     assert "apt-get install dataset-fashion-mnist" in html
 

@@ -13,20 +13,6 @@ import sys
 import warnings
 from pathlib import Path
 
-DEMO_OPTIMIZERS = [
-    "sgd(lr=power_law(0.15, tau=5e4, alpha=1))",
-    "momentum(lr=0.05, beta=0.9, form='pytorch')",
-    "nesterov(lr=0.05, beta=0.9)",
-    "rmsprop(lr=1e-3)",
-    "adam(lr=1e-3)",
-    "adagrad(lr=0.05)",
-    "signum(lr=1e-3)",
-    "lion(lr=3e-4)",
-]
-# validation=0.1: the zoo is ranked by held-out loss, never by the training loss it overfits.
-DEMO_PROBLEM = "two-moons(n=500, noise=0.1, flip=0.1, validation=0.1)"
-
-
 def entry() -> None:
     """The console script: :func:`main`, with an interrupt anywhere ending in exit status 130.
 
@@ -103,12 +89,37 @@ def _warning_printer(show_other):
     return show
 
 
+def _compilation_cache(jax) -> None:
+    """Keep compiled programs on disk (JAX's persistent cache): most of a small run's time is XLA
+    compiling, and a rerun, a resumed run or a worker process compiling a program another already
+    compiled reads it back instead. ``$OPTIMORPH_CACHE_DIR`` moves it, ``off`` turns it off;
+    a cache set through JAX's own ``JAX_COMPILATION_CACHE_DIR`` is left as it is. The cache
+    holds XLA's output for the same program, so no result depends on it."""
+    import os
+
+    where = os.environ.get("OPTIMORPH_CACHE_DIR", "")
+    if where.lower() in ("off", "0", "no") or jax.config.jax_compilation_cache_dir:
+        return
+    if not where:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        where = os.path.join(base, "optimorph", "jax")
+    # The environment too: worker processes (spawned) configure JAX from it when they import it.
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = where
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs",
+        float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+    )
+
+
 def _run(args) -> int:
     import jax
 
     # The CLI owns its process, so float64 and emulated formats are available here (the library
     # never flips this flag behind a user's back).
     jax.config.update("jax_enable_x64", True)
+    _compilation_cache(jax)
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:
@@ -247,6 +258,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=["optimizers", "problems", "recipes", "norms"],
         help="what to list (default: everything)",
     )
+    ls.add_argument("--match", choices=["torch"], default=None,
+                    help="optimizers: the optimorph spec p-equivalent to each torch.optim default")
     ls.set_defaults(run=_list)
 
     tr = sub.add_parser("train", help="train optimizers on a problem and write a run directory")
@@ -268,6 +281,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=POSITIVE, default=4000, help="training steps of the zoo run")
     demo.add_argument("--seeds", type=POSITIVE, default=3, help="seeds per optimizer (zoo run)")
     demo.add_argument("--zoo-only", action="store_true", help="only the zoo run (fast)")
+    demo.add_argument("--workers", type=POSITIVE, default=None,
+                      help="processes for the demo's jobs (default: one per core)")
     demo.set_defaults(run=_demo)
 
     cmp_ = sub.add_parser("compare", help="are two optimizers p-equivalent? (noise-floor rule)")
@@ -771,7 +786,12 @@ def _list(args) -> int:
     for i, kind in enumerate(what):
         if len(what) > 1:
             print(("\n" if i else "") + f"# {kind}")
-        if kind == "optimizers":
+        if kind == "optimizers" and getattr(args, "match", None) == "torch":
+            from optimorph.optimizers.external import MATCH_TORCH
+
+            for name, (match, why) in MATCH_TORCH.items():
+                print(f"torch:{name:<34} {match}\n    {why}")
+        elif kind == "optimizers":
             from optimorph.optimizers import list_optimizers
 
             for e in list_optimizers():
@@ -878,141 +898,16 @@ def _probes(args) -> list:
                        full_every=args.full_batch_every)  # fmt: skip
 
 
-DEMO_CLASSES = [
-    "sgd(lr=0.01)",
-    "momentum(lr=0.01, beta=0.0)",
-    "momentum(lr=0.001, beta=0.9)",
-    "momentum(lr=0.001, beta=0.9, form='ema')",
-    "signsgd(lr=0.01)",
-    "adam(lr=0.01, b1=0, b2=0, eps=0)",
-]
-
-
 def _demo(args) -> int:
     """What optimorph is for, in a few minutes: the zoo on noisy two moons, the tour's quick
     recipes, the headline equivalence table, and one index page linking every report."""
-    import time
+    from optimorph import demo
 
-    from optimorph.engine import train
-    from optimorph.equivalence.compare import classes
-    from optimorph.report import write_report
-    from optimorph.report.equivalence_report import write_equivalence_report
-    from optimorph.report.figures import save_figures, save_hessian_figure
-    from optimorph.results import store, write_run
-    from optimorph.results.equivalence_store import write_comparison
-    from optimorph.results.hessian import hessian_of_run
-
-    out = args.out
-    if out.exists():
-        shutil.rmtree(out)  # the demo always starts fresh
-    out.mkdir(parents=True)
-    started = time.perf_counter()
-    pages: list[tuple[str, Path, str]] = []
-    skipped: list[tuple[str, str]] = []
-
-    def say(text: str) -> None:
-        print(f"[demo {time.perf_counter() - started:5.0f}s] {text}", file=sys.stderr)
-
-    say(f"{len(DEMO_OPTIMIZERS)} optimizers x {args.seeds} seeds on {DEMO_PROBLEM}")
-    zoo = out / "zoo"
-    result = train(
-        DEMO_PROBLEM, DEMO_OPTIMIZERS, seeds=args.seeds, steps=args.steps, batch_size=32,
-        precision="fp32", eval_every=max(args.steps // 40, 1), checkpoint_dir=zoo / "checkpoints",
-    )  # fmt: skip
-    write_run(result, zoo)
-    save_figures(result, zoo)
-    shutil.rmtree(zoo / "checkpoints", ignore_errors=True)
-    say("the Hessian's spectrum at each optimizer's final parameters")
-    hessian_of_run(zoo, examples=500, k=3, lanczos_steps=40, samples=50, seeds=1, progress=False)
-    save_hessian_figure(zoo)
-    pages.append(("The zoo on noisy two moons", write_report(zoo, title="optimorph demo: the zoo"),
-                  f"{len(DEMO_OPTIMIZERS)} optimizers, {args.seeds} seeds, the Hessian at the "
-                  "end"))  # fmt: skip
-    if not args.zoo_only:
-        say("equivalence classes at fp16, fp32, fp64 (least squares)")
-        eq = out / "equivalence"
-        with store.claim(eq, "classes") as d:
-            cls = classes(DEMO_CLASSES, problem="least-squares(n=64, d=8, hetero=10)",
-                          precisions=["fp16", "fp32", "fp64"], seeds=2, steps=100,
-                          batch_size=16, progress=True)  # fmt: skip
-            doc = {
-                "problem": cls.comparison.problem,
-                "optimizers": DEMO_CLASSES,
-                "precisions": dict(cls.classes),
-                "non_transitive": cls.non_transitive,
-                "stalled_pairs": cls.stalled_pairs,
-                "pairs": {p: [v.summary() for v in vs] for p, vs in cls.comparison.pairs.items()},
-            }
-            store.write_config(d, "classes", {"optimizers": DEMO_CLASSES, "demo": True})
-            write_comparison(d, doc, cls.comparison)
-        counts = ", ".join(f"{len(c)} classes at {p}" for p, c in cls.classes.items())
-        pages.append(("Which optimizers are the same algorithm?", write_equivalence_report(eq),
-                      counts))  # fmt: skip
-        recipe_pages, skipped = _demo_recipes(out, DEMO_RECIPES, say)
-        pages += recipe_pages
-    index = _index_page(out, pages, time.perf_counter() - started, skipped)
-    _print_summary(result)
-    say(f"done; open {index}")
+    index, table = demo.run(args.out, steps=args.steps, seeds=args.seeds, zoo_only=args.zoo_only,
+                            workers=args.workers)  # fmt: skip
+    print(table)
     print(f"report: {index}", file=sys.stderr)
     return 0
-
-
-DEMO_RECIPES = ("batch-size", "stretched-moons", "optimizer-tour", "linear-weights")
-
-
-def _demo_recipes(out: Path, names, say) -> tuple[list, list]:
-    """Run the quick variant of each recipe in ``names`` into ``out/NAME``: the index entries
-    ``(title, report, summary)`` of those that ran and ``(title, why)`` of those skipped for a
-    missing dataset (the whole message: where it looked and how to get the data)."""
-    from optimorph.experiments.findings import tally
-    from optimorph.experiments.recipes import run_recipe
-    from optimorph.problems import DatasetNotFound
-    from optimorph.report.recipe_report import write_recipe_report
-    from optimorph.results import store
-
-    pages, skipped = [], []
-    for name in names:
-        say(f"recipe {name} (quick)")
-        title = f"Recipe {name} (quick)"
-        try:
-            d = run_recipe(name, out / name, quick=True, progress=False)
-        except DatasetNotFound as err:
-            say(f"skipped {name}: {err}")
-            skipped.append((title, str(err)))
-            continue
-        findings = store.read_json(d, "findings")
-        pages.append((title, write_recipe_report(d), tally(findings)))
-    return pages, skipped
-
-
-def _index_page(out: Path, pages: list[tuple[str, Path, str]], seconds: float,
-                skipped: list[tuple[str, str]] = ()) -> Path:  # fmt: skip
-    import html
-
-    from optimorph.report.html import write_page
-
-    items = "".join(
-        f"<li><a href='{html.escape(str(path.relative_to(out)))}'>{html.escape(title)}</a>"
-        f" &mdash; {html.escape(summary)}</li>"
-        for title, path, summary in pages
-    )
-    body = [
-        "<h1>optimorph demo</h1>",
-        "<p class='lead'>A laboratory for training optimizers: is this optimizer an old one in "
-        "disguise, at which precision do two optimizers become the same, and do the tour's "
-        "claims hold? Each page below answers one question, summary first.</p>",
-        f"<ul>{items}</ul>",
-    ]
-    if skipped:
-        body += [
-            "<h2>Skipped</h2>",
-            "<ul>" + "".join(f"<li>{html.escape(title)}: not run<pre>{html.escape(why)}</pre></li>"
-                             for title, why in skipped) + "</ul>",
-        ]  # fmt: skip
-    body.append(
-        f"<p>Made in {seconds:.0f} s. Full-size recipes: <code>optimorph run NAME</code>.</p>"
-    )
-    return write_page(out / "index.html", "optimorph demo", body)
 
 
 def _hessian(args) -> int:
@@ -1063,30 +958,10 @@ def _report(args) -> int:
 
 
 def _print_summary(result) -> None:
-    """The final test metrics by the summary's rule (summary.json, the report): mean and sample
-    std over the seeds that did not diverge; diverged seeds are listed below the table."""
-    from optimorph.results.summary import summarize
+    """The final metrics table (summary.json's rule), then any divergence on stderr."""
+    from optimorph.results.summary import final_table
 
-    summary = summarize(result)
-    keys = [k for k in result.evals if k.startswith(("test", "validation"))] or list(result.evals)
-    header = f"{'optimizer':<48}" + "".join(f"{k:>22}" for k in keys)
-    print(header + "   (mean ± sample std over seeds that did not diverge)")
-    for entry in summary["optimizers"]:
-        row = f"{entry['optimizer'][:47]:<48}"
-        for k in keys:
-            s = entry["final"].get(k, {})
-            mean = "-" if s.get("mean") is None else f"{s['mean']:.4f}"
-            std = "" if s.get("std") is None else f"±{s['std']:.4f}"
-            row += f"{mean:>14} {std:<7}"
-        print(row)
-    for g in summary.get("grids", ()):
-        i = g["members"].index(g["best"]) if g["best"] is not None else None
-        best = "every point diverged" if i is None else (
-            f"{g['best']} (final {g['metric']} {g['means'][i]:.4g})")  # fmt: skip
-        print(f"best of {g['spec']}: {best}, best {g['rule']}")
-    ranking = summary["ranking"]
-    if not summary.get("grids") and len(result.optimizers) > 1 and ranking["order"]:
-        print(f"ranked {ranking['rule']}: {', then '.join(ranking['order'])}")
+    print(final_table(result))
     for line in result.divergence_messages():
         print(line, file=sys.stderr)
 

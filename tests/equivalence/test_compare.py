@@ -237,3 +237,27 @@ def test_a_different_verdict_names_the_defaults_the_two_specs_leave_apart():
     assert v.outcome == "different"
     assert "both specs leave weight_decay (A 0.0001, B 0.01) at different defaults" in v.reason
     assert "b1" not in v.reason.split("defaults")[0]  # equal defaults are not named
+
+
+def test_precisions_judged_in_worker_processes_or_apart_give_the_same_classes():
+    """workers=2 sends each precision to a process; merge_classes joins classes computed apart.
+    Both must give the verdicts of one in-process run, number for number."""
+    from optimorph.equivalence.compare import classes, merge_classes
+
+    opts = ["sgd(lr=0.05)", "momentum(lr=0.05, beta=0)", "signsgd(lr=0.05)"]
+    run = dict(problem="least-squares(n=32, d=4, hetero=30)", seeds=2, steps=20, progress=False)
+    here = classes(opts, precisions=["fp16", "fp64"], workers=1, **run)
+    pooled = classes(opts, precisions=["fp16", "fp64"], workers=2, **run)
+    merged = merge_classes([classes(opts, precisions=[p], **run) for p in ("fp16", "fp64")])
+    assert here.classes["fp64"] == [opts[:2], opts[2:]]
+    for other in (pooled, merged):
+        assert other.classes == here.classes
+        assert other.comparison.precisions == here.comparison.precisions
+        for p, verdicts in here.comparison.pairs.items():
+            for v, w in zip(verdicts, other.comparison.pairs[p], strict=True):
+                assert json.dumps(v.summary(), sort_keys=True) == json.dumps(
+                    w.summary(), sort_keys=True
+                )
+                np.testing.assert_array_equal(v.distance, w.distance)
+    with pytest.raises(ValueError, match="different optimizers"):
+        merge_classes([here, classes(opts[:2], precisions=["fp16"], **run)])

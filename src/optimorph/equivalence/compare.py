@@ -38,8 +38,10 @@ import numpy as np
 
 from optimorph import stats
 from optimorph.engine import train
+from optimorph.engine.parallel import default_workers, map_cells
 from optimorph.engine.progress import Progress
 from optimorph.equivalence import defect as defect_lib
+from optimorph.equivalence import diagnosis
 from optimorph.equivalence import theory
 from optimorph.optimizers import resolve
 from optimorph.precision import precision as make_precision
@@ -111,6 +113,7 @@ class PairVerdict:
     # Seed 0's parameter trajectories [E, P] (state maps act as the identity on parameters).
     path_a: np.ndarray = dataclasses.field(repr=False, default=None)
     path_b: np.ndarray = dataclasses.field(repr=False, default=None)
+    diagnosis: dict | None = None  # a 'different' verdict's step, slot and cause (diagnosis.py)
 
     def panel(self, precision: str) -> dict:
         """This pair's curves as a panel of ``report.equivalence_figures.divergence_grid``."""
@@ -251,11 +254,19 @@ def compare(
         checkpoint_dir=checkpoint_dir,
     )
     maps = {(0, 1): phi} if phi is not None else {}
-    return _evaluate([a, b], problem, precision, run, progress, settings, maps=maps)
+    comparison = _evaluate([a, b], problem, precision, run, progress, settings, maps=maps)
+    return diagnosis.attach(comparison, problem, run)  # names where and why 'different' pairs part
 
 
-def _evaluate(optimizers, problem, precision, run, progress, settings, maps=None, pairs=None):
-    """Train each optimizer once per precision, then judge the pairs (all by default)."""
+def _evaluate(
+    optimizers, problem, precision, run, progress, settings, maps=None, pairs=None, workers=1
+):
+    """Train each optimizer once per precision, then judge the pairs (all by default).
+
+    Precisions are independent: with ``workers`` > 1 (None: one per core) they run in worker
+    processes, when everything a worker needs can be sent to it (spec strings, a problem spec,
+    no hand-made state maps); otherwise here, one after another. The verdicts are the same.
+    """
     require_x64("numerical equivalence (noise floors and emulated formats)")
     unknown = set(settings) - set(DEFAULTS)
     if unknown:
@@ -273,25 +284,44 @@ def _evaluate(optimizers, problem, precision, run, progress, settings, maps=None
     names = [s.text for s in specs]
     precisions = [precision] if isinstance(precision, str) else list(precision)
     pairs = pairs or list(itertools.combinations(range(len(specs)), 2))
-    out: dict[str, list[PairVerdict]] = {}
-    for p in precisions:
-        p_name = str(make_precision(p))
-        runs = measure(
-            prob, specs, precision=p, replicas=int(cfg["replicas"]), progress=progress, **run
+    sendable = isinstance(problem, str) and not maps and all(s.custom is None for s in specs)
+    workers = (default_workers() if workers is None else int(workers)) if sendable else 1
+    if workers > 1 and len(precisions) > 1:
+        cells = [(names, problem, p, run, cfg, pairs) for p in precisions]
+        bar = Progress(len(cells), "precisions", enabled=progress, unit="precisions")
+        verdicts = map_cells(
+            _precision_cell, cells, workers=workers, on_result=lambda i, _: bar.advance(1)
         )
-        # Defects, intrinsic errors and theory checks take seconds per pair: show progress.
-        bar = Progress(len(pairs), f"pairs at {p_name}", enabled=progress, unit="pairs")
-        out[p] = []
-        for i, j in pairs:
-            smap = (maps or {}).get((i, j))
-            out[p].append(
-                _pair_verdict(
-                    prob, specs, i, j, p, p_name, runs, cfg, run["batch_size"], run["steps"], smap
-                )
-            )
-            bar.advance(1)
+        out = dict(zip(precisions, verdicts, strict=True))
+    else:
+        out = {p: _judge(prob, specs, p, run, cfg, maps, pairs, progress) for p in precisions}
     settings_out = {**cfg, **{k: v for k, v in run.items() if k != "checkpoint_dir"}}
     return Comparison(prob.name, names, precisions, out, settings_out)
+
+
+def _precision_cell(cell) -> list[PairVerdict]:
+    """One precision's verdicts in a worker process (spec strings and a problem spec in)."""
+    names, problem, p, run, cfg, pairs = cell
+    specs = [resolve(n) for n in names]
+    return _judge(make_problem(problem), specs, p, run, cfg, None, pairs, progress=False)
+
+
+def _judge(prob, specs, p, run, cfg, maps, pairs, progress) -> list[PairVerdict]:
+    """Train every optimizer at precision ``p`` (with replicas), then judge each pair."""
+    p_name = str(make_precision(p))
+    runs = measure(prob, specs, precision=p, replicas=int(cfg["replicas"]), progress=progress, **run)
+    # Defects, intrinsic errors and theory checks take seconds per pair: show progress.
+    bar = Progress(len(pairs), f"pairs at {p_name}", enabled=progress, unit="pairs")
+    out = []
+    for i, j in pairs:
+        smap = (maps or {}).get((i, j))
+        out.append(
+            _pair_verdict(
+                prob, specs, i, j, p, p_name, runs, cfg, run["batch_size"], run["steps"], smap
+            )
+        )
+        bar.advance(1)
+    return out
 
 
 def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, smap):
@@ -785,13 +815,15 @@ def classes(
     eval_every: int | None = None,
     progress: bool = True,
     checkpoint_dir: Any = None,
+    workers: int | None = 1,
     **settings: Any,
 ) -> Classes:
     """The equivalence graph of ``optimizers`` at each precision and its connected components.
 
     Every optimizer is trained once per precision (with its noise replicas); every pair is then
     judged by :func:`compare`'s rule. Components are the classes; triples with a ~ b, b ~ c but
-    not a ~ c are reported (p-equivalence is not transitive in general).
+    not a ~ c are reported (p-equivalence is not transitive in general). ``workers`` > 1 (None:
+    one per core) judges the precisions in that many processes, with the same verdicts.
 
     >>> import jax; jax.config.update("jax_enable_x64", True)
     >>> c = classes(["sgd(lr=0.05)", "momentum(lr=0.05, beta=0)", "signsgd(lr=0.05)"],
@@ -800,8 +832,6 @@ def classes(
     >>> c.classes["fp64"]
     [['sgd(lr=0.05)', 'momentum(lr=0.05, beta=0)'], ['signsgd(lr=0.05)']]
     """
-    from optimorph.equivalence import classes as graph_lib
-
     run = dict(
         seeds=seeds,
         steps=steps,
@@ -809,7 +839,30 @@ def classes(
         eval_every=eval_every,
         checkpoint_dir=checkpoint_dir,
     )
-    comp = _evaluate(list(optimizers), problem, precisions, run, progress, settings)
+    comp = _evaluate(
+        list(optimizers), problem, precisions, run, progress, settings, workers=workers
+    )
+    return _classes_of(comp)
+
+
+def merge_classes(parts: Sequence[Classes]) -> Classes:
+    """One :class:`Classes` from several computed apart (each at its own precisions, the same
+    optimizers, problem and settings), e.g. precisions judged as separate jobs."""
+    first = parts[0].comparison
+    pairs: dict[str, list[PairVerdict]] = {}
+    for part in parts:
+        c = part.comparison
+        if (c.optimizers, c.problem, c.settings) != (first.optimizers, first.problem, first.settings):
+            raise ValueError("merge_classes: the parts compare different optimizers or settings")
+        pairs.update(c.pairs)
+    comp = Comparison(first.problem, first.optimizers, list(pairs), pairs, first.settings)
+    return _classes_of(comp)
+
+
+def _classes_of(comp: Comparison) -> Classes:
+    """The equivalence graph of a comparison's verdicts at each precision, and its components."""
+    from optimorph.equivalence import classes as graph_lib
+
     names = comp.optimizers
     out, triples, stalled, undecidable = {}, {}, {}, {}
     for p, verdicts in comp.pairs.items():

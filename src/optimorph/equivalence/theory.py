@@ -31,7 +31,7 @@ from jax.flatten_util import ravel_pytree
 from optimorph.problems import Problem
 from optimorph.problems import problem as make_problem
 
-__all__ = ["MAX_HESSIAN_PARAMS", "newton_bound", "signsgd_bound", "theory_checks"]
+__all__ = ["MAX_HESSIAN_PARAMS", "newton_bound", "newton_bounds", "signsgd_bound", "theory_checks"]
 
 PyTree = Any
 
@@ -98,21 +98,50 @@ def newton_bound(problem: Any, params: PyTree, *, max_params: int = MAX_HESSIAN_
     >>> newton_bound("quadratic(dim=3, kappa=4)", {"x": jnp.ones(3)})
     4.0
     """
+    return newton_bounds(problem, [params], max_params=max_params)[0]
+
+
+def newton_bounds(
+    problem: Any, params_list: Sequence[PyTree], *, max_params: int = MAX_HESSIAN_PARAMS
+) -> list[float]:
+    """:func:`newton_bound` at each of several points, their Hessians in one compiled call (one
+    compilation per problem and parameter layout instead of an eager Hessian per point)."""
     prob = problem if isinstance(problem, Problem) else make_problem(problem)
     wide = jnp.result_type(float)
-    flat, unravel = ravel_pytree(jax.tree.map(lambda x: jnp.asarray(x, wide), params))
-    if flat.size > max_params:
+    flats = []
+    for params in params_list:
+        flat, unravel = ravel_pytree(jax.tree.map(lambda x: jnp.asarray(x, wide), params))
+        flats.append(flat)
+    if not flats:
+        return []
+    if flats[0].size > max_params:
         raise ValueError(
-            f"newton_bound computes the exact Hessian: {flat.size} parameters is more than "
-            f"max_params={max_params} ({flat.size}^2 entries); use a smaller model or raise "
+            f"newton_bound computes the exact Hessian: {flats[0].size} parameters is more than "
+            f"max_params={max_params} ({flats[0].size}^2 entries); use a smaller model or raise "
             "max_params"
         )
-    batch = _batch64(prob)
-    hessian = jax.hessian(lambda v: prob.loss(unravel(v), batch))(flat)
-    hessian = np.asarray(hessian, np.float64)
-    singular = np.abs(np.linalg.eigvalsh(0.5 * (hessian + hessian.T)))
-    low = float(singular.min())
-    return math.inf if low == 0.0 else float(singular.max()) / low
+    program = _hessian_program(prob, params_list[0], unravel)
+    hessians = np.asarray(program(jnp.stack(flats), _batch64(prob)))
+    out = []
+    for hessian in hessians.astype(np.float64):
+        singular = np.abs(np.linalg.eigvalsh(0.5 * (hessian + hessian.T)))
+        low = float(singular.min())
+        out.append(math.inf if low == 0.0 else float(singular.max()) / low)
+    return out
+
+
+_HESSIANS: dict = {}  # compiled vmapped Hessians, keyed by problem identity and layout
+
+
+def _hessian_program(prob: Problem, template: PyTree, unravel):
+    layout = [(np.shape(x), str(jnp.result_type(x))) for x in jax.tree.leaves(template)]
+    key = (id(prob), jax.tree.structure(template), tuple(layout), jnp.result_type(float))
+    if key not in _HESSIANS:
+        if len(_HESSIANS) >= 16:
+            _HESSIANS.pop(next(iter(_HESSIANS)))
+        hess = jax.hessian(lambda v, batch: prob.loss(unravel(v), batch))
+        _HESSIANS[key] = (prob, jax.jit(jax.vmap(hess, in_axes=(0, None))))
+    return _HESSIANS[key][1]
 
 
 def theory_checks(
@@ -147,7 +176,7 @@ def theory_checks(
     sign = [signsgd_bound(g) for g in grads_list]
     note = ""
     try:
-        newton = [newton_bound(problem, p, max_params=max_params) for p in params_list]
+        newton = newton_bounds(problem, params_list, max_params=max_params)
     except ValueError as err:
         newton, note = [], f"Newton bound skipped: {err}"
 

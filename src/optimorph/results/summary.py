@@ -48,6 +48,7 @@ __all__ = [
     "final_values",
     "final_window",
     "seed_stats",
+    "final_table",
 ]
 
 TRAIN_SPLIT = "train_step"
@@ -203,3 +204,29 @@ def seed_stats(values: np.ndarray) -> dict[str, float | int | None]:
 
 def _number(x: np.floating) -> float | None:
     return float(x) if np.isfinite(x) else None
+
+
+def final_table(result: TrainResult) -> str:
+    """The final held-out metrics by the summary's rule, as printed after a run: mean and sample
+    std over the seeds that did not diverge, each grid's best point, and the ranking."""
+    summary = summarize(result)
+    keys = [k for k in result.evals if k.startswith(("test", "validation"))] or list(result.evals)
+    header = f"{'optimizer':<48}" + "".join(f"{k:>22}" for k in keys)
+    lines = [header + "   (mean ± sample std over seeds that did not diverge)"]
+    for entry in summary["optimizers"]:
+        row = f"{entry['optimizer'][:47]:<48}"
+        for k in keys:
+            s = entry["final"].get(k, {})
+            mean = "-" if s.get("mean") is None else f"{s['mean']:.4f}"
+            std = "" if s.get("std") is None else f"±{s['std']:.4f}"
+            row += f"{mean:>14} {std:<7}"
+        lines.append(row)
+    for g in summary.get("grids", ()):
+        i = g["members"].index(g["best"]) if g["best"] is not None else None
+        best = "every point diverged" if i is None else (
+            f"{g['best']} (final {g['metric']} {g['means'][i]:.4g})")  # fmt: skip
+        lines.append(f"best of {g['spec']}: {best}, best {g['rule']}")
+    ranking = summary["ranking"]
+    if not summary.get("grids") and len(result.optimizers) > 1 and ranking["order"]:
+        lines.append(f"ranked {ranking['rule']}: {', then '.join(ranking['order'])}")
+    return "\n".join(lines)
