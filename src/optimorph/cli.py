@@ -456,6 +456,8 @@ def _equivalence_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seeds", type=POSITIVE, default=5, help="paired seeds per optimizer")
     p.add_argument("--steps", type=POSITIVE, default=500, help="training steps")
+    p.add_argument("--workers", type=POSITIVE, default=None,
+                   help="processes judging the precisions (default: one per core)")
     p.add_argument("--batch-size", type=POSITIVE, default=None,
                    help="examples per step (default: the full batch)")
     p.add_argument(
@@ -502,6 +504,7 @@ def _run_args(args) -> dict:
         steps=args.steps,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        workers=args.workers,
         C=args.C,
     )
 

@@ -221,6 +221,7 @@ def compare(
     phi: Any = None,
     progress: bool = True,
     checkpoint_dir: Any = None,
+    workers: int | None = 1,
     **settings: Any,
 ) -> Comparison:
     """Compare two optimizers at one or several precisions.
@@ -234,6 +235,8 @@ def compare(
         exact map, else a fitted one.
       checkpoint_dir: keep training checkpoints here; an interrupted comparison rerun with the
         same arguments resumes its training where it stopped.
+      workers: processes judging the precisions (None: one per core); the verdicts are the
+        same with any number.
       **settings: override ``DEFAULTS`` (C, replicas, kappa_max, margin, stall_limit).
 
     Returns:
@@ -254,7 +257,9 @@ def compare(
         checkpoint_dir=checkpoint_dir,
     )
     maps = {(0, 1): phi} if phi is not None else {}
-    comparison = _evaluate([a, b], problem, precision, run, progress, settings, maps=maps)
+    comparison = _evaluate(
+        [a, b], problem, precision, run, progress, settings, maps=maps, workers=workers
+    )
     return diagnosis.attach(comparison, problem, run)  # names where and why 'different' pairs part
 
 

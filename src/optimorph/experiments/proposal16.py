@@ -65,6 +65,7 @@ class Recipe:
     margin: float = 0.05  # TOST margin, relative to the reference's mean final test loss
     visits: int = 20  # visited states per run for the one-step defects
     models: tuple[str, ...] = ("mlp", "cnn")  # which of the two problems to run
+    workers: int | None = None  # processes judging the precisions (default: one per core)
 
     @classmethod
     def quick(cls) -> "Recipe":
@@ -97,6 +98,7 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
         C=recipe.C,
         margin=recipe.margin,
         visits=recipe.visits,
+        workers=recipe.workers,
     )
     unknown = set(recipe.models) - {"mlp", "cnn"}
     if unknown or not recipe.models:
@@ -106,14 +108,15 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
         prob = _mlp_problem(recipe) if label == "mlp" else problem(recipe.cnn_problem)
         _log(progress, f"[{label}] classes of {len(OPTIMIZERS)} optimizers on {prob.name}")
         ckpt = out / "checkpoints" / label  # a rerun after a crash resumes the training
+        # By its spec: worker processes rebuild the problem from it (the problem is seeded).
         cls = classes(
-            OPTIMIZERS, problem=prob, precisions=PRECISIONS, checkpoint_dir=ckpt, **common
+            OPTIMIZERS, problem=prob.name, precisions=PRECISIONS, checkpoint_dir=ckpt, **common
         )
         verify = {}
         for a, b in VERIFY_PAIRS:
             _log(progress, f"[{label}] verify {a} ~ {b}")
             verify[f"{a} | {b}"] = compare(
-                a, b, problem=prob, precision=PRECISIONS, checkpoint_dir=ckpt, **common
+                a, b, problem=prob.name, precision=PRECISIONS, checkpoint_dir=ckpt, **common
             )
         curves_doc = {"problem": prob.name, "optimizers": list(OPTIMIZERS)}
         write_comparison(out / label, curves_doc, cls.comparison)
