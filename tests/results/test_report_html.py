@@ -50,3 +50,23 @@ def test_report_shows_config_and_summary(report):
     for text in ("two-moons(n=500)", "fp32", "batch_size", "jaxlib", "devices", "1 / 3"):
         assert text in page, text
     assert "seed 1 at step 23" in page
+
+
+def test_a_run_states_its_state_memory_per_parameter(tmp_path):
+    import optimorph
+    from optimorph.results.rundir import read_config
+
+    prob = optimorph.problem("least-squares(n=64, d=300)")
+    result = optimorph.train(
+        prob, ["adam(lr=0.01)", "sgd(lr=0.01)"], steps=4, batch_size=16,
+        precision="fp32,state=mxfp8e4m3(axis=0)", progress=False,
+    )  # fmt: skip
+    # w is 300 x 1: m and v in MXFP8, 10 blocks of 32 down axis 0 with an 8-bit scale each; sgd
+    # has no state.
+    adam = 2 * (300 * 8 + 10 * 8) / 8 / 300
+    assert result.config["state_bytes_per_param"] == [adam, 0.0]
+    run_dir = write_run(result, tmp_path / "run", problem=prob)
+    assert read_config(run_dir)["config"]["state_bytes_per_param"] == [adam, 0.0]
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "<th>state bytes / param</th>" in page
+    assert f'<td class="num">{adam:.4g}</td>' in page and '<td class="num">0</td>' in page

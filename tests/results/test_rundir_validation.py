@@ -110,6 +110,13 @@ DAMAGED = [
     ("diverged_at of another shape",
      _edit_json("config.json", lambda d: {**d, "diverged_at": [[-1]]}),
      "config.json", "field 'diverged_at' has rows of lengths [1], expected 2 rows of 3"),
+    ("state bytes of another length", _edit_json("config.json", lambda d: {
+        **d, "config": {**d["config"], "state_bytes_per_param": [8.0]}}),
+     "config.json", "field 'config.state_bytes_per_param' has 1 values, expected 2 (one per "
+     "optimizer)"),
+    ("state bytes of strings", _edit_json("config.json", lambda d: {
+        **d, "config": {**d["config"], "state_bytes_per_param": ["8", "2"]}}),
+     "config.json", "field 'config.state_bytes_per_param[0]' is the string '8', expected a number"),
     ("optimizers a string", _edit_json("config.json", lambda d: {**d, "optimizers": "adam"}),
      "config.json", "field 'optimizers' is the string 'adam', expected a list"),
     ("a newer format", _edit_json("config.json", lambda d: {**d, "format_version": 99}),

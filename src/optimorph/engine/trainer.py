@@ -49,7 +49,7 @@ from optimorph.optimizers import OptimizerSpec, resolve
 from optimorph.optimizers.grid import expand as expand_grid
 from optimorph.optimizers.registry import is_named
 from optimorph.precision import precision as make_precision
-from optimorph.precision import require_x64
+from optimorph.precision import require_x64, state_bytes_per_param
 from optimorph.probes import Probe, StepValues
 from optimorph.probes import builtin as builtin_probes
 from optimorph.probes.base import REDUCERS
@@ -186,6 +186,7 @@ def train(
         rounded[s.text] = policy.warn_hparams(numeric_hparams(s))
 
     data = _device_data(prob, policy)
+    shapes = jax.eval_shape(prob.init, jax.random.key(0))  # nothing is computed
     config = {
         "problem": prob.name,
         "optimizers": [s.text for s in specs],
@@ -194,6 +195,8 @@ def train(
         "steps": plan.steps,
         "batch_size": plan.batch_size,
         "precision": str(policy),
+        # The memory number of each optimizer: its state's bytes per parameter under the policy.
+        "state_bytes_per_param": [state_bytes_per_param(policy, s.build(), shapes) for s in specs],
         "eval_every": plan.eval_every,
         "log_every": plan.log_every,
         "replicas": plan.replicas,

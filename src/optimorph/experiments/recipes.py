@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from optimorph.experiments import assumptions, norms_study, proposal16, tour
+from optimorph.experiments import assumptions, low_bit_states, norms_study, proposal16, tour
 from optimorph.experiments.findings import at_quick_scale
 from optimorph.registry import Registry
 from optimorph.results import store
@@ -361,5 +361,19 @@ RECIPES.add(
         "the numerical-equivalence proposal",
         proposal16.Recipe,
         _run_proposal16,
+    ),
+)
+
+
+RECIPES.add(
+    "low-bit-states",
+    Recipe(
+        "low-bit-states",
+        "Adam and AdamW with 8-bit, 4-bit, FP8 and MX optimizer states against fp32 states: "
+        "p-equivalence (d/floor), final loss and memory per parameter, on least squares over h "
+        "and the Fashion-MNIST MLP",
+        "issue 20 (8-bit Adam, torchao 4-bit AdamW, FP8-LM, OCP MX v1.0)",
+        low_bit_states.LowBitConfig,
+        low_bit_states.run,
     ),
 )

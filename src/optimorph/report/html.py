@@ -92,7 +92,7 @@ def write_report(
         "<h2>Summary</h2>",
         "" if progress else _lead(summary),
         _grids_table(summary),
-        _summary_table(summary),
+        _summary_table(summary, config.get("config", {}).get("state_bytes_per_param")),
         _diverged_list(summary),
         "<h2>Figures</h2>",
         *(_figure(path) for path in _figures(out)),
@@ -174,15 +174,19 @@ def _wide(n_columns: int) -> str:
     return ' class="wide"' if n_columns > 7 else ""
 
 
-def _summary_table(summary: dict[str, Any]) -> str:
-    """Optimizer | final metrics as mean ± std over non-diverged seeds | diverged count."""
+def _summary_table(summary: dict[str, Any], state_bytes: list[float] | None = None) -> str:
+    """Optimizer | state bytes per parameter (runs that recorded it) | final metrics as mean ±
+    std over non-diverged seeds | diverged count."""
     optimizers = summary["optimizers"]
     keys = list(dict.fromkeys(k for o in optimizers for k in o["final"]))
     n_seeds = len(summary["seeds"])
-    head = "".join(f"<th>{cell_text(k)}</th>" for k in ["optimizer", *keys, "diverged"])
+    memory = ["state bytes / param"] if state_bytes is not None else []
+    head = "".join(f"<th>{cell_text(k)}</th>" for k in ["optimizer", *memory, *keys, "diverged"])
     rows = []
     for o in optimizers:
         cells = [f"<td><code>{cell_text(o['optimizer'])}</code></td>"]
+        if state_bytes is not None:
+            cells.append(f'<td class="num">{format_number(state_bytes[o["index"]])}</td>')
         for key in keys:
             stats = _format_stats(o["final"].get(key), n_seeds)
             cells.append(f'<td class="num">{cell_text(stats)}</td>')
@@ -194,7 +198,13 @@ def _summary_table(summary: dict[str, Any]) -> str:
         f"{_e(str(summary['train_window']))}, evaluations are at step "
         f"{_e(str(summary['last_eval_step']))}.</p>"
     )
-    wide = _wide(len(keys) + 2)
+    if state_bytes is not None:
+        note += (
+            "<p>State bytes / param: the optimizer state's memory per parameter under the run's "
+            "precision policy, scales of block formats included, the step counter not counted."
+            "</p>"
+        )
+    wide = _wide(len(keys) + 2 + len(memory))
     return f"<table{wide}><tr>{head}</tr>\n" + "\n".join(rows) + "</table>\n" + note
 
 

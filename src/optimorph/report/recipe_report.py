@@ -436,3 +436,60 @@ def _proposal16_tables(run_dir: Path) -> list[str]:
 
 FIGURES["proposal16"] = _proposal16_figures
 _TABLES["proposal16"] = _proposal16_tables
+
+
+def _low_bit_figures(run_dir: Path) -> list[tuple[Path, str]]:
+    """The memory frontier (state bytes per parameter against d/floor) and d/floor against h,
+    from ``table_verdicts.json``; diverged runs drawn at the top edge as crosses."""
+    rows = [r for r in store.read_json(run_dir, "table_verdicts") if r["states"] != "fp32"]
+    if not rows:
+        return []
+    C = read_config(run_dir)["config"].get("C", 10.0)
+    head = rows[0]["params"]
+    adam = rows[0]["optimizer"]
+    sel = [r for r in rows if r["params"] == head and r["optimizer"] == adam]
+    finite = [r["d_floor"] for r in sel if r["d_floor"] is not None and r["d_floor"] > 0]
+    top = max([*finite, C]) * 3
+    bottom = min([*finite, C]) / 3
+    problems = list(dict.fromkeys(r["problem"] for r in sel))
+    states = list(dict.fromkeys(r["states"] for r in sel))
+    colors = _colors(len(problems))
+    fig = Figure(figsize=(MAX_WIDTH, _PANEL[1] + 0.6), layout="constrained")
+    front, by_h = fig.subplots(1, 2)
+    markers = "osD^vP*X"
+    for color, prob in zip(colors, problems, strict=True):
+        pts = [r for r in sel if r["problem"] == prob]
+        for r in pts:
+            y = r["d_floor"] if r["d_floor"] is not None else top
+            m = "x" if r["d_floor"] is None else markers[states.index(r["states"]) % len(markers)]
+            front.scatter(r["bytes_per_param"], max(y, bottom), color=color, marker=m, s=36)
+        front.plot([], [], color=color, label=prob)
+    for s, m in zip(states, markers, strict=False):
+        front.scatter([], [], color="grey", marker=m, label=s)
+    front.axhline(C, color="black", lw=0.8, ls="--")
+    front.set(xlim=(0, 8.5), yscale="log", ylim=(bottom / 1.5, top * 1.5),
+              xlabel="optimizer state, bytes per parameter", ylabel="d / noise floor (max over t)",
+              title=f"memory frontier ({adam}, {head} parameters)")  # fmt: skip
+    front.legend(fontsize="x-small", ncol=2)
+    front.grid(alpha=0.3, which="both")
+    ls_rows = [r for r in sel if r["h"] is not None]
+    for i, s in enumerate(states):
+        pts = sorted((r["h"], r["d_floor"]) for r in ls_rows if r["states"] == s)
+        if pts:
+            hs = [h for h, _ in pts]
+            ys = [max(y if y is not None else top, bottom) for _, y in pts]
+            by_h.plot(hs, ys, marker=markers[i % len(markers)], color=f"C{i}", label=s)
+    by_h.axhline(C, color="black", lw=0.8, ls="--")
+    by_h.set(xscale="log", yscale="log", ylim=(bottom / 1.5, top * 1.5),
+             xlabel="h (feature-scale spread of least squares)",
+             ylabel="d / noise floor (max over t)", title="where equivalence stops as h grows")
+    by_h.legend(fontsize="x-small", ncol=2)
+    by_h.grid(alpha=0.3, which="both")
+    path = save_figure(fig, run_dir / "low_bit_frontier.png")
+    return [(path, f"Each low-bit state format against fp32 states ({adam}, {head} "
+             f"parameters, median over seeds of d/floor, maximised over evaluations). Dashed: "
+             f"C = {C:g}, the equivalence threshold (below: p-equivalent). Crosses at the top "
+             "edge: the low-bit run diverged.")]  # fmt: skip
+
+
+FIGURES["low-bit-states"] = _low_bit_figures

@@ -3,7 +3,8 @@ reads the file: one validator per file kind.
 
 ====================  ===========================================================================
 ``config.json``       :func:`check_config`: every kind's ``kind``, ``format_version``, ``config``;
-                      a train run's optimizers, seeds, eval keys, divergence steps, wall time, grids
+                      a train run's optimizers, seeds, eval keys, divergence steps, wall time,
+                      grids, state bytes per parameter (one per optimizer)
 ``metrics.parquet``   :func:`check_metrics`: the columns and types of :data:`METRICS_SCHEMA`, no
                       nulls in key columns, the optimizers and seeds of ``config.json``
 ``summary.json``      :func:`check_summary`: the format of :mod:`optimorph.results.summary`
@@ -226,7 +227,8 @@ _CONFIG = {"kind?": STRING, "format_version?": INT, "config?": OBJECT, "environm
 _GRID = {"spec": STRING, "members": _List(STRING, 1), "axes": _Map(_List(NUMBER, 1))}
 _PROGRESS = {"done": INT, "steps": INT, "group": INT, "groups": INT}
 _TRAIN_CONFIG = {
-    "config": {"progress?": _PROGRESS, "grids?": _List(_GRID)},
+    "config": {"progress?": _PROGRESS, "grids?": _List(_GRID),
+               "state_bytes_per_param?": _List(NUMBER)},  # fmt: skip
     "optimizers": _List(STRING, 1),
     "seeds": _List(INT, 1),
     "eval_keys": _List(STRING),
@@ -290,6 +292,12 @@ def _check_train_config(doc: dict[str, Any]) -> None:
     if shape != [len(seeds)] * len(optimizers):
         raise _Bad("diverged_at", f"has rows of lengths {shape}, expected {len(optimizers)} rows "
                                   f"of {len(seeds)} (one per optimizer and seed)")  # fmt: skip
+    memory = doc["config"].get("state_bytes_per_param")
+    if memory is not None and len(memory) != len(optimizers):
+        raise _Bad(
+            "config.state_bytes_per_param",
+            f"has {len(memory)} values, expected {len(optimizers)} (one per optimizer)",
+        )
     for i, grid in enumerate(doc["config"].get("grids", ())):
         stray = [m for m in grid["members"] if m not in optimizers]
         if stray:

@@ -1,0 +1,33 @@
+"""The low-bit-states recipe end to end at its quick settings: stored files, findings, report."""
+
+from optimorph.experiments import recipes
+from optimorph.experiments.findings import NOT_JUDGED, STATUSES
+from optimorph.experiments.low_bit_states import LowBitConfig, policy
+from optimorph.report.recipe_report import write_recipe_report
+from optimorph.results import store
+
+
+def test_the_quick_variant_stores_verdicts_findings_and_a_frontier(tmp_path):
+    out = recipes.run_recipe("low-bit-states", tmp_path / "run", quick=True, progress=False)
+    config = store.read_json(out, "config")
+    assert config["recipe"] == "low-bit-states" and config["quick"] is True
+    quick = LowBitConfig.quick()
+    rows = store.read_json(out, "table_verdicts")
+    assert len(rows) == len(quick.heteros) * len(quick.states)  # one optimizer, one params format
+    for r in rows:
+        assert r["policy"] == policy(r["params"], r["states"])
+        if r["states"] == "fp32":  # the reference against itself
+            assert r["d_floor"] == 0.0 and r["outcome"] == "equivalent"
+    memory = {r["states"]: r["bytes_per_param"] for r in rows}
+    assert memory == {"fp32": 8.0, "bnb8": 2 * (1 + 4 / 256), "mxfp8": 2 * (1 + 1 / 32)}
+    findings = store.read_json(out, "findings")
+    assert len(findings) == 10
+    for f in findings:
+        assert f["status"] in STATUSES and f["measured"]
+        if not f["judged_at_quick"]:
+            assert f["status"] == NOT_JUDGED
+    judged = [f for f in findings if f["judged_at_quick"]]
+    assert any("8-bit blockwise Adam" in f["claim"] for f in judged)
+    page = write_recipe_report(out).read_text(encoding="utf-8")
+    assert (out / "low_bit_frontier.png").exists() and 'alt="low_bit_frontier.png"' in page
+    assert "Table: verdicts" in page and "C = 10, the equivalence threshold" in page
