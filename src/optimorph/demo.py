@@ -69,20 +69,28 @@ def run(out: Path, *, steps: int, seeds: int, zoo_only: bool = False,
         jobs += [("classes", p) for p in CLASSES_PRECISIONS] + [("recipe", r) for r in RECIPES]
     jobs.sort(key=lambda job: -_COST.get(job[1] if job[0] == "recipe" else job[0], 10))
     cells = [(kind, what, out, steps, seeds, started) for kind, what in jobs]
-    results = dict(zip(jobs, map_cells(_job, cells, workers=workers), strict=True))
+    results: dict = {}
+    classes_page: list[Page] = []
 
+    def finished(i: int, result: Any) -> None:
+        kind, what = jobs[i]
+        results[jobs[i]] = result
+        _say(started, f"finished {kind}{'' if what is None else ' ' + what}")
+        parts = [results.get(("classes", p)) for p in CLASSES_PRECISIONS]
+        if kind == "classes" and all(parts):
+            # Written here while the workers run the remaining jobs (its figures take seconds).
+            classes_page.append(_write_classes(out / "equivalence", parts))
+
+    map_cells(_job, cells, workers=workers, on_result=finished)
     zoo_page, table = results[("zoo", None)]
-    pages: list[Page] = [zoo_page]
+    pages: list[Page] = [zoo_page, *classes_page]
     skipped: list[tuple[str, str]] = []
-    if not zoo_only:
-        parts = [results[("classes", p)] for p in CLASSES_PRECISIONS]
-        pages.append(_write_classes(out / "equivalence", parts))
-        for name in RECIPES:
-            page, why = results[("recipe", name)]
-            if page is not None:
-                pages.append(page)
-            else:
-                skipped.append((f"Recipe {name} (quick)", why))
+    for name in () if zoo_only else RECIPES:
+        page, why = results[("recipe", name)]
+        if page is not None:
+            pages.append(page)
+        else:
+            skipped.append((f"Recipe {name} (quick)", why))
     seconds = time.time() - started
     _say(started, f"done in {seconds:.0f} s")
     return index_page(out, pages, seconds, skipped), table
