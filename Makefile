@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 test: venv
-	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 tests
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --durations=15 tests
 
 demo: venv
 	$(BIN)/optimorph demo --out runs/demo

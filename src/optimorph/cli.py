@@ -456,8 +456,10 @@ def _equivalence_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seeds", type=POSITIVE, default=5, help="paired seeds per optimizer")
     p.add_argument("--steps", type=POSITIVE, default=500, help="training steps")
-    p.add_argument("--workers", type=POSITIVE, default=None,
-                   help="processes judging the precisions (default: one per core)")
+    # Not yet the default: a Ctrl-C reaches the workers too, and resuming an interrupted
+    # comparison is tested for one process only.
+    p.add_argument("--workers", type=POSITIVE, default=1,
+                   help="processes judging the precisions (e.g. 2 on two cores; default 1)")
     p.add_argument("--batch-size", type=POSITIVE, default=None,
                    help="examples per step (default: the full batch)")
     p.add_argument(
@@ -532,7 +534,8 @@ def _compare(args) -> int:
         ckpt = out / "checkpoints" if out else None
         precisions = args.precision
         result = compare(
-            args.a, args.b, precision=precisions, checkpoint_dir=ckpt, **_run_args(args)
+            args.a, args.b, precision=precisions, checkpoint_dir=ckpt, diagnose=True,
+            **_run_args(args),
         )
         doc = {
             "problem": result.problem,

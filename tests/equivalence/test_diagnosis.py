@@ -112,7 +112,7 @@ def test_torch_pairs_are_diagnosed(a, b, step, slot, cause):
 
 def test_compare_attaches_the_diagnosis_to_a_different_verdict():
     c = compare("rmsprop(lr=1e-3)", "rmsprop(lr=1e-3, eps_inside=true)", problem=MLP,
-                precision="fp32", seeds=2, steps=20, progress=False)  # fmt: skip
+                precision="fp32", seeds=2, steps=20, progress=False, diagnose=True)  # fmt: skip
     v = c.pairs["fp32"][0]
     assert v.outcome == "different"
     assert v.diagnosis["cause"] == "eps-sqrt" and v.diagnosis["slot"] == "params"

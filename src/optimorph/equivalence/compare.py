@@ -222,6 +222,7 @@ def compare(
     progress: bool = True,
     checkpoint_dir: Any = None,
     workers: int | None = 1,
+    diagnose: bool = False,
     **settings: Any,
 ) -> Comparison:
     """Compare two optimizers at one or several precisions.
@@ -237,6 +238,9 @@ def compare(
         same arguments resumes its training where it stopped.
       workers: processes judging the precisions (None: one per core); the verdicts are the
         same with any number.
+      diagnose: for each pair found different, name the first step and state slot where they
+        part and the most likely known cause (:mod:`optimorph.equivalence.diagnosis`; seconds per
+        verdict; the command line does it).
       **settings: override ``DEFAULTS`` (C, replicas, kappa_max, margin, stall_limit).
 
     Returns:
@@ -260,7 +264,9 @@ def compare(
     comparison = _evaluate(
         [a, b], problem, precision, run, progress, settings, maps=maps, workers=workers
     )
-    return diagnosis.attach(comparison, problem, run)  # names where and why 'different' pairs part
+    if not diagnose:
+        return comparison
+    return diagnosis.attach(comparison, problem, run, pair=(a, b))
 
 
 def _evaluate(

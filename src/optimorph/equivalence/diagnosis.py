@@ -590,9 +590,10 @@ def diagnose(
     )
 
 
-def attach(comparison: Any, problem: Any, run: dict) -> Any:
+def attach(comparison: Any, problem: Any, run: dict, pair: tuple[Any, Any] | None = None) -> Any:
     """Diagnose every decided, non-equivalent verdict of a Comparison in place: its
-    ``diagnosis`` (a dict) is set and the reason gains the diagnosis's sentence."""
+    ``diagnosis`` (a dict) is set and the reason gains the diagnosis's sentence. ``pair``: the
+    two optimizers as given to ``compare`` (a named optax object has no spec to re-read)."""
     prob = None
     for p, verdicts in comparison.pairs.items():
         for v in verdicts:
@@ -600,7 +601,8 @@ def attach(comparison: Any, problem: Any, run: dict) -> Any:
                 continue
             prob = prob or (problem if isinstance(problem, Problem) else make_problem(problem))
             steps = int(run.get("steps") or 64)
-            d = diagnose(v.a, v.b, prob, p, steps=min(steps, 64),
+            a, b = pair if pair is not None else (v.a, v.b)
+            d = diagnose(a, b, prob, p, steps=min(steps, 64),
                          batch_size=run.get("batch_size"), run_steps=steps)  # fmt: skip
             v.diagnosis = d.as_dict()
             v.reason += f"; {d.sentence()}"

@@ -46,7 +46,17 @@ def select(result, indices: list[int]):
         trajectory=None if result.trajectory is None else result.trajectory[pick],
         rounded_hparams={o: m for o, m in result.rounded_hparams.items()
                          if o in {result.optimizers[i] for i in indices}},  # fmt: skip
+        config=_select_config(result.config, indices),
     )
+
+
+def _select_config(config: dict, indices: list[int]) -> dict:
+    """The run's config with its per-optimizer lists cut to the selected rows."""
+    out = dict(config)
+    for key in ("optimizers", "optimizers_canonical", "state_bytes_per_param"):
+        if isinstance(out.get(key), list):
+            out[key] = [out[key][i] for i in indices]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,7 +65,7 @@ class Recipe:
     margin: float = 0.05  # TOST margin, relative to the reference's mean final test loss
     visits: int = 20  # visited states per run for the one-step defects
     models: tuple[str, ...] = ("mlp", "cnn")  # which of the two problems to run
-    workers: int | None = None  # processes judging the precisions (default: one per core)
+    workers: int | None = 1  # processes judging the precisions (None: one per core)
 
     @classmethod
     def quick(cls) -> "Recipe":
