@@ -29,3 +29,15 @@ def check_page(tmp_path):
     import browser
 
     return lambda page: browser.check_page(page, tmp_path)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "heavy: a test of a minute or more; runs first, so no worker idles at the end"
+    )
+
+
+def pytest_collection_modifyitems(items):
+    """Heavy tests first (stable otherwise): with two workers, a long test collected last keeps
+    one worker busy while the other has nothing left to do."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)

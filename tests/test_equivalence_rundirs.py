@@ -46,6 +46,7 @@ def _run(argv, out, resume=False):
                             stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("argv, result", [(COMPARE, "equivalence.json"),
                                           (PHASE, "phase_diagram.json")])  # fmt: skip
 def test_an_interrupted_process_resumes_to_the_same_result(argv, result, tmp_path):

@@ -2,12 +2,15 @@
 
 import json
 
+import pytest
+
 from optimorph.experiments import proposal16
 from optimorph.experiments.recipes import run_recipe
 from optimorph.report.recipe_report import write_recipe_report
 from optimorph.results import store
 
 
+@pytest.mark.heavy
 def test_proposal16_pipeline_writes_classes_findings_and_report(tmp_path, monkeypatch, check_page):
     monkeypatch.setattr(
         proposal16, "OPTIMIZERS", ["sgd(lr=0.1)", "momentum(lr=0.01, beta=0.9)", "signsgd(lr=1e-3)"]

@@ -28,6 +28,7 @@ def _start(out, resume=False):
     )
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_exits_130_with_an_intact_checkpoint_every_time(tmp_path):
     out = tmp_path / "run"

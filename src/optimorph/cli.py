@@ -364,6 +364,30 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--quiet", action="store_true", help="no progress lines")
     ex.set_defaults(run=_experiment)
 
+    sw = sub.add_parser(
+        "sweep",
+        help="run every cell of a TOML sweep file into a results store (rerun to resume)",
+        description="Run every cell (problem x precision x optimizer point x seed) of a sweep\n"
+        "file that is not yet done in --out. The same command after an interrupt or a kill\n"
+        "continues: finished cells are kept, partial ones restart from their last checkpoint.\n"
+        "File format: docs/sweeps.md; example: examples/sweep.toml.",
+    )
+    sw.add_argument("file", type=Path, help="the sweep file (TOML)")
+    sw.add_argument("--out", type=_out_dir, required=True, help="the results store")
+    sw.add_argument("--workers", type=POSITIVE, default=1,
+                    help="local processes running batches (e.g. 2 on two cores)")
+    sw.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                    help="run on a Dask distributed cluster, e.g. tcp://127.0.0.1:8786 (its "
+                    "workers must see --out at the same path; pip install 'optimorph[cluster]')")
+    sw.add_argument("--checkpoint-every", type=_number(0.0), default=30.0, metavar="SECONDS",
+                    help="seconds between checkpoints of a running batch")
+    sw.add_argument("--overwrite", action="store_true",
+                    help="replace a store that holds another sweep")
+    sw.add_argument("--check", action="store_true",
+                    help="check the file and print its cells and programs; run nothing")
+    sw.add_argument("--quiet", action="store_true", help="no progress line")
+    sw.set_defaults(run=_sweep)
+
     hs = sub.add_parser(
         "hessian",
         help="the Hessian spectrum at a train run's final parameters (writes hessian.json)",
@@ -777,6 +801,40 @@ def _experiment(args) -> int:
         mark = status_of(f)
         print(f"[{'DID NOT HOLD' if mark == FAILED else mark}] {f['claim']}: {f['measured']}")
     print(f"report: {report}", file=sys.stderr)
+    return 0
+
+
+def _sweep(args) -> int:
+    from optimorph.sweeps import load, run_sweep
+    from optimorph.sweeps.run import print_warnings
+
+    if args.scheduler is not None and args.workers > 1:
+        raise ValueError("give --workers or --scheduler, not both (a cluster has its own workers)")
+    sweep = load(args.file)
+    n = len(sweep.batches)
+    print(f"sweep {sweep.name}: {len(sweep.cells)} cells in {n} batch{'es' if n != 1 else ''} "
+          "(a batch's cells are the lanes of one compiled program)", file=sys.stderr)  # fmt: skip
+    if args.check:
+        for b in sweep.batches:
+            print(f"{b.problem} | {b.precision} | {len(b.optimizers)} optimizer points x "
+                  f"{len(b.seeds)} seeds | {', '.join(b.optimizers[:3])}"
+                  f"{', ...' if len(b.optimizers) > 3 else ''}")  # fmt: skip
+        return 0
+    try:
+        report = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler,
+                           checkpoint_every=args.checkpoint_every, overwrite=args.overwrite,
+                           progress=not args.quiet)  # fmt: skip
+    except KeyboardInterrupt:
+        print("optimorph: interrupted; finished cells are kept: rerun the same command to "
+              "continue", file=sys.stderr)  # fmt: skip
+        return 130
+    print_warnings(report)
+    print(report.line(), file=sys.stderr)
+    if report.failed:
+        first = next(iter(report.failed.values()))
+        print(f"optimorph: error: {len(report.failed)} of {report.cells} cells failed (first: "
+              f"{first}); rerun the same command to retry them", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

@@ -1,6 +1,10 @@
 """Sweep cells on worker processes: same results as in-process, errors name the cell."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -37,3 +41,55 @@ def test_a_failing_cell_is_named():
     assert any("in sweep cell" in note for note in info.value.__notes__)
     with pytest.raises(ValueError, match="workers must be a positive integer"):
         map_cells(abs, [1], workers=0)
+
+
+WAITER = '''
+import os, sys, time
+def wait(folder):
+    open(os.path.join(folder, f"pid-{os.getpid()}"), "w").close()
+    time.sleep(120)
+'''
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_an_interrupted_parent_stops_its_workers(tmp_path):
+    """SIGINT to the parent alone (``kill -INT``, a job scheduler): a parent that trains nothing
+    itself still has the start-up handler (``os._exit``), which would leave the workers
+    computing; map_cells takes SIGINT over while it waits, so they are stopped."""
+    (tmp_path / "waiter.py").write_text(WAITER)
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from optimorph import startup; startup.install()\n"
+        "import waiter\n"
+        "from optimorph.engine.parallel import map_cells\n"
+        "try:\n"
+        f"    map_cells(waiter.wait, [{str(tmp_path)!r}] * 2, workers=2)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(tmp_path.glob("pid-*"))) < 2:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.1)
+    pids = [int(p.name[4:]) for p in tmp_path.glob("pid-*")]
+    assert len(pids) == 2, "the workers did not start"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids), "a worker outlived its parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    if not os.path.exists(f"/proc/{pid}/stat"):  # no /proc here: alive as far as we can tell
+        return True
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (exited, not yet reaped) is not computing
+        return f.read().split(") ")[-1][0] != "Z"

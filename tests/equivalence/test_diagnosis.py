@@ -1,5 +1,7 @@
 """Where two implementations part and why (optimorph.equivalence.diagnosis)."""
 
+import inspect
+
 import pytest
 
 from optimorph.equivalence import diagnosis
@@ -64,6 +66,21 @@ def test_torch_coupled_decay_and_float32_counter():
     assert _check("float32-step", "torch:Adam", "adam", steps=1000) is None
 
 
+def test_a_bias_correction_rounded_apart_is_named_where_the_moments_agree():
+    pytest.importorskip("torch")
+    # fp16: m and v equal bit for bit after step 1, the steps one ulp apart (torch divides by
+    # float64 scalars, optax by 1 - b^t cast to fp16); the same algorithm at fp64
+    said = _check("bias-correction-dtype", "torch:Adam", "optax:adam(1e-3)", precision="fp16")
+    assert said and said.startswith("at fp16 both keep the same m and v bit for bit"), said
+    assert "at a gradient of 1: -0.000999450684 vs -0.00100040436" in said
+    for precision in ("fp32", "fp64"):  # no difference in the step / no rounding at all
+        assert _check("bias-correction-dtype", "torch:Adam", "optax:adam(1e-3)",
+                      precision=precision) is None  # fmt: skip
+    # two algorithms (b2 0.999 vs 0.99) differ at fp64: not a rounding question
+    assert _check("bias-correction-dtype", "torch:Adam", "optax:adam(1e-3, b2=0.99)",
+                  precision="fp16") is None  # fmt: skip
+
+
 # ------------------------------------------------------------------ the diagnosis of a run
 
 
@@ -110,12 +127,36 @@ def test_torch_pairs_are_diagnosed(a, b, step, slot, cause):
         assert d.slot_names == ("sum", "sum_of_squares")  # each side's own name
 
 
-def test_compare_attaches_the_diagnosis_to_a_different_verdict():
-    c = compare("rmsprop(lr=1e-3)", "rmsprop(lr=1e-3, eps_inside=true)", problem=MLP,
-                precision="fp32", seeds=2, steps=20, progress=False, diagnose=True)  # fmt: skip
+def test_compare_attaches_the_diagnosis_and_its_report_draws_where_they_part(tmp_path):
+    from optimorph.report.equivalence_report import write_equivalence_report
+    from optimorph.results import store
+    from optimorph.results.equivalence_store import write_comparison
+
+    a, b = "rmsprop(lr=1e-3)", "rmsprop(lr=1e-3, eps_inside=true)"
+    c = compare(a, b, problem=MLP, precision="fp32", seeds=2, steps=20, progress=False,
+                diagnose=True)  # fmt: skip
     v = c.pairs["fp32"][0]
     assert v.outcome == "different"
     assert v.diagnosis["cause"] == "eps-sqrt" and v.diagnosis["slot"] == "params"
     assert "they part at step 1 in params" in v.reason and "likely cause [eps-sqrt]" in v.reason
     assert v.summary()["diagnosis"]["cause"] == "eps-sqrt"
+    out = tmp_path / "cmp"  # stored as `optimorph compare --out` stores it
+    out.mkdir()
+    store.write_config(out, "compare", {"a": a, "b": b})
+    write_comparison(out, {"problem": c.problem, "a": a, "b": b, "settings": c.settings,
+                           "precisions": {"fp32": v.summary()}}, c)  # fmt: skip
+    page = write_equivalence_report(out).read_text()
+    assert "<h2>Where they part</h2>" in page and 'alt="slot_ulps.png"' in page
+    assert page.index("Where they part") < page.index("<h2>Figures</h2>")
 
+
+def test_classes_diagnoses_on_request():
+    from optimorph.equivalence.compare import classes
+
+    assert inspect.signature(classes).parameters["diagnose"].default is False  # opt-in
+    pair = ["rmsprop(lr=1e-3)", "rmsprop(lr=1e-3, eps_inside=true)"]
+    c = classes(pair, problem=MLP, precisions="fp32", seeds=2, steps=20, progress=False,
+                diagnose=True)  # fmt: skip
+    v = c.comparison.pairs["fp32"][0]
+    assert c.classes["fp32"] == [[pair[0]], [pair[1]]]
+    assert v.diagnosis["cause"] == "eps-sqrt" and "likely cause [eps-sqrt]" in v.reason

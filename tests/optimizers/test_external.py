@@ -23,7 +23,14 @@ SAME = [
     ("torch:AdamW(lr=1e-3)", "adamw(lr=1e-3, weight_decay=0.01)"),
     ("torch:SGD(lr=0.05, momentum=0.9)", "momentum(lr=0.05, beta=0.9, form='pytorch')"),
     ("torch:RMSprop(lr=1e-3)", "rmsprop(lr=1e-3, beta=0.99, eps=1e-8)"),
+    # `optimorph list optimizers --match torch`: its Adagrad spec as printed, its Nesterov form
+    ("torch:Adagrad", external.MATCH_TORCH["Adagrad"][0]),
+    ("torch:SGD(lr=0.05, momentum=0.9, nesterov=True)", "nesterov(lr=0.05, beta=0.9)"),
 ]
+# Not in SAME: NAdam (torch's momentum schedule has no optimorph form; even momentum_decay=0
+# leaves mu_t = b1 / 2, d/floor ~1e5 at fp32) and RAdam (optimorph's radam is p-equivalent to
+# torch's at fp32, d/floor ~1, but not at fp64, ~2e7: eps is added to sqrt(v_hat) there, to
+# sqrt(v) in torch); MATCH_TORCH says "none" for both.
 
 
 def _ratios(runs, i, j, precision):
@@ -47,6 +54,11 @@ def test_torch_matches_the_optimorph_spec_with_its_conventions(precision):
         # and not trivially: the runs moved
         assert np.linalg.norm(runs.result.trajectory[2 * k, 0, -1] - runs.result.trajectory[
             2 * k, 0, 0]) > 0  # fmt: skip
+
+
+def test_the_match_torch_table_names_no_spec_for_nadam_and_radam():
+    assert external.MATCH_TORCH["NAdam"][0] == external.MATCH_TORCH["RAdam"][0] == "none"
+    assert "not at fp64" in external.MATCH_TORCH["RAdam"][1]
 
 
 def test_torch_code_paths_agree_at_bf16():

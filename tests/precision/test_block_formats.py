@@ -340,3 +340,84 @@ def test_stochastic_rounding_is_unbiased_and_keyed(spec):
     assert (draws[:, exact] == x[exact]).all()  # representable values never move
     z = np.abs(mean[~exact] - x[~exact]) / se[~exact]
     assert z.max() < 5, (z.max(), x[~exact][np.argmax(z)])
+
+
+# --------------------------------------------------------------------------------------------
+# Fixed bugs: each test failed before its fix
+
+
+def midpoint_blocks(fmt, absmaxes):
+    """Blocks of ``fmt.block_size`` float32 values, each led by its absmax a, filled with the
+    float32 values nearest to (midpoint of two codes) * a and their two neighbours."""
+    codes = fmt.codes.astype(np.float64)
+    mids = (codes[:-1] + codes[1:]) / 2
+    rows, amax = [], []
+    for a in absmaxes:
+        t = (mids * np.float64(a)).astype(np.float32)
+        xs = np.concatenate([t, np.nextafter(t, np.float32(np.inf)), np.nextafter(t, -np.inf)])
+        xs = xs[(np.abs(xs) < a) & ((xs >= 0) | (codes[0] < 0))]
+        n = fmt.block_size - 1
+        xs = np.concatenate([xs, np.zeros(-len(xs) % n, np.float32)])
+        for chunk in xs.reshape(-1, n):
+            rows.append(np.concatenate([[a], chunk]).astype(np.float32))
+            amax.append(a)
+    return np.stack(rows), np.asarray(amax, np.float32)[:, None]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["bnb8(signed=true)", "bnb8(signed=false)", "int8", "ao4(signed=true)", "ao4(signed=false)"],
+)
+def test_code_map_picks_the_nearest_code_exactly(spec):
+    """bitsandbytes' rule: each element stores the code nearest x / absmax. Decided exactly
+    (midpoint * absmax and x compared in float64, where the product of two float32 values is
+    exact); ties go to the lower code. Rounding x / absmax to float32 first picked the
+    neighbouring code for about a fifth of the values within an ulp of a midpoint."""
+    fmt = parse_format(spec)
+    x, a = midpoint_blocks(fmt, [np.float32(1.0), np.float32(0.7312679), np.float32(3.1e-5)])
+    mids = (fmt.codes[:-1].astype(np.float64) + fmt.codes[1:]) / 2
+    idx = np.sum(mids * a.astype(np.float64)[..., None] < x.astype(np.float64)[..., None], -1)
+    want = fmt.codes[idx] * a  # float32 product, as the decoder forms it
+    same_bits(jax.jit(fmt.round)(jnp.asarray(x.reshape(-1))).reshape(x.shape), want)
+
+
+@pytest.mark.parametrize("spec", ["fp8e4m3", "fp8e5m2"])
+def test_scaled_fp8_is_the_same_compiled_and_eager(spec):
+    """Under jit XLA rewrote q * (1 / (max / amax)) into q * (amax / max): 1 ulp apart in about
+    half of these tensors. Each must equal the eager result, and the NumPy rule, bit for bit."""
+    fmt = parse_format(spec)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((24, 64)) * np.exp(rng.uniform(-10, 10, (24, 1)))
+    x = x.astype(np.float32)
+    compiled = jax.jit(jax.vmap(fmt.round))(jnp.asarray(x))
+    one = jax.jit(fmt.round)
+    for i, (row, got) in enumerate(zip(x, np.asarray(compiled), strict=True)):
+        s = np.float32(fmt.element.max_value) / np.max(np.abs(row))
+        q = np.clip(row * s, -fmt.element.max_value, fmt.element.max_value)
+        ml = ml_dtypes.float8_e4m3fn if spec == "fp8e4m3" else ml_dtypes.float8_e5m2
+        want = q.astype(ml).astype(np.float32) * (np.float32(1) / s)
+        if i < 4:  # eager: one op at a time (slow), a few rows
+            same_bits(fmt.round(jnp.asarray(row)), want)
+        same_bits(one(jnp.asarray(row)), want)
+        same_bits(got, want)
+
+
+def test_mx_default_axis_is_the_last_axis_longer_than_one():
+    """A column vector (n, 1) is blocked down its n entries, not into n blocks of one."""
+    rng = np.random.default_rng(8)
+    v = jnp.asarray(rng.standard_normal(100) * np.exp(rng.uniform(-6, 6, 100)), jnp.float32)
+    fmt, explicit = parse_format("mxfp4"), parse_format("mxfp4(axis=-1)")
+
+    @jax.jit
+    def shapes(v):
+        return (fmt.round(v), fmt.round(v[:, None])[:, 0], fmt.round(v[None, :])[0],
+                fmt.round(v[:, None, None])[:, 0, 0], explicit.round(v[:, None])[:, 0],
+                parse_format("mxfp4(block=1)").round(v))  # fmt: skip
+
+    flat, column, row, deep, given, singles = (np.asarray(y) for y in shapes(v))
+    for other in (column, row, deep):
+        same_bits(other, flat)
+    assert len(np.unique(np.abs(flat[:32]))) <= 8  # one shared scale per 32: E2M1's 8 values
+    assert fmt.storage_bits((100, 1)) == fmt.storage_bits((100,)) == 100 * 4 + 4 * 8
+    assert explicit.name == "mxfp4(axis=-1)"  # an explicit axis is taken as given
+    same_bits(given, singles)

@@ -134,3 +134,19 @@ def test_adam_with_8bit_states_trains_and_holds_representable_values():
         np.testing.assert_array_equal(held, want)
         assert len(np.unique(held.reshape(-1)[:256])) <= 256 and held.any()
     assert (np.asarray(jax.tree.leaves(stored.v)[0]) >= 0).all()
+
+
+def test_the_updates_role_rounds_the_update_before_it_is_added():
+    policy = precision("fp32,updates=bf16")
+    assert policy.name == "fp32,updates=bf16" and precision(policy.name) == policy
+    assert precision("fp32").updates is None  # by default the update is not rounded
+    tx = optax.sgd(1.0)
+    params = {"w": jnp.ones(3, jnp.float32)}
+    g = jnp.asarray([1e-3 * (1 + 2**-12), 0.3, -7.77], jnp.float32)
+    both = jax.jit(lambda g: [apply_update(tx, p, params, tx.init(params), None, {"w": g})
+                              for p in (policy, precision("fp32"))])  # fmt: skip
+    out, plain = both(g)
+    want_u = np.asarray((-g).astype(jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_array_equal(out.updates["w"], want_u)
+    np.testing.assert_array_equal(out.params["w"], np.float32(1) + want_u)
+    np.testing.assert_array_equal(plain.updates["w"], -g)

@@ -66,6 +66,27 @@ def deferred() -> Iterator[None]:
     raise_if_requested()
 
 
+@contextlib.contextmanager
+def raising() -> Iterator[None]:
+    """Within: a SIGINT raises ``KeyboardInterrupt`` even where the start-up handler would end
+    the process at once (``os._exit`` skips every ``finally``). For code with something to undo
+    on the way out: :func:`optimorph.engine.parallel.map_cells` stops its worker processes, which
+    a parent ended by ``os._exit`` would leave computing. The handler found is put back after."""
+    previous = signal.getsignal(signal.SIGINT)
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or previous is signal.default_int_handler
+        or not startup.replaceable(previous)
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def requested() -> bool:
     """Whether an interrupt is waiting for the next safe point."""
     return _pending.is_set()

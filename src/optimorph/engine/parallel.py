@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
+from optimorph.engine import interrupts
+
 __all__ = ["map_cells", "default_workers"]
 
 
@@ -92,26 +94,29 @@ def map_cells(
     except AttributeError:
         cores = list(range(workers))
     results: list[Any] = [None] * len(cells)
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(counter, cores, bool(jax.config.jax_enable_x64)),
-    )
-    try:
-        futures = {pool.submit(_call, fn, cell): i for i, cell in enumerate(cells)}
-        for future in as_completed(futures):
-            i = futures[future]
-            results[i] = future.result()
-            if on_result:
-                on_result(i, results[i])
-    except BaseException:
-        workers_left = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in workers_left:
-            proc.terminate()  # Ctrl-C or a failed cell: do not leave workers computing
-        raise
-    pool.shutdown()
+    # A Ctrl-C raises in here, where the workers can be stopped: the start-up handler's
+    # os._exit (still in place in a parent that trains nothing itself) would leave them running.
+    with interrupts.raising():
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(counter, cores, bool(jax.config.jax_enable_x64)),
+        )
+        try:
+            futures = {pool.submit(_call, fn, cell): i for i, cell in enumerate(cells)}
+            for future in as_completed(futures):
+                i = futures[future]
+                results[i] = future.result()
+                if on_result:
+                    on_result(i, results[i])
+        except BaseException:
+            workers_left = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in workers_left:
+                proc.terminate()  # Ctrl-C or a failed cell: do not leave workers computing
+            raise
+        pool.shutdown()
     return results
 
 

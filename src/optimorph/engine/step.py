@@ -5,6 +5,7 @@ One step of an optimizer at a precision policy p (DESIGN.md section 3):
     g      = fl_grads(grad f(x_t, z_t))              the gradient, rounded to the grads format
     u, s'  = update(g, s_t, x_t)                      the optimizer, in the compute dtype
     s_{t+1} = fl_state(s')                            every state slot rounded to its format
+    u      = fl_updates(u)                            only with an updates role
     x_{t+1} = fl_params(x_t + u)                      summed wide, rounded once
 
 With noise replicas (the rounding noise floor) every stored value is multiplied by (1 + u_p xi),
@@ -18,9 +19,9 @@ epoch e is the permutation ``permutation(fold_in(data_key, e), n)``; step t take
 ``pos * B : (pos + 1) * B`` of its epoch's permutation, the last partial batch dropped.
 
 A precision here is anything with the :class:`~optimorph.precision.Precision` methods the step
-calls (``cast_params``, ``to_compute``, ``round_grads``, ``round_state``, ``apply_updates``,
-``round_hparam``, ``rounding``, ``kahan``): the phase diagram passes a policy whose mantissa
-width is a traced number.
+calls (``cast_params``, ``to_compute``, ``round_grads``, ``round_state``, ``round_updates``,
+``apply_updates``, ``round_hparam``, ``rounding``, ``keyed``, ``kahan``): the phase diagram
+passes a policy whose mantissa width is a traced number.
 
 >>> import jax, jax.numpy as jnp, optax
 >>> from optimorph.precision import precision
@@ -247,17 +248,22 @@ def start(
     """Initial params (rounded to the params format) and optimizer state (rounded like every
     later one; stochastic rounding draws from the rounding key)."""
     params = policy.cast_params(init_params(keys.init))
-    sr = keys.rounding if policy.rounding == "stochastic" else None
+    sr = keys.rounding if policy.keyed else None
     state = policy.round_state(tx.init(policy.to_compute(params)), sr)
     comp = policy.init_compensation(params) if policy.kahan else None
     return Start(params, state, comp)
 
 
 def _step_keys(policy: Any, rounding_key: jax.Array | None, t: jax.Array) -> tuple:
-    """(grads, state, params) keys of step t for stochastic rounding, else Nones."""
-    if policy.rounding != "stochastic" or rounding_key is None:
-        return (None, None, None)
-    return tuple(jax.random.split(jax.random.fold_in(rounding_key, t), 3))
+    """(grads, state, params, updates) keys of step t when the policy draws random numbers
+    (``policy.keyed``), else Nones. Without an updates role the first three are what they
+    always were (a 3-way split) and the updates key is None."""
+    if not policy.keyed or rounding_key is None:
+        return (None, None, None, None)
+    step_key = jax.random.fold_in(rounding_key, t)
+    if getattr(policy, "updates", None) is None:
+        return (*jax.random.split(step_key, 3), None)
+    return tuple(jax.random.split(step_key, 4))
 
 
 def gradient(
@@ -321,7 +327,8 @@ def apply_update(
         updates, new_state = tx.update(grads, state_c, params_c, **extra_args)
     else:
         updates, new_state = tx.update(grads, state_c, params_c)
-    _, k_state, k_params = _step_keys(policy, rounding_key, t)
+    _, k_state, k_params, k_updates = _step_keys(policy, rounding_key, t)
+    updates = policy.round_updates(updates, k_updates)
     perturb_params = None
     if noise is not None:
         perturb_state, perturb_params = noise.at(t)

@@ -57,7 +57,7 @@ from optimorph.problems import Problem
 from optimorph.problems import problem as make_problem
 from optimorph.atomic import atomic_path
 
-__all__ = ["train", "TrainingError"]
+__all__ = ["train", "resolve_settings", "TrainingError"]
 
 # Lanes x examples of the "train" evaluation subset: a fixed prefix of the training set.
 TRAIN_EVAL_MAX = 2048
@@ -290,6 +290,41 @@ def train(
     return result(series, diverged, final_params if keep_params else [], wall)
 
 
+def resolve_settings(
+    problem: Any,
+    *,
+    steps: int,
+    batch_size: int | None = None,
+    eval_every: int | None = None,
+    log_every: int = 1,
+    divergence_factor: float | None = DIVERGENCE_FACTOR,
+) -> dict[str, Any]:
+    """The run settings ``train`` would use on ``problem``, checked and with defaults filled.
+
+    What a sweep records per cell: two spellings of one run (``batch_size`` omitted or equal to
+    the training set, ``eval_every`` omitted or its default) resolve to the same values.
+
+    Returns:
+      ``{"steps", "batch_size", "eval_every", "log_every", "divergence_factor"}``; the divergence
+      factor is None when only NaN/inf count.
+
+    Raises:
+      TrainingError: the message names the setting and the fix.
+
+    >>> resolve_settings("quadratic(dim=4)", steps=100)["eval_every"]
+    5
+    """
+    prob = problem if isinstance(problem, Problem) else make_problem(problem)
+    plan = _Plan.make(prob, steps, batch_size, eval_every, log_every, None, 0, divergence_factor)
+    return {
+        "steps": plan.steps,
+        "batch_size": plan.batch_size,
+        "eval_every": plan.eval_every,
+        "log_every": plan.log_every,
+        "divergence_factor": None if math.isinf(plan.divergence_factor) else plan.divergence_factor,
+    }
+
+
 def _seed_list(seeds: Any) -> list[int]:
     """Seeds 0..n-1 for a count, else the list given: distinct integers in 0..2^32-1 (each
     seeds one PRNG key; a repeated seed would be the same run twice, counted as two)."""
@@ -511,7 +546,10 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
         for k, v in per_step.items():  # [lanes, max_blocks, windows]: flatten time
             parts.setdefault(k, []).append(np.asarray(v)[:, :n].reshape(lanes, -1))
         for k, v in evals.items():  # [lanes, max evals, ...]
-            parts.setdefault(k, []).append(np.asarray(v)[:, :n_evals])
+            # A copy: a slice would keep the whole buffer (every evaluation slot of the chunk,
+            # parameter trajectories included) alive per chunk; with 2-s chunks of a 269k
+            # parameter MLP that grew a run past 10 GB.
+            parts.setdefault(k, []).append(np.array(np.asarray(v)[:, :n_evals]))
         elapsed = time.perf_counter() - tick
         done += n * plan.block
         now = time.perf_counter()
@@ -621,10 +659,13 @@ def _build_programs(prob, template, policy, plan, probes):
         )  # fmt: skip
         return Start(new.params, new.state, new.compensation), (loss, grads, params_c, new)
 
-    def replica_step(tx, hv, rep, seed, batch, t):
-        return one_step(tx, rep, batch, t, None, Noise(seed, noise_scale))[0]
+    def replica_step(tx, hv, rep, seed, batch, t, sr_key):
+        # Replicas need round-to-nearest; a format that draws its own random numbers (grads in
+        # mxfp4(rounding=stochastic), say) draws the run's: common random numbers, so the
+        # replicas' spread is the rounding noise floor, not a second stochastic rounding.
+        return one_step(tx, rep, batch, t, sr_key, Noise(seed, noise_scale))[0]
 
-    replicas_step = jax.vmap(replica_step, in_axes=(None, None, 0, 0, None, None))
+    replicas_step = jax.vmap(replica_step, in_axes=(None, None, 0, 0, None, None, None))
 
     def evaluate_lane(carry, data):
         params_c = policy.to_compute(carry["run"].params)
@@ -669,7 +710,7 @@ def _build_programs(prob, template, policy, plan, probes):
             carry = dict(carry, run=run)
             if plan.replicas:
                 carry["replicas"] = replicas_step(
-                    tx, hv, carry["replicas"], carry["noise_seed"], batch, t
+                    tx, hv, carry["replicas"], carry["noise_seed"], batch, t, carry["sr_key"]
                 )
             first = jnp.where(t == 0, loss, carry["first_loss"]).astype(carry["first_loss"].dtype)
             carry["first_loss"] = first

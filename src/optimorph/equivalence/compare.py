@@ -49,7 +49,15 @@ from optimorph.precision import require_x64
 from optimorph.problems import Problem
 from optimorph.problems import problem as make_problem
 
-__all__ = ["PairVerdict", "Comparison", "measure", "compare", "DEFAULTS"]
+__all__ = [
+    "PairVerdict",
+    "Comparison",
+    "TrajectoryVerdict",
+    "measure",
+    "compare",
+    "trajectory_verdict",
+    "DEFAULTS",
+]
 
 DEFAULTS = {
     "C": 10.0,  # DESIGN.md section 3
@@ -335,25 +343,136 @@ def _judge(prob, specs, p, run, cfg, maps, pairs, progress) -> list[PairVerdict]
     return out
 
 
-def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, smap):
-    r = runs.result
-    u = make_precision(p).unit_roundoff
+@dataclasses.dataclass(frozen=True)
+class TrajectoryVerdict:
+    """The noise-floor rule on two measured runs, without the state maps (see
+    :func:`trajectory_verdict`).
+
+    Attributes:
+      equivalent, decided, reason: the verdict as :class:`PairVerdict` gives it, before the
+        state maps' condition numbers are checked.
+      by_distance: both runs stayed finite, so the verdict rests on d/floor (the only case
+        where ``compare`` goes on to check the state maps).
+      note: the engine's divergence rule fired without NaN/inf parameters ('' otherwise); it
+        follows the reason.
+      distance_ratio: max over evaluations after step 0 of the median over seeds of d / floor.
+      ratio_per_seed: each seed's maximum.
+      distance: ``[S, E]`` d(t) per seed.
+      diverged_a, diverged_b: how each run diverged (a phrase), None if it did not.
+      nan_a, nan_b: the first step with NaN/inf parameters, None if they stayed finite.
+    """
+
+    equivalent: bool
+    decided: bool
+    reason: str
+    by_distance: bool
+    note: str
+    distance_ratio: float
+    ratio_per_seed: list[float]
+    distance: np.ndarray = dataclasses.field(repr=False)
+    diverged_a: str | None
+    diverged_b: str | None
+    nan_a: int | None
+    nan_b: int | None
+
+    @property
+    def outcome(self) -> str:
+        """``"equivalent"``, ``"different"`` or ``"undecidable"``, as :class:`PairVerdict`."""
+        if not self.decided:
+            return "undecidable"
+        return "equivalent" if self.equivalent else "different"
+
+
+def trajectory_verdict(
+    runs_a: _Runs, i: int, runs_b: _Runs, j: int, precision: str, C: float = DEFAULTS["C"]
+) -> TrajectoryVerdict:
+    """Optimizer ``i`` of ``runs_a`` against optimizer ``j`` of ``runs_b`` (two
+    :func:`measure` results with the same seeds, steps and evaluations, or the same one twice)
+    by the noise-floor rule of this module, NaN/inf cases included: everything of ``compare``'s
+    verdict except the state maps' condition numbers, which cost a compiled simulation per pair.
+
+    >>> import jax; jax.config.update("jax_enable_x64", True)
+    >>> runs = measure("quadratic(dim=4, kappa=10)", ["sgd(lr=0.05)", "momentum(lr=0.05, beta=0)"],
+    ...                precision="fp32", seeds=2, steps=40, progress=False)
+    >>> trajectory_verdict(runs, 0, runs, 1, "fp32").outcome
+    'equivalent'
+    """
+    ra, rb = runs_a.result, runs_b.result
+    u = make_precision(precision).unit_roundoff
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in diverged runs: NaN
-        d = np.linalg.norm(r.trajectory[i] - r.trajectory[j], axis=-1)  # [S, E]
-    floor = np.maximum.reduce([runs.floor[i], runs.floor[j], u * runs.norm[i]])
+        d = np.linalg.norm(ra.trajectory[i] - rb.trajectory[j], axis=-1)  # [S, E]
+    floor = np.maximum.reduce([runs_a.floor[i], runs_b.floor[j], u * runs_a.norm[i]])
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(d == 0, 0.0, d / floor)[:, 1:]  # t = 0 skipped
     med = np.median(ratio, axis=0)
     distance_ratio = float(np.nanmax(med)) if np.isfinite(med).any() else float("inf")
     per_seed = [float(np.nanmax(x)) if np.isfinite(x).any() else float("inf") for x in ratio]
-    t = r.eval_steps[1:].astype(float)
-    growth = stats.growth_exponent(t, np.median(d[:, 1:], axis=0))[0]
 
-    factor = r.config.get("divergence_factor")
-    broke_a = _divergence(r, i, factor)
-    broke_b = _divergence(r, j, factor)
+    broke_a = _divergence(ra, i, ra.config.get("divergence_factor"))
+    broke_b = _divergence(rb, j, rb.config.get("divergence_factor"))
     nan_a = broke_a.nan_step if broke_a else None
     nan_b = broke_b.nan_step if broke_b else None
+    said_a = broke_a.describe() if broke_a else None
+    said_b = broke_b.describe() if broke_b else None
+    decided, named, by_distance = True, False, False  # named: the reason names both divergences
+    if nan_a is not None and nan_b is not None:
+        equivalent, named = False, True
+        last = _last_shared_finite(ra.trajectory[i], rb.trajectory[j], ra.eval_steps)
+        same = _identical(ra.trajectory[i], rb.trajectory[j]) and np.array_equal(
+            ra.diverged_at[i], rb.diverged_at[j]
+        )
+        if same and last is not None:
+            equivalent = True  # the same computation: the format breaks both the same way
+            reason = (
+                f"identical trajectories, bit for bit through step {last} (the last finite "
+                f"evaluation) and NaN/inf included after it: both {said_a} (equivalent as "
+                "computations, useless as optimizers at this precision)"
+            )
+        else:
+            # Two runs broken before any finite evaluation after step 0 are no evidence either
+            # way, even an optimizer against itself: t = 0 is the shared initialisation.
+            decided = False
+            what = (
+                "both diverged before any finite evaluation after step 0: nothing to compare"
+                if last is None
+                else "both diverged, differently"
+            )
+            reason = f"undecidable: {what} (A: {said_a}; B: {said_b})"
+    elif nan_a is not None or nan_b is not None:
+        equivalent, named = False, True
+        who, said, other, said_other = (
+            ("A", said_a, "B", said_b) if nan_a is not None else ("B", said_b, "A", said_a)
+        )
+        reason = f"{who}: {said}; {other}'s parameters stayed finite"
+        if said_other:
+            reason += f" ({other}: {said_other})"
+    else:
+        by_distance = True
+        equivalent = distance_ratio <= C
+        reason = (
+            f"d/floor <= {distance_ratio:.3g} <= C={C:g}"
+            if equivalent
+            else f"d/floor reached {distance_ratio:.3g} > C={C:g}"
+        )
+    note = ""
+    if not named and (said_a or said_b):
+        # The engine's divergence without NaN/inf parameters (an overflowing loss, a loss
+        # blow-up): the verdict above compared finite trajectories, but say what broke.
+        said = "; ".join(f"{w}: {t}" for w, t in (("A", said_a), ("B", said_b)) if t)
+        note = f"; no NaN/inf parameters, but the engine's divergence rule fired ({said})"
+    return TrajectoryVerdict(
+        equivalent=equivalent, decided=decided, reason=reason, by_distance=by_distance,
+        note=note, distance_ratio=distance_ratio, ratio_per_seed=per_seed, distance=d,
+        diverged_a=said_a, diverged_b=said_b, nan_a=nan_a, nan_b=nan_b,
+    )  # fmt: skip
+
+
+def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, smap):
+    r = runs.result
+    tv = trajectory_verdict(runs, i, runs, j, p, cfg["C"])
+    d, distance_ratio = tv.distance, tv.distance_ratio
+    t = r.eval_steps[1:].astype(float)
+    growth = stats.growth_exponent(t, np.median(d[:, 1:], axis=0))[0]
     every = max(steps // int(cfg["visits"]), 1)
     dfx = defect_lib.simulation_defect(
         specs[i],
@@ -383,61 +502,23 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
     )
 
     kappa_ok = max(dfx.kappa_phi, dfx.kappa_psi) <= cfg["kappa_max"]
-    decided = True
-    said_a = broke_a.describe() if broke_a else None
-    said_b = broke_b.describe() if broke_b else None
-    named = False  # whether the reason already names both runs' divergences
-    if nan_a is not None and nan_b is not None:
-        equivalent, named = False, True
-        last = _last_shared_finite(r.trajectory[i], r.trajectory[j], r.eval_steps)
-        same = _identical(r.trajectory[i], r.trajectory[j]) and np.array_equal(
-            r.diverged_at[i], r.diverged_at[j]
-        )
-        if same and last is not None:
-            equivalent = True  # the same computation: the format breaks both the same way
-            reason = (
-                f"identical trajectories, bit for bit through step {last} (the last finite "
-                f"evaluation) and NaN/inf included after it: both {said_a} (equivalent as "
-                "computations, useless as optimizers at this precision)"
-            )
+    equivalent, decided, reason = tv.equivalent, tv.decided, tv.reason
+    if tv.by_distance and equivalent:
+        if kappa_ok:
+            reason += ", kappa bounded"
         else:
-            # Two runs broken before any finite evaluation after step 0 are no evidence either
-            # way, even an optimizer against itself: t = 0 is the shared initialisation.
-            decided = False
-            what = (
-                "both diverged before any finite evaluation after step 0: nothing to compare"
-                if last is None
-                else "both diverged, differently"
+            equivalent = False
+            reason = (
+                f"d/floor {distance_ratio:.3g} <= C but kappa(phi)={dfx.kappa_phi:.3g}, "
+                f"kappa(psi)={dfx.kappa_psi:.3g} exceed {cfg['kappa_max']:g}"
             )
-            reason = f"undecidable: {what} (A: {said_a}; B: {said_b})"
-    elif nan_a is not None or nan_b is not None:
-        equivalent, named = False, True
-        who, said, other, said_other = (
-            ("A", said_a, "B", said_b) if nan_a is not None else ("B", said_b, "A", said_a)
-        )
-        reason = f"{who}: {said}; {other}'s parameters stayed finite"
-        if said_other:
-            reason += f" ({other}: {said_other})"
-    elif distance_ratio > cfg["C"]:
-        equivalent, reason = False, f"d/floor reached {distance_ratio:.3g} > C={cfg['C']:g}"
-    elif not kappa_ok:
-        equivalent = False
-        reason = (
-            f"d/floor {distance_ratio:.3g} <= C but kappa(phi)={dfx.kappa_phi:.3g}, "
-            f"kappa(psi)={dfx.kappa_psi:.3g} exceed {cfg['kappa_max']:g}"
-        )
-    else:
-        equivalent = True
-        reason = f"d/floor <= {distance_ratio:.3g} <= C={cfg['C']:g}, kappa bounded"
-    if not named and (said_a or said_b):
-        # The engine's divergence without NaN/inf parameters (an overflowing loss, a loss
-        # blow-up): the verdict above compared finite trajectories, but say what broke.
-        said = "; ".join(f"{w}: {t}" for w, t in (("A", said_a), ("B", said_b)) if t)
-        reason += f"; no NaN/inf parameters, but the engine's divergence rule fired ({said})"
+    reason += tv.note
     if decided and not equivalent:
         reason += _default_mismatch(specs[i], specs[j])
     if stalled:
         reason += f"; WARNING: {_stall_warning(stalled_a, stalled_b)}"
+    said_a, said_b, nan_a, nan_b = tv.diverged_a, tv.diverged_b, tv.nan_a, tv.nan_b
+    per_seed = tv.ratio_per_seed
     checks = _theory(prob, specs[i], p, steps, batch_size, every)
     return PairVerdict(
         a=specs[i].text,
@@ -827,6 +908,7 @@ def classes(
     progress: bool = True,
     checkpoint_dir: Any = None,
     workers: int | None = 1,
+    diagnose: bool = False,
     **settings: Any,
 ) -> Classes:
     """The equivalence graph of ``optimizers`` at each precision and its connected components.
@@ -835,6 +917,8 @@ def classes(
     judged by :func:`compare`'s rule. Components are the classes; triples with a ~ b, b ~ c but
     not a ~ c are reported (p-equivalence is not transitive in general). ``workers`` > 1 (None:
     one per core) judges the precisions in that many processes, with the same verdicts.
+    ``diagnose``: as for :func:`compare`, each pair found different gets the step, slot and
+    likely cause where it parts (seconds per pair).
 
     >>> import jax; jax.config.update("jax_enable_x64", True)
     >>> c = classes(["sgd(lr=0.05)", "momentum(lr=0.05, beta=0)", "signsgd(lr=0.05)"],
@@ -853,6 +937,9 @@ def classes(
     comp = _evaluate(
         list(optimizers), problem, precisions, run, progress, settings, workers=workers
     )
+    if diagnose:
+        given = dict(zip(comp.optimizers, optimizers, strict=True))
+        diagnosis.attach(comp, problem, run, given=given)
     return _classes_of(comp)
 
 

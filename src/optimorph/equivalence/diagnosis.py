@@ -60,6 +60,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "acc": ("sum_sq", "sum_of_squares", "sum"),
 }
 PARAMS0 = (0.5, -1.0, 2.0, 1.0)
+ZEROS = (0.0, 0.0, 0.0, 0.0)
 GRAD = (1.0, 1e-6, 0.0, -1e-2)  # large, tiny, zero, moderate
 LARGE, TINY, ZERO = 0, 1, 2
 CRAFTED_STEPS = 10
@@ -97,8 +98,8 @@ class Trace:
         return abs(self.updates[t, coord]) / big if big > 0 else math.nan
 
 
-def _start(spec: OptimizerSpec, policy, count: int | None = None):
-    params = policy.cast_params({"w": jnp.asarray(PARAMS0, jnp.float64)})
+def _start(spec: OptimizerSpec, policy, count: int | None = None, at: tuple = PARAMS0):
+    params = policy.cast_params({"w": jnp.asarray(at, jnp.float64)})
     tx = spec.build(step_lib.stored_hparams(spec, policy))
     state = policy.round_state(tx.init(policy.to_compute(params)))
     if count is not None:
@@ -117,18 +118,18 @@ def _values(view: Slots, state, name: str) -> np.ndarray:
 _TRACES: dict = {}
 
 
-def _trace_cached(spec: OptimizerSpec, precision: str, steps: int) -> Trace:
-    key = (spec.canonical, id(spec.custom), precision, steps)
+def _trace_cached(spec: OptimizerSpec, precision: str, steps: int, at: tuple) -> Trace:
+    key = (spec.canonical, id(spec.custom), precision, steps, at)
     if key not in _TRACES:
         if len(_TRACES) > 64:
             _TRACES.clear()
-        _TRACES[key] = (spec, _make_trace(spec, precision, steps))  # spec keeps id(custom)
+        _TRACES[key] = (spec, _make_trace(spec, precision, steps, at))  # spec keeps id(custom)
     return _TRACES[key][1]
 
 
-def _make_trace(spec: OptimizerSpec, precision: str, steps: int) -> Trace:
+def _make_trace(spec: OptimizerSpec, precision: str, steps: int, at: tuple) -> Trace:
     policy = make_precision(precision)
-    params, state = _start(spec, policy)
+    params, state = _start(spec, policy, at=at)
     grads = policy.round_grads({"w": jnp.asarray(GRAD, jnp.float64)})
     view = Slots(state)
     names = {
@@ -141,7 +142,8 @@ def _make_trace(spec: OptimizerSpec, precision: str, steps: int) -> Trace:
     for _ in range(steps):
         new_params, state = defect_lib.one_step(spec, policy, params, state, grads)
         new, old = (np.asarray(x["w"], np.float64) for x in (new_params, params))
-        updates.append(new - old)
+        with np.errstate(invalid="ignore"):  # inf - inf: a step that broke the parameters
+            updates.append(new - old)
         params = new_params
         for r, n in names.items():
             rows[r].append(_values(view, state, n))
@@ -153,9 +155,13 @@ def _make_trace(spec: OptimizerSpec, precision: str, steps: int) -> Trace:
     )  # fmt: skip
 
 
-def trace(spec: Any, precision: str = "fp64", steps: int = CRAFTED_STEPS) -> Trace:
-    """``spec`` stepped ``steps`` times on the crafted gradient at ``precision``."""
-    return _trace_cached(resolve(spec), str(make_precision(precision)), steps)
+def trace(
+    spec: Any, precision: str = "fp64", steps: int = CRAFTED_STEPS, at: tuple = PARAMS0
+) -> Trace:
+    """``spec`` stepped ``steps`` times on the crafted gradient at ``precision``, from the
+    parameters ``at`` (from zeros, each step's update is stored exactly as the optimizer
+    rounded it, not absorbed into the parameters' own rounding)."""
+    return _trace_cached(resolve(spec), str(make_precision(precision)), steps, tuple(at))
 
 
 def count_after(spec: Any, start: int) -> int | None:
@@ -409,15 +415,23 @@ def _bias_dtype(a, b, context):
     wide_a, wide_b = trace(a), trace(b)
     if not np.allclose(wide_a.updates, wide_b.updates, rtol=1e-10, atol=0):
         return None  # different algorithms: not a rounding question
-    ta, tb = trace(a, p), trace(b, p)
+    # From zero parameters: the step is stored as computed, not rounded onto theta's grid,
+    # where a one-ulp difference in the update would vanish.
+    ta, tb = trace(a, p, at=ZEROS), trace(b, p, at=ZEROS)
     if not all(r in ta.slots and r in tb.slots for r in ("m", "v")):
         return None
     same = all(np.array_equal(ta.slots[r][1], tb.slots[r][1]) for r in ("m", "v"))
-    if not same or np.array_equal(ta.updates[0], tb.updates[0]):
+    if not same or np.array_equal(ta.updates[0], tb.updates[0], equal_nan=True):
         return None
+    ua, ub = ta.updates[0], tb.updates[0]
+    differ = np.flatnonzero(~((ua == ub) | (np.isnan(ua) & np.isnan(ub))))
+    with np.errstate(invalid="ignore"):
+        gap = np.nan_to_num(np.abs(ua[differ] - ub[differ]), nan=0.0, posinf=0.0)
+    k = int(differ[np.argmax(gap)])  # where the steps differ most (finite differences first)
     return (
         f"at {p} both keep the same m and v bit for bit after step 1, but the steps differ "
-        f"({ta.updates[0, LARGE]:.6g} vs {tb.updates[0, LARGE]:.6g}); at fp64 they agree"
+        f"(at a gradient of {GRAD[k]:g}: {ta.updates[0, k]:.9g} vs {tb.updates[0, k]:.9g}); at "
+        "fp64 they agree"
     )
 
 
@@ -438,6 +452,7 @@ class Diagnosis:
       cause, summary, evidence: the most likely cause (None when no entry fired).
       also: the other causes that fired, ``[(name, evidence)]``.
       ulps_per_slot: role -> per-step maximum distance in ulps (step 0 first).
+      limit: the distance in ulps above which a slot counts as parted at this precision.
     """
 
     a: str
@@ -452,6 +467,7 @@ class Diagnosis:
     evidence: str
     also: list[tuple[str, str]]
     ulps_per_slot: dict[str, list[float]]
+    limit: float = math.nan
 
     def sentence(self) -> str:
         """One clause for a verdict's reason."""
@@ -587,13 +603,21 @@ def diagnose(
         evidence=top[1] if top else "",
         also=[(c.name, e) for c, e in fired[1:]],
         ulps_per_slot={r: [float(x) for x in v] for r, v in dist.items()},
+        limit=limit,
     )
 
 
-def attach(comparison: Any, problem: Any, run: dict, pair: tuple[Any, Any] | None = None) -> Any:
+def attach(
+    comparison: Any,
+    problem: Any,
+    run: dict,
+    pair: tuple[Any, Any] | None = None,
+    given: dict[str, Any] | None = None,
+) -> Any:
     """Diagnose every decided, non-equivalent verdict of a Comparison in place: its
     ``diagnosis`` (a dict) is set and the reason gains the diagnosis's sentence. ``pair``: the
-    two optimizers as given to ``compare`` (a named optax object has no spec to re-read)."""
+    two optimizers as given to ``compare``; ``given``: each optimizer as given to ``classes``,
+    by its name in the verdicts (a named optax object has no spec to re-read)."""
     prob = None
     for p, verdicts in comparison.pairs.items():
         for v in verdicts:
@@ -601,7 +625,8 @@ def attach(comparison: Any, problem: Any, run: dict, pair: tuple[Any, Any] | Non
                 continue
             prob = prob or (problem if isinstance(problem, Problem) else make_problem(problem))
             steps = int(run.get("steps") or 64)
-            a, b = pair if pair is not None else (v.a, v.b)
+            named = given or {}
+            a, b = pair if pair is not None else (named.get(v.a, v.a), named.get(v.b, v.b))
             d = diagnose(a, b, prob, p, steps=min(steps, 64),
                          batch_size=run.get("batch_size"), run_steps=steps)  # fmt: skip
             v.diagnosis = d.as_dict()

@@ -14,9 +14,9 @@ name          m and v stored as                                           source
 ============  ==========================================================  ==================
 
 The MX states take their blocks down axis 0 (``mxfp8e4m3(axis=0)``): least squares' weight is a
-d x 1 column, whose last axis would make every block one element long (each value its own
-scale, no block effect at all); down axis 0 a block holds 32 coordinates, as it would for a
-flattened state.
+d x 1 column, so a block holds 32 coordinates, as it would for a flattened state. (The MX
+default axis, the last axis longer than 1, now blocks a column the same way; the axis stays
+written out so that the policies and their stored names are what earlier runs used.)
 
 The parameters stay in one format (``bf16``, and ``fp32`` in the full variant); the reference is
 the same optimizer with fp32 states at the same parameter format (``bf16,state=fp32``). A state

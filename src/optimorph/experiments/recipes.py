@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from optimorph.experiments import assumptions, low_bit_states, norms_study, proposal16, tour
+from optimorph.experiments import implementations
+from optimorph.experiments import mxfp4_training
 from optimorph.experiments.findings import at_quick_scale
 from optimorph.registry import Registry
 from optimorph.results import store
@@ -375,5 +377,34 @@ RECIPES.add(
         "issue 20 (8-bit Adam, torchao 4-bit AdamW, FP8-LM, OCP MX v1.0)",
         low_bit_states.LowBitConfig,
         low_bit_states.run,
+    ),
+)
+
+
+RECIPES.add(
+    "mxfp4-training",
+    Recipe(
+        "mxfp4-training",
+        "gradients in MXFP4 with round-to-nearest, stochastic rounding, and either after a "
+        "random or a deterministic Hadamard transform, against bf16 training on the "
+        "Fashion-MNIST MLP and CNN: p-equivalence (d/floor), where each parts, final loss gap",
+        "issue 20 (Tseng et al. 2025, arXiv 2502.20586; arXiv 2605.09825)",
+        mxfp4_training.MXFP4Config,
+        mxfp4_training.run,
+    ),
+)
+
+
+RECIPES.add(
+    "implementations",
+    Recipe(
+        "implementations",
+        "Adam, AdamW, SGD momentum, Nesterov, RMSprop, Adagrad, NAdam and RAdam as torch.optim, "
+        "optax and optimorph implement them, and torch's for-loop, foreach and fused paths: "
+        "verdicts (d/floor) at fp32, bf16 and fp16 on a small MLP, each different pair with the "
+        "step, slot and named cause where it parts",
+        "issue 19 (is your framework's Adam the Adam you think?)",
+        implementations.ImplementationsConfig,
+        implementations.run,
     ),
 )

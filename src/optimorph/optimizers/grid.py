@@ -29,7 +29,7 @@ import numpy as np
 from optimorph import spec as spec_lib
 from optimorph.spec import Call, SpecError
 
-__all__ = ["Grid", "expand", "is_grid_value"]
+__all__ = ["Grid", "expand", "is_grid_value", "axis_values"]
 
 _RANGES = ("logspace", "linspace")
 MAX_POINTS = 1000
@@ -72,7 +72,7 @@ def expand(text: Any) -> Grid:
     args, kwargs = list(call.args), dict(call.kwargs)
     if len(args) == 1 and is_grid_value(args[0]):  # "sgd([0.1, 0.2])": the lr
         kwargs = {"lr": args.pop(), **kwargs}
-    axes = {k: _values(k, v, text) for k, v in kwargs.items() if is_grid_value(v)}
+    axes = {k: axis_values(k, v, text) for k, v in kwargs.items() if is_grid_value(v)}
     if not axes:
         return Grid(text, [text], {})
     size = math.prod(len(v) for v in axes.values())
@@ -85,7 +85,17 @@ def expand(text: Any) -> Grid:
     return Grid(text, members, axes)
 
 
-def _values(name: str, value: Any, text: str) -> list:
+def axis_values(name: str, value: Any, text: str) -> list:
+    """The points of one grid value: a list as given, a range rounded to 3 significant digits.
+
+    Args:
+      name: the hyperparameter, for messages.
+      value: a list or a parsed ``logspace``/``linspace`` call (see :func:`is_grid_value`).
+      text: where it was written, for messages.
+
+    >>> axis_values("lr", spec_lib.parse("f(logspace(1e-3, 1e-1, 3))").args[0], "lr")
+    [0.001, 0.01, 0.1]
+    """
     if isinstance(value, list):
         if not value:
             raise SpecError(f"{name}=[] in {text!r}: a grid needs at least one value")

@@ -5,7 +5,9 @@ decoded values (quantize, then dequantize) in float32, which is how a policy use
 slot in ``bnb8`` holds exactly the values bitsandbytes' 8-bit Adam would hold.
 
 * **MX** (OCP Microscaling Formats v1.0): blocks of ``block`` (32) consecutive elements along
-  ``axis`` (default the last) share one E8M0 scale ``X = 2**e``; elements are E4M3, E5M2, E3M2,
+  ``axis`` share one E8M0 scale ``X = 2**e`` (default: the last axis longer than 1, so a column
+  vector (n, 1) is blocked down its n entries; an explicit ``axis`` is taken as given); elements
+  are E4M3, E5M2, E3M2,
   E2M3, E2M1 or INT8 (two's complement, ``k / 64``). ``scale`` picks the shared exponent from the
   block's largest magnitude ``amax = M * 2**E`` (1 <= M < 2):
 
@@ -17,13 +19,28 @@ slot in ``bnb8`` holds exactly the values bitsandbytes' 8-bit Adam would hold.
   ``e`` is clipped to [-127, 127]; an all-zero block gets ``e = -127``. Elements are rounded
   (nearest-even or stochastically) and saturate at the element's largest value, as the spec's
   conversion does. A NaN or inf in a block makes its scale NaN (code 0xFF), so the whole block
-  decodes to NaN (spec section 6.3).
+  decodes to NaN (spec section 6.3). Two options beyond the spec: ``rounding=nearest|stochastic``
+  fixes the element rounding whatever the policy's ``rounding`` (absent: the policy's), and
+  ``transform=hadamard|rht`` quantizes each block after a Hadamard transform (below).
+* **Hadamard transforms** (``transform=``, MX only; ``block`` a power of two): each block b is
+  stored as the MX code of ``(s * b) H`` and read back as ``s * (q H) / block``, with ``H`` the
+  Sylvester Hadamard matrix of order ``block`` (entries +-1, ``H H = block I``, so the read-back
+  is exact up to the float32 sums) and ``s`` a vector of signs. ``hadamard``: s = 1 (a
+  deterministic transform); ``rht``: a random Hadamard transform, s drawn uniformly from {-1, 1}
+  for every element of every block, fresh from each call's key (Tseng et al., Training LLMs with
+  MXFP4, 2025, arXiv 2502.20586: the transform spreads a block's outliers over all of its
+  elements, so the shared scale fits the rest better; with stochastic rounding the stored value
+  is unbiased). The transform runs along the block axis; Tseng et al. apply it to the operands
+  of the backward pass's matrix products along their reduction dimension, which a policy, rounding
+  a gradient once it is computed, does not see.
 * **Per-tensor scaled FP8** (``fp8e4m3``, ``fp8e5m2``; torchao's and FP8-LM's tensorwise
   scaling): ``s = max_elem / max(amax, 1e-12)`` in float32, stored ``fl8(x * s)`` (saturating),
-  read back as ``q * fl(1 / s)``. A NaN or inf anywhere makes the whole tensor NaN.
+  read back as ``q * fl(1 / s)``, the same compiled and eager. A NaN or inf anywhere makes the
+  whole tensor NaN.
 * **Code maps**: the tensor is flattened into blocks of ``block`` elements; each block stores
-  its absmax (float32) and, per element, the index of the code nearest ``x / absmax``; it reads
-  back as ``code * absmax``. ``bnb8``: bitsandbytes' 8-bit dynamic (tree) map, block 256 as its
+  its absmax (float32) and, per element, the index of the code nearest ``x / absmax`` (decided
+  exactly when float64 is enabled, ties to the lower code); it reads back as
+  ``code * absmax``. ``bnb8``: bitsandbytes' 8-bit dynamic (tree) map, block 256 as its
   8-bit optimizers use; ``int8``: the linear map ``i / 127``; ``ao4``: torchao's 4-bit optimizer
   state (the 4-bit dynamic map for signed values, ``k / 16``, k = 1..16, without zero, for
   unsigned ones; block 128). ``signed=auto`` (default) takes the unsigned map for the
@@ -50,7 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optimorph.precision.formats import FP32, SUBNORMALS, _check_choice
+from optimorph.precision.formats import FP32, ROUNDINGS, SUBNORMALS, _check_choice
 from optimorph.precision.rounding import _convert, round_to_grid
 
 Array = jax.Array
@@ -148,6 +165,7 @@ MX_NAMES = {
 _MX_ALIASES = {"mxfp4e2m1": "mxfp4"}
 FP8_NAMES = {"fp8e4m3": E4M3, "fp8e5m2": E5M2}
 SCALE_RULES = ("floor", "ceil", "even")
+TRANSFORMS = ("none", "hadamard", "rht")
 SECOND_MOMENT_SLOTS = ("v", "nu", "sum_sq")  # non-negative accumulators: the unsigned map
 
 
@@ -217,22 +235,48 @@ class BlockFormat:
         """The format a state slot named ``slot`` uses (only code maps' ``signed=auto`` cares)."""
         return self
 
+    def keyed(self, policy_rounding: str) -> bool:
+        """Whether rounding under a policy with ``policy_rounding`` draws random numbers (MX
+        formats may say so themselves: ``rounding=stochastic``, ``transform=rht``)."""
+        return policy_rounding == "stochastic"
+
+    def under(self, policy_rounding: str) -> BlockFormat:
+        """This format as a policy with ``policy_rounding`` uses it (MX: an unset ``rounding``
+        becomes the policy's)."""
+        return self
+
 
 @dataclasses.dataclass(frozen=True)
 class MXFormat(BlockFormat):
     """An OCP MX format: ``block`` elements along ``axis`` share an E8M0 scale 2**e.
+
+    ``axis`` None (the default) is the last axis longer than 1. ``rounding`` None follows the
+    caller (a key given: stochastic), 'nearest' or 'stochastic' fixes the element rounding.
+    ``transform`` 'hadamard' or 'rht' quantizes each block after a (random) Hadamard transform
+    (see the module docstring).
 
     >>> f = parse_block_format("mxfp4")
     >>> f.name, f.round(jnp.asarray([1.0, 0.2, -3.3, 0.0], jnp.float32)).tolist()
     ('mxfp4', [1.0, 0.25, -3.0, 0.0])
     >>> parse_block_format("mxfp8e4m3(scale=ceil,axis=0)").name
     'mxfp8e4m3(axis=0,scale=ceil)'
+    >>> parse_block_format("mxfp4(transform=rht,rounding=stochastic)").name
+    'mxfp4(rounding=stochastic,transform=rht)'
     """
 
     kind: str  # a key of MX_NAMES
     block: int = 32
-    axis: int = -1
+    axis: int | None = None
     scale: str = "floor"
+    rounding: str | None = None
+    transform: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.transform != "none" and self.block & (self.block - 1):
+            raise ValueError(
+                f"{self.kind}(transform={self.transform}): a Hadamard transform needs a block "
+                f"that is a power of two, got block={self.block}"
+            )
 
     @property
     def element(self) -> ElementFormat:
@@ -240,13 +284,32 @@ class MXFormat(BlockFormat):
 
     @property
     def name(self) -> str:
-        options = _options(self, block=32, axis=-1, scale="floor")
+        options = _options(
+            self, block=32, axis=None, scale="floor", rounding=None, transform="none"
+        )
         return self.kind + options
 
     @property
     def unit_roundoff(self) -> float:
         """The element's unit roundoff (relative to a value in the block's top binade)."""
         return self.element.unit_roundoff
+
+    def keyed(self, policy_rounding: str) -> bool:
+        """Whether rounding under a policy with ``policy_rounding`` draws random numbers."""
+        return self.transform == "rht" or (self.rounding or policy_rounding) == "stochastic"
+
+    def under(self, policy_rounding: str) -> MXFormat:
+        """This format with an unset ``rounding`` resolved to the policy's."""
+        if self.rounding is not None:
+            return self
+        return dataclasses.replace(self, rounding=policy_rounding)
+
+    def block_axis(self, shape: tuple[int, ...]) -> int:
+        """The axis blocks run along for a tensor of ``shape`` (non-negative; 0 for scalars)."""
+        if self.axis is not None:
+            return self.axis % len(shape) if shape else 0
+        longer = [i for i, n in enumerate(shape) if n > 1]
+        return longer[-1] if longer else max(len(shape) - 1, 0)
 
     def shared_exponent(self, amax: Array) -> Array:
         """The block's scale exponent e (int32) from its largest magnitude ``amax`` > 0."""
@@ -266,14 +329,34 @@ class MXFormat(BlockFormat):
             e = e + (rounded >= 2).astype(jnp.int32)
         return jnp.where(amax > 0, jnp.clip(e, -127, 127), -127)
 
-    def _quantize(self, x: Array, key: Array | None, flush: bool):
-        """(blocks of element values, shared exponents, special-block mask, unblock fn)."""
-        blocks, back = _to_blocks(_work(x, keep_float64=True), self.block, self.axis)
+    def _keys(self, key: Array | None) -> tuple[Array | None, Array | None]:
+        """(element rounding key or None, sign key or None) from the caller's key."""
+        needs = [why for why, on in (("transform=rht", self.transform == "rht"),
+                                     ("rounding=stochastic", self.rounding == "stochastic"))
+                 if on]  # fmt: skip
+        if key is None:
+            if needs:
+                raise ValueError(
+                    f"{self.name}: {' and '.join(needs)} needs a PRNG key (round(x, key=...); "
+                    "a precision policy passes its rounding keys)"
+                )
+            return None, None
+        signs = None
+        if self.transform == "rht":  # the element key of an untransformed format stays `key`
+            key, signs = jax.random.split(key)
+        return (None if self.rounding == "nearest" else key), signs
+
+    def _quantize_blocks(self, blocks: Array, key: Array | None, flush: bool):
+        """(element values, shared exponents, special-block mask) of blocked values."""
         amax = jnp.max(jnp.abs(blocks), axis=-1, keepdims=True)
         special = ~jnp.all(jnp.isfinite(blocks), axis=-1, keepdims=True)
         e = self.shared_exponent(jnp.where(special, 1, amax).astype(blocks.dtype))
         scaled = _scale_by(jnp.where(special, 0, blocks), -e)
-        return self.element.round(scaled, key=key, flush=flush), e, special, back
+        return self.element.round(scaled, key=key, flush=flush), e, special
+
+    def _blocks(self, x: Any) -> tuple[Array, Any]:
+        x = _work(x, keep_float64=True)
+        return _to_blocks(x, self.block, self.block_axis(x.shape))
 
     def round(self, x: Any, *, subnormals: str = "gradual", key: Array | None = None) -> Array:
         """Quantize ``x`` to this MX format and decode it, in float32 (which holds every MX
@@ -282,17 +365,33 @@ class MXFormat(BlockFormat):
         Args:
           x: an array of any float dtype.
           subnormals: 'gradual' keeps the element format's subnormals, 'flush' zeroes them.
-          key: a PRNG key for stochastic rounding of the elements; None: nearest, ties to even.
+          key: a PRNG key for stochastic rounding of the elements (and the signs of ``rht``);
+            None: nearest, ties to even.
         """
         _check_choice("subnormals", subnormals, SUBNORMALS)
-        q, e, special, back = self._quantize(x, key, subnormals == "flush")
+        elem_key, sign_key = self._keys(key)
+        blocks, back = self._blocks(x)
+        if self.transform != "none":
+            h = jnp.asarray(_hadamard(self.block), blocks.dtype)
+            signs = None
+            if sign_key is not None:
+                signs = jax.random.rademacher(sign_key, blocks.shape, blocks.dtype)
+                blocks = blocks * signs
+            blocks = jnp.matmul(blocks, h, precision=jax.lax.Precision.HIGHEST)
+        q, e, special = self._quantize_blocks(blocks, elem_key, subnormals == "flush")
         y = jnp.where(special, jnp.nan, _scale_by(q, e))
+        if self.transform != "none":
+            y = jnp.matmul(y, h, precision=jax.lax.Precision.HIGHEST) * (1.0 / self.block)
+            y = y * signs if signs is not None else y
         return _convert(back(y), self.storage_dtype)
 
     def encode(self, x: Any, *, key: Array | None = None) -> tuple[Array, Array]:
         """The stored bits: (uint8 E8M0 scale codes of shape (..., nblocks), uint8 element codes
-        of shape (..., nblocks, block)), with ``axis`` moved last and the last block padded."""
-        q, e, special, _ = self._quantize(x, key, False)
+        of shape (..., nblocks, block)), with the block axis moved last and the last block
+        padded. Formats with a transform store the transformed values: not encoded here."""
+        if self.transform != "none":
+            raise ValueError(f"{self.name}: encode/decode are for untransformed MX formats")
+        q, e, special = self._quantize_blocks(self._blocks(x)[0], self._keys(key)[0], False)
         scales = jnp.where(special, 255, e + 127).astype(jnp.uint8)[..., 0]
         return scales, jnp.where(special, 0, self.element.encode(q)).astype(jnp.uint8)
 
@@ -303,11 +402,21 @@ class MXFormat(BlockFormat):
         return jnp.where(s == 255, jnp.nan, _scale_by(values, s - 127))
 
     def storage_bits(self, shape: tuple[int, ...]) -> int:
-        """Element bits of every element plus 8 bits per (padded) block."""
+        """Element bits of every element plus 8 bits per (padded) block; with a transform the
+        padding of a last, partial block is stored too (the transform fills it)."""
         n = math.prod(shape)
-        along = shape[self.axis % len(shape)] if shape else 1
+        along = shape[self.block_axis(shape)] if shape else 1
         nblocks = (n // along) * -(-along // self.block) if n else 0
-        return n * self.element.bits + 8 * nblocks
+        stored = nblocks * self.block if self.transform != "none" else n
+        return stored * self.element.bits + 8 * nblocks
+
+
+def _hadamard(n: int) -> np.ndarray:
+    """The Sylvester Hadamard matrix of order n (a power of two): entries +-1, symmetric."""
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,7 +449,11 @@ class ScaledFP8(BlockFormat):
             return x
         amax = jnp.max(jnp.abs(x))
         special = ~jnp.all(jnp.isfinite(x))
-        s = self.element.max_value / jnp.maximum(amax, 1e-12).astype(x.dtype)
+        # The barrier keeps s one rounded value: without it XLA rewrote 1 / (max / amax) into
+        # amax / max under jit, 1 ulp away from the eager result in about half of all tensors.
+        s = jax.lax.optimization_barrier(
+            self.element.max_value / jnp.maximum(amax, 1e-12).astype(x.dtype)
+        )
         q = self.element.round(
             jnp.clip(x * s, self.element.min_value, self.element.max_value),
             key=key,
@@ -387,6 +500,33 @@ def dynamic_map(
         decade(max_exponent_bits - 1, extra)
     out = np.concatenate([*data, [0.0, 1.0]]).astype(np.float32)
     return np.sort(out)
+
+
+def _midpoints(codes: np.ndarray) -> np.ndarray:
+    """The exact midpoints of neighbouring float32 codes, in float64."""
+    lo, hi = codes[:-1].astype(np.float64), codes[1:].astype(np.float64)
+    mids = (lo + hi) / 2
+    assert np.array_equal(mids * 2 - lo, hi), "a midpoint is not exact in float64"
+    return mids
+
+
+def _nearest_exactly(x: Array, absmax: Array, ok: Array, codes: np.ndarray) -> Array:
+    """Index of the code nearest x / absmax, ties to the lower code, decided exactly.
+
+    x / absmax rounded to float32 picked the neighbouring code for values within an ulp of a
+    midpoint. Here the midpoints of the float32 codes are exact float64 numbers, and so is
+    midpoint * absmax (at most 26 + 24 bits), so ``midpoint * absmax < x`` is decided without
+    rounding. x / absmax in float64 (XLA may form it as x * (1 / absmax)) only finds the
+    midpoint next to it; the two midpoints around that point are then checked exactly.
+    """
+    mids = jnp.asarray(_midpoints(codes))
+    x64 = _convert(x, np.float64)
+    a64 = _convert(absmax, np.float64)
+    j = jnp.searchsorted(mids, jnp.where(ok, x64 / a64, 0), side="left")
+    below = mids[jnp.clip(j - 1, 0, len(mids) - 1)] * a64 < x64  # exact products
+    at = mids[jnp.clip(j, 0, len(mids) - 1)] * a64 < x64
+    idx = j - ((j > 0) & ~below) + ((j < len(mids)) & at)
+    return jnp.where(ok, idx, jnp.searchsorted(mids, 0.0, side="left"))
 
 
 def _code_maps() -> dict[tuple[str, bool], np.ndarray]:
@@ -463,7 +603,9 @@ class CodeMapFormat(BlockFormat):
         safe = jnp.where(ok, absmax, 1)
         normed = jnp.where(ok, blocks / safe, 0)
         codes = self.codes
-        if key is None:
+        if key is None and jax.config.jax_enable_x64:
+            idx = _nearest_exactly(blocks, safe, ok, codes)
+        elif key is None:  # float32 only: within an ulp of a midpoint the choice may be off
             mids = (codes[:-1] + codes[1:]) / np.float32(2)
             idx = jnp.searchsorted(jnp.asarray(mids), normed, side="left")
         else:
@@ -499,7 +641,8 @@ def _options(fmt: Any, values: dict[str, str] | None = None, **defaults: Any) ->
 _CALL = re.compile(r"^([a-z0-9]+)\s*(?:\((.*)\))?$")
 _BLOCK_HELP = (
     "block formats: mxfp8e4m3, mxfp8e5m2, mxfp6e3m2, mxfp6e2m3, mxfp4, mxint8 "
-    "(options block=N, axis=K, scale=floor|ceil|even), fp8e4m3, fp8e5m2 (no options), "
+    "(options block=N, axis=K, scale=floor|ceil|even, rounding=nearest|stochastic, "
+    "transform=none|hadamard|rht), fp8e4m3, fp8e5m2 (no options), "
     "bnb8, int8, ao4 (options block=N, signed=auto|true|false)"
 )
 
@@ -521,7 +664,7 @@ def parse_block_format(text: str) -> BlockFormat | None:
             raise ValueError(f"bad option {item!r} in format {text!r}; {_BLOCK_HELP}")
         options[name] = value
     if kind in MX_NAMES:
-        allowed = ("block", "axis", "scale")
+        allowed = ("block", "axis", "scale", "rounding", "transform")
     elif kind in CODE_DEFAULTS:
         allowed = ("block", "signed")
     else:
@@ -534,7 +677,7 @@ def parse_block_format(text: str) -> BlockFormat | None:
         )
     try:
         block = int(options["block"]) if "block" in options else None
-        axis = int(options.get("axis", -1))
+        axis = int(options["axis"]) if "axis" in options else None
     except ValueError:
         raise ValueError(f"format {text!r}: block and axis must be integers") from None
     if block is not None and block < 1:
@@ -547,7 +690,19 @@ def parse_block_format(text: str) -> BlockFormat | None:
             raise ValueError(
                 f"format {text!r}: scale must be one of {', '.join(SCALE_RULES)}; got {scale!r}"
             )
-        return MXFormat(kind, block if block is not None else 32, axis, scale)
+        rounding = options.get("rounding")
+        if rounding not in (None, *ROUNDINGS):
+            raise ValueError(
+                f"format {text!r}: rounding must be one of {', '.join(ROUNDINGS)}; got "
+                f"{rounding!r}"
+            )
+        transform = options.get("transform", "none")
+        if transform not in TRANSFORMS:
+            raise ValueError(
+                f"format {text!r}: transform must be one of {', '.join(TRANSFORMS)}; got "
+                f"{transform!r}"
+            )
+        return MXFormat(kind, block if block is not None else 32, axis, scale, rounding, transform)
     signed_text = options.get("signed", "auto")
     flags = {"auto": None, "true": True, "false": False}
     if signed_text not in flags:

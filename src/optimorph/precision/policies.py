@@ -1,11 +1,12 @@
 """Per-role mixed-precision policies: which format each value of a training step is stored in.
 
 A :class:`Precision` policy gives a format to each role of a training step (params, grads,
-optimizer-state slots, the step counter, hyperparameters) and says how to round; build it from a
-spec string with :func:`precision`, e.g. ``precision("bf16,nu=fp32,rounding=stochastic")`` or
-``precision("fp32,m=mxfp8e4m3,v=bnb8(block=256)")``. Params, grads, state and each slot take any
-format, block-scaled ones included; count and hparams (scalars) take the scalar formats only.
-:func:`state_bytes_per_param` states what a policy's optimizer state costs in memory.
+optimizer-state slots, the update, the step counter, hyperparameters) and says how to round;
+build it from a spec string with :func:`precision`, e.g.
+``precision("bf16,nu=fp32,rounding=stochastic")`` or
+``precision("fp32,m=mxfp8e4m3,v=bnb8(block=256)")``. Params, grads, state, each slot and the
+update take any format, block-scaled ones included; count and hparams (scalars) take the scalar
+formats only. :func:`state_bytes_per_param` states what a policy's optimizer state costs in memory.
 """
 
 from __future__ import annotations
@@ -78,14 +79,16 @@ def _decimal_toward(target: float, up: bool, stored: Callable[[float], float]) -
 # ---------------------------------------------------------------------------------------------
 # Policies
 
-_ROLES = ("params", "grads", "state", "count", "hparams")
+_ROLES = ("params", "grads", "state", "updates", "count", "hparams")
 _OPTIONS = ("rounding", "subnormals", "kahan")
 _SPEC_HELP = (
     "a spec is comma-separated items: a bare FORMAT (default for params, grads and state), "
-    "ROLE=FORMAT with ROLE in params, grads, state, hparams, count (count also takes 'exact'), "
+    "ROLE=FORMAT with ROLE in params, grads, state, updates, hparams, count (count also takes "
+    "'exact'), "
     "rounding=nearest|stochastic, subnormals=gradual|flush, kahan=true|false, or SLOT=FORMAT "
-    "for an optimizer-state field such as mu, nu, v, trace; params, grads, state and slots also "
-    "take block formats such as mxfp8e4m3, mxfp4(axis=0), fp8e4m3, bnb8(block=256), int8, ao4"
+    "for an optimizer-state field such as mu, nu, v, trace; params, grads, state, updates and "
+    "slots also take block formats such as mxfp8e4m3, mxfp4(axis=0), "
+    "mxfp4(rounding=stochastic,transform=rht), fp8e4m3, bnb8(block=256), int8, ao4"
 )
 
 
@@ -95,15 +98,19 @@ class Precision:
 
     Roles: ``params``; ``grads`` (the gradient as computed; default = params); ``state`` (every
     optimizer-state slot; default = params); ``slots`` (per-slot overrides keyed by the state
-    field name, e.g. ``{"nu": FP32}``); ``count`` (None = exact int32 counter, else the counter is
-    rounded through this format after each step: bf16 stalls at 256); ``hparams`` (the format
+    field name, e.g. ``{"nu": FP32}``); ``updates`` (the optimizer's update u, rounded before
+    x + u is formed; default None: not rounded, u stays in the compute dtype); ``count`` (None =
+    exact int32 counter, else the counter is rounded through this format after each step: bf16
+    stalls at 256); ``hparams`` (the format
     hyperparameters are stored in; default = the compute format).
 
     Arithmetic runs in :attr:`compute_dtype`: float64 if any role is emulated, else the
     narrowest native dtype holding params, grads, state, slots and hparams exactly. Every
     stored value is rounded to its role's format after each step: ``rounding`` 'nearest' or
     'stochastic', ``subnormals`` 'gradual' or 'flush', and ``kahan`` for a compensated
-    parameter update.
+    parameter update. An MX format may fix its own rounding (``mxfp4(rounding=stochastic)``)
+    or draw random signs (``transform=rht``); the policy then passes its keys to that role
+    only (:attr:`keyed`), and the other roles round as ``rounding`` says.
 
     Build one with :func:`precision`; ``str(policy)`` is its canonical spec.
 
@@ -116,6 +123,7 @@ class Precision:
     grads: Format | BlockFormat | None = None
     state: Format | BlockFormat | None = None
     slots: Mapping[str, Format | BlockFormat] = dataclasses.field(default_factory=dict)
+    updates: Format | BlockFormat | None = None
     count: Format | None = None
     hparams: Format | None = None
     rounding: str = "nearest"
@@ -139,6 +147,12 @@ class Precision:
             raise ValueError(
                 f"kahan=true needs a scalar params format; {self.params.name} is a block format"
             )
+        if isinstance(self.params, BlockFormat) and self.params.keyed("nearest"):
+            raise ValueError(
+                f"params={self.params.name}: the initial parameters are rounded without a key, "
+                "so a params format takes no rounding=stochastic or transform=rht; set "
+                "rounding=stochastic for the whole policy instead"
+            )
         set_ = object.__setattr__  # frozen: resolve defaults once, here
         set_(self, "slots", dict(sorted(self.slots.items())))
         set_(self, "grads", self.grads or self.params)
@@ -160,6 +174,7 @@ class Precision:
 
     def _compute_dtype(self, include_hparams: bool) -> np.dtype:
         roles = [self.params, self.grads, self.state, *self.slots.values()]
+        roles += [self.updates] if self.updates is not None else []
         roles = [f.container if isinstance(f, BlockFormat) else f for f in roles]
         if include_hparams:
             roles.append(self.hparams)
@@ -176,6 +191,16 @@ class Precision:
         return self.params.unit_roundoff
 
     @property
+    def keyed(self) -> bool:
+        """Whether a step draws random numbers: ``rounding=stochastic``, or a role's format
+        that rounds stochastically or transforms randomly by itself (then only that role gets
+        keys). A keyed policy's step needs the run's rounding key."""
+        if self.rounding == "stochastic":
+            return True
+        roles = [self.grads, self.state, self.updates, *self.slots.values()]
+        return any(isinstance(f, BlockFormat) and f.keyed(self.rounding) for f in roles)
+
+    @property
     def name(self) -> str:
         """The canonical spec: ``precision(p.name) == p``."""
         items = [self.params.name]
@@ -185,6 +210,8 @@ class Precision:
             if getattr(self, r) != self.params
         ]
         items += [f"{slot}={fmt.name}" for slot, fmt in self.slots.items()]
+        if self.updates is not None:
+            items.append(f"updates={self.updates.name}")
         if self.count is not None:
             items.append(f"count={self.count.name}")
         if self.hparams != _format_of(self._compute_dtype(include_hparams=False)):
@@ -213,9 +240,17 @@ class Precision:
 
     def round_grads(self, tree: PyTree, key: Array | None = None) -> PyTree:
         """Round float leaves to the grads format (stochastically when the policy says so)."""
+        return self._round_tree(tree, self.grads, key)
+
+    def round_updates(self, tree: PyTree, key: Array | None = None) -> PyTree:
+        """Round float leaves of the optimizer's update to the updates format; unchanged when
+        the policy has no updates role."""
+        return tree if self.updates is None else self._round_tree(tree, self.updates, key)
+
+    def _round_tree(self, tree: PyTree, fmt: Format | BlockFormat, key: Array | None) -> PyTree:
         keys = self._leaf_keys(key, tree)
         leaves, treedef = jax.tree_util.tree_flatten(tree)
-        out = [self._round(x, self.grads, k) for x, k in zip(leaves, keys, strict=True)]
+        out = [self._round(x, fmt, k) for x, k in zip(leaves, keys, strict=True)]
         return jax.tree_util.tree_unflatten(treedef, out)
 
     def round_state(self, state: PyTree, key: Array | None = None) -> PyTree:
@@ -420,7 +455,8 @@ class Precision:
         p_leaves, treedef = jax.tree_util.tree_flatten(params)
         u_leaves = treedef.flatten_up_to(updates)
         c_leaves = treedef.flatten_up_to(compensation) if self.kahan else [None] * len(p_leaves)
-        keys = self._leaf_keys(key, p_leaves)
+        stochastic = self.rounding == "stochastic"  # keys of other roles are not the params'
+        keys = self._leaf_keys(key, p_leaves) if stochastic else [None] * len(p_leaves)
         new_p, new_c = [], []
         for p, u, c, k in zip(p_leaves, u_leaves, c_leaves, keys, strict=True):
             p_w, y = work.round(p), work.round(u)
@@ -440,10 +476,17 @@ class Precision:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _round(self, x: Any, fmt: Format, key: Array | None) -> Any:
+    def _round(self, x: Any, fmt: Format | BlockFormat, key: Array | None) -> Any:
+        """``x`` rounded to ``fmt``; the key is used only where ``fmt`` draws random numbers
+        under this policy (a keyed policy hands keys to every leaf)."""
         if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
             return x
-        return fmt.round(x, subnormals=self.subnormals, key=key)
+        if isinstance(fmt, BlockFormat):
+            fmt = fmt.under(self.rounding)
+            random = fmt.keyed(self.rounding)
+        else:
+            random = self.rounding == "stochastic"
+        return fmt.round(x, subnormals=self.subnormals, key=key if random else None)
 
     def _round_count(self, count: Array) -> Array:
         if self.count is None:
@@ -461,12 +504,16 @@ class Precision:
         return None
 
     def _leaf_keys(self, key: Array | None, tree: PyTree) -> list[Array | None]:
-        """One key per leaf (fold_in by leaf index) when rounding is stochastic, else None."""
+        """One key per leaf (fold_in by leaf index) when the policy is :attr:`keyed`, else None."""
         n = len(jax.tree_util.tree_leaves(tree))
-        if self.rounding == "nearest":
+        if not self.keyed:
             return [None] * n
         if key is None:
-            raise ValueError("rounding='stochastic' needs a PRNG key (key=jax.random.key(seed))")
+            raise ValueError(
+                f"precision {self.name!r} rounds stochastically (rounding=stochastic, or a "
+                "format's rounding=stochastic / transform=rht) and needs a PRNG key "
+                "(key=jax.random.key(seed))"
+            )
         return [jax.random.fold_in(key, i) for i in range(n)]
 
 
@@ -609,6 +656,13 @@ class TracedBits:
 
     def round_state(self, state: PyTree, key: Array | None = None) -> PyTree:
         return self._round(state)
+
+    def round_updates(self, tree: PyTree, key: Array | None = None) -> PyTree:
+        return tree  # no updates role: u stays as computed
+
+    @property
+    def keyed(self) -> bool:
+        return self.rounding == "stochastic"
 
     def round_hparam(self, x: Any) -> Array:
         return jnp.asarray(x, jnp.float64)

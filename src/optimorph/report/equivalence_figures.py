@@ -34,12 +34,18 @@ from matplotlib.axes import Axes
 from matplotlib import colormaps
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 from matplotlib.patches import Circle, Patch, Rectangle
 
 from optimorph.atomic import atomic_path
 from optimorph.report.labels import plain_text
-from optimorph.report.style import MAX_WIDTH, legend_above, legend_height, tidy_log_ticks
+from optimorph.report.style import (
+    MAX_WIDTH,
+    legend_above,
+    legend_height,
+    series_style,
+    tidy_log_ticks,
+)
 from optimorph.stats import growth_exponent, percentile_band
 
 __all__ = [
@@ -51,6 +57,7 @@ __all__ = [
     "divergence_grid",
     "phase_diagram_figure",
     "tracking_animation",
+    "slot_ulps_figure",
 ]
 
 # Explicit mantissa bits (without the implicit leading one) of the formats hardware has.
@@ -217,7 +224,12 @@ def verdict_heatmap(verdicts: dict[str, list[dict]]) -> Figure:
     precisions = list(verdicts)
     pairs = list(dict.fromkeys((v["a"], v["b"]) for vs in verdicts.values() for v in vs))
     height = 1.2 + 0.42 * len(pairs)
-    fig = Figure(figsize=(3.0 + 1.7 * len(precisions), height), layout="constrained")
+    names = [textwrap.shorten(f"{a}  |  {b}", 70) for a, b in pairs]
+    # Room for the longest pair's name (about 0.06 inch a character at 8 pt), the cells and
+    # the legend: a fixed width cut long names off when there were few precisions.
+    labels = 0.06 * max(len(n) for n in names) + 0.3
+    width = min(MAX_WIDTH, max(3.0 + 1.7 * len(precisions), labels + 1.5 * len(precisions) + 1.4))
+    fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.subplots()
     for j, p in enumerate(precisions):
         by_pair = {(v["a"], v["b"]): v for v in verdicts[p]}
@@ -241,8 +253,7 @@ def verdict_heatmap(verdicts: dict[str, list[dict]]) -> Figure:
     ax.set_xlim(0, len(precisions))
     ax.set_ylim(len(pairs), 0)
     ax.set_xticks(np.arange(len(precisions)) + 0.5, precisions)
-    ax.set_yticks(np.arange(len(pairs)) + 0.5,
-                  [textwrap.shorten(f"{a}  |  {b}", 70) for a, b in pairs], fontsize=8)  # fmt: skip
+    ax.set_yticks(np.arange(len(pairs)) + 0.5, names, fontsize=8)
     ax.tick_params(length=0)
     ax.set_xlabel("precision (cell: max over t of d / noise floor, median over seeds)")
     handles = [Patch(color=c, label=k) for k, c in _OUTCOME_COLORS.items()]
@@ -344,6 +355,87 @@ def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) 
         _mark_formats(ax, bits)
     for ax in axes[n:]:
         ax.set_visible(False)
+    return fig
+
+
+def slot_ulps_figure(panels: Sequence[dict[str, Any]]) -> Figure:
+    """Where two implementations part: the distance of each state slot in ulps over steps.
+
+    One panel per diagnosed pair and precision (``optimorph.equivalence.diagnosis``): for each
+    slot role (``params``, ``m``, ``v``, ``acc``), the maximum over coordinates of
+    |a - b| / (2 u max(|a|, |b|)) at every step of two runs from the same initialisation on the
+    same batches, on a log axis, from step 1 (step 0 is the shared initialisation); the parting
+    threshold dashed and the step where they part dotted. Zeros (bit-equal slots) and non-finite
+    distances are left out and counted in a note on the panel.
+
+    Args:
+      panels: dicts with ``title`` (str), ``ulps_per_slot`` (role -> one value per step, step 0
+        first; None or "inf" as stored in JSON), and optionally ``step`` and ``slot`` (where
+        they part) and ``limit`` (the threshold in ulps).
+
+    Returns:
+      A Figure, at most ``MAX_WIDTH`` wide, three panels per row, one legend above.
+
+    >>> fig = slot_ulps_figure([{"title": "A | B at fp32", "step": 2, "slot": "v", "limit": 1024,
+    ...                          "ulps_per_slot": {"params": [0, 1, 3e3], "v": [0, 5e4, 6e4]}}])
+    >>> len(fig.axes)
+    1
+    """
+    if not panels:
+        raise ValueError("no panels to draw")
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    roles = list(dict.fromkeys(r for p in panels for r in p["ulps_per_slot"]))
+    width = MAX_WIDTH if cols > 1 else 0.6 * MAX_WIDTH
+    labels = [*roles, "parting threshold"]
+    fig = Figure(figsize=(width, rows * 3.3 + legend_height(labels, width)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    handles: dict[str, Any] = {}
+    for ax, panel in zip(axes, panels):
+        gaps, drawn = [], False
+        for role, values in panel["ulps_per_slot"].items():
+            # Step 0 is the shared initialisation (0 ulps by construction): drawn from step 1.
+            y = np.array([np.nan if v is None else float(v) for v in values])[1:]
+            steps = np.arange(1, y.size + 1)
+            zeros, bad = int((y == 0).sum()), int((~np.isfinite(y)).sum())
+            if zeros:
+                gaps.append(f"{role} = 0 ulps (bit-equal) at {zeros} of {y.size} steps")
+            if bad:
+                first = int(steps[np.argmax(~np.isfinite(y))])
+                gaps.append(f"{role} not finite at {bad} steps, first at step {first}")
+            shown = np.where((y > 0) & np.isfinite(y), y, np.nan)
+            drawn = drawn or bool(np.isfinite(shown).any())
+            style = series_style(roles.index(role))
+            (line,) = ax.plot(steps, shown, marker=".", markersize=3, linewidth=1.3, label=role,
+                              **style)  # fmt: skip
+            handles.setdefault(role, line)
+        limit = panel.get("limit")
+        if limit is not None and math.isfinite(float(limit)):
+            handles.setdefault("parting threshold", ax.axhline(
+                float(limit), color="black", linestyle="--", linewidth=1.0,
+                label="parting threshold"))  # fmt: skip
+        title = plain_text(panel["title"])
+        if panel.get("step") is not None:
+            ax.axvline(panel["step"], color="grey", linestyle=":", linewidth=1.0)
+            title += f"\nparts at step {panel['step']} in {panel.get('slot')}"
+        else:
+            title += "\nno slot parts in the steps looked at"
+        ax.set_title(title, fontsize="small")
+        if gaps:
+            ax.text(0.98, 0.02, "\n".join(gaps), transform=ax.transAxes, fontsize="x-small",
+                    ha="right", va="bottom")  # fmt: skip
+        if drawn:  # a log axis needs something positive (bit-equal slots are all zeros)
+            ax.set_yscale("log")
+            tidy_log_ticks(ax)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps: no 2.5
+        ax.set_xlabel("step", fontsize="small")
+        ax.set_ylabel("max distance over coordinates (ulps)", fontsize="small")
+        ax.tick_params(labelsize="small")
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    names = [n for n in labels if n in handles]  # the slots, then the threshold
+    legend_above(fig, [handles[n] for n in names], names, width=width)
     return fig
 
 

@@ -7,6 +7,7 @@ NaN and undecidable cells said), then the figures.
 from __future__ import annotations
 
 import os
+import textwrap
 from html import escape
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from optimorph.report.equivalence_figures import (
     divergence_grid,
     outcome,
     phase_diagram_figure,
+    slot_ulps_figure,
     tracking_animation,
     verdict_heatmap,
 )
@@ -87,6 +89,7 @@ def _comparison_body(run_dir: Path, kind: str) -> list[str]:
         "difference of the final metric over seeds (same seed, same initialisation and batches), "
         f"mean and 95% t-interval.{_blank_caption(per_precision)}</p>",
     ]
+    body += _parting(run_dir, per_precision, kind)
     grid = [{"t": p["t"], "d": p["d"], "floor_a": p["floor_a"], "floor_b": p["floor_b"],
              "labels": ("A", "B"), "pair": f"A: {p['a']}\nB: {p['b']}",
              "precision": p["precision"]} for p in panels]  # fmt: skip
@@ -113,6 +116,35 @@ def _comparison_body(run_dir: Path, kind: str) -> list[str]:
     body.append("<h2>Figures</h2>")
     body += [_image(path, caption) for path, caption in figures]
     return body
+
+
+_MAX_PARTING_PANELS = 6
+
+
+def _parting(run_dir: Path, verdicts: dict[str, list[dict]], kind: str) -> list[str]:
+    """The diagnosed verdicts' per-slot distance in ulps over steps, with its heading and
+    caption ([] when no verdict was diagnosed)."""
+    diagnosed = [(p, v) for p, items in verdicts.items() for v in items if v.get("diagnosis")]
+    if not diagnosed:
+        return []
+    panels = []
+    for p, v in diagnosed[:_MAX_PARTING_PANELS]:
+        d = v["diagnosis"]
+        title = p if kind == "compare" else textwrap.fill(f"{p}: {v['a']} | {v['b']}", 48)
+        panels.append({"title": title, "ulps_per_slot": d["ulps_per_slot"], "step": d["step"],
+                       "slot": d["slot"], "limit": d.get("limit")})  # fmt: skip
+    path = save_figure(slot_ulps_figure(panels), run_dir / "slot_ulps.png")
+    shown = "" if len(diagnosed) <= len(panels) else (
+        f" The first {len(panels)} of {len(diagnosed)} diagnosed verdicts are drawn.")
+    caption = (
+        "Each verdict found different, diagnosed: A and B trained from the same initialisation "
+        "on the same batches, each state slot (aligned by role: Adam's first moment is m in "
+        "optimorph, mu in optax, exp_avg in torch) compared at every step as the largest "
+        "distance over coordinates in ulps of the format, |a - b| / (2u max(|a|, |b|)). Dashed: "
+        "the distance above which a slot counts as parted; dotted: the step where they part. "
+        f"The named cause is in the verdict's reason above.{shown}"
+    )
+    return ["<h2>Where they part</h2>", figure_html(path, caption)]
 
 
 def _phase_body(run_dir: Path) -> list[str]:

@@ -493,3 +493,101 @@ def _low_bit_figures(run_dir: Path) -> list[tuple[Path, str]]:
 
 
 FIGURES["low-bit-states"] = _low_bit_figures
+
+
+def _mxfp4_figures(run_dir: Path) -> list[tuple[Path, str]]:
+    """Per model (a row): d/floor of each MXFP4 variant against bf16 training over the steps,
+    and its test loss minus bf16 training's (from ``curves_<model>.npz``)."""
+    from optimorph.report.style import legend_above, legend_height, series_style, tidy_log_ticks
+
+    paths = sorted(run_dir.glob("curves_*.npz"))
+    if not paths:
+        return []
+    C = read_config(run_dir)["config"].get("C", 10.0)
+    curves = {p.stem[7:]: store.read_arrays(run_dir, p.stem) for p in paths}
+    variants = list(dict.fromkeys(k[6:] for c in curves.values() for k in c if k[:6] == "ratio/"))
+    ref, others = variants[0], variants[1:]
+    ratios = [c[f"ratio/{v}"][1:] for c in curves.values() for v in others]
+    finite = np.concatenate([r[np.isfinite(r) & (r > 0)] for r in ratios] + [np.array([C])])
+    top, bottom = finite.max() * 3, finite.min() / 3
+    height = _PANEL[1] * len(curves) + legend_height(others, MAX_WIDTH)
+    fig = Figure(figsize=(MAX_WIDTH, height), layout="constrained")
+    axes = fig.subplots(len(curves), 2, squeeze=False)
+    handles = []
+    for row, (model, c) in enumerate(curves.items()):
+        ratio_ax, gap_ax = axes[row]
+        t = c["t"]
+        for i, v in enumerate(others):
+            style = series_style(i + 1)  # colour 0 is the reference's elsewhere in the report
+            r = c[f"ratio/{v}"][1:]
+            (line,) = ratio_ax.plot(t[1:], np.clip(np.where(np.isfinite(r), r, top), bottom, top),
+                                    marker=".", lw=1.2, **style)  # fmt: skip
+            gap_ax.plot(t[1:], (c[f"loss/{v}"] - c[f"loss/{ref}"])[1:], marker=".", lw=1.2,
+                        **style)  # fmt: skip
+            if row == 0:
+                handles.append(line)
+        ratio_ax.axhline(C, color="black", lw=0.8, ls="--")
+        gap_ax.axhline(0, color="black", lw=0.8)
+        ratio_ax.set(yscale="log", ylim=(bottom / 1.5, top * 1.5), xlabel="step",
+                     ylabel="d / noise floor", title=f"{model.upper()}: distance to {ref} "
+                     "training (median over seeds)")  # fmt: skip
+        gap_ax.set(xlabel="step", ylabel=f"test loss minus {ref}'s",
+                   title=f"{model.upper()}: test loss gap (mean over seeds)")  # fmt: skip
+        for ax in (ratio_ax, gap_ax):
+            ax.grid(alpha=0.3, which="both")
+        tidy_log_ticks(ratio_ax)
+    legend_above(fig, handles, others, width=MAX_WIDTH,
+                 title=f"gradients in MXFP4 against {ref} training")  # fmt: skip
+    path = save_figure(fig, run_dir / "mxfp4_training.png")
+    return [(path, f"Left: the distance of each MXFP4-gradient variant's parameters to {ref} "
+             "training's, over the rounding noise floor (median over seeds; dashed: C = "
+             f"{C:g}: above it the variant has parted from {ref} training; the top edge: a run "
+             f"broke). Right: its test loss minus {ref} training's, same seeds (above 0: "
+             "worse).")]  # fmt: skip
+
+
+FIGURES["mxfp4-training"] = _mxfp4_figures
+
+
+def _implementations_figures(run_dir: Path) -> list[tuple[Path, str]]:
+    """The verdict of every pair at every precision, and where the pairs found different at
+    the first precision part, slot by slot (from ``table_verdicts.json`` and ``cells/``)."""
+    from optimorph.report.equivalence_figures import slot_ulps_figure, verdict_heatmap
+
+    rows = store.read_json(run_dir, "table_verdicts")
+    if not rows:
+        return []
+    precisions = list(dict.fromkeys(r["precision"] for r in rows))
+    verdicts = {p: [{"a": r["A"], "b": r["B"], "outcome": r["verdict"],
+                     "distance_ratio": r["d/floor"] if r["d/floor"] != "n/a" else None}
+                    for r in rows if r["precision"] == p] for p in precisions}  # fmt: skip
+    heatmap = save_figure(verdict_heatmap(verdicts), run_dir / "implementations_verdicts.png")
+    out = [(heatmap, "Every pair at every precision: blue equivalent, orange different, grey "
+                     "undecidable (both runs NaN/inf); the number is max over t of d / noise "
+                     "floor (median over seeds).")]  # fmt: skip
+    first = precisions[0]
+    cells = [store.read_json(run_dir, p.with_suffix("").relative_to(run_dir).as_posix())
+             for p in sorted((run_dir / "cells").glob(f"{first}-*.json"))]  # fmt: skip
+    order = {(r["A"], r["B"]): k for k, r in enumerate(rows)}
+    diagnosed = sorted((r for cell in cells for r in cell if r.get("diagnosis")),
+                       key=lambda r: order.get((r["a"], r["b"]), 0))  # fmt: skip
+    if diagnosed:
+        shown = diagnosed[:_MAX_ULPS_PANELS]
+        panels = [{"title": f"{r['family']}: A {r['a']}\nB {r['b']}\ncause: "
+                            f"{r['diagnosis']['cause'] or 'none matched'}",
+                   "ulps_per_slot": r["diagnosis"]["ulps_per_slot"],
+                   "step": r["diagnosis"]["step"], "slot": r["diagnosis"]["slot"],
+                   "limit": r["diagnosis"].get("limit")} for r in shown]  # fmt: skip
+        path = save_figure(slot_ulps_figure(panels), run_dir / "implementations_parting.png")
+        more = (f" The first {len(shown)} of {len(diagnosed)} are drawn."
+                if len(diagnosed) > len(shown) else "")  # fmt: skip
+        out.append((path, f"Where each pair found different at {first} parts: both trained from "
+                          "the same initialisation on the same batches, each state slot "
+                          "(aligned by role) compared at every step as the largest distance over "
+                          "coordinates in ulps of the format; dashed: the distance above which a "
+                          f"slot counts as parted; dotted: the step where they part.{more}"))
+    return out
+
+
+_MAX_ULPS_PANELS = 9
+FIGURES["implementations"] = _implementations_figures

@@ -1,0 +1,368 @@
+"""MXFP4 gradients: which way of rounding them to 4 bits still trains like bf16?
+
+The gradient of every step is stored in OCP MXFP4 (E2M1 elements, an E8M0 scale per block of
+32) while the rest of the step is bf16 training (bf16 parameters, fp32 Adam state, round to
+nearest); the reference is the same run with the gradient in bf16 (``bf16,state=fp32``).
+The variants differ in one thing each, the rounding of the gradient (issue 20):
+
+================  ===========================================================================
+name              gradient stored as
+================  ===========================================================================
+``rtn``           MXFP4, round to nearest (ties to even)
+``sr``            MXFP4, stochastic rounding
+``sr-rht``        MXFP4, stochastic rounding after a random Hadamard transform (random signs
+                  per block, fresh each step; Tseng et al. 2025, arXiv 2502.20586)
+``sr-hadamard``   MXFP4, stochastic rounding after a deterministic Hadamard transform
+``rtn-rht``       MXFP4, round to nearest after the random Hadamard transform
+``rtn-hadamard``  MXFP4, round to nearest after the deterministic Hadamard transform
+================  ===========================================================================
+
+Every variant takes ``scale=ceil`` (the smallest shared exponent with no element saturating):
+with the spec's floor rule a block's largest element may be clipped to 6, which would bias
+stochastic rounding; Tseng et al. avoid the clipping with a 3/4 prescale. The transforms run
+over each block of 32 along the gradient's last axis longer than 1
+(:mod:`optimorph.precision.block`); Tseng et al. transform the operands of the backward
+matrix products along their reduction dimension instead, which a precision policy, rounding
+the gradient once it is computed, does not see. Stochastic rounding and the random signs draw
+from the run's rounding key (the step's grads key, split once more for the signs); the noise
+replicas draw the same numbers, so their spread stays the rounding noise floor.
+
+A variant is **p-equivalent** to bf16 training by optimorph's noise-floor rule, the one
+``low-bit-states`` applies (:func:`optimorph.experiments.low_bit_states.verdict_rows`): the
+median over paired seeds of d(t) / max(N_ref(t), N_var(t), u ||theta_ref(t)||) stays <= C at
+every evaluation after step 0 (u: bf16's unit roundoff). Where it does not, the variant
+**parts** from bf16 training at the first evaluation where that median exceeds C. Beside it:
+the paired difference of the final test loss (variant minus bf16) with its 95% CI and TOST at
+a margin of 5% of the larger mean, and the step where a seed's loss blew up (the engine's
+divergence rule), if one did.
+
+Problems: the Fashion-MNIST MLP and CNN (a problem whose data is missing is skipped and its
+findings left open). Findings are fixed in :func:`findings` before any run (STYLE.md item 11);
+the quick variant runs a small MLP only and leaves the loss claims unjudged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from optimorph.engine.parallel import default_workers, map_cells
+from optimorph.experiments.findings import above, at_most, below, finding
+from optimorph.experiments.low_bit_states import verdict_rows
+from optimorph.precision import precision as make_precision
+from optimorph.problems import DatasetNotFound, problem
+from optimorph.results import store
+
+__all__ = ["MXFP4Config", "VARIANTS", "REFERENCE", "run", "findings", "policy"]
+
+REFERENCE = "bf16"
+_BASE = "bf16,state=fp32"
+_MXFP4 = "mxfp4(scale=ceil,rounding={rounding}{transform})"
+VARIANTS = {
+    REFERENCE: _BASE,
+    **{
+        f"{short}{suffix}": f"{_BASE},grads="
+        + _MXFP4.format(rounding=rounding, transform=f",transform={t}" if t else "")
+        for short, rounding in (("rtn", "nearest"), ("sr", "stochastic"))
+        for suffix, t in (("", ""), ("-rht", "rht"), ("-hadamard", "hadamard"))
+    },
+}
+MODELS = ("mlp", "cnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class MXFP4Config:
+    """Every setting of the recipe, fixed before any number is seen."""
+
+    models: tuple[str, ...] = MODELS
+    mlp_problem: str = "fashion-mnist(model=mlp, widths=[256, 256], n_train=10000)"
+    cnn_problem: str = "fashion-mnist(model=cnn, n_train=10000)"
+    variants: tuple[str, ...] = tuple(VARIANTS)  # keys of VARIANTS; "bf16" is the reference
+    optimizer: str = "adam(lr=1e-3)"
+    seeds: int = 3
+    steps: int = 500
+    batch_size: int = 128
+    evals: int = 20  # evaluations after step 0 (where d/floor is measured)
+    replicas: int = 2
+    C: float = 10.0
+    margin: float = 0.05  # TOST margin: a fraction of the larger mean final test loss
+    workers: int | None = None  # processes training the variants (None: one per core)
+
+    @classmethod
+    def quick(cls) -> MXFP4Config:
+        """A 784-64-10 MLP on 2000 images, the two variants the judged claims need (rtn,
+        sr-rht) and the reference, 2 seeds of 150 steps: each run is mostly compilation."""
+        return cls(
+            models=("mlp",),
+            mlp_problem="fashion-mnist(model=mlp, widths=[64], n_train=2000)",
+            variants=("bf16", "rtn", "sr-rht"),
+            seeds=2,
+            steps=150,
+            evals=10,
+        )
+
+
+def policy(variant: str) -> str:
+    """The canonical precision spec of a variant (a key of :data:`VARIANTS`).
+
+    >>> policy("sr-rht")
+    'bf16,grads=mxfp4(rounding=stochastic,scale=ceil,transform=rht),state=fp32'
+    """
+    return str(make_precision(VARIANTS[variant]))
+
+
+def run(config: MXFP4Config, out: Path, progress: bool = True) -> list[dict]:
+    """Train every (model, variant) cell, store ``table_verdicts.json`` (one row per model
+    and variant), ``table_variants.json`` (each variant's precision policy) and the curves
+    ``curves_<model>.npz`` (d/floor and test loss by evaluation step), return the findings."""
+    unknown = [v for v in config.variants if v not in VARIANTS]
+    if unknown or REFERENCE not in config.variants:
+        raise ValueError(
+            f"mxfp4-training: variants must include {REFERENCE} (the reference) and be among "
+            f"{', '.join(VARIANTS)}; got {list(config.variants)}"
+        )
+    if not config.models or set(config.models) - set(MODELS):
+        raise ValueError(f"mxfp4-training: models must be some of mlp, cnn; got {config.models}")
+    eval_every = max(config.steps // config.evals, 1)
+    specs, skipped = {}, {}
+    for label in config.models:
+        spec = config.mlp_problem if label == "mlp" else config.cnn_problem
+        try:
+            specs[label] = problem(spec).name  # loaded here once: a missing dataset is named
+        except DatasetNotFound as err:
+            skipped[label] = err.args[0].splitlines()[0]
+            print(f"mxfp4-training: {skipped[label]}; skipping the {label}", file=sys.stderr)
+    cells = [
+        (label, v, (specs[label], config.optimizer, policy(v), config.seeds, config.steps,
+                    config.batch_size, eval_every, config.replicas))
+        for label in specs for v in config.variants
+    ]  # fmt: skip
+    workers = default_workers() if config.workers is None else config.workers
+    runs = {}  # cells an earlier, interrupted run finished (rerun with --resume)
+    for label, v, _ in cells:
+        if (out / "cells" / f"{label}-{v}.npz").exists():
+            runs[label, v] = _read_cell(out, f"cells/{label}-{v}")
+    todo = [c for c in cells if (c[0], c[1]) not in runs]
+    if runs and progress:
+        print(f"mxfp4-training: resuming; {len(runs)} cells done", file=sys.stderr)
+
+    def save(i: int, result: SimpleNamespace) -> None:
+        label, v, _ = todo[i]
+        store.write_arrays(out, f"cells/{label}-{v}", _cell_arrays(result))
+        if progress:
+            print(f"mxfp4-training: {label}, {v} done", file=sys.stderr)
+
+    results = map_cells(_train_cell, [c[2] for c in todo], workers=workers, on_result=save)
+    runs.update({(label, v): r for (label, v, _), r in zip(todo, results, strict=True)})
+    rows = []
+    u = make_precision(_BASE).unit_roundoff
+    for label in specs:
+        ref = runs[label, REFERENCE]
+        curves: dict[str, np.ndarray] = {"t": ref.result.eval_steps}
+        for v in config.variants:
+            row = {"problem": label, "variant": v, "policy": policy(v)}
+            row.update(_verdict(ref, runs[label, v], u, config.C))
+            rows.append(row)
+            curves[f"ratio/{v}"] = _ratio_curve(ref, runs[label, v], u)
+            curves[f"loss/{v}"] = np.nanmean(_final_metric(runs[label, v]), axis=0)
+        store.write_arrays(out, f"curves_{label}", curves)
+    store.write_json(out, "table_variants",
+                     [{"variant": v, "precision policy": policy(v)} for v in config.variants])
+    store.write_json(out, "table_verdicts", [_shown(r) for r in rows])
+    shutil.rmtree(out / "cells", ignore_errors=True)  # complete: nothing left to resume
+    return findings(config, rows, skipped)
+
+
+def _shown(row: dict) -> dict:
+    """A verdict row as the report's table shows it (and ``table_verdicts.json`` stores it):
+    "n/a" where nothing was measured (a broken run), "never" for a step that did not come."""
+
+    def num(x: float | None) -> float | str:
+        return "n/a" if x is None else x
+
+    def step(x: int | None) -> int | str:
+        return "never" if x is None else x
+
+    return {
+        "model": row["problem"],
+        "variant": row["variant"],
+        "verdict": row["outcome"],
+        "d/floor": num(row["d_floor"]),
+        "parts at step": step(row["parts_at"]),
+        "final test loss": num(row["final_loss"]),
+        "gap to bf16": num(row["final_diff"]),
+        "gap CI low": num(row["diff_ci_low"]),
+        "gap CI high": num(row["diff_ci_high"]),
+        "TOST p": num(row["tost_p"]),
+        "blew up at step": step(row["diverged_at"]),
+    }
+
+
+def _train_cell(cell: tuple) -> SimpleNamespace:
+    """One (problem, policy) training with noise replicas, reduced to what the verdicts read
+    (a worker sends this back, not the whole TrainResult)."""
+    from optimorph.equivalence.compare import measure
+
+    prob, optimizer, spec, seeds, steps, batch_size, eval_every, replicas = cell
+    runs = measure(
+        prob, [optimizer], precision=spec, seeds=seeds, steps=steps, batch_size=batch_size,
+        eval_every=eval_every, replicas=replicas, progress=False,
+    )  # fmt: skip
+    r = runs.result
+    result = SimpleNamespace(
+        trajectory=r.trajectory,
+        diverged_at=r.diverged_at,
+        eval_steps=r.eval_steps,
+        evals={k: v for k, v in r.evals.items() if k.endswith("/loss")},
+        config={"state_bytes_per_param": r.config["state_bytes_per_param"]},
+    )
+    return SimpleNamespace(result=result, floor=runs.floor, norm=runs.norm)
+
+
+def _cell_arrays(runs: SimpleNamespace) -> dict[str, np.ndarray]:
+    """A finished cell as arrays (the trajectory in float32 where that holds it exactly, as
+    it holds bf16 parameters: half the file)."""
+    r = runs.result
+    traj = r.trajectory
+    if np.array_equal(traj.astype(np.float32), traj, equal_nan=True):
+        traj = traj.astype(np.float32)
+    return {"trajectory": traj, "diverged_at": r.diverged_at, "eval_steps": r.eval_steps,
+            "floor": runs.floor, "norm": runs.norm,
+            "state_bytes_per_param": np.asarray(r.config["state_bytes_per_param"]),
+            **{f"evals/{k}": v for k, v in r.evals.items()}}  # fmt: skip
+
+
+def _read_cell(out: Path, name: str) -> SimpleNamespace:
+    """:func:`_cell_arrays` read back into what :func:`_train_cell` returns."""
+    a = store.read_arrays(out, name)
+    result = SimpleNamespace(
+        trajectory=a["trajectory"].astype(np.float64), diverged_at=a["diverged_at"],
+        eval_steps=a["eval_steps"], evals={k[6:]: v for k, v in a.items() if k[:6] == "evals/"},
+        config={"state_bytes_per_param": a["state_bytes_per_param"].tolist()},
+    )  # fmt: skip
+    return SimpleNamespace(result=result, floor=a["floor"], norm=a["norm"])
+
+
+def _ratio(ref: Any, var: Any, u: float) -> np.ndarray:
+    """d / floor per seed and evaluation, [S, E] (0 where d = 0), as ``verdict_rows`` forms it."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.linalg.norm(ref.result.trajectory[0] - var.result.trajectory[0], axis=-1)
+    floor = np.maximum.reduce([ref.floor[0], var.floor[0], u * ref.norm[0]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(d == 0, 0.0, d / floor)
+
+
+def _ratio_curve(ref: Any, var: Any, u: float) -> np.ndarray:
+    """The median over seeds of d / floor at each evaluation (inf where a run broke)."""
+    ratio = _ratio(ref, var, u)
+    return np.median(np.where(np.isnan(ratio), np.inf, ratio), axis=0)
+
+
+def _final_metric(runs: Any) -> np.ndarray:
+    evals = runs.result.evals
+    return evals["test/loss" if "test/loss" in evals else "train/loss"][0]  # [S, E]
+
+
+def _verdict(ref: Any, var: Any, u: float, C: float) -> dict:
+    """The low-bit-states verdict (d/floor, outcome, paired final loss, TOST) plus where the
+    variant parts from bf16 training and where a seed blew up."""
+    row = verdict_rows(ref, var, 0, u, C)
+    row.pop("bytes_per_param")  # the state is fp32 in every variant: not what varies here
+    curve = _ratio_curve(ref, var, u)[1:]
+    steps = ref.result.eval_steps[1:]
+    parts = np.nonzero(curve > C)[0]
+    row["parts_at"] = int(steps[parts[0]]) if parts.size else None
+    broke = var.result.diverged_at[0]
+    row["diverged_at"] = int(broke[broke >= 0].min()) if (broke >= 0).any() else None
+    return row
+
+
+def _cell(rows: list[dict], label: str, variant: str) -> dict | None:
+    return next((r for r in rows if (r["problem"], r["variant"]) == (label, variant)), None)
+
+
+def findings(config: MXFP4Config, rows: list[dict], skipped: dict | None = None) -> list[dict]:
+    """The recipe's claims per model, each with its rule fixed here before running (STYLE.md
+    item 11). ``skipped``: model -> why it was not run (a missing dataset)."""
+    C, margin = config.C, config.margin
+    out = []
+    for label in MODELS:
+        if label not in config.models:
+            continue
+        where = f"[{label}] "
+
+        def get(variant: str) -> dict | None:
+            return _cell(rows, label, variant)
+
+        def ratio(r: dict | None) -> float:
+            if r is None:
+                return math.nan
+            return math.inf if r["d_floor"] is None else r["d_floor"]
+
+        def gap(r: dict | None) -> float:
+            return math.nan if r is None or r["final_diff"] is None else r["final_diff"]
+
+        def text(r: dict | None, name: str) -> str:
+            if r is None:
+                return skipped.get(label, f"{name} not run") if skipped else f"{name} not run"
+            df = "inf (a run broke)" if r["d_floor"] is None else f"{r['d_floor']:.3g}"
+            parts = f", parts at step {r['parts_at']}" if r["parts_at"] is not None else ""
+            return (f"{name}: d/floor {df} ({r['outcome']}{parts}); final test loss gap "
+                    f"{_g(r['final_diff'])} (95% CI {_g(r['diff_ci_low'])}.."
+                    f"{_g(r['diff_ci_high'])})")  # fmt: skip
+
+        rtn, sr, rht, had = get("rtn"), get("sr"), get("sr-rht"), get("sr-hadamard")
+        out.append(finding(
+            f"{where}round-to-nearest MXFP4 gradients are not p-equivalent to bf16 training",
+            text(rtn, "rtn"), above(C, "d/floor of rtn").judge(ratio(rtn)),
+        ))  # fmt: skip
+        out.append(finding(
+            f"{where}stochastic rounding after a random Hadamard transform keeps MXFP4 "
+            "gradients p-equivalent to bf16 training",
+            text(rht, "sr-rht"), at_most(C, "d/floor of sr-rht").judge(ratio(rht)),
+        ))  # fmt: skip
+        tost = rht["tost_p"] if rht and rht["tost_p"] is not None else math.nan
+        out.append(finding(
+            f"{where}stochastic rounding after a random Hadamard transform makes MXFP4 "
+            f"gradients near-lossless: final test loss equal to bf16 training's within "
+            f"{margin:.0%} (paired TOST; Tseng et al. 2025)",
+            text(rht, "sr-rht"), below(0.05, "TOST p-value of sr-rht").judge(tost),
+            judged_at_quick=False,
+        ))  # fmt: skip
+        out.append(finding(
+            f"{where}round-to-nearest MXFP4 gradients cost final test loss (rounding bias)",
+            text(rtn, "rtn"),
+            above(0, "lower end of the 95% CI of rtn's final test loss gap").judge(
+                math.nan if rtn is None or rtn["diff_ci_low"] is None else rtn["diff_ci_low"]
+            ),
+            judged_at_quick=False,
+        ))  # fmt: skip
+        out.append(finding(
+            f"{where}the random Hadamard transform helps stochastic rounding: sr-rht ends "
+            "closer to bf16 training's final test loss than sr",
+            f"{text(sr, 'sr')}; {text(rht, 'sr-rht')}",
+            above(0, "|gap of sr| - |gap of sr-rht|").judge(abs(gap(sr)) - abs(gap(rht))),
+            judged_at_quick=False,
+        ))  # fmt: skip
+        out.append(finding(
+            f"{where}a deterministic Hadamard transform does at least as well as the random "
+            "one (arXiv 2605.09825): sr-hadamard ends no farther from bf16 training's final "
+            "test loss than sr-rht",
+            f"{text(had, 'sr-hadamard')}; {text(rht, 'sr-rht')}",
+            at_most(0, "|gap of sr-hadamard| - |gap of sr-rht|").judge(
+                abs(gap(had)) - abs(gap(rht))
+            ),
+            judged_at_quick=False,
+        ))  # fmt: skip
+    return out
+
+
+def _g(x: float | None) -> str:
+    return "n/a (a seed broke)" if x is None else f"{x:.3g}"
