@@ -3,10 +3,12 @@
 import itertools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from optimorph.engine.trainer import train
+from optimorph.equivalence import defect as defect_lib
 from optimorph.equivalence.defect import one_step, simulation_defect, visited_states
 from optimorph.precision import FP16, FP32
 from optimorph.problems import problem
@@ -115,3 +117,35 @@ def test_defect_refuses_random_rounding_and_bad_steps():
         simulation_defect("sgd", "sgd", LSQ, "fp32,rounding=stochastic", steps=10, every=5)
     with pytest.raises(ValueError, match="divide"):
         visited_states(LSQ, "sgd", "fp32", steps=10, every=3)
+
+
+@pytest.mark.parametrize(
+    "a, b", [(momentum("pytorch"), momentum("ema")), ("adam(lr=0.01)", "rmsprop(lr=0.01)")]
+)
+def test_a_repeated_defect_reuses_its_compiled_map_programs(a, b):
+    # The exact map is built again and the fitted one refitted on equal states: both find the
+    # programs traced for the first call, and the numbers are the same.
+    run = {"steps": 20, "every": 10, "batch_size": 16}
+    first = simulation_defect(a, b, LSQ, "fp32", **run)
+    sizes = {k: f._cache_size() for k, (_, f) in defect_lib._MAP.items()}
+    again = simulation_defect(a, b, LSQ, "fp32", **run)
+    assert again == first and first.map_kind == ("exact" if "momentum" in a else "fitted")
+    assert {k: f._cache_size() for k, (_, f) in defect_lib._MAP.items()} == sizes
+
+
+def test_unstack_slices_exactly_keeping_dtypes_weak_types_and_keys():
+    stacked = {
+        "bf16": jnp.arange(6, dtype=jnp.bfloat16).reshape(3, 2),
+        "count": jnp.arange(3, dtype=jnp.int32),
+        "weak": jax.jit(lambda: jnp.broadcast_to(1.5, (3,)))(),
+        "key": jax.random.split(jax.random.key(0), 3),
+    }
+    assert stacked["weak"].weak_type
+    for i, row in enumerate(defect_lib._unstack(stacked)):
+        for name, x in row.items():
+            want = stacked[name][i]
+            assert isinstance(x, jax.Array) and x.dtype == want.dtype and x.shape == want.shape
+            assert getattr(x, "weak_type", None) == getattr(want, "weak_type", None)
+            if name == "key":
+                x, want = jax.random.key_data(x), jax.random.key_data(want)
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(want))

@@ -66,19 +66,27 @@ def test_torch_coupled_decay_and_float32_counter():
     assert _check("float32-step", "torch:Adam", "adam", steps=1000) is None
 
 
-def test_a_bias_correction_rounded_apart_is_named_where_the_moments_agree():
+def test_rounding_causes_are_told_apart_where_the_moments_agree():
     pytest.importorskip("torch")
     # fp16: m and v equal bit for bit after step 1, the steps one ulp apart (torch divides by
     # float64 scalars, optax by 1 - b^t cast to fp16); the same algorithm at fp64
     said = _check("bias-correction-dtype", "torch:Adam", "optax:adam(1e-3)", precision="fp16")
     assert said and said.startswith("at fp16 both keep the same m and v bit for bit"), said
     assert "at a gradient of 1: -0.000999450684 vs -0.00100040436" in said
-    for precision in ("fp32", "fp64"):  # no difference in the step / no rounding at all
-        assert _check("bias-correction-dtype", "torch:Adam", "optax:adam(1e-3)",
-                      precision=precision) is None  # fmt: skip
+    assert _check("bias-correction-dtype", "torch:Adam", "optax:adam(1e-3)",
+                  precision="fp64") is None  # nothing rounds  # fmt: skip
     # two algorithms (b2 0.999 vs 0.99) differ at fp64: not a rounding question
     assert _check("bias-correction-dtype", "torch:Adam", "optax:adam(1e-3, b2=0.99)",
                   precision="fp16") is None  # fmt: skip
+    # torch's fused Adam computes fp16 in float32: where eps = 1e-8 and v = 1e-15 are 0 in
+    # fp16 (the for-loop's step is -inf) its step is the float64 one, rounded once
+    fused = "torch:Adam(fused=True)"
+    said = _check("wide-arithmetic", "torch:Adam", fused, precision="fp16")
+    assert said and said.startswith("at a gradient of 1e-06 the first step at fp16 is -inf in A")
+    assert said.endswith("B's step is the float64 one to 4 ulps of fp16 at every coordinate: it "
+                         "computes in a wider format")  # fmt: skip
+    assert _check("bias-correction-dtype", "torch:Adam", fused, precision="fp16") is None
+    assert _check("wide-arithmetic", "torch:Adam", fused, precision="fp32") is None
 
 
 # ------------------------------------------------------------------ the diagnosis of a run

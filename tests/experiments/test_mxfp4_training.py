@@ -15,7 +15,7 @@ from optimorph.results import store
 
 
 def test_a_cell_with_mxfp4_gradients_trains_with_noise_replicas():
-    cell = ("digits(model=mlp, widths=[8])", "adam(lr=1e-3)", policy("sr-rht"), 2, 8, 32, 4, 1)
+    cell = ("least-squares(n=32, d=40)", "adam(lr=1e-3)", policy("sr-rht"), 2, 8, 8, 4, 1)
     runs = mxfp4_training._train_cell(cell)
     r = runs.result
     assert r.trajectory.shape[:3] == (1, 2, 3) and r.eval_steps.tolist() == [0, 4, 8]

@@ -48,6 +48,7 @@ __all__ = [
     "RunKeys",
     "run_keys",
     "BatchOrder",
+    "permutation",
     "stored_hparams",
     "lane_hparams",
     "numeric_hparams",
@@ -103,8 +104,8 @@ class BatchOrder:
         return max(self.n // self.batch_size, 1)
 
     def permutation(self, data_key: jax.Array, epoch: jax.Array) -> jax.Array:
-        """The example order of ``epoch``."""
-        return jax.random.permutation(jax.random.fold_in(data_key, epoch), self.n)
+        """The example order of ``epoch``: jax's ``permutation(fold_in(data_key, epoch), n)``."""
+        return permutation(jax.random.fold_in(data_key, epoch), self.n)
 
     def advance(self, data_key: jax.Array, perm: jax.Array, t: jax.Array) -> jax.Array:
         """The permutation step t uses, given the one step t - 1 used (redrawn at epoch start).
@@ -124,6 +125,43 @@ class BatchOrder:
         pos = t % self.steps_per_epoch
         idx = jax.lax.dynamic_slice(perm, (pos * self.batch_size,), (self.batch_size,))
         return tuple(jnp.take(a, idx, axis=0) for a in train)
+
+
+def permutation(key: jax.Array, n: int) -> jax.Array:
+    """``jax.random.permutation(key, n)`` bit for bit, faster on CPU when x64 is on.
+
+    jax shuffles ``arange(n)`` in ``ceil(3 ln n / ln(2**32 - 1))`` rounds (one up to n = 1625),
+    each a stable sort by fresh 32-bit random keys: ``lax.sort_key_val(bits, x)``. XLA's CPU sort
+    of two operands calls a generic comparator per comparison: 1.7 ms per epoch for 10 lanes of
+    500 examples, an eighth of a two-moons epoch's CPU time at batch 32. One uint64 per element,
+    the key above its position, makes the elements distinct, so a one-operand sort (XLA's fast
+    path: 0.4 ms) puts them in the stable order; the random bits drawn are jax's. Without x64
+    there is no uint64 and jax's own function runs. Tested against jax's, two rounds included.
+
+    >>> k = jax.random.key(0)
+    >>> bool((permutation(k, 10) == jax.random.permutation(k, 10)).all())
+    True
+    """
+    if not jax.config.jax_enable_x64:
+        return jax.random.permutation(key, n)
+    rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+    x = jnp.arange(n)
+    for _ in range(rounds):
+        key, sub = jax.random.split(key)
+        x = x[stable_order(jax.random.bits(sub, (n,), jnp.uint32))]
+    return x
+
+
+def stable_order(keys: jax.Array) -> jax.Array:
+    """The indices that sort 1-d uint32 ``keys`` stably (ties in index order); needs x64.
+
+    >>> import jax; jax.config.update("jax_enable_x64", True)
+    >>> stable_order(jnp.array([3, 1, 3, 1], jnp.uint32)).tolist()
+    [1, 3, 0, 2]
+    """
+    index = jnp.arange(keys.shape[0], dtype=jnp.uint64)
+    packed = jax.lax.sort((keys.astype(jnp.uint64) << jnp.uint64(32)) | index)
+    return (packed & jnp.uint64(0xFFFFFFFF)).astype(jnp.int64)
 
 
 # ---------------------------------------------------------------------------------------------

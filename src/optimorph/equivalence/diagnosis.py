@@ -402,6 +402,37 @@ def _hparams(a, b, context):
 
 
 @cause(
+    "wide-arithmetic",
+    "the step computed in float32 from half-precision parameters and state (torch's fused Adam, "
+    "as AMP's opmath) vs in the half-precision format itself, where eps = 1e-8 and a tiny "
+    "second moment round to 0 and the step to inf/NaN",
+    "params",
+    kind="precision",
+)
+def _wide_arithmetic(a, b, context):
+    p = context["precision"]
+    u = make_precision(p).unit_roundoff
+    if u <= 2.0**-24:
+        return None  # fp32 and wider: no wider format to compute in here
+    exact_a, exact_b = trace(a, at=ZEROS).updates[0], trace(b, at=ZEROS).updates[0]
+    if not (np.isfinite(exact_a).all() and np.allclose(exact_a, exact_b, rtol=1e-10, atol=0)):
+        return None  # different algorithms, or one that breaks at float64 too
+    ua, ub = trace(a, p, at=ZEROS).updates[0], trace(b, p, at=ZEROS).updates[0]
+    finite_a, finite_b = np.isfinite(ua).all(), np.isfinite(ub).all()
+    if finite_a == finite_b:
+        return None
+    wide, narrow, steps, broken = ("A", "B", ua, ub) if finite_a else ("B", "A", ub, ua)
+    if not np.all(np.abs(steps - exact_a) <= 4 * u * np.abs(exact_a)):
+        return None  # finite, but not the float64 step rounded once: not wider arithmetic
+    k = int(np.argmax(~np.isfinite(broken)))
+    return (
+        f"at a gradient of {GRAD[k]:g} the first step at {p} is {broken[k]:.4g} in {narrow} and "
+        f"{steps[k]:.4g} in {wide} (float64: {exact_a[k]:.4g}); {wide}'s step is the float64 one "
+        f"to 4 ulps of {p} at every coordinate: it computes in a wider format"
+    )
+
+
+@cause(
     "bias-correction-dtype",
     "bias corrections 1 - b^t as float64 scalars applied in float32 arithmetic (torch) vs cast "
     "to the moment's dtype before dividing (optax, optimorph at low precision)",
@@ -421,9 +452,11 @@ def _bias_dtype(a, b, context):
     if not all(r in ta.slots and r in tb.slots for r in ("m", "v")):
         return None
     same = all(np.array_equal(ta.slots[r][1], tb.slots[r][1]) for r in ("m", "v"))
-    if not same or np.array_equal(ta.updates[0], tb.updates[0], equal_nan=True):
-        return None
     ua, ub = ta.updates[0], tb.updates[0]
+    if not same or np.array_equal(ua, ub, equal_nan=True):
+        return None
+    if not np.array_equal(np.isfinite(ua), np.isfinite(ub)):
+        return None  # one side's step breaks where the other's does not: see wide-arithmetic
     differ = np.flatnonzero(~((ua == ub) | (np.isnan(ua) & np.isnan(ub))))
     with np.errstate(invalid="ignore"):
         gap = np.nan_to_num(np.abs(ua[differ] - ub[differ]), nan=0.0, posinf=0.0)

@@ -266,6 +266,7 @@ def judge_cell(cell: tuple) -> list[dict]:
             "family": family, "kind": pair.kind, "a": pair.a, "b": pair.b,
             "precision": precision, "outcome": v.outcome, "d_floor": _finite(v.distance_ratio),
             "judged": _finite(judged_ratio(v.outcome, v.by_distance, v.distance_ratio)),
+            "by_distance": v.by_distance,
             "reason": v.reason + v.note, "diagnosis": None,
         }  # fmt: skip
         if v.outcome == "different":
@@ -326,18 +327,22 @@ def _table_row(r: dict) -> dict:
         "B": r["b"],
         "precision": r["precision"],
         "verdict": r["outcome"],
-        "d/floor": r["d_floor"] if r["d_floor"] is not None else "n/a",
+        "d/floor": "n/a" if r["outcome"] == "undecidable" or r["d_floor"] is None
+        else r["d_floor"],
         "parts at": _parts_at(d),
-        "named cause": (d["cause"] or "none matched") if d else "",
-        "evidence": d["evidence"] if d else "",
-    }
+        "named cause: evidence": (f"{d['cause']}: {d['evidence']}" if d["cause"]
+                                  else "none matched") if d else "",
+    }  # fmt: skip
 
 
 def _verdict_text(r: dict) -> str:
-    ratio = _number(r["d_floor"])
-    text = f"{r['precision']}: {r['outcome']}, d/floor {ratio:.3g}"
-    if r["outcome"] == "different" and r["judged"] == "inf" and math.isfinite(ratio):
-        text += " (one run diverged)"
+    if r["outcome"] == "undecidable":
+        return f"{r['precision']}: undecidable (both runs NaN/inf)"
+    text = f"{r['precision']}: {r['outcome']}, "
+    if r["outcome"] == "different" and r["judged"] == "inf" and not r.get("by_distance"):
+        text += "one run alone went NaN/inf"
+    else:
+        text += f"d/floor {_number(r['d_floor']):.3g}"
     d = r["diagnosis"]
     if d:
         where = _parts_at(d)
@@ -355,7 +360,8 @@ def findings(config: ImplementationsConfig, rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if (r["a"], r["b"]) == (pair.a, pair.b)]
         if not mine:
             continue
-        precisions = " and ".join(r["precision"] for r in mine)
+        names = [r["precision"] for r in mine]
+        precisions = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
         claim = (f"{pair.assumption}: p-equivalent at {precisions} ({pair.kind}; "
                  f"A {pair.a}, B {pair.b})")  # fmt: skip
         measured = "; ".join(_verdict_text(r) for r in mine)

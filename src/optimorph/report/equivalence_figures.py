@@ -224,10 +224,12 @@ def verdict_heatmap(verdicts: dict[str, list[dict]]) -> Figure:
     precisions = list(verdicts)
     pairs = list(dict.fromkeys((v["a"], v["b"]) for vs in verdicts.values() for v in vs))
     height = 1.2 + 0.42 * len(pairs)
-    names = [textwrap.shorten(f"{a}  |  {b}", 70) for a, b in pairs]
+    # A long pair on two lines (A, then | B) rather than cut: the cut was B's hyperparameters.
+    names = [f"{a}  |  {b}" if len(a) + len(b) <= 66 else
+             f"{textwrap.shorten(a, 70)}\n|  {textwrap.shorten(b, 67)}" for a, b in pairs]  # fmt: skip
     # Room for the longest pair's name (about 0.06 inch a character at 8 pt), the cells and
     # the legend: a fixed width cut long names off when there were few precisions.
-    labels = 0.06 * max(len(n) for n in names) + 0.3
+    labels = 0.06 * max(len(line) for n in names for line in n.split("\n")) + 0.3
     width = min(MAX_WIDTH, max(3.0 + 1.7 * len(precisions), labels + 1.5 * len(precisions) + 1.4))
     fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.subplots()
@@ -240,8 +242,11 @@ def verdict_heatmap(verdicts: dict[str, list[dict]]) -> Figure:
             kind = outcome(v)
             ax.add_patch(Rectangle((j, i), 1, 1, facecolor=_OUTCOME_COLORS[kind],
                                    edgecolor="white", linewidth=2))  # fmt: skip
-            ratio = v.get("distance_ratio")
-            text = "NaN" if ratio is None or ratio == "inf" else f"{float(ratio):.2g}"
+            ratio = v.get("distance_ratio")  # stored: "inf" for inf, None for NaN
+            if kind == "undecidable":  # both runs broke: no ratio to speak of
+                text = "n/a"
+            else:
+                text = "NaN" if ratio is None else f"{float(ratio):.2g}"
             marks = []
             if v.get("stalled"):
                 marks.append("stalled")

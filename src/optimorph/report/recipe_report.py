@@ -503,7 +503,10 @@ def _mxfp4_figures(run_dir: Path) -> list[tuple[Path, str]]:
     paths = sorted(run_dir.glob("curves_*.npz"))
     if not paths:
         return []
-    C = read_config(run_dir)["config"].get("C", 10.0)
+    config = read_config(run_dir)["config"]
+    C = config.get("C", 10.0)
+    order = {m: i for i, m in enumerate(config.get("models", []))}  # as the recipe ran them
+    paths.sort(key=lambda p: (order.get(p.stem[7:], len(order)), p.stem))
     curves = {p.stem[7:]: store.read_arrays(run_dir, p.stem) for p in paths}
     variants = list(dict.fromkeys(k[6:] for c in curves.values() for k in c if k[:6] == "ratio/"))
     ref, others = variants[0], variants[1:]
