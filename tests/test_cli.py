@@ -317,3 +317,13 @@ def test_classes_prints_the_stall_warning_its_report_shows(tmp_path, capsys):
     assert "a collapse by stagnation, not evidence of one algorithm" in line
     report = (tmp_path / "classes" / "report.html").read_text()
     assert line.split(": ", 2)[2] in report  # the same words as the report's verdict table
+
+
+def test_classes_diagnose_prints_where_a_different_pair_parts(capsys):
+    pair = ["rmsprop(lr=1e-3)", "rmsprop(lr=1e-3, eps_inside=true)"]
+    argv = ["classes", "--optimizers", ",".join(pair), "--problem", "least-squares(n=32, d=4)",
+            "--precision", "fp32", "--seeds", "2", "--steps", "20", "--quiet", "--diagnose"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.strip().startswith("different:")]
+    assert f"{pair[0]} | {pair[1]}" in line and "likely cause [eps-sqrt]" in line

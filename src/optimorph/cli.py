@@ -114,12 +114,13 @@ def _compilation_cache(jax) -> None:
 
 
 def _run(args) -> int:
-    import jax
+    if not _lists(args):  # a listing computes nothing: `list recipes` imports no JAX at all
+        import jax
 
-    # The CLI owns its process, so float64 and emulated formats are available here (the library
-    # never flips this flag behind a user's back).
-    jax.config.update("jax_enable_x64", True)
-    _compilation_cache(jax)
+        # The CLI owns its process, so float64 and emulated formats are available here (the
+        # library never flips this flag behind a user's back).
+        jax.config.update("jax_enable_x64", True)
+        _compilation_cache(jax)
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:
@@ -131,6 +132,12 @@ def _run(args) -> int:
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
         print(f"optimorph: error: {err}", file=sys.stderr)
         return 2
+
+
+def _lists(args) -> bool:
+    """Whether the command only prints registries: ``optimorph list ...`` and ``optimorph run``
+    without a recipe name."""
+    return args.run is _list or (args.run is _experiment and args.experiment is None)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -297,6 +304,10 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="comma-separated specs, e.g. 'sgd(lr=0.1),adam(lr=1e-3)'",
     )
+    cls.add_argument("--diagnose", action="store_true",
+                     help="for each pair that is different, find the first step and state slot "
+                          "where they part and the likely named cause (seconds per pair; "
+                          "compare always does this)")  # fmt: skip
     _equivalence_args(cls)
     cls.set_defaults(run=_classes)
 
@@ -590,7 +601,8 @@ def _classes(args) -> int:
         specs = _split_specs(args.optimizers)
         ckpt = out / "checkpoints" if out else None
         result = classes(
-            specs, precisions=args.precision, checkpoint_dir=ckpt, **_run_args(args)
+            specs, precisions=args.precision, checkpoint_dir=ckpt, diagnose=args.diagnose,
+            **_run_args(args),
         )
         doc = {
             "problem": result.comparison.problem,
@@ -610,6 +622,8 @@ def _classes(args) -> int:
             for v in result.comparison.pairs[p]:  # as the report's verdict table says it
                 if v.stalled:
                     print(f"{'':>6}  WARNING: {v.a} | {v.b}: {v.stall_warning}", file=sys.stderr)
+                if v.diagnosis is not None:
+                    print(f"{'':>6}  different: {v.a} | {v.b}: {v.reason}", file=sys.stderr)
         if out:
             _write_equivalence_outputs(out, "classes", doc, result.comparison, args)
     _emit(doc, args.json)
@@ -765,17 +779,17 @@ def _recipes_help() -> str:
 
 
 def _experiment(args) -> int:
-    import ast
-
-    from optimorph.experiments.findings import FAILED, status_of
     from optimorph.experiments.recipes import RECIPES, run_recipe
-    from optimorph.report.recipe_report import write_recipe_report
-    from optimorph.results.store import read_json
 
     if args.experiment is None:
         for recipe in RECIPES.values():
             print(f"{recipe.name:<16} {recipe.summary}  [{recipe.source}]")
         return 0
+    import ast
+
+    from optimorph.experiments.findings import FAILED, status_of
+    from optimorph.results.store import read_json
+
     RECIPES.lookup(args.experiment)  # an unknown name fails here, naming the recipes
     overrides = {}
     for item in args.set:
@@ -796,6 +810,8 @@ def _experiment(args) -> int:
         progress=not args.quiet,
         **overrides,
     )
+    from optimorph.report.recipe_report import write_recipe_report  # after the run, as _train
+
     report = write_recipe_report(out)
     for f in read_json(out, "findings"):
         mark = status_of(f)
@@ -884,8 +900,6 @@ def _list(args) -> int:
 
 def _train(args) -> int:
     from optimorph.engine import train
-    from optimorph.report import write_report
-    from optimorph.report.figures import save_figures
     from optimorph.results import write_run
 
     with _claimed(args, "train") as out:
@@ -909,6 +923,10 @@ def _train(args) -> int:
             on_checkpoint=_live_writer(out, write_run),
         )
         write_run(result, out)
+        # Imported after training: the report code (matplotlib) would delay the first step.
+        from optimorph.report import write_report
+        from optimorph.report.figures import save_figures
+
         save_figures(result, out)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing to resume
         report = write_report(out)

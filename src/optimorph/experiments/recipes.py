@@ -6,13 +6,21 @@ directory and returns its findings (the source's claim, the measured numbers, he
 hold), and the source it reproduces. ``optimorph run NAME`` runs one; ``optimorph report DIR``
 redraws its figures and page from the stored files (:mod:`optimorph.report.recipe_report`).
 
+:data:`RECIPES` is the catalogue: each entry's name, summary and source are plain text, and its
+config and run function are named as ``"module:attribute"`` and imported on first use, so
+listing the recipes (``optimorph list recipes``, ``optimorph run --help``) imports no recipe
+module and no JAX.
+
 >>> [name for name in ("batch-size", "proposal16", "edge-of-stability") if name in RECIPES]
 ['batch-size', 'proposal16', 'edge-of-stability']
+>>> RECIPES["optimizer-tour"].config.__name__  # imported here, on first use
+'TourConfig'
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import sys
 import typing
@@ -20,15 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from optimorph.experiments import assumptions, low_bit_states, norms_study, proposal16, tour
-from optimorph.experiments import implementations
-from optimorph.experiments import mxfp4_training
-from optimorph.experiments.findings import at_quick_scale
 from optimorph.registry import Registry
-from optimorph.results import store
-from optimorph.results.rundir import write_run
+
+if typing.TYPE_CHECKING:  # imported on use: listing the recipes imports none of them
+    import numpy as np
+
+    from optimorph.experiments import proposal16, tour
 
 __all__ = ["Recipe", "RECIPES", "run_recipe", "make_config", "flatten", "unflatten"]
 
@@ -37,13 +42,38 @@ KIND = "recipe"
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """A named reproduction (see the module docstring)."""
+    """A named reproduction (see the module docstring).
+
+    ``config_at`` and ``run_at`` name the config class and the run function as
+    ``"module:attribute"``; :attr:`config` and :attr:`run` import them. The run function is
+    ``run(config, out, progress) -> findings``, or with ``trains=True`` a function
+    ``fn(config, checkpoints=DIR) -> dict`` whose train runs, arrays and tables
+    :func:`_train_recipe` stores beside the findings.
+    """
 
     name: str
     summary: str
     source: str
-    config: type
-    run: Callable[[Any, Path, bool], list[dict]]
+    config_at: str
+    run_at: str
+    trains: bool = False
+
+    @property
+    def config(self) -> type:
+        """The config class (a frozen dataclass with a ``quick()`` variant)."""
+        return _attribute(self.config_at)
+
+    @property
+    def run(self) -> Callable[[Any, Path, bool], list[dict]]:
+        """``run(config, out, progress) -> findings``."""
+        fn = _attribute(self.run_at)
+        return _train_recipe(fn) if self.trains else fn
+
+
+def _attribute(where: str) -> Any:
+    """The object ``"package.module:name"`` names, importing its module."""
+    module, _, name = where.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")
@@ -126,6 +156,9 @@ def run_recipe(
     ``config.json`` records the recipe, its settings and whether they are the quick variant;
     ``findings.json`` the findings. A rerun with ``resume=True`` continues an interrupted run.
     """
+    from optimorph.experiments.findings import at_quick_scale
+    from optimorph.results import store
+
     recipe = RECIPES.lookup(name)
     config = make_config(recipe, quick, **overrides)
     with store.claim(out, KIND, resume=resume, overwrite=overwrite) as run_dir:
@@ -140,6 +173,8 @@ def run_recipe(
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
     """A nested dict of arrays as ``{"dense0/w": array, ...}`` (for ``.npz`` files)."""
+    import numpy as np
+
     if isinstance(tree, dict):
         out: dict[str, np.ndarray] = {}
         for key, value in tree.items():
@@ -170,6 +205,11 @@ def _log(progress: bool, text: str) -> None:
 
 
 def _run_batch_size(config: tour.BatchSizeConfig, out: Path, progress: bool) -> list[dict]:
+    import numpy as np
+
+    from optimorph.experiments import tour
+    from optimorph.results import store
+
     done = {}
     for b in config.batch_sizes:  # cells finished by an earlier, interrupted run
         if (out / "cells" / f"B{b}.npz").exists():
@@ -216,6 +256,9 @@ def _train_recipe(fn: Callable) -> Callable[[Any, Path, bool], list[dict]]:
     stored in ``<out>/train-<name>``), beside the recipe's own arrays."""
 
     def run(config: Any, out: Path, progress: bool) -> list[dict]:
+        from optimorph.results import store
+        from optimorph.results.rundir import write_run
+
         result = fn(config, checkpoints=str(out / "checkpoints"))
         if "result" in result:
             write_run(result["result"], out / "train")
@@ -241,8 +284,8 @@ RECIPES.add(
         "SGD on noisy two moons at every batch size up to full batch: loss, time, "
         "generalisation, decision boundaries",
         "the optimizers tour, section 1",
-        tour.BatchSizeConfig,
-        _run_batch_size,
+        "optimorph.experiments.tour:BatchSizeConfig",
+        "optimorph.experiments.recipes:_run_batch_size",
     ),
 )
 RECIPES.add(
@@ -251,8 +294,9 @@ RECIPES.add(
         "stretched-moons",
         "SGD against momentum 0.99 on the ill-conditioned stretched moons",
         "the optimizers tour, section 2.1",
-        tour.StretchedMoonsConfig,
-        _train_recipe(tour.stretched_moons),
+        "optimorph.experiments.tour:StretchedMoonsConfig",
+        "optimorph.experiments.tour:stretched_moons",
+        trains=True,
     ),
 )
 RECIPES.add(
@@ -261,8 +305,9 @@ RECIPES.add(
         "linear-weights",
         "a linear classifier trained by SGD and by Adam: accuracy and the class weights",
         "the optimizers tour, section 4",
-        tour.LinearWeightsConfig,
-        _train_recipe(tour.linear_weights),
+        "optimorph.experiments.tour:LinearWeightsConfig",
+        "optimorph.experiments.tour:linear_weights",
+        trains=True,
     ),
 )
 RECIPES.add(
@@ -271,8 +316,9 @@ RECIPES.add(
         "optimizer-tour",
         "SGD, momentum, RMSprop and Adam on one problem with one schedule",
         "the optimizers tour",
-        tour.TourConfig,
-        _train_recipe(tour.optimizer_tour),
+        "optimorph.experiments.tour:TourConfig",
+        "optimorph.experiments.tour:optimizer_tour",
+        trains=True,
     ),
 )
 
@@ -283,8 +329,9 @@ RECIPES.add(
         "GD on least squares, AdamW and SGD on logistic regression over real datasets: "
         "convexity gaps, convexity ratio, update correlation",
         "the empirical-assumptions study, convex tasks",
-        assumptions.ConvexConfig,
-        _train_recipe(assumptions.convex),
+        "optimorph.experiments.assumptions:ConvexConfig",
+        "optimorph.experiments.assumptions:convex",
+        trains=True,
     ),
 )
 RECIPES.add(
@@ -294,8 +341,9 @@ RECIPES.add(
         "SGD-momentum and AdamW on an MLP and a CNN (Fashion-MNIST), constant and cosine "
         "rates, every trajectory probe",
         "the empirical-assumptions study, deep networks",
-        assumptions.DeepConfig,
-        _train_recipe(assumptions.deep),
+        "optimorph.experiments.assumptions:DeepConfig",
+        "optimorph.experiments.assumptions:deep",
+        trains=True,
     ),
 )
 RECIPES.add(
@@ -305,8 +353,9 @@ RECIPES.add(
         "full-batch GD on a tanh MLP at several rates: sharpness rises to 2/lr and hovers; "
         "smoothness tracks it; full-batch Adam's preconditioned sharpness against 38/lr",
         "the empirical-assumptions study, section on smoothness (after Cohen et al.)",
-        assumptions.EdgeConfig,
-        _train_recipe(assumptions.edge_of_stability),
+        "optimorph.experiments.assumptions:EdgeConfig",
+        "optimorph.experiments.assumptions:edge_of_stability",
+        trains=True,
     ),
 )
 
@@ -317,8 +366,9 @@ RECIPES.add(
         "steepest descent under six norms on matrix-valued least squares, each with a tuned "
         "rate; Shampoo without accumulation beside spectral descent",
         "the norms anthology, experiment 1",
-        norms_study.NormsLeastSquaresConfig,
-        _train_recipe(norms_study.norms_least_squares),
+        "optimorph.experiments.norms_study:NormsLeastSquaresConfig",
+        "optimorph.experiments.norms_study:norms_least_squares",
+        trains=True,
     ),
 )
 RECIPES.add(
@@ -328,8 +378,9 @@ RECIPES.add(
         "SVD, Newton-Schulz (cubic, quintic), Polar Express and Shampoo's roots: singular-value "
         "band, error and time by shape and format",
         "the norms anthology, experiment 3 (Newton-Schulz vs SVD vs Shampoo)",
-        norms_study.OrthogonalizationConfig,
-        _train_recipe(norms_study.orthogonalization),
+        "optimorph.experiments.norms_study:OrthogonalizationConfig",
+        "optimorph.experiments.norms_study:orthogonalization",
+        trains=True,
     ),
 )
 
@@ -340,13 +391,16 @@ RECIPES.add(
         "an embedding model on a + b mod 97 trained by modular-norm descent, Muon, Adam and "
         "SGD: train and test accuracy",
         "the norms anthology, experiment 2",
-        norms_study.ModularConfig,
-        _train_recipe(norms_study.modular_norm),
+        "optimorph.experiments.norms_study:ModularConfig",
+        "optimorph.experiments.norms_study:modular_norm",
+        trains=True,
     ),
 )
 
 
 def _run_proposal16(config: proposal16.Recipe, out: Path, progress: bool) -> list[dict]:
+    from optimorph.experiments import proposal16
+
     doc = proposal16.run(out, config, progress=progress)
     return [
         {**row, "claim": f"[{label}] {row['claim']}"}  # each expectation is a finding already
@@ -361,8 +415,8 @@ RECIPES.add(
         "proposal16",
         "the zoo's equivalence classes at fp16, fp32 and fp64 (the proposal's five experiments)",
         "the numerical-equivalence proposal",
-        proposal16.Recipe,
-        _run_proposal16,
+        "optimorph.experiments.proposal16:Recipe",
+        "optimorph.experiments.recipes:_run_proposal16",
     ),
 )
 
@@ -375,8 +429,8 @@ RECIPES.add(
         "p-equivalence (d/floor), final loss and memory per parameter, on least squares over h "
         "and the Fashion-MNIST MLP",
         "issue 20 (8-bit Adam, torchao 4-bit AdamW, FP8-LM, OCP MX v1.0)",
-        low_bit_states.LowBitConfig,
-        low_bit_states.run,
+        "optimorph.experiments.low_bit_states:LowBitConfig",
+        "optimorph.experiments.low_bit_states:run",
     ),
 )
 
@@ -389,8 +443,8 @@ RECIPES.add(
         "random or a deterministic Hadamard transform, against bf16 training on the "
         "Fashion-MNIST MLP and CNN: p-equivalence (d/floor), where each parts, final loss gap",
         "issue 20 (Tseng et al. 2025, arXiv 2502.20586; arXiv 2605.09825)",
-        mxfp4_training.MXFP4Config,
-        mxfp4_training.run,
+        "optimorph.experiments.mxfp4_training:MXFP4Config",
+        "optimorph.experiments.mxfp4_training:run",
     ),
 )
 
@@ -404,7 +458,7 @@ RECIPES.add(
         "verdicts (d/floor) at fp32, bf16 and fp16 on a small MLP, each different pair with the "
         "step, slot and named cause where it parts",
         "issue 19 (is your framework's Adam the Adam you think?)",
-        implementations.ImplementationsConfig,
-        implementations.run,
+        "optimorph.experiments.implementations:ImplementationsConfig",
+        "optimorph.experiments.implementations:run",
     ),
 )
