@@ -239,6 +239,7 @@ def test_a_different_verdict_names_the_defaults_the_two_specs_leave_apart():
     assert "b1" not in v.reason.split("defaults")[0]  # equal defaults are not named
 
 
+@pytest.mark.heavy
 def test_precisions_judged_in_worker_processes_or_apart_give_the_same_classes():
     """workers=2 sends each precision to a process; merge_classes joins classes computed apart.
     Both must give the verdicts of one in-process run, number for number."""
