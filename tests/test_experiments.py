@@ -23,7 +23,7 @@ def test_proposal16_pipeline_writes_classes_findings_and_report(tmp_path, monkey
     # One of the two models keeps this under a minute and a half on 2 cores; the CNN runs the
     # same code path (covered by the quick recipe, `optimorph run proposal16 --quick`).
     out = run_recipe("proposal16", tmp_path / "p16", quick=True, progress=False, seeds=2,
-                     steps=20, visits=4, models=("mlp",))  # fmt: skip
+                     steps=20, visits=4, models=("mlp",), workers=2)  # fmt: skip
     doc = json.loads((out / "proposal16.json").read_text())
     assert set(doc["problems"]) == {"mlp"}
     for res in doc["problems"].values():

@@ -399,6 +399,24 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no progress line")
     sw.set_defaults(run=_sweep)
 
+    q = sub.add_parser(
+        "query",
+        help="SQL over a sweep store's cells and metrics (DuckDB)",
+        description="Run one SQL statement over a sweep store. Tables: cells (one row per\n"
+        "cell: problem, precision, optimizer, family, seed, status, each hyperparameter,\n"
+        "diverged_at and each final number, e.g. validation_loss) and metrics (every\n"
+        "finished cell's curves: cell, optimizer, seed, step, split, metric, value).\n"
+        "Example: optimorph query runs/sweep \"select family, precision, min(validation_loss)\n"
+        "from cells group by all order by all\"",
+    )
+    q.add_argument("store", type=Path, help="a sweep store (optimorph sweep's --out)")
+    q.add_argument("sql", help="one SQL statement (quote it)")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="table: aligned columns; csv; json: one object per row (default: table)")
+    q.add_argument("--limit", type=POSITIVE, default=50,
+                   help="rows printed as a table (csv and json print all; default: 50)")
+    q.set_defaults(run=_query)
+
     hs = sub.add_parser(
         "hessian",
         help="the Hessian spectrum at a train run's final parameters (writes hessian.json)",
@@ -846,12 +864,63 @@ def _sweep(args) -> int:
         return 130
     print_warnings(report)
     print(report.line(), file=sys.stderr)
+    from optimorph.report.sweep_report import write_sweep_report  # after the run, as _train
+
+    print(f"report: {write_sweep_report(args.out)}", file=sys.stderr)
     if report.failed:
         first = next(iter(report.failed.values()))
         print(f"optimorph: error: {len(report.failed)} of {report.cells} cells failed (first: "
               f"{first}); rerun the same command to retry them", file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _query(args) -> int:
+    from optimorph.results.sweep_results import query
+
+    table = query(args.store, args.sql)
+    rows, names = table.to_pylist(), table.column_names
+    if args.format == "json":
+        import json
+
+        for row in rows:
+            print(json.dumps(row, default=str))
+    elif args.format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(names)
+        writer.writerows([row[n] for n in names] for row in rows)
+    else:
+        _print_rows(rows, names, limit=args.limit)
+    return 0
+
+
+def _print_rows(rows: list[dict], names: list[str], limit: int) -> None:
+    """Rows as aligned columns (numbers right-aligned, to 4 significant digits when measured),
+    the first ``limit`` of them, and how many were left out."""
+    from optimorph.report.html import format_number
+
+    def text(x: Any) -> str:
+        if x is None:
+            return ""
+        return format_number(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
+
+    shown = [[text(r[n]) for n in names] for r in rows[:limit]]
+    numeric = [all(isinstance(r[n], (int, float)) or r[n] is None for r in rows) for n in names]
+    widths = [max([len(n)] + [len(row[k]) for row in shown]) for k, n in enumerate(names)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w)
+                         for c, w, num in zip(cells, widths, numeric, strict=True)).rstrip()  # fmt: skip
+
+    print(line(list(names)))
+    for row in shown:
+        print(line(row))
+    if len(rows) > limit:
+        print(f"({len(rows) - limit} more rows; --limit N shows more, --format csv all)")
+    elif not rows:
+        print("(no rows)")
 
 
 def _emit(doc: dict, as_json: bool) -> None:
@@ -1020,8 +1089,13 @@ def _report(args) -> int:
 
     kind = read_kind(args.run_dir)
     # Before any drawing: a run directory that cannot be written, or a bad --out.
-    drawn_in_place = kind in ("recipe", "compare", "classes", "phase-diagram")
+    drawn_in_place = kind in ("recipe", "compare", "classes", "phase-diagram", "sweep")
     out = drawing_dir(args.run_dir, args.out, movable=not drawn_in_place)
+    if kind == "sweep":
+        from optimorph.report.sweep_report import write_sweep_report
+
+        print(write_sweep_report(args.run_dir))
+        return 0
     if kind == "recipe":
         from optimorph.report.recipe_report import write_recipe_report
 

@@ -240,18 +240,32 @@ def test_a_different_verdict_names_the_defaults_the_two_specs_leave_apart():
 
 
 @pytest.mark.heavy
-def test_precisions_judged_in_worker_processes_or_apart_give_the_same_classes():
+def test_precisions_judged_in_worker_processes_or_apart_give_the_same_classes(tmp_path,
+                                                                              monkeypatch):
     """workers=2 sends each precision to a process; merge_classes joins classes computed apart.
-    Both must give the verdicts of one in-process run, number for number."""
+    Both must give the verdicts of one in-process run, number for number. A rerun resumes
+    from the checkpoints the worker processes wrote: it trains nothing and says the same."""
+    from optimorph.engine import trainer
     from optimorph.equivalence.compare import classes, merge_classes
 
     opts = ["sgd(lr=0.05)", "momentum(lr=0.05, beta=0)", "signsgd(lr=0.05)"]
     run = dict(problem="least-squares(n=32, d=4, hetero=30)", seeds=2, steps=20, progress=False)
     here = classes(opts, precisions=["fp16", "fp64"], workers=1, **run)
-    pooled = classes(opts, precisions=["fp16", "fp64"], workers=2, **run)
+    pooled = classes(opts, precisions=["fp16", "fp64"], workers=2, checkpoint_dir=tmp_path, **run)
     merged = merge_classes([classes(opts, precisions=[p], **run) for p in ("fp16", "fp64")])
+    assert len(list(tmp_path.glob("checkpoint-*.npz"))) == 6  # 3 optimizers x 2 precisions
+    chunks = []
+    programs = trainer._programs
+
+    def counted(*args):
+        init, evaluate, chunk = programs(*args)
+        return init, evaluate, lambda *a: chunks.append(1) or chunk(*a)
+
+    monkeypatch.setattr(trainer, "_programs", counted)
+    resumed = classes(opts, precisions=["fp16", "fp64"], workers=1, checkpoint_dir=tmp_path, **run)
+    assert chunks == [], "the rerun trained again instead of resuming the workers' checkpoints"
     assert here.classes["fp64"] == [opts[:2], opts[2:]]
-    for other in (pooled, merged):
+    for other in (pooled, merged, resumed):
         assert other.classes == here.classes
         assert other.comparison.precisions == here.comparison.precisions
         for p, verdicts in here.comparison.pairs.items():
@@ -262,3 +276,25 @@ def test_precisions_judged_in_worker_processes_or_apart_give_the_same_classes():
                 np.testing.assert_array_equal(v.distance, w.distance)
     with pytest.raises(ValueError, match="different optimizers"):
         merge_classes([here, classes(opts[:2], precisions=["fp16"], **run)])
+
+
+def test_further_pairs_ride_on_the_classes_runs_with_compares_verdicts():
+    """classes(also=...) trains the further pairs' optimizers alongside, once each, and gives
+    for each pair the verdict compare() gives on the same settings, number for number; the
+    further optimizers take no part in the classes."""
+    from optimorph.equivalence.compare import merge_classes
+
+    opts = ["sgd(lr=0.05)", "signsgd(lr=0.05)"]
+    also = [("momentum(lr=0.05, beta=0)", "sgd(lr=0.05)")]
+    run = dict(problem="least-squares(n=32, d=4, hetero=30)", seeds=2, steps=20, progress=False)
+    c = classes(opts, precisions=["fp64"], also=also, **run)
+    assert c.classes["fp64"] == [[opts[0]], [opts[1]]]
+    assert c.comparison.optimizers == opts and len(c.comparison.pairs["fp64"]) == 1
+    alone = compare(*also[0], precision="fp64", **run).pairs["fp64"][0]
+    (v,) = c.also.pairs["fp64"]
+    assert (v.a, v.b) == also[0] and v.equivalent
+    assert json.dumps(v.summary(), sort_keys=True) == json.dumps(alone.summary(), sort_keys=True)
+    np.testing.assert_array_equal(v.distance, alone.distance)
+    merged = merge_classes([c, classes(opts, precisions=["fp32"], also=also, **run)])
+    assert merged.also.precisions == ["fp64", "fp32"]
+    assert merged.also.pairs["fp64"][0] is v

@@ -894,6 +894,8 @@ class Classes:
     # Pairs that both diverged, differently: no edge, and a class count that depends on them is
     # no evidence either way.
     undecidable: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
+    # The verdicts of ``classes(also=...)``'s further pairs, in the order given (None: none).
+    also: Comparison | None = None
 
 
 def classes(
@@ -909,6 +911,7 @@ def classes(
     checkpoint_dir: Any = None,
     workers: int | None = 1,
     diagnose: bool = False,
+    also: Sequence[tuple[Any, Any]] = (),
     **settings: Any,
 ) -> Classes:
     """The equivalence graph of ``optimizers`` at each precision and its connected components.
@@ -918,7 +921,10 @@ def classes(
     not a ~ c are reported (p-equivalence is not transitive in general). ``workers`` > 1 (None:
     one per core) judges the precisions in that many processes, with the same verdicts.
     ``diagnose``: as for :func:`compare`, each pair found different gets the step, slot and
-    likely cause where it parts (seconds per pair).
+    likely cause where it parts (seconds per pair). ``also``: further pairs ``(a, b)`` judged
+    on the same training runs, their optimizers trained alongside (once each, with the same
+    seeds); they take no part in the classes, and their verdicts are ``Classes.also``, the
+    verdicts ``compare(a, b)`` gives on the same settings.
 
     >>> import jax; jax.config.update("jax_enable_x64", True)
     >>> c = classes(["sgd(lr=0.05)", "momentum(lr=0.05, beta=0)", "signsgd(lr=0.05)"],
@@ -934,13 +940,30 @@ def classes(
         eval_every=eval_every,
         checkpoint_dir=checkpoint_dir,
     )
+    members = list(optimizers)
+    canonical = [resolve(o).canonical for o in members]
+    for a, b in also:  # the further pairs' optimizers, each trained once
+        for o in (a, b):
+            if resolve(o).canonical not in canonical:
+                members.append(o)
+                canonical.append(resolve(o).canonical)
+    n = len(optimizers)
+    pairs = list(itertools.combinations(range(n), 2))
+    further = [(canonical.index(resolve(a).canonical), canonical.index(resolve(b).canonical))
+               for a, b in also]  # fmt: skip
     comp = _evaluate(
-        list(optimizers), problem, precisions, run, progress, settings, workers=workers
-    )
+        members, problem, precisions, run, progress, settings, pairs=pairs + further,
+        workers=workers,
+    )  # fmt: skip
+    extra = None
+    if further:
+        extra = dataclasses.replace(comp, pairs={p: v[len(pairs):] for p, v in comp.pairs.items()})
+        comp = dataclasses.replace(comp, optimizers=comp.optimizers[:n],
+                                   pairs={p: v[: len(pairs)] for p, v in comp.pairs.items()})  # fmt: skip
     if diagnose:
         given = dict(zip(comp.optimizers, optimizers, strict=True))
         diagnosis.attach(comp, problem, run, given=given)
-    return _classes_of(comp)
+    return dataclasses.replace(_classes_of(comp), also=extra)
 
 
 def merge_classes(parts: Sequence[Classes]) -> Classes:
@@ -954,7 +977,11 @@ def merge_classes(parts: Sequence[Classes]) -> Classes:
             raise ValueError("merge_classes: the parts compare different optimizers or settings")
         pairs.update(c.pairs)
     comp = Comparison(first.problem, first.optimizers, list(pairs), pairs, first.settings)
-    return _classes_of(comp)
+    also = None
+    if first_also := parts[0].also:
+        also = dataclasses.replace(first_also, precisions=list(pairs),
+                                   pairs={p: v for part in parts for p, v in part.also.pairs.items()})  # fmt: skip
+    return dataclasses.replace(_classes_of(comp), also=also)
 
 
 def _classes_of(comp: Comparison) -> Classes:

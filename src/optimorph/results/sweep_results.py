@@ -1,0 +1,255 @@
+"""A sweep's store read back as tables: one row per cell, every metric, SQL over both.
+
+Two tables, as DuckDB views for :func:`query` and as ``pyarrow`` tables:
+
+``cells``
+    one row per cell of the sweep (finished or not): ``cell``, ``batch``, ``problem``,
+    ``precision``, ``optimizer`` (the point's full spec), ``family`` (the optimizer's name), ``seed``,
+    ``status`` (``done``, ``failed`` or ``pending``), ``steps``, ``batch_size``, one column per
+    hyperparameter of any cell's full spec (numbers as DOUBLE; a schedule or other value as its
+    spec text), and for finished cells ``diverged_at`` (-1: it did not) and one column per final
+    number of its ``summary.json`` (``train_step_loss``, ``validation_loss``, ``test_accuracy``,
+    ...: the metric key with ``/`` as ``_``; NULL when the run diverged).
+``metrics``
+    every finished cell's ``metrics.parquet`` (optimizer, seed, step, split, metric, value) with
+    its ``cell`` id: the curves.
+
+>>> query("runs/sweep", "select family, precision, min(validation_loss) "  # doctest: +SKIP
+...       "from cells where status = 'done' group by all order by all")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from optimorph import spec as spec_lib
+from optimorph.results import sweep_store
+from optimorph.results.rundir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_config
+from optimorph.results.store import RunDirError
+
+__all__ = ["cells_table", "query", "points", "Point", "column_of", "hyperparameters",
+           "BASE_COLUMNS"]
+
+# The metrics view when no cell has finished: the columns, no rows (queries still run).
+_EMPTY_METRICS = (
+    "create view metrics as select * from (values (NULL::VARCHAR, NULL::INTEGER, NULL::BIGINT, "
+    "NULL::BIGINT, NULL::VARCHAR, NULL::VARCHAR, NULL::DOUBLE, NULL::VARCHAR)) "
+    "t(optimizer, optimizer_index, seed, step, split, metric, value, cell) where false"
+)
+
+BASE_COLUMNS = ("cell", "batch", "problem", "precision", "optimizer", "family", "seed", "status",
+                "steps", "batch_size")  # fmt: skip
+
+
+def column_of(metric_key: str) -> str:
+    """The ``cells`` column of a summary's final-metric key: ``validation/loss`` ->
+    ``validation_loss``."""
+    return metric_key.replace("/", "_")
+
+
+def hyperparameters(canonical: str) -> dict[str, Any]:
+    """The hyperparameters of a full optimizer spec, numbers as floats and anything else (a
+    schedule, a string, a list) as its spec text."""
+    call = spec_lib.parse(canonical)
+    out: dict[str, Any] = {}
+    for name, value in call.kwargs.items():
+        if isinstance(value, bool):
+            out[name] = str(value)
+        elif isinstance(value, (int, float)):
+            out[name] = float(value)
+        else:
+            out[name] = str(value) if isinstance(value, spec_lib.Call) else repr(value)
+    return out
+
+
+def cells_table(out: str | os.PathLike) -> pa.Table:
+    """The ``cells`` table of the sweep store ``out`` (see the module docstring).
+
+    Raises:
+      RunDirError: ``out`` is not a sweep store.
+    """
+    rows, hp_types, final_keys = _read_cells(Path(out))
+    columns: dict[str, list] = {name: [r[name] for r in rows] for name in BASE_COLUMNS}
+    for name, types in hp_types.items():
+        column = name if name not in columns else f"hp_{name}"
+        values = [r.get(("hp", name)) for r in rows]
+        if types != {float}:  # a number in one cell, a schedule in another: all as text
+            values = [None if v is None else v if isinstance(v, str) else repr(v) for v in values]
+        columns[column] = values
+    columns["diverged_at"] = [r.get("diverged_at") for r in rows]
+    for key in final_keys:
+        columns[column_of(key)] = [_finite(r.get(("final", key))) for r in rows]
+    return pa.table(columns)
+
+
+def _read_cells(out: Path) -> tuple[list[dict], dict[str, set], list[str]]:
+    """Every cell of the store as a dict (hyperparameters under ``("hp", name)``, final numbers
+    under ``("final", metric key)``), the hyperparameters' value types, the final metric keys."""
+    if not (out / CONFIG_FILE).is_file():
+        raise RunDirError(f"{out} is not a sweep store (it has no {CONFIG_FILE}): give the --out "
+                          "of optimorph sweep")  # fmt: skip
+    doc = read_config(out, kind=sweep_store.KIND)["config"]
+    done = sweep_store.done_cells(out)
+    failed = sweep_store.failures(out)
+    rows, hp_types, final_keys = [], {}, {}
+    for c in doc["cells"]:
+        status = "done" if c["id"] in done else "failed" if c["id"] in failed else "pending"
+        settings = c.get("settings", {})
+        canonical = c["optimizer"]  # the store records each point with every value spelled out
+        row: dict[Any, Any] = {
+            "cell": c["id"], "batch": c["batch"], "problem": c["problem"],
+            "precision": c["precision"], "optimizer": canonical,
+            "family": spec_lib.parse(canonical).name, "seed": int(c["seed"]),
+            "status": status, "steps": settings.get("steps"),
+            "batch_size": settings.get("batch_size"),
+        }  # fmt: skip
+        for name, value in hyperparameters(canonical).items():
+            hp_types.setdefault(name, set()).add(type(value))
+            row[("hp", name)] = value
+        if status == "done":
+            summary = json.loads((out / sweep_store.CELLS / c["id"] / SUMMARY_FILE).read_text())
+            (entry,) = summary["optimizers"]
+            row["diverged_at"] = entry["diverged"][0]["step"] if entry["diverged"] else -1
+            for key, stats in entry["final"].items():
+                final_keys[key] = None
+                row[("final", key)] = stats["mean"]
+        rows.append(row)
+    return rows, hp_types, list(final_keys)
+
+
+def query(out: str | os.PathLike, sql: str) -> pa.Table:
+    """Run one SQL statement over the sweep store ``out``'s ``cells`` and ``metrics`` (DuckDB).
+
+    Raises:
+      RunDirError: ``out`` is not a sweep store.
+      ValueError: the SQL failed (DuckDB's message, with the tables' columns).
+    """
+    out = Path(out)
+    cells = cells_table(out)
+    done = sorted(sweep_store.done_cells(out))
+    with duckdb.connect() as con:
+        con.register("cells", cells)
+        if done:
+            files = [str(out / sweep_store.CELLS / c / METRICS_FILE) for c in done]
+            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            con.sql(
+                f"create view metrics as select * exclude (filename), "
+                f"regexp_extract(filename, '([^/\\\\]+)[/\\\\][^/\\\\]+$', 1) as cell "
+                f"from read_parquet([{listed}], filename = true)"
+            )
+        else:
+            con.sql(_EMPTY_METRICS)
+        try:
+            return con.sql(sql).to_arrow_table()
+        except duckdb.Error as err:
+            raise ValueError(
+                f"query failed: {str(err).splitlines()[0]}\n  cells: "
+                f"{', '.join(cells.column_names)}\n  metrics: {_columns(con, 'metrics')}"
+            ) from None
+
+
+def _columns(con: Any, view: str) -> str:
+    return ", ".join(r[0] for r in con.sql(f"describe {view}").fetchall())
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One optimizer point of a sweep at one problem and precision, over its seeds.
+
+    Attributes:
+      problem, precision, family, optimizer: what the cells share (``optimizer``: full spec).
+      hparams: its hyperparameters (:func:`hyperparameters`).
+      seeds: the seeds of its finished cells.
+      entry: the point as :func:`optimorph.results.summary.rank` ranks it (``final``: per metric
+        key, the statistics over the seeds that did not diverge; ``n_diverged``).
+    """
+
+    problem: str
+    precision: str
+    family: str
+    optimizer: str
+    hparams: Mapping[str, Any]
+    seeds: tuple[int, ...]
+    entry: Mapping[str, Any]
+
+
+def points(out: str | os.PathLike) -> list[Point]:
+    """The finished cells of the store ``out`` grouped into points (seeds pooled), in the order of
+    the sweep's cells."""
+    from optimorph.results.summary import seed_stats
+
+    table = cells_table(out).to_pylist()
+    keys = [c for c in table[0] if c not in BASE_COLUMNS] if table else []
+    finals = [k for k in keys if k != "diverged_at" and _is_final(k, table)]
+    groups: dict[tuple, list[dict]] = {}
+    for row in table:
+        if row["status"] == "done":
+            groups.setdefault((row["problem"], row["precision"], row["optimizer"]), []).append(row)
+    out_points = []
+    for (prob, precision, optimizer), rows in groups.items():
+        ok = [r for r in rows if r["diverged_at"] == -1]
+        final = {_key_of(k): seed_stats(np.array([r[k] for r in ok if r[k] is not None]))
+                 for k in finals}  # fmt: skip
+        out_points.append(Point(prob, precision, rows[0]["family"], optimizer,
+                                hyperparameters(optimizer), tuple(r["seed"] for r in rows),
+                                {"final": final, "n_diverged": len(rows) - len(ok)}))  # fmt: skip
+    return out_points
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One optimizer point of a sweep at one problem and precision, over its seeds.
+
+    Attributes:
+      problem, precision, family, optimizer: what its cells share (``optimizer``: full spec).
+      hparams: its hyperparameters (:func:`hyperparameters`).
+      seeds: the seeds of its finished cells.
+      entry: the point as :func:`optimorph.results.summary.rank` ranks it: ``final`` (per
+        metric key, statistics over the seeds that did not diverge) and ``n_diverged``.
+    """
+
+    problem: str
+    precision: str
+    family: str
+    optimizer: str
+    hparams: Mapping[str, Any]
+    seeds: tuple[int, ...]
+    entry: Mapping[str, Any]
+
+
+def points(out: str | os.PathLike) -> list[Point]:
+    """The finished cells of the store ``out`` pooled over seeds into points, in the sweep's
+    order of cells."""
+    from optimorph.results.summary import seed_stats
+
+    rows, _, final_keys = _read_cells(Path(out))
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["status"] == "done":
+            groups.setdefault((row["problem"], row["precision"], row["optimizer"]), []).append(row)
+    found = []
+    for (prob, precision, optimizer), members in groups.items():
+        ok = [r for r in members if r["diverged_at"] == -1]
+        final = {key: seed_stats(np.array([r[("final", key)] for r in ok
+                                           if r.get(("final", key)) is not None], dtype=float))
+                 for key in final_keys}  # fmt: skip
+        found.append(Point(prob, precision, members[0]["family"], optimizer,
+                           hyperparameters(optimizer), tuple(r["seed"] for r in members),
+                           {"final": final, "n_diverged": len(members) - len(ok)}))  # fmt: skip
+    return found

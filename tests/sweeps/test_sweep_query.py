@@ -1,0 +1,101 @@
+"""SQL over a sweep store (``optimorph query``) and the sweep report (``optimorph report``)."""
+
+import csv
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from optimorph import cli
+from optimorph.results.sweep_results import cells_table, points, query
+
+
+def test_the_cells_table_has_every_cell_its_values_and_its_finals(reference):
+    store, _ = reference
+    rows = cells_table(store).to_pylist()
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"done"}
+    assert {(r["precision"], r["lr"], r["seed"]) for r in rows} == {
+        (p, lr, s) for p in ("fp32", "fp64") for lr in (0.05, 0.1) for s in (0, 1)
+    }
+    assert {r["family"] for r in rows} == {"sgd"} and {r["diverged_at"] for r in rows} == {-1}
+    # A final number read from summary.json is the last evaluation in metrics.parquet: two
+    # files written apart, read by two paths.
+    for r in rows:
+        table = pq.read_table(store / "cells" / r["cell"] / "metrics.parquet").to_pylist()
+        test = [x for x in table if (x["split"], x["metric"]) == ("test", "loss")]
+        assert r["test_loss"] == max(test, key=lambda x: x["step"])["value"]
+
+
+def test_sql_over_cells_and_metrics(reference):
+    store, _ = reference
+    per_point = query(store, "select precision, lr, count(*) as n from cells "
+                             "group by all order by all").to_pylist()  # fmt: skip
+    assert per_point == [{"precision": p, "lr": lr, "n": 2}
+                         for p in ("fp32", "fp64") for lr in (0.05, 0.1)]  # fmt: skip
+    joined = query(store, "select c.cell, c.lr, max(m.step) as last from cells c join metrics m "
+                          "using (cell) where m.split = 'test' group by all").to_pylist()  # fmt: skip
+    assert len(joined) == 8 and {r["last"] for r in joined} == {40}
+    with pytest.raises(ValueError, match=r"query failed: .*nope[\s\S]*cells: cell, batch"):
+        query(store, "select nope from cells")
+
+
+def test_a_store_with_unfinished_cells(reference, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(reference[0], store)
+    gone = sorted((store / "cells").iterdir())[0].name
+    shutil.rmtree(store / "cells" / gone)
+    rows = {r["cell"]: r for r in cells_table(store).to_pylist()}
+    assert rows[gone]["status"] == "pending" and rows[gone]["test_loss"] is None
+    assert query(store, "select count(distinct cell) as n from metrics").to_pylist() == [{"n": 7}]
+    assert sorted(len(p.seeds) for p in points(store)) == [1, 2, 2, 2]
+    for cell in (store / "cells").iterdir():
+        shutil.rmtree(cell)
+    assert query(store, "select count(*) as n from metrics").to_pylist() == [{"n": 0}]
+    assert points(store) == []
+
+
+def test_the_command_prints_a_table_csv_or_json(reference, capsys):
+    store, _ = reference
+    sql = "select precision, lr, avg(test_loss) as test_loss from cells group by all order by all"
+    assert cli.main(["query", str(store), sql, "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["precision"], float(r["lr"])) for r in rows] == [
+        (p, lr) for p in ("fp32", "fp64") for lr in (0.05, 0.1)
+    ]
+    assert cli.main(["query", str(store), sql, "--format", "json"]) == 0
+    assert [json.loads(line)["lr"] for line in capsys.readouterr().out.splitlines()] == [
+        0.05, 0.1, 0.05, 0.1
+    ]  # fmt: skip
+    assert cli.main(["query", str(store), sql, "--limit", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["precision", "lr", "test_loss"] and len(lines) == 4
+    assert lines[-1] == "(2 more rows; --limit N shows more, --format csv all)"
+
+
+def test_query_on_a_directory_that_is_no_sweep_says_so(tmp_path, capsys):
+    assert cli.main(["query", str(tmp_path), "select 1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a sweep store" in err and "Traceback" not in err
+
+
+def test_the_report_names_each_best_point_by_the_stated_rule(reference, tmp_path, check_page):
+    store = tmp_path / "store"
+    shutil.copytree(reference[0], store)
+    assert cli.main(["report", str(store)]) == 0
+    page = (store / "report.html").read_text()
+    text = re.sub(r"<[^>]+>", "", page)
+    # least squares holds no validation split: the rule is the training-set loss, and says so.
+    assert "ranked by training-set loss at the last evaluation, lowest mean over 2 seeds" in text
+    for precision in ("fp32", "fp64"):
+        means = query(store, f"select lr, avg(train_loss) as m from cells where precision = "
+                             f"'{precision}' group by lr").to_pylist()  # fmt: skip
+        best = min(means, key=lambda r: r["m"])["lr"]
+        row = page.split(f"<td class=\"nowrap\">{precision}</td>")[1].split("</tr>")[0]
+        assert f"sgd(lr={best:g})" in row.replace("<wbr>", ""), row
+    assert (store / "sensitivity-0.png").is_file() and "data:image/png" in page
+    check_page(store / "report.html")
+    assert np.isfinite([p.entry["final"]["train/loss"]["mean"] for p in points(store)]).all()
