@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
+__all__ = ["atomic_path", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
+           "fsync_file", "fsync_dir", "fsync_tree"]
 
 
 @contextlib.contextmanager
@@ -57,12 +58,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -94,7 +95,8 @@ def _numpy_to_python(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable: {value!r}")
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's data to disk (a write or a library's file may not have)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -102,9 +104,9 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself is only durable once the directory entry is on disk (POSIX); Windows
-    # cannot open directories, and its MoveFileEx is already durable.
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Flush a directory's entries to disk: a rename into it is durable only then (POSIX).
+    Windows cannot open directories, and its MoveFileEx is already durable."""
     if os.name != "posix":
         return
     fd = os.open(directory, os.O_RDONLY)
@@ -112,3 +114,12 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(directory: str | os.PathLike) -> None:
+    """Flush the files directly in ``directory``, then its entries (before renaming it into
+    place: the directory arrives whole)."""
+    for child in Path(directory).iterdir():
+        if child.is_file():
+            fsync_file(child)
+    fsync_dir(directory)

@@ -60,33 +60,14 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = spec.allow_imports(True) if args.allow_import else None
     try:
+        from optimorph.startup import warning_printer
+
         with warnings.catch_warnings():  # restores the caller's warning display on return
-            warnings.showwarning = _warning_printer(warnings.showwarning)
+            warnings.showwarning = warning_printer(warnings.showwarning)
             return _run(args)
     finally:
         if previous is not None:
             spec.allow_imports(previous)
-
-
-def _warning_printer(show_other):
-    """``warnings.showwarning`` for the command: an optimorph warning as one line
-    ``optimorph: warning: ...``, each message once (the trainer and the simulation defect both
-    check a spec's hyperparameters), without the source line; other warnings go to
-    ``show_other``. Only the display changes: a filter that turns warnings into errors (the
-    tests' ``filterwarnings = error``) still raises before anything is shown."""
-    seen: set[str] = set()
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        from optimorph.precision import PrecisionWarning
-
-        if not issubclass(category, PrecisionWarning):
-            return show_other(message, category, filename, lineno, file, line)
-        text = str(message)
-        if text not in seen:
-            seen.add(text)
-            print(f"optimorph: warning: {text}", file=file or sys.stderr)
-
-    return show
 
 
 def _compilation_cache(jax) -> None:

@@ -11,6 +11,9 @@ installs :func:`install`'s handler first thing: it raises nothing, it writes its
 (:func:`optimorph.engine.interrupts.deferred`, which accepts this handler as it accepts Python's
 default) and hands back Python's default when it ends.
 
+The command and its worker processes also show a precision warning as one line
+(:func:`warning_printer`).
+
 A leaf module that imports nothing heavy: it is in place before JAX starts importing.
 
 >>> import signal
@@ -22,9 +25,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
-__all__ = ["EXIT_STATUS", "install", "replaceable"]
+__all__ = ["EXIT_STATUS", "install", "replaceable", "warning_printer"]
 
 EXIT_STATUS = 128 + signal.SIGINT  # 130, what a shell reports for a job ended by Ctrl-C
 _MESSAGE = b"optimorph: interrupted\n"
@@ -56,3 +60,24 @@ def replaceable(handler) -> bool:
     """Whether a SIGINT ``handler`` may be replaced by training's own: Python's default one, or
     the start-up one of :func:`install`."""
     return handler is signal.default_int_handler or handler is _exit_now
+
+
+def warning_printer(show_other):
+    """``warnings.showwarning`` for optimorph's processes (the command and its workers): a
+    ``PrecisionWarning`` as one line ``optimorph: warning: ...``, each message once (the trainer
+    and the simulation defect both check a spec's hyperparameters), without the source line;
+    other warnings go to ``show_other``. Only the display changes: a filter that turns warnings
+    into errors (the tests' ``filterwarnings = error``) still raises before anything is shown."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        from optimorph.precision import PrecisionWarning  # imported by whatever warned
+
+        if not issubclass(category, PrecisionWarning):
+            return show_other(message, category, filename, lineno, file, line)
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            print(f"optimorph: warning: {text}", file=file or sys.stderr)
+
+    return show

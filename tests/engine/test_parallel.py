@@ -24,6 +24,16 @@ def _fail(x):
     raise ValueError("bad cell")
 
 
+def _warn(x):
+    import warnings
+
+    from optimorph.precision import PrecisionWarning
+
+    for _ in range(2):  # the trainer and the defect both check a spec: shown once
+        warnings.warn("b2=0.999 is stored as 1.0 in bf16", PrecisionWarning, stacklevel=1)
+    return x
+
+
 def test_cells_on_two_processes_equal_in_process_runs_bit_for_bit():
     here = map_cells(_train_cell, [4, 8], workers=1)
     seen = []
@@ -41,6 +51,15 @@ def test_a_failing_cell_is_named():
     assert any("in sweep cell" in note for note in info.value.__notes__)
     with pytest.raises(ValueError, match="workers must be a positive integer"):
         map_cells(abs, [1], workers=0)
+
+
+def test_a_workers_precision_warning_is_one_line_without_source(capfd):
+    assert map_cells(_warn, [1, 2], workers=2) == [1, 2]
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "stored as" in line]
+    assert set(lines) == {"optimorph: warning: b2=0.999 is stored as 1.0 in bf16"}, err
+    assert 1 <= len(lines) <= 2  # once per worker process
+    assert "test_parallel.py" not in err and "warnings.warn" not in err
 
 
 WAITER = '''

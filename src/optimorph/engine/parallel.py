@@ -46,9 +46,14 @@ def _init_worker(counter: Any, cores: Sequence[int], x64: bool) -> None:
     os.environ["XLA_FLAGS"] = (
         f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()
     )
+    import warnings
+
     import jax
 
+    from optimorph.startup import warning_printer
+
     jax.config.update("jax_enable_x64", x64)
+    warnings.showwarning = warning_printer(warnings.showwarning)  # one line, as the command's
 
 
 def map_cells(

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from optimorph.atomic import write_json_atomic, write_text_atomic
+from optimorph.atomic import fsync_dir, fsync_tree, write_json_atomic, write_text_atomic
 from optimorph.results.store import CONFIG_FILE, RunDirError, claim, write_config
 
 __all__ = [
@@ -126,7 +126,7 @@ def commit_cell(
     stage.mkdir(parents=True)
     try:
         write(stage)
-        _fsync_files(stage)
+        fsync_tree(stage)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(stage, target)  # atomic; fails when another writer finished it first
@@ -138,7 +138,7 @@ def commit_cell(
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    _fsync(target.parent)
+    fsync_dir(target.parent)
     (out / FAILED / f"{cell_id}.json").unlink(missing_ok=True)
     return True
 
@@ -170,21 +170,3 @@ def clear_stages(out: str | os.PathLike, batch_id: str) -> None:
     """Remove half-written cells a killed writer of this batch left behind."""
     for stage in work_dir(out, batch_id).glob(".stage-*"):
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def _fsync_files(directory: Path) -> None:
-    """Flush ``directory``'s files and then its entries to disk (``write`` may not have)."""
-    for child in directory.iterdir():
-        if child.is_file():
-            _fsync(child)
-    _fsync(directory)
-
-
-def _fsync(path: Path) -> None:
-    if os.name != "posix":  # Windows cannot open directories; its renames are durable
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -8,8 +8,8 @@ different whenever something that could change a bit of the result changes.
 
 A *batch* is the cells one compiled program runs as lanes: those that differ only in numbers
 (hyperparameter values, seeds). Which lanes share a program can change the last bits of a lane's
-result (XLA compiles a batched matrix product differently from a single one: measured on the
-two-moons MLP in fp32 and bf16), so the batches are a function of the sweep file alone: every
+result (XLA's CPU code for reductions depends on the array's shape, lane axis included:
+measured in docs/sweeps.md), so the batches are a function of the sweep file alone: every
 execution mode and every resume runs each cell in the same batch, and the store equals an
 uninterrupted in-process run bit for bit.
 
