@@ -81,6 +81,20 @@ def test_ranges_one_minus_beta_and_spec_values():
          "dim=0 is out of range"),
         ((BASE, BASE + '\n[[optimizers]]\nspec = "adam(lr=0.001)"\n'), 11,
          "adam(lr=0.001) is the same cell as adam(lr=0.001) (line 7)"),
+        ((BASE, BASE + '\n[statistics]\nreference = "bf16"\n'), 12,
+         "reference = 'bf16' is not among the precisions: fp32"),
+        ((BASE, BASE + '\n[statistics]\nagainst = "seed"\nreference = "fp32"\n'), 12,
+         "against = 'seed': compare cells that differ in precision or in optimizer"),
+        ((BASE, BASE + '\n[statistics]\nagainst = "optimizer"\n'), 11,
+         'statistics: reference is missing; add the optimizer the others are compared with'),
+        ((BASE, BASE + '\n[statistics]\nagainst = "optimizer"\nreference = "sgd(lr=0.1)"\n'),
+         13, "reference = 'sgd(lr=0.1)' is not one of the optimizer points"),
+        ((BASE, BASE + '\n[statistics]\nreference = "fp32"\nmargin = 0\n'), 13,
+         "margin = 0 must be a number in (0, inf)"),
+        ((BASE, BASE + '\n[statistics]\nreference = "fp32"\nmetric = "tset_loss"\n'), 13,
+         "metric = 'tset_loss': give a final number of each cell"),
+        ((BASE, BASE + '\n[statistics]\nreference = "fp32"\ntest = "welch"\n'), 13,
+         "unknown statistics key 'test'; valid: against, reference"),
     ],
 )
 def test_a_mistake_is_one_message_with_its_line(change, line, words):
@@ -107,3 +121,16 @@ def test_check_lists_the_batches_and_runs_nothing(tmp_path, capsys):
     assert "4 cells in 1 batch" in captured.err
     assert "2 optimizer points x 2 seeds" in captured.out
     assert not (tmp_path / "out").exists()
+
+
+def test_the_statistics_plan_is_checked_and_recorded_with_the_store():
+    text = BASE.replace("quadratic(dim=4)", "two-moons(n=64)").replace(
+        "seeds = 2", 'seeds = 2\nprecisions = ["fp32", "bf16,hparams=fp32"]') + (
+        '\n[statistics]\nreference = "fp32"\nmetric = "test_loss"\nmargin = 0.1\n')
+    plan = loads(text, "s.toml").document()["statistics"]
+    assert plan == {"against": "precision", "reference": "fp32", "metric": "test_loss",
+                    "margin": 0.1, "alpha": 0.05}  # fmt: skip
+    by_optimizer = loads(BASE + '\n[statistics]\nagainst = "optimizer"\nreference = '
+                         '"adam(lr=1e-2)"\n', "s.toml").statistics  # fmt: skip
+    assert by_optimizer["reference"].startswith("adam(lr=0.01, b1=0.9")  # the canonical spec
+    assert loads(BASE, "s.toml").document()["statistics"] is None

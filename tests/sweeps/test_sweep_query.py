@@ -99,3 +99,38 @@ def test_the_report_names_each_best_point_by_the_stated_rule(reference, tmp_path
     assert (store / "sensitivity-0.png").is_file() and "data:image/png" in page
     check_page(store / "report.html")
     assert np.isfinite([p.entry["final"]["train/loss"]["mean"] for p in points(store)]).all()
+
+
+def test_the_statistics_plan_pairs_cells_by_seed(reference, tmp_path):
+    """Each point at fp64 against the same point at fp32, paired by seed: the numbers are the
+    paired t-test and TOST of the values the cells table holds, computed here apart; the
+    report states the plan and tabulates the comparisons."""
+    from optimorph import stats
+    from optimorph.results.sweep_results import comparisons
+
+    store, _ = reference
+    plan = {"against": "precision", "reference": "fp32", "metric": "test_loss", "margin": 0.05,
+            "alpha": 0.05}  # fmt: skip
+    found = comparisons(store, plan)
+    assert [(c["point"], c["value"], c["n"]) for c in found] == [
+        ("sgd(lr=0.05)", "fp64", 2), ("sgd(lr=0.1)", "fp64", 2)]  # fmt: skip
+    rows = cells_table(store).to_pylist()
+    for c in found:
+        def values(precision, c=c):
+            return [r["test_loss"] for r in sorted(rows, key=lambda r: r["seed"])
+                    if r["optimizer"] == c["point"] and r["precision"] == precision]  # fmt: skip
+        t = stats.paired_t_test(values("fp64"), values("fp32"))
+        e = stats.tost(values("fp64"), values("fp32"), 0.05, relative=True)
+        assert (c["mean_diff"], c["p_value"], c["tost_p"]) == (t.mean_diff, t.p_value, e.p_value)
+        assert c["verdict"] == ("equivalent" if e.equivalent else
+                                "different" if t.p_value < 0.05 else "inconclusive")  # fmt: skip
+    assert comparisons(store) == []  # the tiny sweep's file has no plan
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["config"]["statistics"] = plan
+    (copy / "config.json").write_text(json.dumps(config))
+    assert cli.main(["report", str(copy)]) == 0
+    text = re.sub(r"<[^>]+>", "", (copy / "report.html").read_text())
+    assert "Statistics (the sweep file's plan, fixed before any cell ran)" in text
+    assert "Each precision against fp32" in text and "2 comparisons:" in text

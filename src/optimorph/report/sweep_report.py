@@ -32,7 +32,7 @@ from optimorph.report.style import MAX_WIDTH, legend_above, series_style, tidy_l
 from optimorph.results import sweep_store
 from optimorph.results.rundir import CONFIG_FILE, read_config
 from optimorph.results.summary import rank
-from optimorph.results.sweep_results import Point, cells_table, points
+from optimorph.results.sweep_results import Point, cells_table, comparisons, points
 
 __all__ = ["write_sweep_report", "SENSITIVITY_FILE"]
 
@@ -63,6 +63,7 @@ def write_sweep_report(out: str | os.PathLike) -> Path:
     for i, problem in enumerate(dict.fromkeys(p.problem for p in found)):
         mine = [p for p in found if p.problem == problem]
         body += _problem_section(out, i, problem, mine, len(seeds))
+    body += _statistics_section(out, doc.get("statistics"))
     body += [
         "<h2>Querying the cells</h2>",
         "<p>Every number here comes from the store's tables: <code>optimorph query "
@@ -191,3 +192,42 @@ def _sensitivity_figure(found: list[Point], best: dict, metric: str) -> Figure |
 def _is_beta(values: Sequence[float]) -> bool:
     """A momentum-like hyperparameter, every value in [0.5, 1): read as 1 - beta."""
     return all(0.5 <= v < 1 for v in values)
+
+
+def _statistics_section(out: Path, plan: dict | None) -> list[str]:
+    """The sweep file's statistics plan, stated as it was fixed before any cell ran, and its
+    paired comparisons."""
+    if not plan:
+        return []
+    found = comparisons(out, plan)
+    axis = plan["against"]
+    metric = plan.get("metric") or "the ranking rule's metric"
+    head = [
+        "<h2>Statistics (the sweep file's plan, fixed before any cell ran)</h2>",
+        f"<p>Each {axis} against {cell_text(plan['reference'])}: cells that differ only in the "
+        f"{axis}, paired by seed, on {cell_text(found[0]['metric'] if found else metric)} "
+        f"(value minus reference): a paired t-test and TOST with a margin of "
+        f"{plan['margin']:g} of the larger mean, each at level {plan['alpha']:g}. "
+        "<i>equivalent</i>: TOST shows the difference inside the margin; <i>different</i>: "
+        "the t-test rejects equality; otherwise <i>inconclusive</i>. A diverged seed has no "
+        "value, so its comparison has no p-value.</p>",
+    ]
+    if not found:
+        return head + ["<p>No comparison yet: the reference's cells or the compared ones have "
+                       "not finished.</p>"]  # fmt: skip
+    shared = "optimizer" if axis == "precision" else "precision"
+    columns = ["problem", shared, axis, "n", "mean difference [CI]", "t-test p", "TOST p",
+               "verdict"]  # fmt: skip
+    rows = []
+    for c in found:
+        interval = ("" if c["mean_diff"] is None else
+                    f"{format_number(c['mean_diff'], 3)} [{format_number(c['ci_low'], 3)}, "
+                    f"{format_number(c['ci_high'], 3)}]")  # fmt: skip
+        verdict = c["verdict"] + (f" ({c['note']})" if c["note"] else "")
+        rows.append([c["problem"], c["point"], c["value"], c["n"], interval,
+                     "" if c["p_value"] is None else c["p_value"],
+                     "" if c["tost_p"] is None else c["tost_p"], verdict])  # fmt: skip
+    counts = {v: sum(c["verdict"] == v for c in found)
+              for v in ("equivalent", "different", "inconclusive")}  # fmt: skip
+    lead = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    return head + [f"<p>{len(found)} comparisons: {lead}.</p>", rows_table(columns, rows)]

@@ -37,8 +37,8 @@ from optimorph.results import sweep_store
 from optimorph.results.rundir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_config
 from optimorph.results.store import RunDirError
 
-__all__ = ["cells_table", "query", "points", "Point", "column_of", "hyperparameters",
-           "BASE_COLUMNS"]
+__all__ = ["cells_table", "query", "points", "Point", "comparisons", "column_of",
+           "hyperparameters", "BASE_COLUMNS"]
 
 # The metrics view when no cell has finished: the columns, no rows (queries still run).
 _EMPTY_METRICS = (
@@ -252,4 +252,70 @@ def points(out: str | os.PathLike) -> list[Point]:
         found.append(Point(prob, precision, members[0]["family"], optimizer,
                            hyperparameters(optimizer), tuple(r["seed"] for r in members),
                            {"final": final, "n_diverged": len(members) - len(ok)}))  # fmt: skip
+    return found
+
+
+def comparisons(out: str | os.PathLike, plan: Mapping[str, Any] | None = None) -> list[dict]:
+    """The paired comparisons of a sweep's statistics plan (the store's, unless ``plan`` is
+    given): each cell group that differs from the reference only in the plan's axis
+    (``precision`` or ``optimizer``), paired with the reference's cells by seed, judged on the
+    plan's metric by a paired t-test and TOST at the plan's margin. A diverged seed enters as
+    NaN, and its tests say so (no p-value) rather than leaving it out.
+
+    Returns:
+      One dict per comparison: ``problem``, ``point`` (what the pair shares: the optimizer, or
+      the precision), ``value`` (the compared value) and ``reference``, ``metric``, ``n`` (seeds
+      in both), ``mean_diff`` (value - reference) with ``ci_low``/``ci_high`` (a 1 - alpha interval), ``p_value``,
+      ``tost_p``, ``margin`` (absolute), ``verdict`` (``equivalent``, ``different``,
+      ``inconclusive``) and ``note``; [] without a plan.
+    """
+    from optimorph import stats
+    from optimorph.results.summary import RANK_METRICS
+
+    out = Path(out)
+    if plan is None:
+        plan = read_config(out, kind=sweep_store.KIND)["config"].get("statistics")
+    if not plan:
+        return []
+    rows, _, final_keys = _read_cells(out)
+    metric = plan.get("metric")
+    key = next((k for k in final_keys if column_of(k) == metric), None) if metric else next(
+        (k for k in RANK_METRICS if k in final_keys), None)  # fmt: skip
+    if key is None:
+        return []
+    axis, other = ("precision", "optimizer") if plan["against"] == "precision" else (
+        "optimizer", "precision")  # fmt: skip
+    values: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        if r["status"] == "done":
+            value = r.get(("final", key)) if r["diverged_at"] == -1 else None
+            values.setdefault((r["problem"], r[other], r[axis]), {})[r["seed"]] = (
+                math.nan if value is None else float(value))  # fmt: skip
+    found = []
+    for (problem, point, value), by_seed in values.items():
+        ref = values.get((problem, point, plan["reference"]))
+        if value == plan["reference"] or ref is None:
+            continue
+        seeds = sorted(set(by_seed) & set(ref))
+        a = np.array([by_seed[s] for s in seeds])
+        b = np.array([ref[s] for s in seeds])
+        with np.errstate(all="ignore"):
+            t = stats.paired_t_test(a, b, alpha=plan["alpha"])
+            e = stats.tost(a, b, plan["margin"], relative=True, alpha=plan["alpha"])
+        note = t.note or e.note
+        if e.equivalent:
+            verdict = "equivalent"
+            if t.p_value < plan["alpha"]:  # both can hold: a real difference inside the margin
+                note = f"inside the margin, though the t-test finds a difference (p={t.p_value:.2g})"
+        elif np.isfinite(t.p_value) and t.p_value < plan["alpha"]:
+            verdict = "different"
+        else:
+            verdict = "inconclusive"
+        found.append({
+            "problem": problem, "point": point, "value": value, "reference": plan["reference"],
+            "metric": column_of(key), "n": len(seeds), "mean_diff": _finite(t.mean_diff),
+            "ci_low": _finite(t.ci_low), "ci_high": _finite(t.ci_high),
+            "p_value": _finite(t.p_value), "tost_p": _finite(e.p_value),
+            "margin": _finite(e.margin), "verdict": verdict, "note": note,
+        })  # fmt: skip
     return found

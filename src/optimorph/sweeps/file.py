@@ -20,6 +20,9 @@ spec = "adam(eps=1e-8)"
 lr = { log = [1e-4, 1e-2], n = 3 }       # ... or a range: log- (or lin-) spaced, n points
 b2 = { log = [1e-3, 1e-1], n = 3, one_minus_beta = true }   # b2 = 1 - x: 0.999, 0.99, 0.9
 b1 = 0.9                                 # a fixed value
+
+[statistics]                             # optional: the report's paired comparisons
+reference = "fp32"                       # each precision against fp32 (against = "precision")
 ```
 
 ``optimizers`` may also list plain spec strings (``"sgd(lr=[0.01, 0.1])"``, with the grid syntax
@@ -46,7 +49,7 @@ from optimorph.sweeps.lines import key_lines, line_of
 
 __all__ = ["Sweep", "SweepFileError", "load", "loads"]
 
-TOP_KEYS = ("name", "problems", "precisions", "seeds", "settings", "optimizers")
+TOP_KEYS = ("name", "problems", "precisions", "seeds", "settings", "optimizers", "statistics")
 SETTINGS = {  # name: (required, default)
     "steps": (True, None),
     "batch_size": (False, None),
@@ -56,6 +59,13 @@ SETTINGS = {  # name: (required, default)
     "max_lanes": (False, 64),
 }
 AXIS_KEYS = ("values", "log", "lin", "n", "one_minus_beta")
+STATISTICS = {  # name: default (reference has none: it is required)
+    "against": "precision",
+    "reference": None,
+    "metric": None,
+    "margin": 0.05,
+    "alpha": 0.05,
+}
 MAX_CELLS = 100_000
 
 
@@ -73,6 +83,10 @@ class Sweep:
       name: the sweep's ``name`` (default: the file's stem).
       cells: every cell, in the order problems x precisions x optimizer points x seeds.
       batches: the compiled programs, costliest first (:func:`optimorph.sweeps.cells.batches`).
+      statistics: the statistics plan of the file's ``[statistics]`` (None without one):
+        ``against`` (``precision`` or ``optimizer``), ``reference`` (that axis's value the
+        others are compared with, canonical), ``metric`` (a ``cells`` column, None: the ranking
+        rule's metric), ``margin`` (TOST, relative to the larger mean) and ``alpha``.
     """
 
     path: str
@@ -80,6 +94,7 @@ class Sweep:
     name: str
     cells: tuple[Cell, ...]
     batches: tuple[Batch, ...]
+    statistics: Mapping[str, Any] | None = None
 
     @functools.cached_property
     def id(self) -> str:
@@ -103,6 +118,7 @@ class Sweep:
                  "cells": [list(row) for row in b.cells]}
                 for b in self.batches
             ],  # fmt: skip
+            "statistics": None if self.statistics is None else dict(self.statistics),
         }
 
 
@@ -202,7 +218,8 @@ class _Reader:
                                  "sweep file (split it)")  # fmt: skip
         work = {name: _work_per_step(prob, settings[name]) for name, prob in problems.items()}
         planned = batches(cells, program_of, max_lanes=max_lanes, work_per_step=work)
-        return Sweep(self.path, self.text, name, tuple(cells), tuple(planned))
+        plan = self.statistics(problems, precisions, points)
+        return Sweep(self.path, self.text, name, tuple(cells), tuple(planned), plan)
 
     def problems(self) -> dict[str, Any]:
         from optimorph.problems import DatasetNotFound, problem
@@ -257,6 +274,66 @@ class _Reader:
                 raise self.fail((*where, i), f"seed {s} is listed twice; remove one")
             out.append(s)
         return out
+
+    def statistics(self, problems: Mapping[str, Any], precisions: Mapping, points: list
+                   ) -> dict[str, Any] | None:  # fmt: skip
+        """The ``[statistics]`` plan, checked against the file's precisions, points, problems."""
+        from optimorph.optimizers import resolve
+
+        if "statistics" not in self.doc:
+            return None
+        table, where = self.doc["statistics"], ("statistics",)
+        example = '[statistics] with against = "precision", reference = "fp32"'
+        if not isinstance(table, dict):
+            raise self.fail(where, f"statistics must be a table: {example}")
+        for key in table:
+            if key not in STATISTICS:
+                raise self.fail((*where, key), f"unknown statistics key {key!r}; valid: "
+                                               f"{', '.join(STATISTICS)}")  # fmt: skip
+        plan = {**STATISTICS, **table}
+        against = plan["against"]
+        if against not in ("precision", "optimizer"):
+            raise self.fail((*where, "against"), f"against = {against!r}: compare cells that "
+                            "differ in precision or in optimizer: against = \"precision\" or "
+                            "\"optimizer\"")  # fmt: skip
+        if not isinstance(plan["reference"], str):
+            example = '"fp32"' if against == "precision" else '"sgd(lr=0.1)"'
+            raise self.fail(where, f"statistics: reference is missing; add the {against} the "
+                                   f"others are compared with, e.g. reference = {example}")  # fmt: skip
+        ref_where = (*where, "reference")
+        if against == "precision":
+            names = {str(policy): text for (text, _), policy in precisions.items()}
+            canonical = next((c for c, text in names.items() if plan["reference"] in (c, text)),
+                             None)  # fmt: skip
+            if canonical is None:
+                raise self.fail(ref_where, f"reference = {plan['reference']!r} is not among the "
+                                           f"precisions: {', '.join(names.values())}")  # fmt: skip
+        else:
+            try:
+                canonical = resolve(plan["reference"]).canonical
+            except ValueError as err:
+                raise self.fail(ref_where, f"reference = {plan['reference']!r}: {err}") from None
+            if canonical not in {spec.canonical for spec, _ in points}:
+                raise self.fail(ref_where, f"reference = {plan['reference']!r} is not one of the "
+                                           "optimizer points; give one as the file lists it")  # fmt: skip
+        plan["reference"] = canonical
+        metric = plan["metric"]
+        splits = {"train_step", "train", *(n for prob in problems.values() for n in prob.evals)}
+        if metric is not None and (not isinstance(metric, str)
+                                   or not any(metric.startswith(f"{s}_") for s in splits)):
+            held = next(s for s in ("validation", "test", "train") if s in splits)
+            raise self.fail((*where, "metric"), f"metric = {metric!r}: give a final number of "
+                            f"each cell, a split and a metric: {', '.join(sorted(splits))} then "
+                            f"_loss or _accuracy, e.g. metric = \"{held}_loss\" (omitted: the "
+                            "ranking rule's)")  # fmt: skip
+        for key, low, high in (("margin", 0.0, math.inf), ("alpha", 0.0, 0.5)):
+            value = plan[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not low < value < high:
+                raise self.fail((*where, key), f"{key} = {value!r} must be a number in "
+                                               f"({low:g}, {high:g})")  # fmt: skip
+            plan[key] = float(value)
+        return plan
 
     def settings(self, problems: Mapping[str, Any]) -> tuple[dict[str, dict], int]:
         from optimorph.engine.trainer import TrainingError, resolve_settings
