@@ -172,51 +172,6 @@ class Point:
     """One optimizer point of a sweep at one problem and precision, over its seeds.
 
     Attributes:
-      problem, precision, family, optimizer: what the cells share (``optimizer``: full spec).
-      hparams: its hyperparameters (:func:`hyperparameters`).
-      seeds: the seeds of its finished cells.
-      entry: the point as :func:`optimorph.results.summary.rank` ranks it (``final``: per metric
-        key, the statistics over the seeds that did not diverge; ``n_diverged``).
-    """
-
-    problem: str
-    precision: str
-    family: str
-    optimizer: str
-    hparams: Mapping[str, Any]
-    seeds: tuple[int, ...]
-    entry: Mapping[str, Any]
-
-
-def points(out: str | os.PathLike) -> list[Point]:
-    """The finished cells of the store ``out`` grouped into points (seeds pooled), in the order of
-    the sweep's cells."""
-    from optimorph.results.summary import seed_stats
-
-    table = cells_table(out).to_pylist()
-    keys = [c for c in table[0] if c not in BASE_COLUMNS] if table else []
-    finals = [k for k in keys if k != "diverged_at" and _is_final(k, table)]
-    groups: dict[tuple, list[dict]] = {}
-    for row in table:
-        if row["status"] == "done":
-            groups.setdefault((row["problem"], row["precision"], row["optimizer"]), []).append(row)
-    out_points = []
-    for (prob, precision, optimizer), rows in groups.items():
-        ok = [r for r in rows if r["diverged_at"] == -1]
-        final = {_key_of(k): seed_stats(np.array([r[k] for r in ok if r[k] is not None]))
-                 for k in finals}  # fmt: skip
-        out_points.append(Point(prob, precision, rows[0]["family"], optimizer,
-                                hyperparameters(optimizer), tuple(r["seed"] for r in rows),
-                                {"final": final, "n_diverged": len(rows) - len(ok)}))  # fmt: skip
-    return out_points
-
-
-
-@dataclasses.dataclass(frozen=True)
-class Point:
-    """One optimizer point of a sweep at one problem and precision, over its seeds.
-
-    Attributes:
       problem, precision, family, optimizer: what its cells share (``optimizer``: full spec).
       hparams: its hyperparameters (:func:`hyperparameters`).
       seeds: the seeds of its finished cells.
