@@ -100,7 +100,7 @@ def _problem_section(out: Path, i: int, problem: str, found: list[Point], n_seed
         best[(family, precision)] = top
         stats = top.entry["final"][metric]
         test = top.entry["final"].get("test/accuracy", {}).get("mean")
-        rows.append([family, precision, top.optimizer, _mean_sd(stats),
+        rows.append([family, precision, top.label, _mean_sd(stats),
                      "" if test is None else test, len(members), diverged])  # fmt: skip
     columns = ["optimizer", "precision", "best point", f"{metric} (mean ± sd, n)",
                "test accuracy (mean)", "points", "points with a diverged seed"]  # fmt: skip

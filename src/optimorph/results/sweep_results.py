@@ -4,7 +4,8 @@ Two tables, as DuckDB views for :func:`query` and as ``pyarrow`` tables:
 
 ``cells``
     one row per cell of the sweep (finished or not): ``cell``, ``batch``, ``problem``,
-    ``precision``, ``optimizer`` (the point's full spec), ``family`` (the optimizer's name), ``seed``,
+    ``precision``, ``optimizer`` (the point's full spec), ``label`` (the point as the sweep
+    file gives it), ``family`` (the optimizer's name), ``seed``,
     ``status`` (``done``, ``failed`` or ``pending``), ``steps``, ``batch_size``, one column per
     hyperparameter of any cell's full spec (numbers as DOUBLE; a schedule or other value as its
     spec text), and for finished cells ``diverged_at`` (-1: it did not) and one column per final
@@ -47,8 +48,8 @@ _EMPTY_METRICS = (
     "t(optimizer, optimizer_index, seed, step, split, metric, value, cell) where false"
 )
 
-BASE_COLUMNS = ("cell", "batch", "problem", "precision", "optimizer", "family", "seed", "status",
-                "steps", "batch_size")  # fmt: skip
+BASE_COLUMNS = ("cell", "batch", "problem", "precision", "optimizer", "label", "family", "seed",
+                "status", "steps", "batch_size")  # fmt: skip
 
 
 def column_of(metric_key: str) -> str:
@@ -109,6 +110,7 @@ def _read_cells(out: Path) -> tuple[list[dict], dict[str, set], list[str]]:
         row: dict[Any, Any] = {
             "cell": c["id"], "batch": c["batch"], "problem": c["problem"],
             "precision": c["precision"], "optimizer": canonical,
+            "label": c.get("label", canonical),
             "family": spec_lib.parse(canonical).name, "seed": int(c["seed"]),
             "status": status, "steps": settings.get("steps"),
             "batch_size": settings.get("batch_size"),
@@ -173,6 +175,7 @@ class Point:
 
     Attributes:
       problem, precision, family, optimizer: what its cells share (``optimizer``: full spec).
+      label: the point as the sweep file gives it.
       hparams: its hyperparameters (:func:`hyperparameters`).
       seeds: the seeds of its finished cells.
       entry: the point as :func:`optimorph.results.summary.rank` ranks it: ``final`` (per
@@ -183,6 +186,7 @@ class Point:
     precision: str
     family: str
     optimizer: str
+    label: str
     hparams: Mapping[str, Any]
     seeds: tuple[int, ...]
     entry: Mapping[str, Any]
@@ -204,7 +208,7 @@ def points(out: str | os.PathLike) -> list[Point]:
         final = {key: seed_stats(np.array([r[("final", key)] for r in ok
                                            if r.get(("final", key)) is not None], dtype=float))
                  for key in final_keys}  # fmt: skip
-        found.append(Point(prob, precision, members[0]["family"], optimizer,
+        found.append(Point(prob, precision, members[0]["family"], optimizer, members[0]["label"],
                            hyperparameters(optimizer), tuple(r["seed"] for r in members),
                            {"final": final, "n_diverged": len(members) - len(ok)}))  # fmt: skip
     return found

@@ -109,7 +109,8 @@ class Sweep:
             "name": self.name,
             "file": self.path,
             "cells": [
-                {"id": c.id, "batch": batch_of[c.id], "optimizer": c.optimizer, **c.config()}
+                # optimizer: the point with every value spelled out; label: as the file gives it
+                {"id": c.id, "batch": batch_of[c.id], **c.config(), "label": c.optimizer}
                 for c in self.cells
             ],
             "batches": [
