@@ -43,7 +43,7 @@ def test_sql_over_cells_and_metrics(reference):
         query(store, "select nope from cells")
 
 
-def test_a_store_with_unfinished_cells(reference, tmp_path):
+def test_a_store_with_unfinished_cells(reference, tmp_path, capsys):
     store = tmp_path / "store"
     shutil.copytree(reference[0], store)
     gone = sorted((store / "cells").iterdir())[0].name
@@ -56,6 +56,9 @@ def test_a_store_with_unfinished_cells(reference, tmp_path):
         shutil.rmtree(cell)
     assert query(store, "select count(*) as n from metrics").to_pylist() == [{"n": 0}]
     assert points(store) == []
+    assert cli.main(["report", str(store)]) == 0  # a store where nothing has finished yet
+    page = (store / "report.html").read_text()
+    assert "0 of 8 cells done, 8 not run yet" in page and "No cell has finished yet" in page
 
 
 def test_the_command_prints_a_table_csv_or_json(reference, capsys):
