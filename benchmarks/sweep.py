@@ -57,9 +57,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run")
     ap.add_argument("--keep", type=Path, default=None, help="write the stores here (kept)")
     args = ap.parse_args()
-    optimizers, precisions, seeds, steps = (
-        (OPTIMIZERS[:3], PRECISIONS[:2], 3, 100) if args.quick else (OPTIMIZERS, PRECISIONS, 10, 500)
-    )
+    quick, full = (OPTIMIZERS[:3], PRECISIONS[:2], 3, 100), (OPTIMIZERS, PRECISIONS, 10, 500)
+    optimizers, precisions, seeds, steps = quick if args.quick else full
     cells = len(optimizers) * len(precisions) * seeds
     root = args.keep or Path(tempfile.mkdtemp(prefix="optimorph-bench-sweep-"))
     root.mkdir(parents=True, exist_ok=True)

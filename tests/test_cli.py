@@ -41,7 +41,7 @@ def _subcommands(parser, prog="optimorph"):
 
 
 def test_every_option_of_every_command_has_help_and_shows_its_default():
-    parser = cli._parser()
+    parser = cli.build_parser()
     checked = 0
     for prog, sub in _subcommands(parser):
         formatter = sub._get_formatter()
@@ -248,8 +248,8 @@ def test_phase_diagram_command_writes_figure_and_table(tmp_path, capsys):
 def test_precision_lists_with_roles_and_stagnation_in_the_run_directory(tmp_path):
     from optimorph.results import read_run
 
-    assert cli._precisions("fp16,fp32") == ["fp16", "fp32"]
-    assert cli._precisions("fp16;params=bf16,state=fp32") == ["fp16", "params=bf16,state=fp32"]
+    assert cli.precision_specs("fp16,fp32") == ["fp16", "fp32"]
+    assert cli.precision_specs("fp16;params=bf16,state=fp32") == ["fp16", "params=bf16,state=fp32"]
     out = tmp_path / "run"
     argv = [
         "train",

@@ -11,7 +11,7 @@ import optimorph
 MODULES = sorted(
     m.name
     for m in pkgutil.walk_packages(optimorph.__path__, "optimorph.")
-    if m.name != "optimorph.cli"
+    if m.name != "optimorph.cli" and not m.name.endswith(".__main__")  # __main__ runs the command
 ) + ["optimorph"]
 
 

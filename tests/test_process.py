@@ -135,8 +135,9 @@ def test_ctrl_c_during_the_live_metrics_write_keeps_the_checkpoint(
     code = (
         "import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from optimorph import cli\n"
+        "from optimorph.cli import train\n"
         "from optimorph.results import rundir\n"
-        "cli.LIVE_EVERY_S = 0.0\n"
+        "train.LIVE_EVERY_S = 0.0\n"
         "real = rundir.write_json_atomic\n"
         "def slow(path, obj):\n"
         f"    open({str(marker)!r}, 'w').close()\n"

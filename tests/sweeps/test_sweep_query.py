@@ -36,8 +36,9 @@ def test_sql_over_cells_and_metrics(reference):
                              "group by all order by all").to_pylist()  # fmt: skip
     assert per_point == [{"precision": p, "lr": lr, "n": 2}
                          for p in ("fp32", "fp64") for lr in (0.05, 0.1)]  # fmt: skip
-    joined = query(store, "select c.cell, c.lr, max(m.step) as last from cells c join metrics m "
-                          "using (cell) where m.split = 'test' group by all").to_pylist()  # fmt: skip
+    sql = ("select c.cell, c.lr, max(m.step) as last from cells c join metrics m using (cell) "
+           "where m.split = 'test' group by all")
+    joined = query(store, sql).to_pylist()
     assert len(joined) == 8 and {r["last"] for r in joined} == {40}
     with pytest.raises(ValueError, match=r"query failed: .*nope[\s\S]*cells: cell, batch"):
         query(store, "select nope from cells")

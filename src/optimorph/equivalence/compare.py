@@ -955,11 +955,11 @@ def classes(
         members, problem, precisions, run, progress, settings, pairs=pairs + further,
         workers=workers,
     )  # fmt: skip
-    extra = None
+    extra, k = None, len(pairs)
     if further:
-        extra = dataclasses.replace(comp, pairs={p: v[len(pairs):] for p, v in comp.pairs.items()})
+        extra = dataclasses.replace(comp, pairs={p: v[k:] for p, v in comp.pairs.items()})
         comp = dataclasses.replace(comp, optimizers=comp.optimizers[:n],
-                                   pairs={p: v[: len(pairs)] for p, v in comp.pairs.items()})  # fmt: skip
+                                   pairs={p: v[:k] for p, v in comp.pairs.items()})  # fmt: skip
     if diagnose:
         given = dict(zip(comp.optimizers, optimizers, strict=True))
         diagnosis.attach(comp, problem, run, given=given)
@@ -978,9 +978,9 @@ def merge_classes(parts: Sequence[Classes]) -> Classes:
         pairs.update(c.pairs)
     comp = Comparison(first.problem, first.optimizers, list(pairs), pairs, first.settings)
     also = None
-    if first_also := parts[0].also:
-        also = dataclasses.replace(first_also, precisions=list(pairs),
-                                   pairs={p: v for part in parts for p, v in part.also.pairs.items()})  # fmt: skip
+    if parts[0].also is not None:
+        joined = {p: v for part in parts for p, v in part.also.pairs.items()}
+        also = dataclasses.replace(parts[0].also, precisions=list(joined), pairs=joined)
     return dataclasses.replace(_classes_of(comp), also=also)
 
 

@@ -79,7 +79,8 @@ def write_sweep_report(out: str | os.PathLike) -> Path:
     return write_page(out / REPORT_FILE, f"optimorph sweep: {doc.get('name', out.name)}", body)
 
 
-def _problem_section(out: Path, i: int, problem: str, found: list[Point], n_seeds: int) -> list[str]:
+def _problem_section(out: Path, i: int, problem: str, found: list[Point], n_seeds: int
+                     ) -> list[str]:  # fmt: skip
     """The best-points table and the sensitivity figure of one problem."""
     info = _problem_info(out, problem)
     groups: dict[tuple[str, str], list[Point]] = {}
@@ -87,8 +88,8 @@ def _problem_section(out: Path, i: int, problem: str, found: list[Point], n_seed
         groups.setdefault((p.family, p.precision), []).append(p)
     rows, best, rule, metric = [], {}, "", ""
     families = list(dict.fromkeys(p.family for p in found))
-    for (family, precision), members in sorted(groups.items(),
-                                               key=lambda kv: families.index(kv[0][0])):  # fmt: skip
+    by_family = sorted(groups.items(), key=lambda kv: families.index(kv[0][0]))
+    for (family, precision), members in by_family:
         ranked = rank([dict(p.entry) for p in members], n_seeds=n_seeds, problem_info=info)
         rule, metric = ranked["rule"], ranked["metric"]
         diverged = sum(1 for p in members if p.entry["n_diverged"])
@@ -113,8 +114,9 @@ def _problem_section(out: Path, i: int, problem: str, found: list[Point], n_seed
     if fig is not None:
         path = save_figure(fig, out / SENSITIVITY_FILE.format(i=i))
         caption = (f"{metric} (mean over seeds, error bars one standard deviation) along each "
-                   "swept hyperparameter, the others held at the best point's values; one line "
-                   "per precision. A beta close to 1 is drawn as 1 - beta on a log axis.")  # fmt: skip
+                   "swept hyperparameter, the others held at the best point's values; one "
+                   "line per precision. A beta close to 1 is drawn as 1 - beta on a log "
+                   "axis.")  # fmt: skip
         section.append(figure_html(path, caption))
     return section
 

@@ -224,7 +224,8 @@ def comparisons(out: str | os.PathLike, plan: Mapping[str, Any] | None = None) -
     Returns:
       One dict per comparison: ``problem``, ``point`` (what the pair shares: the optimizer, or
       the precision), ``value`` (the compared value) and ``reference``, ``metric``, ``n`` (seeds
-      in both), ``mean_diff`` (value - reference) with ``ci_low``/``ci_high`` (a 1 - alpha interval), ``p_value``,
+      in both), ``mean_diff`` (value - reference) with ``ci_low``/``ci_high`` (a 1 - alpha
+      interval), ``p_value``,
       ``tost_p``, ``margin`` (absolute), ``verdict`` (``equivalent``, ``different``,
       ``inconclusive``) and ``note``; [] without a plan.
     """
@@ -265,7 +266,8 @@ def comparisons(out: str | os.PathLike, plan: Mapping[str, Any] | None = None) -
         if e.equivalent:
             verdict = "equivalent"
             if t.p_value < plan["alpha"]:  # both can hold: a real difference inside the margin
-                note = f"inside the margin, though the t-test finds a difference (p={t.p_value:.2g})"
+                note = ("inside the margin, though the t-test finds a difference "
+                        f"(p={t.p_value:.2g})")
         elif np.isfinite(t.p_value) and t.p_value < plan["alpha"]:
             verdict = "different"
         else:

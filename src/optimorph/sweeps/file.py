@@ -299,8 +299,8 @@ class _Reader:
                             "\"optimizer\"")  # fmt: skip
         if not isinstance(plan["reference"], str):
             example = '"fp32"' if against == "precision" else '"sgd(lr=0.1)"'
-            raise self.fail(where, f"statistics: reference is missing; add the {against} the "
-                                   f"others are compared with, e.g. reference = {example}")  # fmt: skip
+            raise self.fail(where, f"statistics: reference is missing; add the {against} "
+                                   f"the others are compared with, e.g. reference = {example}")
         ref_where = (*where, "reference")
         if against == "precision":
             names = {str(policy): text for (text, _), policy in precisions.items()}
@@ -315,8 +315,9 @@ class _Reader:
             except ValueError as err:
                 raise self.fail(ref_where, f"reference = {plan['reference']!r}: {err}") from None
             if canonical not in {spec.canonical for spec, _ in points}:
-                raise self.fail(ref_where, f"reference = {plan['reference']!r} is not one of the "
-                                           "optimizer points; give one as the file lists it")  # fmt: skip
+                raise self.fail(ref_where, f"reference = {plan['reference']!r} is not one of "
+                                           "the optimizer points; give one as the file lists "
+                                           "it")  # fmt: skip
         plan["reference"] = canonical
         metric = plan["metric"]
         splits = {"train_step", "train", *(n for prob in problems.values() for n in prob.evals)}

@@ -1,0 +1,5 @@
+"""``python -m optimorph.cli``: the ``optimorph`` command."""
+
+from optimorph.cli import entry
+
+entry()
