@@ -298,3 +298,11 @@ def test_further_pairs_ride_on_the_classes_runs_with_compares_verdicts():
     merged = merge_classes([c, classes(opts, precisions=["fp32"], also=also, **run)])
     assert merged.also.precisions == ["fp64", "fp32"]
     assert merged.also.pairs["fp64"][0] is v
+
+
+def test_a_progress_tag_prefixes_every_line_of_a_workers_job(capfd):
+    """proposal16's jobs run in processes that share one terminal: each line says whose it is."""
+    classes(["sgd(lr=0.05)", "signsgd(lr=0.05)"], problem="least-squares(n=32, d=4)",
+            precisions="fp64", seeds=2, steps=20, progress="mlp fp64")  # fmt: skip
+    err = capfd.readouterr().err
+    assert "mlp fp64: train sgd(lr=0.05)" in err and "mlp fp64: pairs at fp64" in err, err

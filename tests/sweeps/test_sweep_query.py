@@ -138,3 +138,29 @@ def test_the_statistics_plan_pairs_cells_by_seed(reference, tmp_path):
     text = re.sub(r"<[^>]+>", "", (copy / "report.html").read_text())
     assert "Statistics (the sweep file's plan, fixed before any cell ran)" in text
     assert "Each precision against fp32" in text and "2 comparisons:" in text
+
+
+def test_a_plan_on_a_metric_the_cells_lack_is_one_clear_message(reference, tmp_path):
+    from optimorph.results.sweep_results import comparisons
+
+    store, _ = reference
+    plan = {"against": "precision", "reference": "fp32", "metric": "validation_loss",
+            "margin": 0.05, "alpha": 0.05}  # fmt: skip
+    with pytest.raises(ValueError, match="metric 'validation_loss' is not a final number of the "
+                       "finished cells; they have .*test_loss"):  # fmt: skip
+        comparisons(store, plan)
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["config"]["statistics"] = plan
+    (copy / "config.json").write_text(json.dumps(config))
+    assert cli.main(["report", str(copy)]) == 0  # the rest of the report is still drawn
+    text = re.sub(r"<[^>]+>", "", (copy / "report.html").read_text())
+    assert "is not a final number of the finished cells" in text and "Best point" in text
+
+
+def test_only_a_momentum_like_hyperparameter_is_drawn_as_one_minus_beta():
+    from optimorph.report.sweep_report import _is_beta
+
+    assert _is_beta("b2", [0.99, 0.999]) and _is_beta("momentum", [0.5, 0.9])
+    assert not _is_beta("lr", [0.5, 0.9]) and not _is_beta("b1", [0.0, 0.9])

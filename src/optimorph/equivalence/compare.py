@@ -194,7 +194,7 @@ def measure(
     batch_size: int | None = None,
     eval_every: int | None = None,
     replicas: int = DEFAULTS["replicas"],
-    progress: bool = True,
+    progress: bool | str = True,
     checkpoint_dir: Any = None,
 ) -> _Runs:
     """Train every optimizer once at ``precision`` with noise replicas and recorded trajectories."""
@@ -330,7 +330,10 @@ def _judge(prob, specs, p, run, cfg, maps, pairs, progress) -> list[PairVerdict]
     p_name = str(make_precision(p))
     runs = measure(prob, specs, precision=p, replicas=int(cfg["replicas"]), progress=progress, **run)
     # Defects, intrinsic errors and theory checks take seconds per pair: show progress.
-    bar = Progress(len(pairs), f"pairs at {p_name}", enabled=progress, unit="pairs")
+    label = f"pairs at {p_name}"
+    if isinstance(progress, str):  # a worker's tag, as the trainer's lines carry it
+        label = f"{progress}: {label}"
+    bar = Progress(len(pairs), label, enabled=bool(progress), unit="pairs")
     out = []
     for i, j in pairs:
         smap = (maps or {}).get((i, j))
@@ -907,7 +910,7 @@ def classes(
     steps: int = 500,
     batch_size: int | None = None,
     eval_every: int | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     checkpoint_dir: Any = None,
     workers: int | None = 1,
     diagnose: bool = False,
@@ -921,7 +924,8 @@ def classes(
     not a ~ c are reported (p-equivalence is not transitive in general). ``workers`` > 1 (None:
     one per core) judges the precisions in that many processes, with the same verdicts.
     ``diagnose``: as for :func:`compare`, each pair found different gets the step, slot and
-    likely cause where it parts (seconds per pair). ``also``: further pairs ``(a, b)`` judged
+    likely cause where it parts (seconds per pair). ``progress``: a string tags each progress
+    line (a worker's job). ``also``: further pairs ``(a, b)`` judged
     on the same training runs, their optimizers trained alongside (once each, with the same
     seeds); they take no part in the classes, and their verdicts are ``Classes.also``, the
     verdicts ``compare(a, b)`` gives on the same settings.

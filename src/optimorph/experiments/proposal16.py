@@ -116,8 +116,10 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
              for label in recipe.models}  # fmt: skip
     # By its spec: worker processes rebuild the problem from it (the problem is seeded); a
     # rerun after a crash resumes each job's training from its checkpoints.
+    # Each job's training shows its own progress line, tagged "mlp fp16: ..." (jobs of hours
+    # at the full settings; several processes share the terminal).
     jobs = [(probs[label].name, p, OPTIMIZERS, VERIFY_PAIRS, common,
-             str(out / "checkpoints" / label), label)
+             str(out / "checkpoints" / label), f"{label} {p}" if progress else False, label)
             for label in sorted(recipe.models, key=lambda m: m != "cnn")  # the CNN's are longest
             for p in PRECISIONS]  # fmt: skip
     _log(progress, f"{len(jobs)} jobs: classes of {len(OPTIMIZERS)} optimizers and "
@@ -152,9 +154,9 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
 
 def _job(job: tuple) -> Any:
     """One (model, precision): the classes with the exact maps' pairs (in a worker process)."""
-    prob, precision, optimizers, verify_pairs, common, checkpoints, _ = job
+    prob, precision, optimizers, verify_pairs, common, checkpoints, progress, _ = job
     return classes(optimizers, problem=prob, precisions=[precision], also=verify_pairs,
-                   checkpoint_dir=checkpoints, progress=False, **common)  # fmt: skip
+                   checkpoint_dir=checkpoints, progress=progress, **common)  # fmt: skip
 
 
 def _mlp_problem(recipe: Recipe):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,8 +32,15 @@ from optimorph.report.html import (
 from optimorph.report.style import MAX_WIDTH, legend_above, series_style, tidy_log_ticks
 from optimorph.results import sweep_store
 from optimorph.results.rundir import CONFIG_FILE, read_config
-from optimorph.results.summary import rank
-from optimorph.results.sweep_results import Point, cells_table, comparisons, points
+from optimorph.results.summary import RANK_METRICS, rank
+from optimorph.results.sweep_results import (
+    Point,
+    Store,
+    column_of,
+    comparisons,
+    points,
+    read_store,
+)
 
 __all__ = ["write_sweep_report", "SENSITIVITY_FILE"]
 
@@ -44,9 +52,11 @@ def write_sweep_report(out: str | os.PathLike) -> Path:
     out = Path(out)
     config = read_config(out, kind=sweep_store.KIND)
     doc = config["config"]
-    status = cells_table(out).column("status").to_pylist()
+    store = read_store(out)  # read once: the counts, the points and the statistics
+    status = [r["status"] for r in store.rows]
     counts = {s: status.count(s) for s in ("done", "failed", "pending")}
-    found = points(out)
+    found = points(store)
+    ranked = next((k for k in RANK_METRICS if k in store.final_keys), RANK_METRICS[-1])
     seeds = sorted({int(c["seed"]) for c in doc["cells"]})
     body = [
         f"<h1>optimorph sweep: {cell_text(doc.get('name', out.name))}</h1>",
@@ -63,12 +73,12 @@ def write_sweep_report(out: str | os.PathLike) -> Path:
     for i, problem in enumerate(dict.fromkeys(p.problem for p in found)):
         mine = [p for p in found if p.problem == problem]
         body += _problem_section(out, i, problem, mine, len(seeds))
-    body += _statistics_section(out, doc.get("statistics"))
+    body += _statistics_section(store)
     body += [
         "<h2>Querying the cells</h2>",
         "<p>Every number here comes from the store's tables: <code>optimorph query "
-        f"{cell_text(str(out))} \"select family, precision, min(validation_loss) from cells "
-        "group by all\"</code> (tables <code>cells</code> and <code>metrics</code>; "
+        f"{cell_text(str(out))} \"select family, precision, min({column_of(ranked)}) from "
+        "cells group by all\"</code> (tables <code>cells</code> and <code>metrics</code>; "
         "docs/sweeps.md lists their columns).</p>",
         "<h2>Sweep file</h2>",
         f"<pre>{cell_text((out / sweep_store.SWEEP_FILE).read_text())}</pre>"
@@ -115,8 +125,8 @@ def _problem_section(out: Path, i: int, problem: str, found: list[Point], n_seed
         path = save_figure(fig, out / SENSITIVITY_FILE.format(i=i))
         caption = (f"{metric} (mean over seeds, error bars one standard deviation) along each "
                    "swept hyperparameter, the others held at the best point's values; one "
-                   "line per precision. A beta close to 1 is drawn as 1 - beta on a log "
-                   "axis.")  # fmt: skip
+                   "line per precision. A beta-like hyperparameter (b1, b2, momentum) near "
+                   "1 is drawn as 1 - beta on a log axis.")  # fmt: skip
         section.append(figure_html(path, caption))
     return section
 
@@ -158,7 +168,7 @@ def _sensitivity_figure(found: list[Point], best: dict, metric: str) -> Figure |
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     handles: dict[str, object] = {}
     for ax, (family, axis) in zip(axes, panels, strict=False):
-        beta = _is_beta([p.hparams[axis] for p in found if p.family == family])
+        beta = _is_beta(axis, [p.hparams[axis] for p in found if p.family == family])
         for k, precision in enumerate(precisions):
             top = best.get((family, precision))
             if top is None:
@@ -191,17 +201,23 @@ def _sensitivity_figure(found: list[Point], best: dict, metric: str) -> Figure |
     return fig
 
 
-def _is_beta(values: Sequence[float]) -> bool:
-    """A momentum-like hyperparameter, every value in [0.5, 1): read as 1 - beta."""
-    return all(0.5 <= v < 1 for v in values)
+def _is_beta(name: str, values: Sequence[float]) -> bool:
+    """A momentum-like hyperparameter (b1, b2, beta, beta2, momentum, decay, rho), every value in
+    [0.5, 1): read as 1 - beta. By name too: a learning rate of 0.5 to 0.9 is not a beta."""
+    momentum_like = re.fullmatch(r"b\d*|beta\d*|momentum|decay|rho", name) is not None
+    return momentum_like and all(0.5 <= v < 1 for v in values)
 
 
-def _statistics_section(out: Path, plan: dict | None) -> list[str]:
+def _statistics_section(store: Store) -> list[str]:
     """The sweep file's statistics plan, stated as it was fixed before any cell ran, and its
     paired comparisons."""
+    plan = store.plan
     if not plan:
         return []
-    found = comparisons(out, plan)
+    try:
+        found = comparisons(store)
+    except ValueError as err:  # a metric the cells do not have: say so, draw the rest
+        return ["<h2>Statistics (the sweep file's plan)</h2>", f"<p>{cell_text(str(err))}</p>"]
     axis = plan["against"]
     metric = plan.get("metric") or "the ranking rule's metric"
     head = [

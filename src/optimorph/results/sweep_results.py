@@ -38,8 +38,8 @@ from optimorph.results import sweep_store
 from optimorph.results.rundir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_config
 from optimorph.results.store import RunDirError
 
-__all__ = ["cells_table", "query", "points", "Point", "comparisons", "column_of",
-           "hyperparameters", "BASE_COLUMNS"]
+__all__ = ["read_store", "Store", "cells_table", "query", "points", "Point", "comparisons",
+           "column_of", "hyperparameters", "BASE_COLUMNS"]
 
 # The metrics view when no cell has finished: the columns, no rows (queries still run).
 _EMPTY_METRICS = (
@@ -73,29 +73,27 @@ def hyperparameters(canonical: str) -> dict[str, Any]:
     return out
 
 
-def cells_table(out: str | os.PathLike) -> pa.Table:
-    """The ``cells`` table of the sweep store ``out`` (see the module docstring).
+@dataclasses.dataclass(frozen=True)
+class Store:
+    """A sweep store read once: every cell as a dict (hyperparameters under ``("hp", name)``,
+    final numbers under ``("final", metric key)``), the hyperparameters' value types, the final
+    metric keys, and the statistics plan the store recorded. The table, the points and the
+    comparisons all come from one read (a store holds up to 100,000 cells)."""
+
+    path: Path
+    rows: list[dict]
+    hp_types: dict[str, set]
+    final_keys: list[str]
+    plan: Mapping[str, Any] | None
+
+
+def read_store(out: str | os.PathLike) -> Store:
+    """Read the sweep store ``out`` (its ``config.json`` and each finished cell's summary).
 
     Raises:
       RunDirError: ``out`` is not a sweep store.
     """
-    rows, hp_types, final_keys = _read_cells(Path(out))
-    columns: dict[str, list] = {name: [r[name] for r in rows] for name in BASE_COLUMNS}
-    for name, types in hp_types.items():
-        column = name if name not in columns else f"hp_{name}"
-        values = [r.get(("hp", name)) for r in rows]
-        if types != {float}:  # a number in one cell, a schedule in another: all as text
-            values = [None if v is None else v if isinstance(v, str) else repr(v) for v in values]
-        columns[column] = values
-    columns["diverged_at"] = [r.get("diverged_at") for r in rows]
-    for key in final_keys:
-        columns[column_of(key)] = [_finite(r.get(("final", key))) for r in rows]
-    return pa.table(columns)
-
-
-def _read_cells(out: Path) -> tuple[list[dict], dict[str, set], list[str]]:
-    """Every cell of the store as a dict (hyperparameters under ``("hp", name)``, final numbers
-    under ``("final", metric key)``), the hyperparameters' value types, the final metric keys."""
+    out = Path(out)
     if not (out / CONFIG_FILE).is_file():
         raise RunDirError(f"{out} is not a sweep store (it has no {CONFIG_FILE}): give the --out "
                           "of optimorph sweep")  # fmt: skip
@@ -103,19 +101,22 @@ def _read_cells(out: Path) -> tuple[list[dict], dict[str, set], list[str]]:
     done = sweep_store.done_cells(out)
     failed = sweep_store.failures(out)
     rows, hp_types, final_keys = [], {}, {}
+    parsed: dict[str, tuple[str, dict]] = {}  # a point's spec is parsed once, not per seed
     for c in doc["cells"]:
         status = "done" if c["id"] in done else "failed" if c["id"] in failed else "pending"
         settings = c.get("settings", {})
         canonical = c["optimizer"]  # the store records each point with every value spelled out
+        if canonical not in parsed:
+            parsed[canonical] = (spec_lib.parse(canonical).name, hyperparameters(canonical))
+        family, hparams = parsed[canonical]
         row: dict[Any, Any] = {
             "cell": c["id"], "batch": c["batch"], "problem": c["problem"],
             "precision": c["precision"], "optimizer": canonical,
-            "label": c.get("label", canonical),
-            "family": spec_lib.parse(canonical).name, "seed": int(c["seed"]),
+            "label": c.get("label", canonical), "family": family, "seed": int(c["seed"]),
             "status": status, "steps": settings.get("steps"),
             "batch_size": settings.get("batch_size"),
         }  # fmt: skip
-        for name, value in hyperparameters(canonical).items():
+        for name, value in hparams.items():
             hp_types.setdefault(name, set()).add(type(value))
             row[("hp", name)] = value
         if status == "done":
@@ -126,7 +127,33 @@ def _read_cells(out: Path) -> tuple[list[dict], dict[str, set], list[str]]:
                 final_keys[key] = None
                 row[("final", key)] = stats["mean"]
         rows.append(row)
-    return rows, hp_types, list(final_keys)
+    return Store(out, rows, hp_types, list(final_keys), doc.get("statistics"))
+
+
+def _store(out: str | os.PathLike | Store) -> Store:
+    return out if isinstance(out, Store) else read_store(out)
+
+
+def cells_table(out: str | os.PathLike | Store) -> pa.Table:
+    """The ``cells`` table of a sweep store (a path or a :class:`Store`; see the module
+    docstring).
+
+    Raises:
+      RunDirError: ``out`` is not a sweep store.
+    """
+    store = _store(out)
+    rows = store.rows
+    columns: dict[str, list] = {name: [r[name] for r in rows] for name in BASE_COLUMNS}
+    for name, types in store.hp_types.items():
+        column = name if name not in columns else f"hp_{name}"
+        values = [r.get(("hp", name)) for r in rows]
+        if types != {float}:  # a number in one cell, a schedule in another: all as text
+            values = [None if v is None else v if isinstance(v, str) else repr(v) for v in values]
+        columns[column] = values
+    columns["diverged_at"] = [r.get("diverged_at") for r in rows]
+    for key in store.final_keys:
+        columns[column_of(key)] = [_finite(r.get(("final", key))) for r in rows]
+    return pa.table(columns)
 
 
 def query(out: str | os.PathLike, sql: str) -> pa.Table:
@@ -192,12 +219,13 @@ class Point:
     entry: Mapping[str, Any]
 
 
-def points(out: str | os.PathLike) -> list[Point]:
-    """The finished cells of the store ``out`` pooled over seeds into points, in the sweep's
-    order of cells."""
+def points(out: str | os.PathLike | Store) -> list[Point]:
+    """The finished cells of a sweep store (a path or a :class:`Store`) pooled over seeds into
+    points, in the sweep's order of cells."""
     from optimorph.results.summary import seed_stats
 
-    rows, _, final_keys = _read_cells(Path(out))
+    store = _store(out)
+    rows, final_keys = store.rows, store.final_keys
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         if row["status"] == "done":
@@ -214,7 +242,8 @@ def points(out: str | os.PathLike) -> list[Point]:
     return found
 
 
-def comparisons(out: str | os.PathLike, plan: Mapping[str, Any] | None = None) -> list[dict]:
+def comparisons(out: str | os.PathLike | Store, plan: Mapping[str, Any] | None = None
+                ) -> list[dict]:  # fmt: skip
     """The paired comparisons of a sweep's statistics plan (the store's, unless ``plan`` is
     given): each cell group that differs from the reference only in the plan's axis
     (``precision`` or ``optimizer``), paired with the reference's cells by seed, judged on the
@@ -227,22 +256,28 @@ def comparisons(out: str | os.PathLike, plan: Mapping[str, Any] | None = None) -
       in both), ``mean_diff`` (value - reference) with ``ci_low``/``ci_high`` (a 1 - alpha
       interval), ``p_value``,
       ``tost_p``, ``margin`` (absolute), ``verdict`` (``equivalent``, ``different``,
-      ``inconclusive``) and ``note``; [] without a plan.
+      ``inconclusive``) and ``note``; [] without a plan or a finished cell.
+
+    Raises:
+      ValueError: the plan's metric is not a final number of the finished cells.
     """
     from optimorph import stats
     from optimorph.results.summary import RANK_METRICS
 
-    out = Path(out)
-    if plan is None:
-        plan = read_config(out, kind=sweep_store.KIND)["config"].get("statistics")
+    store = _store(out)
+    plan = store.plan if plan is None else plan
     if not plan:
         return []
-    rows, _, final_keys = _read_cells(out)
+    rows, final_keys = store.rows, store.final_keys
+    if not final_keys:  # nothing has finished
+        return []
     metric = plan.get("metric")
     key = next((k for k in final_keys if column_of(k) == metric), None) if metric else next(
         (k for k in RANK_METRICS if k in final_keys), None)  # fmt: skip
     if key is None:
-        return []
+        raise ValueError(
+            f"statistics: metric {metric!r} is not a final number of the finished cells; they "
+            f"have {', '.join(column_of(k) for k in final_keys)}")  # fmt: skip
     axis, other = ("precision", "optimizer") if plan["against"] == "precision" else (
         "optimizer", "precision")  # fmt: skip
     values: dict[tuple, dict[int, float]] = {}
