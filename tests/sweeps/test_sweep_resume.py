@@ -91,3 +91,20 @@ def test_a_store_of_another_sweep_is_refused(tiny_file, reference, tmp_path, cap
     err = capsys.readouterr().err
     assert f"optimorph: error: {reference[0]} holds another sweep" in err and "--overwrite" in err
     assert len(err.strip().splitlines()) == 2  # the plan's line, then the error
+
+
+def test_a_batch_killed_after_its_last_cell_leaves_no_work_folder(tiny_file, reference,
+                                                                 tmp_path):  # fmt: skip
+    """A kill between a batch's last rename and its clean-up leaves work/<batch>; the next run
+    has nothing of that batch to run, and removes it."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(reference[0], store)
+    batch = load(tiny_file).batches[0].id
+    (store / "work" / batch / "checkpoints").mkdir(parents=True)
+    (store / "work" / batch / "checkpoints" / "checkpoint-x.npz").write_bytes(b"left")
+    report = run_sweep(load(tiny_file), store, progress=False)
+    assert (report.done, report.written) == (8, 0)
+    assert list((store / "work").iterdir()) == []
+    assert digest(store) == reference[1]

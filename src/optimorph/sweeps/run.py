@@ -126,6 +126,9 @@ def run_sweep(
         x64 = bool(jax.config.jax_enable_x64)
         tasks = [BatchTask(out_abs, b, x64, float(checkpoint_every)) for b in sweep.batches
                  if not set(b.cell_ids) <= before]  # fmt: skip
+        for b in sweep.batches:  # killed after its last cell's rename, before its clean-up
+            if set(b.cell_ids) <= before:
+                sweep_store.finish_batch(out, b.id)
         bar = Progress(len(ids), f"sweep {sweep.name}", enabled=progress, unit="cells",
                        every_s=2.0)  # fmt: skip
         tally = _Tally(bar, tasks, before)
