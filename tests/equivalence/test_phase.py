@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import pytest
 
 from optimorph.equivalence.phase import phase_diagram, round_to_bits
 
@@ -43,3 +44,21 @@ def test_known_cells_of_the_phase_diagram():
         "a 0.1% learning-rate change is visible at fp64 and below the floor at 4 mantissa bits"
     )
     assert len(pd.table()) == 3 * 3 * 2
+
+
+def test_the_least_squares_family_and_the_axes_bounds():
+    pairs = [("adam(lr=0.01, b1=0, b2=0, eps=0)", "signsgd(lr=0.01)"),
+             ("sgd(lr=0.01)", "signsgd(lr=0.01)")]  # fmt: skip
+    pd = phase_diagram(pairs, mantissa_bits=[10, 52], heterogeneity=[1.0, 1e3], steps=60,
+                       evals=5, seeds=2, family="least-squares")  # fmt: skip
+    assert pd.settings["family"] == "least-squares"
+    assert pd.equivalent[0].all(), "adam without moments is sign descent on least squares too"
+    assert not pd.equivalent[1, :, 1].any(), "sgd vs signsgd differ with spread feature scales"
+    # the family changes the problem: the same pair's ratios differ from the quadratic's
+    quad = phase_diagram(pairs[1:], mantissa_bits=[52], heterogeneity=[1e3], steps=60, evals=5,
+                         seeds=2)  # fmt: skip
+    assert quad.ratio[0, 0, 0] != pd.ratio[1, 1, 1]
+    for bad in (dict(heterogeneity=[0.5, 10.0]), dict(mantissa_bits=[10, 60]),
+                dict(family="rosenbrock")):  # fmt: skip
+        with pytest.raises(ValueError):
+            phase_diagram(pairs, steps=10, evals=5, **bad)

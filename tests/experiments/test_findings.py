@@ -113,23 +113,64 @@ def test_an_exact_map_outside_its_domain_is_open_not_failed():
     assert not proposal16._eps_zero("adam(lr=1e-3, eps=0.0001)")
 
 
+def _pair_summary(a, b, outcome, ratio, tost_p=0.5, reason="r"):
+    return {"a": a, "b": b, "outcome": outcome, "distance_ratio": ratio, "decided": True,
+            "tost_p_value": tost_p, "tost_margin": 0.05, "final_metric": "test_loss",
+            "final_diff": 0.01, "reason": reason}  # fmt: skip
+
+
 def test_proposal16_rows_state_their_rules_and_say_what_was_observed():
     sgd, mom, sign = "sgd(lr=0.1)", "momentum(lr=0.01, beta=0.9)", "signsgd(lr=1e-3)"
-    adam = "adam(lr=1e-3, b1=0.9, b2=0.001)"
-    result = {
-        "classes": {"fp16": [[sgd, mom, adam], [sign]], "fp32": [[sgd], [mom], [adam], [sign]],
-                    "fp64": [[sgd], [mom], [adam], [sign]]},
-        "verification": {},
+    adam_b2 = "adam(lr=1e-3, b1=0.9, b2=0.001)"
+    adam = "adam(lr=1e-3, b1=0.9, b2=0.999)"
+    pairs = {
+        "fp16": [_pair_summary(adam, mom, "equivalent", 3.0), _pair_summary(mom, adam_b2,
+                 "equivalent", 2.0)],
+        "fp32": [_pair_summary(adam, mom, "different", 40.0, tost_p=0.01),
+                 _pair_summary(mom, adam_b2, "different", 50.0),
+                 _pair_summary(sign, mom, "different", 1e3)],
+        "fp64": [_pair_summary(adam, mom, "different", 400.0)],
     }  # fmt: skip
-    rows = {r["claim"]: r for r in proposal16.expectations(result)}
-    assert rows["2-3 classes at fp16"]["rule"] == "2 <= classes at fp16 <= 3"
-    assert rows["2-3 classes at fp16"]["held"] is True
-    assert rows["5+ classes at fp64"]["rule"] == "classes at fp64 >= 5"
-    assert rows["5+ classes at fp64"]["held"] is False
-    assert not rows["5+ classes at fp64"]["judged_at_quick"]
-    claim = next(c for c in rows if c.startswith("Adam(beta2 -> 0) is not equivalent"))
-    assert rows[claim]["held"] is False  # together at fp16: the claim "not equivalent" failed
-    assert rows[claim]["measured"] == "in one class with momentum at: fp16"
+    distances = {"fp32": {f"{mom} | {adam_b2}": {"d_max": 2e-3, "d_final": 1e-3},
+                          f"{sign} | {mom}": {"d_max": 1.0, "d_final": 1.0,
+                                              "exponents": [0.49, 0.52, 0.5, 0.47]}}}  # fmt: skip
+    result = {
+        "classes": {"fp16": [[sgd, mom, adam, adam_b2], [sign]],
+                    "fp32": [[sgd], [mom], [adam], [adam_b2], [sign]],
+                    "fp64": [[sgd], [mom], [adam], [adam_b2], [sign]]},
+        "pairs": pairs, "distances": distances, "verification": {},
+    }  # fmt: skip
+    rows = {r["claim"][:3]: r for r in proposal16.expectations(result, C=10.0)}
+    five = {r["claim"]: r for r in proposal16.expectations(result) if r["claim"].startswith("(5)")}
+    assert five["(5) 2-3 classes at fp16"]["rule"] == "2 <= classes at fp16 <= 3"
+    assert five["(5) 2-3 classes at fp16"]["held"] is True
+    assert five["(5) 5+ classes at fp64"]["rule"] == "classes at fp64 >= 5"
+    assert five["(5) 5+ classes at fp64"]["held"] is True
+    assert not five["(5) 5+ classes at fp64"]["judged_at_quick"]
+    # (1) the proposal's absolute distance, the rule printed from the one applied
+    assert rows["(1)"]["held"] is False and "= 0.002" in rows["(1)"]["measured"]
+    assert rows["(1)"]["rule"] == "max_t median distance < 1e-05"
+    # (2) exponents around 1/2 with a narrow interval: held
+    assert rows["(2)"]["held"] is True and "growth exponent 0.495" in rows["(2)"]["measured"]
+    # (3) distinguishable (40 > C) and TOST p 0.01 < 0.05: held
+    assert rows["(3)"]["held"] is True
+    # (4) the pair equivalent at fp16: held; the ratios by precision are printed
+    assert rows["(4)"]["held"] is True and "fp32 40" in rows["(4)"]["measured"]
+
+
+def test_the_growth_claim_fails_when_the_interval_excludes_one_half_and_is_open_when_wide():
+    sign, mom = "signsgd(lr=1e-3)", "momentum(lr=0.01, beta=0.9)"
+
+    def row(exponents):
+        result = {"classes": {"fp32": [[sign], [mom]]},
+                  "pairs": {"fp32": [_pair_summary(sign, mom, "different", 1e3)]},
+                  "distances": {"fp32": {f"{sign} | {mom}": {"d_max": 1.0, "d_final": 1.0,
+                                                            "exponents": exponents}}}}  # fmt: skip
+        return proposal16._growth_claim(result, sign, mom)
+
+    assert row([0.98, 1.0, 1.02, 0.99])["held"] is False  # linear growth, tight: not sqrt(t)
+    assert row([0.1, 0.9, 0.3, 0.8])["held"] is None  # the interval covers 0.5 but is wide
+    assert row([0.5])["held"] is None  # one seed: no interval
 
 
 def test_the_zero_gradient_share_counts_inputs_that_are_always_zero():
@@ -145,12 +186,19 @@ def test_the_zero_gradient_share_counts_inputs_that_are_always_zero():
     assert proposal16.zero_gradient_share(prob) == pytest.approx(1 / 3)
 
 
-def test_the_adam_momentum_row_finds_the_adam_spec_that_was_compared():
-    """The recipe's Adam carries eps=1e-4: the row must find it, not a spec without eps."""
+def test_the_adam_momentum_rows_find_the_adam_specs_that_were_compared():
+    """The recipe's Adams carry eps=1e-4: the rows must find them, not specs without eps."""
     mom = "momentum(lr=0.01, beta=0.9)"
-    adam = next(o for o in proposal16.OPTIMIZERS if "b2=0.001" in o)
+    adam_b2 = next(o for o in proposal16.OPTIMIZERS if "b2=0.001" in o)
+    adam = next(o for o in proposal16.OPTIMIZERS if "b2=0.999" in o)
     sign = "signsgd(lr=1e-3)"
-    result = {"classes": {p: [[mom, adam], [sign]] for p in ("fp16", "fp32", "fp64")},
+    result = {"classes": {p: [[mom, adam_b2, adam], [sign]] for p in ("fp16", "fp32", "fp64")},
+              "pairs": {p: [_pair_summary(mom, adam_b2, "equivalent", 1.0),
+                            _pair_summary(adam, mom, "equivalent", 1.0)]
+                        for p in ("fp16", "fp32", "fp64")},
+              "distances": {"fp32": {f"{mom} | {adam_b2}": {"d_max": 1e-7, "d_final": 1e-7}}},
               "verification": {}}  # fmt: skip
-    row = next(r for r in proposal16.expectations(result) if r["claim"].startswith("Adam("))
-    assert row["held"] is False and row["measured"].endswith("fp16, fp32, fp64")
+    rows = {r["claim"][:3]: r for r in proposal16.expectations(result)}
+    assert rows["(1)"]["held"] is True and "1e-07" in rows["(1)"]["measured"]
+    assert rows["(4)"]["held"] is True
+    assert rows["(3)"]["held"] is False  # equivalent at fp32: not distinguishable

@@ -112,3 +112,34 @@ def test_cli_lists_recipes_and_rejects_bad_settings(tmp_path, capsys):
     assert "unknown recipe 'nope'; registered: batch-size" in capsys.readouterr().err
     assert cli.main(["run", "batch-size", "--set", "stepz=3", "--out", str(tmp_path / "x")]) == 2
     assert "unknown setting stepz" in capsys.readouterr().err
+
+
+def test_scales_are_checked_against_what_each_recipe_offers():
+    from optimorph.experiments.recipes import RECIPES, make_config, scales_of
+
+    p16, tour = RECIPES.lookup("proposal16"), RECIPES.lookup("optimizer-tour")
+    assert scales_of(p16) == ("quick", "medium", "full")
+    assert scales_of(tour) == ("quick", "full")
+    assert make_config(p16, scale="medium").scale == "medium"
+    assert make_config(p16, quick=True).scale == "quick"
+    with pytest.raises(ValueError, match="no scale 'medium'; it offers quick, full"):
+        make_config(tour, scale="medium")
+    with pytest.raises(ValueError, match="--quick and --scale full disagree"):
+        make_config(p16, quick=True, scale="full")
+    assert cli.main(["run", "proposal16", "--set", "scale='quick'"]) == 2
+
+
+def test_cli_scale_option_names_the_run_directory(tmp_path, capsys, monkeypatch):
+    import optimorph.experiments.recipes as recipes_module
+
+    seen = {}
+
+    def fake_run(name, out, **kw):
+        seen.update(kw, out=str(out))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(recipes_module, "run_recipe", fake_run)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        cli.main(["run", "proposal16", "--scale", "medium"])
+    assert seen["scale"] == "medium" and seen["out"].endswith("proposal16-medium")

@@ -49,8 +49,9 @@ def add(sub) -> None:
     ph.add_argument(
         "--problem-family",
         default="quadratic",
-        choices=["quadratic"],
-        help="diagonal quadratic whose condition number is the heterogeneity knob",
+        choices=["quadratic", "least-squares"],
+        help="quadratic: diagonal, its condition number is the heterogeneity; least-squares: "
+        "features scaled over the heterogeneity (default quadratic)",
     )
     ph.add_argument(
         "--mantissa-bits",
@@ -170,7 +171,7 @@ def phase_diagram_command(args) -> int:
 
         pd = phase_diagram(
             pairs, mantissa_bits=bits, heterogeneity=het, steps=args.steps, seeds=args.seeds,
-            done=done, on_optimizer=checkpoint,
+            family=args.problem_family, done=done, on_optimizer=checkpoint,
         )  # fmt: skip
         doc = {
             "pairs": [list(p) for p in pd.pairs],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from optimorph.cli.args import output_dir
@@ -14,8 +15,13 @@ def add(sub) -> None:
         "run", help="run a named recipe (without a name: list them)", description=_recipes_help
     )
     ex.add_argument("experiment", nargs="?", metavar="RECIPE", help="a recipe name")
-    ex.add_argument("--quick", action="store_true", help="the same pipeline, small enough for CI")
-    ex.add_argument("--out", type=output_dir, default=None, help="default runs/<recipe>[-quick]")
+    ex.add_argument("--quick", action="store_true", help="the same pipeline, small enough for CI "
+                    "(--scale quick)")  # fmt: skip
+    ex.add_argument("--scale", choices=("quick", "medium", "full"), default=None,
+                    help="quick (CI, a first look), medium (real signal in about half an hour; "
+                    "recipes that have one) or full (the source's settings; the default)")
+    ex.add_argument("--out", type=output_dir, default=None,
+                    help="default runs/<recipe>[-quick|-medium]")  # fmt: skip
     ex.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     ex.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     ex.add_argument(
@@ -62,11 +68,16 @@ def run_command(args) -> int:
             overrides[name.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
             raise ValueError(f"--set {item!r}: {value!r} is not a number, string or list") from None
-    out = args.out or Path("runs") / (args.experiment + ("-quick" if args.quick else ""))
+    if "scale" in overrides:
+        raise ValueError("--set scale=...: the scale is an option, --scale quick|medium|full")
+    scale = "quick" if args.quick and args.scale is None else args.scale
+    suffix = f"-{scale}" if scale in ("quick", "medium") else ""
+    out = args.out or Path("runs") / (args.experiment + suffix)
     run_recipe(
         args.experiment,
         out,
         quick=args.quick,
+        scale=args.scale,
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.quiet,
@@ -74,9 +85,11 @@ def run_command(args) -> int:
     )
     from optimorph.report.recipe_report import write_recipe_report  # after the run, as train does
 
+    started = time.perf_counter()
     report = write_recipe_report(out)
+    drawn = time.perf_counter() - started
     for f in read_json(out, "findings"):
         mark = status_of(f)
         print(f"[{'DID NOT HOLD' if mark == FAILED else mark}] {f['claim']}: {f['measured']}")
-    print(f"report: {report}", file=sys.stderr)
+    print(f"report: {report} (figures and page drawn in {drawn:.1f} s)", file=sys.stderr)
     return 0

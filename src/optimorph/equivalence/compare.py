@@ -48,6 +48,7 @@ from optimorph.precision import precision as make_precision
 from optimorph.precision import require_x64
 from optimorph.problems import Problem
 from optimorph.problems import problem as make_problem
+from optimorph.timing import Phases
 
 __all__ = [
     "PairVerdict",
@@ -167,6 +168,8 @@ class Comparison:
     precisions: list[str]
     pairs: dict[str, list[PairVerdict]]  # precision -> verdicts
     settings: dict
+    # precision -> where its time went ({phase: {"wall_s", "compile_s"}}, see optimorph.timing)
+    timing: dict = dataclasses.field(default_factory=dict)
 
     def verdict(self, a: str, b: str, precision: str) -> PairVerdict:
         for v in self.pairs[precision]:
@@ -308,27 +311,33 @@ def _evaluate(
     if workers > 1 and len(precisions) > 1:
         cells = [(names, problem, p, run, cfg, pairs) for p in precisions]
         bar = Progress(len(cells), "precisions", enabled=progress, unit="precisions")
-        verdicts = map_cells(
+        judged = map_cells(
             _precision_cell, cells, workers=workers, on_result=lambda i, _: bar.advance(1)
         )
-        out = dict(zip(precisions, verdicts, strict=True))
     else:
-        out = {p: _judge(prob, specs, p, run, cfg, maps, pairs, progress) for p in precisions}
+        judged = [_judge(prob, specs, p, run, cfg, maps, pairs, progress) for p in precisions]
+    out = {p: verdicts for p, (verdicts, _) in zip(precisions, judged, strict=True)}
+    timing = {p: t for p, (_, t) in zip(precisions, judged, strict=True)}
     settings_out = {**cfg, **{k: v for k, v in run.items() if k != "checkpoint_dir"}}
-    return Comparison(prob.name, names, precisions, out, settings_out)
+    return Comparison(prob.name, names, precisions, out, settings_out, timing)
 
 
-def _precision_cell(cell) -> list[PairVerdict]:
-    """One precision's verdicts in a worker process (spec strings and a problem spec in)."""
+def _precision_cell(cell) -> tuple[list[PairVerdict], dict]:
+    """One precision's verdicts and timing in a worker process (spec strings and a problem
+    spec in)."""
     names, problem, p, run, cfg, pairs = cell
     specs = [resolve(n) for n in names]
     return _judge(make_problem(problem), specs, p, run, cfg, None, pairs, progress=False)
 
 
-def _judge(prob, specs, p, run, cfg, maps, pairs, progress) -> list[PairVerdict]:
-    """Train every optimizer at precision ``p`` (with replicas), then judge each pair."""
+def _judge(prob, specs, p, run, cfg, maps, pairs, progress) -> tuple[list[PairVerdict], dict]:
+    """Train every optimizer at precision ``p`` (with replicas), then judge each pair; with
+    where the time went (training, then per pair: defects, intrinsic errors, theory checks)."""
     p_name = str(make_precision(p))
-    runs = measure(prob, specs, precision=p, replicas=int(cfg["replicas"]), progress=progress, **run)
+    phases = Phases()
+    with phases("train"):
+        runs = measure(prob, specs, precision=p, replicas=int(cfg["replicas"]), progress=progress,
+                       **run)  # fmt: skip
     # Defects, intrinsic errors and theory checks take seconds per pair: show progress.
     label = f"pairs at {p_name}"
     if isinstance(progress, str):  # a worker's tag, as the trainer's lines carry it
@@ -338,12 +347,11 @@ def _judge(prob, specs, p, run, cfg, maps, pairs, progress) -> list[PairVerdict]
     for i, j in pairs:
         smap = (maps or {}).get((i, j))
         out.append(
-            _pair_verdict(
-                prob, specs, i, j, p, p_name, runs, cfg, run["batch_size"], run["steps"], smap
-            )
+            _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, run["batch_size"],
+                          run["steps"], smap, phases)  # fmt: skip
         )
         bar.advance(1)
-    return out
+    return out, phases.as_dict()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -470,29 +478,23 @@ def trajectory_verdict(
     )  # fmt: skip
 
 
-def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, smap):
+def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, smap, phases):
     r = runs.result
     tv = trajectory_verdict(runs, i, runs, j, p, cfg["C"])
     d, distance_ratio = tv.distance, tv.distance_ratio
     t = r.eval_steps[1:].astype(float)
     growth = stats.growth_exponent(t, np.median(d[:, 1:], axis=0))[0]
     every = max(steps // int(cfg["visits"]), 1)
-    dfx = defect_lib.simulation_defect(
-        specs[i],
-        specs[j],
-        prob,
-        p,
-        smap=smap,
-        seed=0,
-        steps=steps,
-        batch_size=batch_size,
-        every=every,
-    )
+    steps = steps - steps % every  # the visited states: every `every` steps of the run
+    with phases("defects"):
+        dfx = defect_lib.simulation_defect(specs[i], specs[j], prob, p, smap=smap, seed=0,
+                                           steps=steps, batch_size=batch_size, every=every)
     stalled_a = float(np.nanmean(r.stalled[i]))
     stalled_b = float(np.nanmean(r.stalled[j]))
     stalled = stalled_a > cfg["stall_limit"] and stalled_b > cfg["stall_limit"]
-    intrinsic_a = _intrinsic_error(prob, specs[i], p, steps, batch_size, every)
-    intrinsic_b = _intrinsic_error(prob, specs[j], p, steps, batch_size, every)  # both cached
+    with phases("intrinsic errors"):  # both cached per optimizer
+        intrinsic_a = _intrinsic_error(prob, specs[i], p, steps, batch_size, every)
+        intrinsic_b = _intrinsic_error(prob, specs[j], p, steps, batch_size, every)
 
     key = _final_metric(r.evals)
     fa, fb = r.evals[key][i, :, -1], r.evals[key][j, :, -1]
@@ -522,7 +524,8 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
         reason += f"; WARNING: {_stall_warning(stalled_a, stalled_b)}"
     said_a, said_b, nan_a, nan_b = tv.diverged_a, tv.diverged_b, tv.nan_a, tv.nan_b
     per_seed = tv.ratio_per_seed
-    checks = _theory(prob, specs[i], p, steps, batch_size, every)
+    with phases("theory checks"):
+        checks = _theory(prob, specs[i], p, steps, batch_size, every)
     return PairVerdict(
         a=specs[i].text,
         b=specs[j].text,
@@ -961,7 +964,8 @@ def classes(
     )  # fmt: skip
     extra, k = None, len(pairs)
     if further:
-        extra = dataclasses.replace(comp, pairs={p: v[k:] for p, v in comp.pairs.items()})
+        extra = dataclasses.replace(comp, pairs={p: v[k:] for p, v in comp.pairs.items()},
+                                    timing={})  # fmt: skip
         comp = dataclasses.replace(comp, optimizers=comp.optimizers[:n],
                                    pairs={p: v[:k] for p, v in comp.pairs.items()})  # fmt: skip
     if diagnose:
@@ -975,12 +979,14 @@ def merge_classes(parts: Sequence[Classes]) -> Classes:
     optimizers, problem and settings), e.g. precisions judged as separate jobs."""
     first = parts[0].comparison
     pairs: dict[str, list[PairVerdict]] = {}
+    timing: dict[str, dict] = {}
     for part in parts:
         c = part.comparison
         if (c.optimizers, c.problem, c.settings) != (first.optimizers, first.problem, first.settings):
             raise ValueError("merge_classes: the parts compare different optimizers or settings")
         pairs.update(c.pairs)
-    comp = Comparison(first.problem, first.optimizers, list(pairs), pairs, first.settings)
+        timing.update(c.timing)
+    comp = Comparison(first.problem, first.optimizers, list(pairs), pairs, first.settings, timing)
     also = None
     if parts[0].also is not None:
         joined = {p: v for part in parts for p, v in part.also.pairs.items()}

@@ -1,9 +1,15 @@
 """Phase diagram: which pairs are p-equivalent, over mantissa bits x gradient heterogeneity.
 
-The problem family is the diagonal quadratic f(x) = 1/2 sum_i lambda_i x_i^2 with lambda
-log-spaced from 1/h to 1 (largest curvature 1, so one learning rate is stable in every cell),
-started at x_i = +-1, so the gradient heterogeneity max|g_i| / min|g_i| is exactly h at the
-start. Each cell (mantissa bits m, heterogeneity h) runs every optimizer with k noisy replicas
+Two problem families, both with curvatures spread over [1/h, 1] (largest about 1, so one learning
+rate is stable in every cell) and started at x_i = +-1:
+
+- ``quadratic``: the diagonal quadratic f(x) = 1/2 sum_i lambda_i x_i^2 with lambda log-spaced
+  from 1/h to 1, so the gradient heterogeneity max|g_i| / min|g_i| is exactly h at the start;
+- ``least-squares``: f(x) = 1/(2n) ||Z diag(s) (x - x*)||^2 with Z standard normal (n = 4 dim
+  rows, drawn per seed), feature scales s_i log-spaced from h^-1/2 to 1 and x* standard normal:
+  the heterogeneity of a regression whose input features have different scales, with the
+  coupling between coordinates a diagonal quadratic lacks (curvatures about s_i^2, spread h).
+ Each cell (mantissa bits m, heterogeneity h) runs every optimizer with k noisy replicas
 for a few seeds (the training step of :mod:`optimorph.engine.step` with a traced-width
 :class:`~optimorph.precision.TracedBits` policy), and applies the noise-floor rule of
 :mod:`optimorph.equivalence.compare` (d(t) <= C max(N_A, N_B, u ||theta||), median over seeds).
@@ -28,9 +34,11 @@ from optimorph.engine import interrupts, step
 from optimorph.optimizers import resolve
 from optimorph.precision import TracedBits, require_x64, round_to_bits, stalled_fraction
 
-__all__ = ["round_to_bits", "PhaseDiagram", "phase_diagram", "MANTISSA_BITS", "HETEROGENEITY"]
+__all__ = ["round_to_bits", "PhaseDiagram", "phase_diagram", "MANTISSA_BITS", "HETEROGENEITY",
+           "FAMILIES"]
 
 MANTISSA_BITS = (4, 5, 7, 8, 10, 12, 16, 20, 23, 30, 40, 52)  # bf16 = 7, fp16 = 10, fp32 = 23
+FAMILIES = ("quadratic", "least-squares")
 HETEROGENEITY = tuple(float(h) for h in np.logspace(0, 4, 8))
 
 
@@ -77,6 +85,7 @@ def phase_diagram(
     seeds: int = 3,
     replicas: int = 4,
     C: float = 10.0,
+    family: str = "quadratic",
     done: dict | None = None,
     on_optimizer=None,
 ) -> PhaseDiagram:
@@ -85,10 +94,12 @@ def phase_diagram(
     Args:
       pairs: ``(A, B)`` optimizer specs.
       mantissa_bits: explicit mantissa bits of the emulated formats (exponent range of float64).
-      heterogeneity: condition numbers h of the diagonal quadratic (= gradient heterogeneity).
+      heterogeneity: the spread h of the curvatures (each >= 1; the diagonal quadratic's
+        gradient heterogeneity at the start).
       dim, steps, evals: problem size, updates and evaluations per run (steps % evals == 0).
       seeds, replicas: paired seeds (random signs of x0 and noise) and noise replicas.
       C: the noise-floor constant.
+      family: ``"quadratic"`` or ``"least-squares"`` (module docstring).
       done: ``{optimizer: (trajectories, stalled)}`` already computed (a resumed run).
       on_optimizer: called as ``on_optimizer(name, trajectories, stalled)`` after each
         optimizer's grid (to checkpoint it).
@@ -102,6 +113,11 @@ def phase_diagram(
     require_x64("the phase diagram (emulated formats)")
     if steps % evals:
         raise ValueError(f"evals={evals} must divide steps={steps}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown problem family {family!r}; valid: {', '.join(FAMILIES)}")
+    if min(heterogeneity) < 1 or not 1 <= min(mantissa_bits) <= max(mantissa_bits) <= 52:
+        raise ValueError("heterogeneity values must be >= 1 (max|g| / min|g|) and mantissa "
+                         f"bits in 1..52; got {list(heterogeneity)} and {list(mantissa_bits)}")
     names = list(dict.fromkeys(s for pair in pairs for s in pair))
     bits = jnp.asarray(mantissa_bits, jnp.int32)
     het = jnp.asarray(heterogeneity, jnp.float64)
@@ -111,7 +127,7 @@ def phase_diagram(
             if done and name in done:
                 traj[name], stalled[name] = done[name]
                 continue
-            t, s = _run_grid(name, bits, het, dim, steps, evals, seeds, replicas)
+            t, s = _run_grid(name, bits, het, dim, steps, evals, seeds, replicas, family)
             traj[name], stalled[name] = np.asarray(t), np.asarray(s)  # [M, H, S, R, E, D], [M, H]
             if on_optimizer is not None:
                 on_optimizer(name, traj[name], stalled[name])
@@ -147,12 +163,13 @@ def phase_diagram(
             "seeds": seeds,
             "replicas": replicas,
             "C": C,
+            "family": family,
             "exponent_bits": 11,
         },
     )
 
 
-def _run_grid(spec, bits, het, dim, steps, evals, seeds, replicas):
+def _run_grid(spec, bits, het, dim, steps, evals, seeds, replicas, family="quadratic"):
     """[M, H, S, R, E, D] parameter trajectories and [M, H] stagnation of one optimizer.
 
     Each lane is the training step of :mod:`optimorph.engine.step` on the diagonal quadratic,
@@ -165,6 +182,9 @@ def _run_grid(spec, bits, het, dim, steps, evals, seeds, replicas):
         policy = TracedBits(m)
         lam = jnp.logspace(-jnp.log10(h), 0.0, dim)
         key = jax.random.key(seed)
+        # least squares: features of scales sqrt(lam), 4 dim rows, a random optimum x*
+        z = jax.random.normal(jax.random.fold_in(key, 2), (4 * dim, dim)) * jnp.sqrt(lam)[None, :]
+        x_star = jax.random.normal(jax.random.fold_in(key, 3), (dim,))
         x0 = jnp.where(jax.random.bernoulli(jax.random.fold_in(key, 0), 0.5, (dim,)), 1.0, -1.0)
         scale = jnp.where(rep == 0, 0.0, policy.unit_roundoff)
         noise_key = jax.random.fold_in(jax.random.fold_in(key, 1), rep)
@@ -172,6 +192,9 @@ def _run_grid(spec, bits, het, dim, steps, evals, seeds, replicas):
         noise = step.Noise(noise_seed, scale)
 
         def loss(params, batch):
+            if family == "least-squares":
+                r = z @ (params["x"] - x_star)
+                return 0.5 * jnp.mean(r * r)
             return 0.5 * jnp.sum(lam * params["x"] ** 2)
 
         def one(carry, t):

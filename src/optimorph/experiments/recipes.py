@@ -35,7 +35,8 @@ if typing.TYPE_CHECKING:  # imported on use: listing the recipes imports none of
 
     from optimorph.experiments import proposal16, tour
 
-__all__ = ["Recipe", "RECIPES", "run_recipe", "make_config", "flatten", "unflatten"]
+__all__ = ["Recipe", "RECIPES", "SCALES", "run_recipe", "make_config", "scales_of", "flatten",
+           "unflatten"]
 
 KIND = "recipe"
 
@@ -79,10 +80,21 @@ def _attribute(where: str) -> Any:
 RECIPES: Registry[Recipe] = Registry("recipe")
 
 
-def make_config(recipe: Recipe, quick: bool = False, **overrides: Any) -> Any:
-    """The recipe's config (its ``quick()`` variant when asked) with fields replaced."""
-    config = recipe.config.quick() if quick else recipe.config()
-    fields = {f.name for f in dataclasses.fields(config)}
+SCALES = ("quick", "medium", "full")
+
+
+def scales_of(recipe: Recipe) -> tuple[str, ...]:
+    """The scales ``recipe`` offers: quick and full always, medium when its config has one."""
+    return tuple(s for s in SCALES if s != "medium" or hasattr(recipe.config, "medium"))
+
+
+def make_config(recipe: Recipe, quick: bool = False, scale: str | None = None,
+                **overrides: Any) -> Any:  # fmt: skip
+    """The recipe's config at ``scale`` (``quick=True`` is ``scale="quick"``; default full)
+    with fields replaced."""
+    scale = _scale(recipe, quick, scale)
+    config = recipe.config() if scale == "full" else getattr(recipe.config, scale)()
+    fields = {f.name for f in dataclasses.fields(config)} - {"scale"}  # the scale: --scale
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(
@@ -96,6 +108,18 @@ def make_config(recipe: Recipe, quick: bool = False, **overrides: Any) -> Any:
             default = _example(hints.get(name))
         overrides[name] = _checked_setting(recipe.name, name, value, default)
     return dataclasses.replace(config, **overrides)
+
+
+def _scale(recipe: Recipe, quick: bool, scale: str | None) -> str:
+    """The scale asked for, checked against the ones the recipe offers."""
+    if quick and scale not in (None, "quick"):
+        raise ValueError(f"recipe {recipe.name}: --quick and --scale {scale} disagree; give one")
+    scale = "quick" if quick else (scale or "full")
+    offered = scales_of(recipe)
+    if scale not in offered:
+        raise ValueError(f"recipe {recipe.name}: no scale {scale!r}; it offers "
+                         f"{', '.join(offered)}")  # fmt: skip
+    return scale
 
 
 def _example(hint: Any) -> Any:
@@ -146,23 +170,30 @@ def run_recipe(
     out: str | Path,
     *,
     quick: bool = False,
+    scale: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     **overrides: Any,
 ) -> Path:
-    """Run recipe ``name`` into the run directory ``out`` and return its path.
+    """Run recipe ``name`` at ``scale`` (quick, medium where the recipe has one, or full;
+    ``quick=True`` is ``scale="quick"``) into the run directory ``out`` and return its path.
 
-    ``config.json`` records the recipe, its settings and whether they are the quick variant;
-    ``findings.json`` the findings. A rerun with ``resume=True`` continues an interrupted run.
+    ``config.json`` records the recipe, its settings and their scale; ``findings.json`` the
+    findings. A rerun with ``resume=True`` continues an interrupted run.
     """
     from optimorph.experiments.findings import at_quick_scale
     from optimorph.results import store
 
     recipe = RECIPES.lookup(name)
-    config = make_config(recipe, quick, **overrides)
+    scale = _scale(recipe, quick, scale)
+    quick = scale == "quick"
+    config = make_config(recipe, scale=scale, **overrides)
+    if hasattr(config, "check"):  # bad settings or missing data: stop before any work
+        config.check()
     with store.claim(out, KIND, resume=resume, overwrite=overwrite) as run_dir:
-        info = {"recipe": name, "summary": recipe.summary, "source": recipe.source, "quick": quick}
+        info = {"recipe": name, "summary": recipe.summary, "source": recipe.source,
+                "quick": quick, "scale": scale}  # fmt: skip
         store.write_config(run_dir, KIND, dataclasses.asdict(config), **info)
         findings = recipe.run(config, run_dir, progress)
         if quick:  # claims the recipe marks as beyond its quick variant are not judged

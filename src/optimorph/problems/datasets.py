@@ -70,15 +70,17 @@ def _model(
     n_classes: int,
     widths: tuple[int, ...],
     activation: str,
+    channels: tuple[int, ...] = (16, 32),
 ) -> tuple:
-    """The (init, apply) pair for ``model``; mlp and linear take flat inputs, cnn takes NHWC."""
+    """The (init, apply) pair for ``model``; mlp and linear take flat inputs, cnn takes NHWC
+    (``channels``: its two conv layers' output channels)."""
     d_in = int(np.prod(input_shape))
     if model == "linear":
         return linear(d_in, n_classes)
     if model == "mlp":
         return mlp([d_in, *widths, n_classes], activation)
     kernel = 3 if input_shape[1] > 1 else (5, 1)  # 1-D signals are stored as (L, 1, 1)
-    return cnn(input_shape, n_classes, kernel=kernel, activation=activation)
+    return cnn(input_shape, n_classes, kernel=kernel, activation=activation, channels=channels)
 
 
 def _layout(x: np.ndarray, model: str, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -277,23 +279,28 @@ def _idx_problem(
     activation: str,
     n_train: int | None,
     standardize: bool,
+    channels: tuple[int, ...],
+    n_test: int | None = None,
 ) -> Problem:
     """A 28x28, 10-class image classifier read from IDX files (MNIST and Fashion-MNIST)."""
     check(n_train is None or n_train > 0, "n_train", n_train, "n_train > 0 or None (all)")
+    check(n_test is None or n_test > 0, "n_test", n_test, "n_test > 0 or None (all)")
     _check_widths(widths)
+    check(len(channels) == 2 and min(channels) > 0, "channels", channels, "two ints > 0")
     directory = find_idx_dir(dataset, path, how_to_get)
     arrays = {k: read_idx(_idx_file(directory, stem)) for k, stem in IDX_FILES.items()}
     x_train = arrays["train_images"][:n_train].astype(np.float32) / 255.0
-    x_test = arrays["test_images"].astype(np.float32) / 255.0
+    x_test = arrays["test_images"][:n_test].astype(np.float32) / 255.0
     if standardize:
         # One scalar mean and std from the training pixels: per-pixel std is zero at the borders.
         mean, std = x_train.mean(), x_train.std()
         x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     image = (*arrays["train_images"].shape[1:], 1)
     return classification_problem(
-        *_model(model, image, 10, widths, activation),
+        *_model(model, image, 10, widths, activation, tuple(channels)),
         (_layout(x_train, model, image), arrays["train_labels"][:n_train].astype(np.int32)),
-        {"test": (_layout(x_test, model, image), arrays["test_labels"].astype(np.int32))},
+        {"test": (_layout(x_test, model, image),
+                  arrays["test_labels"][:n_test].astype(np.int32))},  # fmt: skip
         n_classes=10,
         info={"source": str(directory)},
     )
@@ -308,6 +315,8 @@ def fashion_mnist(
     activation: Activation = "relu",
     n_train: int | None = None,
     standardize: bool = False,
+    channels: tuple[int, ...] = (16, 32),
+    n_test: int | None = None,
 ) -> Problem:
     """Fashion-MNIST (60000 + 10000 28x28 images, 10 classes) from IDX files; MLP by default.
 
@@ -320,6 +329,8 @@ def fashion_mnist(
       path: directory with the four IDX files (plain or .gz).
       model: mlp (784-[widths]-10, 269k params by default), cnn, or linear.
       widths: hidden widths of the MLP.
+      channels: output channels of the CNN's two conv layers (20k params by default).
+      n_test: use the first ``n_test`` test images (None: all 10000).
       activation: activation of the MLP and CNN.
       n_train: use the first ``n_train`` training images (None: all 60000).
       standardize: standardise pixels.
@@ -329,7 +340,8 @@ def fashion_mnist(
         f"{DEBIAN_DIR}), or put the files in a directory and pass path=<dir> or set "
         "OPTIMORPH_DATA=<dir> (files in <dir>/fashion-mnist or <dir> itself)."
     )
-    return _idx_problem("fashion-mnist", how, path, model, widths, activation, n_train, standardize)
+    return _idx_problem("fashion-mnist", how, path, model, widths, activation, n_train, standardize,
+                        channels, n_test)
 
 
 @registered("mnist", shown=("model",), validation=True)
@@ -341,6 +353,8 @@ def mnist(
     activation: Activation = "relu",
     n_train: int | None = None,
     standardize: bool = False,
+    channels: tuple[int, ...] = (16, 32),
+    n_test: int | None = None,
 ) -> Problem:
     """MNIST (60000 + 10000 28x28 digit images, 10 classes) from IDX files; MLP by default.
 
@@ -352,6 +366,8 @@ def mnist(
       path: directory with the four IDX files (plain or .gz).
       model: mlp (784-[widths]-10), cnn, or linear.
       widths: hidden widths of the MLP.
+      channels: output channels of the CNN's two conv layers.
+      n_test: use the first ``n_test`` test images (None: all 10000).
       activation: activation of the MLP and CNN.
       n_train: use the first ``n_train`` training images (None: all 60000).
       standardize: standardise pixels.
@@ -361,4 +377,5 @@ def mnist(
         "https://ossci-datasets.s3.amazonaws.com/mnist/) into a directory and pass path=<dir> "
         "or set OPTIMORPH_DATA=<dir> with the files in <dir>/mnist."
     )
-    return _idx_problem("mnist", how, path, model, widths, activation, n_train, standardize)
+    return _idx_problem("mnist", how, path, model, widths, activation, n_train, standardize,
+                        channels, n_test)

@@ -43,11 +43,12 @@ def write_recipe_report(run_dir: str | os.PathLike) -> Path:
     name = config.get("recipe", "?")
     findings = store.read_json(run_dir, "findings") if (run_dir / "findings.json").exists() else []
     figures = FIGURES.get(name, lambda d: [])(run_dir)
-    quick = " (quick variant: reduced settings, see below)" if config.get("quick") else ""
+    scale = config.get("scale") or ("quick" if config.get("quick") else "full")
+    reduced = f" ({scale} scale: reduced settings, see below)" if scale != "full" else ""
     body = [
-        f"<h1>optimorph recipe: {name}</h1>",
+        f"<h1>optimorph recipe: {name} ({scale} scale)</h1>",
         f"<p class='lead'>Claims of {config.get('source', 'the source')}: {tally(findings)}"
-        f"{quick}.</p>",
+        f"{reduced}.</p>",
         f"<p>{config.get('summary', '')}</p>" if config.get("summary") else "",
         "<h2>Findings</h2>",
         findings_table(findings) if findings else "<p>No findings stored (run unfinished?).</p>",
@@ -57,10 +58,10 @@ def write_recipe_report(run_dir: str | os.PathLike) -> Path:
     if figures:
         body.append("<h2>Figures</h2>")
         body += [figure_html(path, caption) for path, caption in figures]
-    body += ["<h2>Settings</h2>", mapping_table({"quick": config.get("quick", False)})]
+    body += ["<h2>Settings</h2>", mapping_table({"scale": scale})]
     body += [mapping_table(config.get("config", {}))]
     body += ["<h2>Environment</h2>", mapping_table(config.get("environment", {}))]
-    return write_page(run_dir / REPORT_FILE, f"optimorph recipe: {name}", body)
+    return write_page(run_dir / REPORT_FILE, f"optimorph recipe: {name} ({scale} scale)", body)
 
 
 def _stored_tables(run_dir: Path) -> list[str]:
@@ -423,13 +424,37 @@ def _proposal16_figures(run_dir: Path) -> list[tuple[Path, str]]:
 def _proposal16_tables(run_dir: Path) -> list[str]:
     doc = store.read_json(run_dir, "proposal16")
     out = []
+    if doc.get("settings"):  # runs before scales existed have none
+        out += ["<h2>Settings beside the proposal's</h2>",
+                rows_table(["setting", "this run", "the proposal"], doc["settings"])]  # fmt: skip
     for label, res in doc["problems"].items():
         rows = [
             [p, len(cl), " | ".join(" ~ ".join(c) for c in cl)] for p, cl in res["classes"].items()
         ]
+        params = f", {res['parameters']:,} parameters" if "parameters" in res else ""
         out += [
-            f"<h2>Equivalence classes: {label} ({res['problem']})</h2>",
+            f"<h2>Equivalence classes: {label} ({res['problem']}{params})</h2>",
             rows_table(["precision", "classes", "members"], rows),
+        ]
+        closest = []
+        for p, verdicts in res.get("pairs", {}).items():
+            ranked = sorted((v for v in verdicts if v["distance_ratio"] is not None),
+                            key=lambda v: v["distance_ratio"])[:3]  # fmt: skip
+            closest += [[p, f"{v['a']} | {v['b']}", f"{v['distance_ratio']:.4g}", v["outcome"]]
+                        for v in ranked]  # fmt: skip
+        if closest:
+            out += [f"<h3>{label}: the closest pairs per precision</h3>",
+                    rows_table(["precision", "pair", "d/floor", "verdict"], closest)]  # fmt: skip
+    timing = doc.get("timing")
+    if timing:
+        rows = [[k, f"{v['wall_s']:.0f}", f"{v['compile_s']:.0f}"]
+                for k, v in timing["phases"].items()]  # fmt: skip
+        out += [
+            "<h2>Where the time went</h2>",
+            f"<p>{timing['wall_s']:.0f} s wall in {timing['workers']} worker processes; the "
+            "phases are summed over the jobs (seconds of one process each), compilation "
+            "included in each phase's time.</p>",
+            rows_table(["phase", "seconds", "of which compiling"], rows),
         ]
     return out
 
