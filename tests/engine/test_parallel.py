@@ -112,3 +112,31 @@ def _alive(pid: int) -> bool:
         return True
     with open(f"/proc/{pid}/stat") as f:  # a zombie (exited, not yet reaped) is not computing
         return f.read().split(") ")[-1][0] != "Z"
+
+
+def test_workers_of_a_killed_parent_exit_instead_of_computing_on(tmp_path):
+    """SIGKILL (or SIGTERM, `pkill`) to the parent runs no except clause: each worker notices
+    that its parent is gone and exits, within seconds, instead of finishing its cell."""
+    (tmp_path / "waiter.py").write_text(WAITER)
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import waiter\n"
+        "from optimorph.engine.parallel import map_cells\n"
+        f"map_cells(waiter.wait, [{str(tmp_path)!r}] * 2, workers=2)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(tmp_path.glob("pid-*"))) < 2:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.1)
+    pids = [int(p.name[4:]) for p in tmp_path.glob("pid-*")]
+    assert len(pids) == 2, "the workers did not start"
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    alive = [pid for pid in pids if _alive(pid)]
+    for pid in alive:  # do not leave them behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "a worker outlived its killed parent"

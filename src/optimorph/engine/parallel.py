@@ -7,7 +7,9 @@ one on the 2-core reference machine (DESIGN.md section 1), so :func:`map_cells` 
 pool of worker processes, each pinned to one core with XLA's intra-op threads set to one.
 
 Workers are started with ``spawn`` (a forked JAX runtime is unsafe) and inherit the float64
-setting of the parent. ``fn`` must be importable (a module-level function) and its argument and
+setting of the parent. A worker whose parent is gone (killed by SIGTERM or SIGKILL, which no
+``except`` sees) exits within a second: a pool's orphans would otherwise go on computing their
+cells for as long as they take, on the cores the next run needs. ``fn`` must be importable (a module-level function) and its argument and
 result picklable. Results come back in the order of the cells.
 
 >>> map_cells(abs, [-1, 2, -3], workers=1)
@@ -35,7 +37,22 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """Exit this process as soon as its parent ``parent`` is gone (a daemon thread polling the
+    parent pid: an orphan is re-parented, so ``getppid`` changes)."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _init_worker(counter: Any, cores: Sequence[int], x64: bool) -> None:
+    _exit_with_parent(os.getppid())
     with counter.get_lock():
         core = cores[counter.value % len(cores)]
         counter.value += 1
