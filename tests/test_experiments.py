@@ -90,3 +90,16 @@ def test_proposal16_scales_name_their_departures():
     assert rows["epochs"][1:] == [str(medium.epochs), "20-50"]
     assert rows["n_train"][2] == "the whole training set"
     assert quick.scale == "quick" and "fashion-mnist(" in quick.problem_spec("mlp")
+
+
+def test_the_report_names_non_transitive_triples_and_the_settings_beside_the_proposal(tmp_path):
+    from optimorph.report.recipe_report import _proposal16_tables
+
+    recipe = proposal16.Recipe.medium()
+    doc = {"settings": recipe.settings_table(), "problems": {"mlp": {
+        "problem": "p", "parameters": 1234, "classes": {"fp16": [["a", "b", "c"]]},
+        "non_transitive": {"fp16": [["a", "b", "c"]]}, "pairs": {}}}}  # fmt: skip
+    store.write_json(tmp_path, "proposal16", doc)
+    html = "".join(_proposal16_tables(tmp_path))
+    assert "fp16: a ~ b and b ~ c, but not a ~ c" in html
+    assert "1,234 parameters" in html and "20-50" in html  # the proposal's epochs beside ours

@@ -20,6 +20,7 @@ from optimorph.report.figures import save_figure
 from optimorph.report.style import MAX_WIDTH, figure_title
 from optimorph.report.html import (
     CAPTIONS,
+    cell_text,
     REPORT_FILE,
     figure_html,
     findings_table,
@@ -436,6 +437,12 @@ def _proposal16_tables(run_dir: Path) -> list[str]:
             f"<h2>Equivalence classes: {label} ({res['problem']}{params})</h2>",
             rows_table(["precision", "classes", "members"], rows),
         ]
+        triples = [f"{p}: {a} ~ {b} and {b} ~ {c}, but not {a} ~ {c}"
+                   for p, found in res.get("non_transitive", {}).items()
+                   for a, b, c in found]  # fmt: skip
+        if triples:  # a class is a connected component: say where it rests on a chain
+            out.append("<p>Not transitive (a class joins these through the middle one): "
+                       + "; ".join(cell_text(t) for t in triples) + ".</p>")
         closest = []
         for p, verdicts in res.get("pairs", {}).items():
             ranked = sorted((v for v in verdicts if v["distance_ratio"] is not None),
