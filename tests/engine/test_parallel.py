@@ -87,13 +87,7 @@ def test_an_interrupted_parent_stops_its_workers(tmp_path):
         "except KeyboardInterrupt:\n"
         "    sys.exit(130)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(tmp_path.glob("pid-*"))) < 2:
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        time.sleep(0.1)
-    pids = [int(p.name[4:]) for p in tmp_path.glob("pid-*")]
-    assert len(pids) == 2, "the workers did not start"
+    proc, pids = _start_waiting_workers(code, tmp_path)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
@@ -101,6 +95,18 @@ def test_an_interrupted_parent_stops_its_workers(tmp_path):
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in pids), "a worker outlived its parent"
+
+
+def _start_waiting_workers(code: str, folder) -> tuple[subprocess.Popen, list[int]]:
+    """Start ``code`` (a parent running two WAITER workers) and wait until both have started."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(folder.glob("pid-*"))) < 2:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.1)
+    pids = [int(p.name[4:]) for p in folder.glob("pid-*")]
+    assert len(pids) == 2, "the workers did not start"
+    return proc, pids
 
 
 def _alive(pid: int) -> bool:
@@ -124,13 +130,7 @@ def test_workers_of_a_killed_parent_exit_instead_of_computing_on(tmp_path):
         "from optimorph.engine.parallel import map_cells\n"
         f"map_cells(waiter.wait, [{str(tmp_path)!r}] * 2, workers=2)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(tmp_path.glob("pid-*"))) < 2:
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        time.sleep(0.1)
-    pids = [int(p.name[4:]) for p in tmp_path.glob("pid-*")]
-    assert len(pids) == 2, "the workers did not start"
+    proc, pids = _start_waiting_workers(code, tmp_path)
     proc.kill()
     proc.communicate(timeout=60)
     deadline = time.monotonic() + 20
