@@ -193,7 +193,9 @@ def phase_diagram_command(args) -> int:
 def _phase_grid(pd) -> list[str]:
     """The phase diagram as text: per pair a grid of mantissa bits (rows) x heterogeneity
     (columns, labelled), then one legend line."""
-    cols = [_short_number(h) for h in pd.heterogeneity]
+    from optimorph.report.style import short_number  # matplotlib: imported when drawing only
+
+    cols = [short_number(h) for h in pd.heterogeneity]
     width = max(len(c) for c in cols) + 1
     lines = []
     for p, (a, b) in enumerate(pd.pairs):
@@ -207,14 +209,6 @@ def _phase_grid(pd) -> list[str]:
         ". different; heterogeneity = max|g_i| / min|g_i|"
     )
     return lines
-
-
-def _short_number(x: float) -> str:
-    """A column label: 3 significant digits below 1000, else 1 or 2 as 2.7e3."""
-    if x < 1000:
-        return f"{x:.3g}"
-    mantissa, exponent = f"{x:.1e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def _write_equivalence_outputs(out: Path, kind: str, doc: dict, comparison, args) -> None:

@@ -126,11 +126,14 @@ class Recipe:
     def check(self) -> None:
         """Fail before any work (the recipe runner calls this before it claims the run
         directory): unknown models, or the data set missing (one line on how to get it)."""
+        self.problems()
+
+    def problems(self) -> dict:
+        """``{model: Problem}`` of :attr:`models`, checked (see :meth:`check`)."""
         unknown = set(self.models) - {"mlp", "cnn"}
         if unknown or not self.models:
             raise ValueError(f"proposal16: models must be some of mlp, cnn; got {self.models}")
-        for model in self.models:
-            _problem(self, model)
+        return {model: _problem(self, model) for model in self.models}
 
     @property
     def steps(self) -> int:
@@ -170,8 +173,7 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
     recipe = recipe or Recipe()
     out = Path(out)
     started = time.perf_counter()
-    recipe.check()
-    probs = {label: _problem(recipe, label) for label in recipe.models}
+    probs = recipe.problems()  # a missing data set stops here, before any work
     out.mkdir(parents=True, exist_ok=True)
     common = dict(
         seeds=recipe.seeds,

@@ -44,6 +44,7 @@ from optimorph.report.style import (
     legend_above,
     legend_height,
     series_style,
+    short_number,
     tidy_log_ticks,
 )
 from optimorph.stats import growth_exponent, percentile_band
@@ -355,20 +356,12 @@ def phase_diagram_figure(mantissa_bits, heterogeneity, equivalent, pair_labels) 
         ax.set_yticks(np.arange(bits.size), [f"{b:g}" for b in bits], fontsize="x-small")
         # A tick at each column's centre, labelled with its heterogeneity: the columns are
         # the measured values, not a continuous axis.
-        ax.set_xticks(hetero, [_compact(h) for h in hetero], fontsize="x-small", rotation=45)
+        ax.set_xticks(hetero, [short_number(h) for h in hetero], fontsize="x-small", rotation=45)
         ax.xaxis.set_minor_locator(NullLocator())
         _mark_formats(ax, bits)
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig
-
-
-def _compact(x: float) -> str:
-    """A tick label short enough for a narrow column: 3.7, 52, 2e2, 1e4."""
-    if x < 100:
-        return f"{x:.2g}"
-    mantissa, exponent = f"{x:.0e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
 
 
 def slot_ulps_figure(panels: Sequence[dict[str, Any]]) -> Figure:

@@ -25,6 +25,7 @@ __all__ = [
     "series_style",
     "series_marker",
     "plain_number",
+    "short_number",
     "tidy_log_ticks",
     "legend_above",
     "legend_height",
@@ -54,6 +55,15 @@ def plain_number(value: float) -> str:
     text = f"{value:g}"
     mantissa, _, exponent = text.partition("e")
     return f"{mantissa}e{int(exponent)}" if exponent else text
+
+
+def short_number(x: float) -> str:
+    """A label for a narrow column or tick: 3 significant digits below 1000, else one or two
+    as 2.7e3 (the phase diagram's heterogeneity columns, in text and in figures)."""
+    if x < 1000:
+        return f"{x:.3g}"
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def tidy_log_ticks(ax: Axes) -> None:
