@@ -37,6 +37,10 @@ class TrainResult:
       rounded_hparams: per optimizer, the hyperparameters its precision changed when storing
         them, each with its fix (``"eps=1e-08 is stored as 0.0 in fp16: keep hyperparameters
         wide with ..., or choose eps >= 6.104e-05"``): the usual cause of a divergence.
+      visited: with ``visit_every``: per optimizer, its first seed's visited states, a tuple
+        ``(params, state, grads)`` of trees with a leading axis over ``visit_steps`` (the
+        state before each of those steps and the gradient it uses; JAX arrays), else None.
+      visit_steps: ``[V]`` the steps ``visited`` was recorded before, else None.
     """
 
     optimizers: list[str]
@@ -54,6 +58,8 @@ class TrainResult:
     trajectory: np.ndarray | None = None
     probes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     rounded_hparams: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    visited: list[Any] | None = None
+    visit_steps: np.ndarray | None = None
 
     def __repr__(self) -> str:
         """A short summary (the arrays can be megabytes): shape, optimizers, divergence, time.

@@ -91,6 +91,7 @@ def train(
     replicas: int = 0,
     record_params: bool = False,
     track_stalled: bool = False,
+    visit_every: int | None = None,
     probes: Sequence[Probe] = (),
     divergence_factor: float | None = DIVERGENCE_FACTOR,
     checkpoint_every: float = CHECKPOINT_EVERY_S,
@@ -125,6 +126,11 @@ def train(
       record_params: return the flattened parameters at every evaluation (``trajectory``).
       track_stalled: measure per step the fraction of updates that rounding absorbed
         (``stalled``; None when not tracked).
+      visit_every: record the *visited states* of each optimizer's first seed: before every
+        step t that is a multiple of this (a multiple of ``log_every``), the stored params and
+        optimizer state and the gradient of step t's minibatch at those params (``visited``):
+        the states the one-step simulation defect replays (:mod:`optimorph.equivalence.defect`).
+        Needs round to nearest without Kahan.
       probes: trajectory probes (:class:`~optimorph.probes.Probe`) evaluated inside the
         compiled step; their per-step outputs land in ``result.probes`` as ``[O, S, T]``.
       on_checkpoint: called with the result so far (``config["progress"]`` says how far;
@@ -164,9 +170,10 @@ def train(
     for i, s in enumerate(specs):
         groups.setdefault(s.static_key(), []).append(i)
     lanes = len(seed_list) * max(len(g) for g in groups.values())
+    visit_every = _visit_every(visit_every, log_every, policy)
     plan = _Plan.make(
         prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas, divergence_factor,
-        lanes,
+        lanes, visit_every,
     )  # fmt: skip
     if plan.replicas:
         require_x64("noise replicas (the noise floor)")
@@ -207,6 +214,8 @@ def train(
         "probes": [p.name for p in all_probes],
         "problem_info": dict(prob.info),
     }
+    if visit_every:  # only when set: the checkpoints of runs without it keep their fingerprint
+        config["visit_every"] = visit_every
     if any(g.is_grid for g in grids):
         config["grids"] = [
             {"spec": g.text, "members": g.members, "axes": g.axes}
@@ -219,6 +228,7 @@ def train(
     series: dict[str, np.ndarray] = {}
     diverged = np.full((n_opt, n_seed), -1, np.int64)
     final_params: list[Any] = [None] * n_opt
+    visited: list[Any] = [None] * n_opt
     earlier = 0.0  # training time spent by earlier processes on resumed groups
     def result(series, diverged, final_params, wall) -> TrainResult:
         evals = {k[5:]: v for k, v in series.items() if k.startswith("eval:")}
@@ -240,6 +250,8 @@ def train(
             probes={k: v for k, v in series.items()
                     if not k.startswith("eval:") and k not in builtin},  # fmt: skip
             rounded_hparams={k: v for k, v in rounded.items() if v},
+            visited=visited if visit_every else None,
+            visit_steps=np.arange(0, plan.steps, visit_every) if visit_every else None,
         )
 
     def place(target, out, members):
@@ -277,14 +289,15 @@ def train(
             if isinstance(progress, str):  # a worker's tag: several processes share one terminal
                 label = f"{progress}: {label}"
             bar = Progress(plan.steps, label, enabled=bool(progress), every_s=PROGRESS_EVERY_S)
-            out, group_div, params, group_earlier = _run_group(
+            out, group_div, params, group_earlier, group_visits = _run_group(
                 prob, group_specs, seed_list, policy, plan, all_probes, data, ckpt, bar,
-                float(checkpoint_every), live,
+                float(checkpoint_every), live, visit_every,
             )  # fmt: skip
             earlier += group_earlier
             place(series, out, members)
             for k, i in enumerate(members):
                 diverged[i] = group_div[k]
+                visited[i] = group_visits[k] if visit_every else None
                 final_params[i] = jax.tree.map(lambda a, k=k: a[k], params) if keep_params else None
     wall = time.perf_counter() - started + earlier
     return result(series, diverged, final_params if keep_params else [], wall)
@@ -388,10 +401,12 @@ class _Plan:
     max_blocks: int  # the compiled chunk's buffer length (the most blocks one chunk can run)
     replicas: int
     divergence_factor: float
+    visit_every: int | None = None  # the chunk keeps its first step's gradient (visited states)
 
     @classmethod
     def make(cls, prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas,
-             divergence_factor=DIVERGENCE_FACTOR, lanes=1) -> "_Plan":  # fmt: skip
+             divergence_factor=DIVERGENCE_FACTOR, lanes=1,
+             visit_every=None) -> "_Plan":  # fmt: skip
         steps = _positive_int(steps, "steps")
         n = prob.n_train
         if batch_size is not None:
@@ -409,7 +424,9 @@ class _Plan:
         if eval_every % log_every:
             raise TrainingError(f"log_every={log_every} must divide eval_every={eval_every}")
         batch = n if full else batch_size
-        block = _block_steps(eval_every, log_every, lanes * batch * _n_params(prob))
+        # Blocks end at evaluations and at visited steps: chunks are whole blocks.
+        period = math.gcd(eval_every, visit_every) if visit_every else eval_every
+        block = _block_steps(period, log_every, lanes * batch * _n_params(prob))
         total_blocks = steps // block
         if chunk_steps is None:
             chunk_blocks, max_blocks = None, min(total_blocks, MAX_CHUNK_BLOCKS)
@@ -427,6 +444,7 @@ class _Plan:
             max_blocks=max_blocks,
             replicas=_non_negative_int(replicas, "replicas"),
             divergence_factor=_factor(divergence_factor),
+            visit_every=visit_every,
         )
 
     @property
@@ -509,10 +527,13 @@ def _device_data(prob: Problem, policy) -> dict:
     return {"train": train, "evals": eval_sets}
 
 
-def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_every, live):
+def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_every, live,
+               visit_every=None):  # fmt: skip
     """Train one compiled program: lanes = len(specs) x len(seeds).
 
-    Returns ``(series, diverged [C, S], final params [C, S, ...], earlier wall time)`` where
+    Returns ``(series, diverged [C, S], final params [C, S, ...], earlier wall time, visited)``
+    where ``visited`` holds, per configuration, its first seed's visited states stacked along
+    a leading visit axis (see :func:`train`'s ``visit_every``; empty without it), and
     ``series`` maps ``loss`` and each step probe's outputs to ``[C, S, T]``,
     ``eval:<set>/<metric>`` to ``[C, S, E]`` and each eval probe's outputs to ``[C, S, E, ...]``,
     and the earlier wall time is what processes before a resume spent on this group.
@@ -527,21 +548,30 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     init_all, eval_all, chunk_all = _programs(prob, specs[0], policy, plan, probes)
 
     carry = init_all(root, hvals)
-    resumed = _load_checkpoint(ckpt, carry)
+    visits: list = []  # per visit: (params, state, grads), each configuration's first seed
+    template = _visit_template(carry, n_seed) if visit_every else None
+    resumed = _load_checkpoint(ckpt, carry, template)
     if resumed is not None:
-        carry, done, parts, earlier = resumed
+        carry, done, parts, earlier, visits = resumed
         bar.advance(done, "(resumed)")
     else:
         done, earlier = 0, 0.0
-        first = eval_all(carry, data)  # evaluation at step 0
+        first = eval_all(_eval_view(carry), data)  # evaluation at step 0
         parts = {k: [np.asarray(v).reshape(lanes, 1, *np.shape(v)[1:])] for k, v in first.items()}
     n = plan.chunk_blocks or 1  # adaptive: one block first (it includes the compilation)
     compiled, last_save = False, time.perf_counter()
     while done < plan.steps:
         n = min(n, (plan.steps - done) // plan.block, plan.max_blocks)
+        visiting = bool(visit_every) and done == len(visits) * visit_every
+        if visiting:  # a visited step: the state before it now, its gradient after the chunk
+            before = _first_seeds((carry["run"].params, carry["run"].state), n_seed)
+        if visit_every:  # chunks end at visited steps
+            n = min(n, (visit_every - done % visit_every) // plan.block)
         tick = time.perf_counter()
         t0 = jnp.asarray(done, jnp.int32)
         carry, per_step, evals = chunk_all(carry, hvals, data, t0, jnp.asarray(n, jnp.int32))
+        if visiting:
+            visits.append((*before, _first_seeds(carry["visit_grads"], n_seed)))
         n_evals = (done + n * plan.block) // plan.eval_every - done // plan.eval_every
         for k, v in per_step.items():  # [lanes, max_blocks, windows]: flatten time
             parts.setdefault(k, []).append(np.asarray(v)[:, :n].reshape(lanes, -1))
@@ -555,7 +585,7 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
         now = time.perf_counter()
         stop = interrupts.requested()  # Ctrl-C during this chunk: checkpoint, then stop
         if plan.chunk_blocks or done >= plan.steps or now - last_save >= ckpt_every or stop:
-            _save_checkpoint(ckpt, carry, done, parts, earlier + now - started)
+            _save_checkpoint(ckpt, carry, done, parts, earlier + now - started, visits)
             last_save = now
             if live is not None and done < plan.steps and not stop:
                 div = np.asarray(carry["diverged"]).reshape(n_cfg, n_seed)
@@ -575,7 +605,7 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     params = jax.tree.map(
         lambda a: np.asarray(a).reshape(n_cfg, n_seed, *a.shape[1:]), carry["run"].params
     )
-    return series, div, params, earlier
+    return series, div, params, earlier, _stacked_visits(visits, n_cfg)
 
 
 def _joined(parts: dict, n_cfg: int, n_seed: int) -> dict:
@@ -640,6 +670,10 @@ def _build_programs(prob, template, policy, plan, probes):
             "probe_key": jax.random.fold_in(key, _PROBE_SALT),
             "probes": [p.init(policy.to_compute(run.params)) for p in step_probes],
         }
+        if plan.visit_every:  # the gradient of the chunk's first step (a visited step)
+            carry["visit_grads"] = jax.tree.map(
+                lambda p: jnp.zeros(p.shape, policy.grads.storage_dtype), run.params
+            )
         if plan.replicas:
             carry["replicas"] = jax.tree.map(
                 lambda x: jnp.broadcast_to(x, (plan.replicas, *x.shape)), run
@@ -667,24 +701,7 @@ def _build_programs(prob, template, policy, plan, probes):
 
     replicas_step = jax.vmap(replica_step, in_axes=(None, None, 0, 0, None, None, None))
 
-    def evaluate_lane(carry, data):
-        params_c = policy.to_compute(carry["run"].params)
-        finite = _all_finite(params_c)  # a model with NaN weights has no accuracy: NaN
-        out = {}
-        for set_name, batch in data["evals"].items():
-            for metric, value in prob.evaluate(params_c, batch).items():
-                value = jnp.asarray(value, jnp.result_type(float))
-                out[f"eval:{set_name}/{metric}"] = jnp.where(finite, value, jnp.nan)
-        if eval_probes:
-            values = StepValues(
-                t=None, params=carry["run"].params, new_params=carry["run"].params, grads=None,
-                loss=None, batch=None, updates=None, state=None, lr=None, loss_fn=prob.loss,
-                eval_batch=data["evals"]["train"], key=carry["probe_key"],
-                replica_params=carry["replicas"].params if plan.replicas else None,
-            )  # fmt: skip
-            for probe in eval_probes:
-                out.update(probe.update(values, ())[1])
-        return out
+    evaluate_lane = _evaluator(prob, policy, tuple(eval_probes))
 
     def chunk_lane(carry, hv, data, t0, n_blocks):
         # Re-derive the current epoch's permutation at each chunk start (so nothing but the carry
@@ -708,6 +725,10 @@ def _build_programs(prob, template, policy, plan, probes):
                 tx, carry["run"], batch, t, carry["sr_key"], None
             )
             carry = dict(carry, run=run)
+            if plan.visit_every:  # t and t0 are the same in every lane: a real branch
+                carry["visit_grads"] = jax.lax.cond(
+                    t == t0, lambda: grads, lambda: carry["visit_grads"]
+                )
             if plan.replicas:
                 carry["replicas"] = replicas_step(
                     tx, hv, carry["replicas"], carry["noise_seed"], batch, t, carry["sr_key"]
@@ -746,7 +767,7 @@ def _build_programs(prob, template, policy, plan, probes):
             return (carry, perm), windows
 
         step_shapes = jax.eval_shape(lambda s, t: block(s, t)[1], (carry, perm0), t0)
-        eval_shapes = jax.eval_shape(evaluate_lane, carry, data)
+        eval_shapes = jax.eval_shape(evaluate_lane, _eval_view(carry), data)
         n_eval_slots = min(plan.max_blocks, plan.max_blocks * plan.block // plan.eval_every + 1)
         step_buf = {
             k: jnp.zeros((plan.max_blocks, *v.shape), v.dtype) for k, v in step_shapes.items()
@@ -764,7 +785,7 @@ def _build_programs(prob, template, policy, plan, probes):
 
             def record(buf):
                 slot = t_end // plan.eval_every - evals_before - 1
-                out = evaluate_lane(state[0], data)
+                out = evaluate_lane(_eval_view(state[0]), data)
                 return {k: buf[k].at[slot].set(out[k]) for k in buf}
 
             # t_end is the same in every lane: a real branch under vmap, not a select.
@@ -777,14 +798,105 @@ def _build_programs(prob, template, policy, plan, probes):
         return carry, step_buf, eval_buf
 
     init_all = jax.jit(jax.vmap(init_lane))
-    eval_all = jax.jit(jax.vmap(evaluate_lane, in_axes=(0, None)))
+    eval_all = _eval_program(prob, policy, tuple(eval_probes))
     chunk_all = jax.jit(jax.vmap(chunk_lane, in_axes=(0, 0, None, None, None)), donate_argnums=(0,))
     return init_all, eval_all, chunk_all
+
+
+def _eval_view(carry) -> dict:
+    """What an evaluation reads from a lane's carry: the same structure for every optimizer
+    (no optimizer state), so one compiled evaluation serves every group of a run."""
+    view = {"params": carry["run"].params, "probe_key": carry["probe_key"]}
+    if "replicas" in carry:
+        view["replica_params"] = carry["replicas"].params
+    return view
+
+
+def _evaluator(prob, policy, eval_probes: tuple):
+    """A lane's evaluation of :func:`_eval_view`: every metric on every evaluation set and
+    the evaluation probes' outputs."""
+
+    def evaluate_lane(view, data):
+        params_c = policy.to_compute(view["params"])
+        finite = _all_finite(params_c)  # a model with NaN weights has no accuracy: NaN
+        out = {}
+        for set_name, batch in data["evals"].items():
+            for metric, value in prob.evaluate(params_c, batch).items():
+                value = jnp.asarray(value, jnp.result_type(float))
+                out[f"eval:{set_name}/{metric}"] = jnp.where(finite, value, jnp.nan)
+        if eval_probes:
+            values = StepValues(
+                t=None, params=view["params"], new_params=view["params"], grads=None,
+                loss=None, batch=None, updates=None, state=None, lr=None, loss_fn=prob.loss,
+                eval_batch=data["evals"]["train"], key=view["probe_key"],
+                replica_params=view.get("replica_params"),
+            )  # fmt: skip
+            for probe in eval_probes:
+                out.update(probe.update(values, ())[1])
+        return out
+
+    return evaluate_lane
+
+
+_EVALS: dict = {}
+
+
+def _eval_program(prob, policy, eval_probes: tuple):
+    """The vmapped evaluation at step 0, compiled once per problem, policy and probes (not
+    per group: it reads no optimizer state)."""
+    key = (id(prob), str(policy), tuple(id(p) for p in eval_probes))
+    if key not in _EVALS:
+        if len(_EVALS) >= _PROGRAMS_MAX:
+            _EVALS.pop(next(iter(_EVALS)))
+        program = jax.jit(jax.vmap(_evaluator(prob, policy, eval_probes), in_axes=(0, None)))
+        _EVALS[key] = ((prob, eval_probes), program)
+    return _EVALS[key][1]
 
 
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+# ---------------------------------------------------------------- visited states
+
+
+def _visit_every(value, log_every: int, policy) -> int | None:
+    """``visit_every`` checked: whole ``log_every`` windows (blocks, and so chunks, then end at
+    visited steps), for a deterministic policy (the one-step defect replays U_p)."""
+    if value is None:
+        return None
+    every = _positive_int(value, "visit_every")
+    if every % _positive_int(log_every, "log_every"):
+        raise TrainingError(f"visit_every={every} must be a multiple of log_every={log_every}")
+    if policy.kahan or policy.rounding != "nearest":
+        raise TrainingError(
+            "visited states replay one rounded step, which needs round-to-nearest without "
+            "Kahan; drop 'kahan' or 'rounding=stochastic' from the precision, or visit_every"
+        )
+    return every
+
+
+def _first_seeds(tree, n_seed: int):
+    """Each configuration's first-seed lane (lanes are configuration-major), copied to the
+    host: the next chunk donates the carry's buffers, which a view would share."""
+    return jax.tree.map(lambda x: np.array(jax.device_get(x)[::n_seed]), tree)
+
+
+def _visit_template(carry, n_seed: int):
+    """The shape of one recorded visit: (params, state, grads) of every configuration."""
+    run = carry["run"]
+    shapes = jax.eval_shape(lambda t: jax.tree.map(lambda x: x[::n_seed], t),
+                            (run.params, run.state, carry["visit_grads"]))  # fmt: skip
+    return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+
+
+def _stacked_visits(visits: list, n_cfg: int) -> list:
+    """Per configuration, its visits stacked along a leading axis, as device arrays."""
+    if not visits:
+        return []
+    return [jax.device_put(jax.tree.map(lambda *v, c=c: np.stack([x[c] for x in v]), *visits))
+            for c in range(n_cfg)]  # fmt: skip
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -795,13 +907,15 @@ def _fingerprint(config: dict, group: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(path, carry, done, parts, wall) -> None:
-    """Leaves of the carry, the steps done, the series so far and the training time spent on
-    them (all processes), atomically."""
+def _save_checkpoint(path, carry, done, parts, wall, visits=()) -> None:
+    """Leaves of the carry, the steps done, the series so far, the training time spent on
+    them (all processes) and the visited states recorded so far, atomically."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"carry_{i}": np.asarray(_key_data(x)) for i, x in enumerate(jax.tree.leaves(carry))}
+    arrays = _leaf_arrays("carry_", carry)
+    for k, visit in enumerate(visits):
+        arrays.update(_leaf_arrays(f"visit_{k}_", visit))
     arrays["done"] = np.asarray(done)
     arrays["wall"] = np.asarray(wall, np.float64)
     for key, chunks in parts.items():
@@ -809,6 +923,11 @@ def _save_checkpoint(path, carry, done, parts, wall) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+
+
+def _leaf_arrays(prefix: str, tree) -> dict:
+    """``{prefix + i: leaf i}`` as NumPy arrays (PRNG keys as their key data)."""
+    return {f"{prefix}{i}": np.asarray(_key_data(x)) for i, x in enumerate(jax.tree.leaves(tree))}
 
 
 def _is_key(x) -> bool:
@@ -819,26 +938,34 @@ def _key_data(x):
     return jax.random.key_data(x) if _is_key(x) else x
 
 
-def _load_checkpoint(path, template):
-    """The saved carry (shaped like ``template``, a fresh init) and series, or None."""
+def _load_checkpoint(path, template, visit_template=None):
+    """The saved carry (shaped like ``template``, a fresh init), series and visited states
+    (shaped like ``visit_template``), or None."""
     if path is None or not path.exists():
         return None
     try:
         # Our own file handle: np.load leaks its own when the zip is truncated.
         with open(path, "rb") as f, np.load(f) as z:
-            leaves, treedef = jax.tree.flatten(template)
-            restored = []
-            for i, like in enumerate(leaves):
-                saved = jnp.asarray(z[f"carry_{i}"])
-                if saved.shape != jnp.shape(like) and not _is_key(like):
-                    raise ValueError(f"entry carry_{i} has shape {saved.shape}, not "
-                                     f"{jnp.shape(like)}")  # fmt: skip
-                restored.append(jax.random.wrap_key_data(saved) if _is_key(like) else saved)
-            carry = jax.tree.unflatten(treedef, restored)
+            carry = _tree_from(z, "carry_", template)
+            visits = []
+            while visit_template is not None and f"visit_{len(visits)}_0" in z.files:
+                visits.append(_tree_from(z, f"visit_{len(visits)}_", visit_template))
             parts = {k[8:]: [z[k]] for k in z.files if k.startswith("series::")}
-            return carry, int(z["done"]), parts, float(z["wall"])
+            return carry, int(z["done"]), parts, float(z["wall"]), visits
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # truncated
         raise TrainingError(
             f"checkpoint {path} is damaged ({err}); delete it to start this run over "
             "(the other checkpoints in its folder are kept)"
         ) from None
+
+
+def _tree_from(z, prefix: str, template):
+    """The tree saved by :func:`_leaf_arrays` under ``prefix``, shaped like ``template``."""
+    leaves, treedef = jax.tree.flatten(template)
+    restored = []
+    for i, like in enumerate(leaves):
+        saved = jnp.asarray(z[f"{prefix}{i}"])
+        if saved.shape != jnp.shape(like) and not _is_key(like):
+            raise ValueError(f"entry {prefix}{i} has shape {saved.shape}, not {jnp.shape(like)}")
+        restored.append(jax.random.wrap_key_data(saved) if _is_key(like) else saved)
+    return jax.tree.unflatten(treedef, restored)

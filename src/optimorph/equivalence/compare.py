@@ -199,8 +199,10 @@ def measure(
     replicas: int = DEFAULTS["replicas"],
     progress: bool | str = True,
     checkpoint_dir: Any = None,
+    visit_every: int | None = None,
 ) -> _Runs:
-    """Train every optimizer once at ``precision`` with noise replicas and recorded trajectories."""
+    """Train every optimizer once at ``precision`` with noise replicas and recorded trajectories
+    (and, with ``visit_every``, each optimizer's visited states: see :func:`train`)."""
     result = train(
         problem,
         list(optimizers),
@@ -212,6 +214,7 @@ def measure(
         replicas=replicas,
         record_params=True,
         track_stalled=True,
+        visit_every=visit_every,
         progress=progress,
         checkpoint_dir=checkpoint_dir,
         keep_params=False,
@@ -331,27 +334,46 @@ def _precision_cell(cell) -> tuple[list[PairVerdict], dict]:
 
 
 def _judge(prob, specs, p, run, cfg, maps, pairs, progress) -> tuple[list[PairVerdict], dict]:
-    """Train every optimizer at precision ``p`` (with replicas), then judge each pair; with
-    where the time went (training, then per pair: defects, intrinsic errors, theory checks)."""
+    """Train every optimizer at precision ``p`` (with replicas, recording each one's visited
+    states), then judge each pair; with where the time went (training, then per pair: defects,
+    intrinsic errors, theory checks)."""
     p_name = str(make_precision(p))
     phases = Phases()
+    every = _visit_interval(run["steps"], int(cfg["visits"]))
     with phases("train"):
         runs = measure(prob, specs, precision=p, replicas=int(cfg["replicas"]), progress=progress,
-                       **run)  # fmt: skip
+                       visit_every=every, **run)  # fmt: skip
     # Defects, intrinsic errors and theory checks take seconds per pair: show progress.
     label = f"pairs at {p_name}"
     if isinstance(progress, str):  # a worker's tag, as the trainer's lines carry it
         label = f"{progress}: {label}"
     bar = Progress(len(pairs), label, enabled=bool(progress), unit="pairs")
+    visited = runs.result.visited
+    # Per optimizer, once each: an optimizer belongs to several pairs.
+    intrinsic = functools.cache(lambda i: _intrinsic_error(specs[i], p, visited[i]))
+    checks = functools.cache(lambda i: _theory(prob, visited[i]))
     out = []
     for i, j in pairs:
         smap = (maps or {}).get((i, j))
-        out.append(
-            _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, run["batch_size"],
-                          run["steps"], smap, phases)  # fmt: skip
-        )
+        with phases("defects"):
+            dfx = defect_lib.simulation_defect(specs[i], specs[j], prob, p, smap=smap,
+                                               visited=(visited[i], visited[j]))  # fmt: skip
+        with phases("intrinsic errors"):
+            errors = (intrinsic(i), intrinsic(j))
+        with phases("theory checks"):
+            theory_i = checks(i)
+        out.append(_pair_verdict(specs, i, j, p_name, runs, cfg, dfx, errors, theory_i))
         bar.advance(1)
     return out, phases.as_dict()
+
+
+def _visit_interval(steps: int, visits: int) -> int:
+    """Steps between visited states: ``visits`` of them, evenly spaced from step 0.
+
+    >>> _visit_interval(500, 20), _visit_interval(10, 20)
+    (25, 1)
+    """
+    return max(steps // visits, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -478,23 +500,18 @@ def trajectory_verdict(
     )  # fmt: skip
 
 
-def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, smap, phases):
+def _pair_verdict(specs, i, j, p_name, runs, cfg, dfx, intrinsic, checks) -> PairVerdict:
+    """The verdict on optimizers i and j from their runs, their defect and the per-optimizer
+    measurements on visited states (intrinsic errors of both, theory checks of i)."""
     r = runs.result
-    tv = trajectory_verdict(runs, i, runs, j, p, cfg["C"])
+    tv = trajectory_verdict(runs, i, runs, j, p_name, cfg["C"])
     d, distance_ratio = tv.distance, tv.distance_ratio
     t = r.eval_steps[1:].astype(float)
     growth = stats.growth_exponent(t, np.median(d[:, 1:], axis=0))[0]
-    every = max(steps // int(cfg["visits"]), 1)
-    steps = steps - steps % every  # the visited states: every `every` steps of the run
-    with phases("defects"):
-        dfx = defect_lib.simulation_defect(specs[i], specs[j], prob, p, smap=smap, seed=0,
-                                           steps=steps, batch_size=batch_size, every=every)
     stalled_a = float(np.nanmean(r.stalled[i]))
     stalled_b = float(np.nanmean(r.stalled[j]))
     stalled = stalled_a > cfg["stall_limit"] and stalled_b > cfg["stall_limit"]
-    with phases("intrinsic errors"):  # both cached per optimizer
-        intrinsic_a = _intrinsic_error(prob, specs[i], p, steps, batch_size, every)
-        intrinsic_b = _intrinsic_error(prob, specs[j], p, steps, batch_size, every)
+    intrinsic_a, intrinsic_b = intrinsic
 
     key = _final_metric(r.evals)
     fa, fb = r.evals[key][i, :, -1], r.evals[key][j, :, -1]
@@ -524,8 +541,6 @@ def _pair_verdict(prob, specs, i, j, p, p_name, runs, cfg, batch_size, steps, sm
         reason += f"; WARNING: {_stall_warning(stalled_a, stalled_b)}"
     said_a, said_b, nan_a, nan_b = tv.diverged_a, tv.diverged_b, tv.nan_a, tv.nan_b
     per_seed = tv.ratio_per_seed
-    with phases("theory checks"):
-        checks = _theory(prob, specs[i], p, steps, batch_size, every)
     return PairVerdict(
         a=specs[i].text,
         b=specs[j].text,
@@ -819,59 +834,36 @@ def _final_metric(evals: dict) -> str:
     return next(iter(evals))
 
 
-def _per_optimizer(fn):
-    """Memoise a per-(problem, optimizer, precision) measurement: classes() asks for each one
-    once per pair it belongs to. Problems are keyed by identity (kept alive in the value)."""
-    cache: dict = {}
-
-    @functools.wraps(fn)
-    def wrapper(prob, spec, *args):
-        key = (id(prob), spec.canonical, *args)
-        if key not in cache:
-            if len(cache) > 512:
-                cache.clear()
-            cache[key] = (prob, fn(prob, spec, *args))
-        return cache[key][1]
-
-    return wrapper
-
-
-@_per_optimizer
-def _intrinsic_error(prob, spec, p, steps, batch_size, every) -> float:
+def _intrinsic_error(spec, p, visited) -> float:
     """Median over visited states of ||U_p(s, g) - U(s, g)|| / ||U(s, g) - s|| on parameters:
     how much of each update rounding at p changes (U computed in float64 without rounding)."""
-    visited = defect_lib.visited_states(
-        prob, spec, p, seed=0, steps=steps, batch_size=batch_size, every=every
-    )
-    errs = []
-    for params, state, grads in visited:
-        rounded = _flat(defect_lib.one_step(spec, p, params, state, grads)[0])
-        exact = _flat(defect_lib.one_step(spec, "fp64", params, state, grads)[0])
-        with np.errstate(invalid="ignore", over="ignore"):
-            step = np.linalg.norm(exact - _flat(params))
-            if step > 0:
-                errs.append(np.linalg.norm(rounded - exact) / step)
-    return float(np.median(errs)) if errs else float("nan")
+    params, state, grads = visited
+    rounded = _rows(defect_lib.one_step(spec, p, params, state, grads, stacked=True)[0])
+    exact = _rows(defect_lib.one_step(spec, "fp64", params, state, grads, stacked=True)[0])
+    with np.errstate(invalid="ignore", over="ignore"):
+        step = np.linalg.norm(exact - _rows(params), axis=1)
+        error = np.linalg.norm(rounded - exact, axis=1)
+        errs = error[step > 0] / step[step > 0]
+    return float(np.median(errs)) if errs.size else float("nan")
 
 
-@_per_optimizer
-def _theory(prob, spec_a, p, steps, batch_size, every) -> dict:
-    """The proposal's bounds, measured on A's visited gradients (and Hessian when small)."""
-    visited = defect_lib.visited_states(
-        prob, spec_a, p, seed=0, steps=steps, batch_size=batch_size, every=every
-    )
-    grads = [g for _, _, g in visited]
-    params = [s for s, _, _ in visited]
+def _theory(prob, visited) -> dict:
+    """The proposal's bounds, measured on visited gradients (and Hessian when small)."""
+    params, _, grads = visited
     try:
-        return _jsonable(theory.theory_checks(prob, grads, params))
+        return _jsonable(theory.theory_checks(prob, defect_lib.unstack(grads),
+                                              defect_lib.unstack(params)))  # fmt: skip
     except ValueError as err:  # model too large for an exact Hessian
         return {"note": str(err)}
 
 
-def _flat(tree) -> np.ndarray:
+def _rows(stacked) -> np.ndarray:
+    """A stacked tree as one float64 row per leading index."""
     import jax
 
-    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+    leaves = jax.tree.leaves(stacked)
+    count = leaves[0].shape[0]
+    return np.concatenate([np.asarray(x, np.float64).reshape(count, -1) for x in leaves], axis=1)
 
 
 def _jsonable(x: Any) -> Any:

@@ -14,8 +14,12 @@ formats), because a state B could be in has its stored values at p; phi itself i
 float64 (float32 without x64) to the exactly widened stored values, so fl_p(phi(s)) is phi
 rounded once. All maps keep params, so the gradient at phi(s) is the gradient g recorded at s.
 
-Visited states come from a compiled run that computes as the engine does (same seed -> same init,
-same batches, bit for bit the engine's parameters), so they are states of a real training run.
+Visited states are states of a real training run: :func:`optimorph.engine.train` records them
+(``visit_every``: each optimizer's first seed, the stored params and state before the step and the
+gradient of that step's minibatch), and :func:`simulation_defect` takes them from there
+(``visited=``). Without them it runs its own compiled run (:func:`visited_states`: same seed,
+same init and batches; the trainer's lanes may differ from it in the last bit, since XLA CPU
+orders a batched matmul's sums differently at different lane counts).
 
 Choices made here (documented, not in DESIGN.md):
 
@@ -50,7 +54,7 @@ from optimorph.precision import precision as make_precision
 from optimorph.problems import Problem
 from optimorph.problems import problem as make_problem
 
-__all__ = ["Defect", "one_step", "simulation_defect", "visited_states"]
+__all__ = ["Defect", "one_step", "simulation_defect", "unstack", "visited_states"]
 
 PyTree = Any
 Visited = tuple[PyTree, PyTree, PyTree]  # (params, state, grads)
@@ -58,7 +62,7 @@ Visited = tuple[PyTree, PyTree, PyTree]  # (params, state, grads)
 _CACHE_MAX = 32
 _VISIT: dict = {}  # compiled runs, keyed by what they close over (and holding those objects)
 _STEP: dict = {}  # compiled one-step maps (vmapped over a leading axis of states)
-_MAP: dict = {}  # compiled applications of a state map, keyed by what the map is a function of
+_ROUND: dict = {}  # compiled roundings to a policy's params and state formats
 _FIT: dict = {}  # fitted maps, keyed by the visited states they were fitted on
 
 
@@ -150,7 +154,13 @@ def _stepper(spec: OptimizerSpec, policy: Precision):
 
 
 def one_step(
-    spec: Any, precision: Any, params: PyTree, state: PyTree, grads: PyTree
+    spec: Any,
+    precision: Any,
+    params: PyTree,
+    state: PyTree,
+    grads: PyTree,
+    *,
+    stacked: bool = False,
 ) -> tuple[PyTree, PyTree]:
     """The rounded update U_p: one step of the optimizer at the precision, as the engine takes it.
 
@@ -162,6 +172,8 @@ def one_step(
       params: params in the policy's params format.
       state: optimizer state in the policy's state formats.
       grads: the gradient, already rounded to the grads format.
+      stacked: the arguments carry a leading axis of states (as visited states are stacked),
+        and so does the result: one compiled call for all of them.
 
     Returns:
       ``(params, state)`` after the step, in the policy's formats.
@@ -173,6 +185,8 @@ def one_step(
     ([0.5, 0.5], 1)
     """
     spec, policy = resolve(spec), _policy(precision)
+    if stacked:
+        return _stepper(spec, policy)(params, state, grads)
     batch = jax.tree.map(lambda x: jnp.asarray(x)[None], (params, state, grads))
     new = _stepper(spec, policy)(*batch)
     return jax.tree.map(lambda x: x[0], new)
@@ -259,7 +273,7 @@ def _portable(x: Any) -> bool:
     )
 
 
-def _unstack(stacked: PyTree) -> list:
+def unstack(stacked: PyTree) -> list:
     """The stacked tree as one tree of device arrays per leading index.
 
     Sliced in NumPy from one host copy and sent back in one batched transfer: slicing on the
@@ -311,7 +325,7 @@ def visited_states(
     (2, [0, 10])
     """
     stacked = _visit(problem, resolve(spec), _policy(precision), seed, steps, batch_size, every)
-    return _unstack(stacked)
+    return unstack(stacked)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,9 +346,25 @@ def _widen(tree: PyTree) -> PyTree:
 
 def _mapped(fn, policy: Precision, params: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
     """fl_p(fn(params, state)) for a stack of states: the map applied in the wide dtype, then
-    params rounded to the params format and the state to its formats."""
-    params_m, state_m = jax.vmap(fn)(_widen(params), _widen(state))
-    return policy.cast_params(params_m), policy.round_state(state_m)
+    params rounded to the params format and the state to its formats.
+
+    The map runs eagerly: its few products and quotients per leaf are exact IEEE operations
+    either way, and a compiled program per map (two per pair) cost more than every defect's
+    arithmetic. The rounding, op by op eagerly slow, is one compiled program per policy (and
+    state layout), shared by every map into that layout.
+    """
+    wide = jax.vmap(fn)(_widen(params), _widen(state))
+    return _rounder(policy)(*wide)
+
+
+def _rounder(policy: Precision):
+    """jit of (params, state) -> (params in the params format, state in its formats)."""
+
+    def make():
+        return jax.jit(lambda params, state: (policy.cast_params(params),
+                                              policy.round_state(state)))  # fmt: skip
+
+    return _cached(_ROUND, (policy,), make, ())
 
 
 def _kept(params: PyTree, state: PyTree, fields: set[str]) -> list:
@@ -371,23 +401,6 @@ def _relative(got: list, want: list) -> float:
     return math.sqrt(num / den)
 
 
-def _scale_key(scale: Any) -> Any:
-    """A scale as an exact, hashable value (float.hex tells -0.0 from 0.0)."""
-    if isinstance(scale, (int, float)):
-        return float(scale).hex()
-    leaves, treedef = jax.tree.flatten(scale)
-    values = [np.asarray(x) for x in leaves]
-    return treedef, tuple((str(x.dtype), x.shape, x.tobytes()) for x in values)
-
-
-def _exact_key(spec_a: OptimizerSpec, spec_b: OptimizerSpec, smap: StateMap) -> tuple:
-    """What a registered map from ``find_map(spec_a, spec_b)`` is a function of: the two specs
-    (the builders read nothing else); its name, scales and fields are added as a check."""
-    scales = tuple((name, _scale_key(s)) for name, s in smap.scales.items())
-    specs = (_spec_key(spec_a), _spec_key(spec_b))
-    return ("exact", *specs, smap.name, scales, smap.pairs, smap.dropped)
-
-
 def _digest(stacked: PyTree) -> tuple | None:
     """The stacked visited states as a hashable value (structure, dtypes, shapes and a hash of
     the bytes), or None when a leaf has no exact host copy (see :func:`_portable`)."""
@@ -401,48 +414,23 @@ def _digest(stacked: PyTree) -> tuple | None:
     return treedef, h.hexdigest()
 
 
-def _fitted(visit_a: PyTree, visit_b: PyTree, family: str) -> tuple[StateMap, tuple]:
-    """``fit_map`` on the visited states, and the key of the map; the fit is a function of the
-    states alone, so equal states (a rerun, the same pair in another test) reuse the map and
-    its compiled applications."""
+def _fitted(visit_a: PyTree, visit_b: PyTree, family: str) -> StateMap:
+    """``fit_map`` on the visited states; the fit is a function of the states alone, so equal
+    states (a rerun, the same pair in another test) reuse the map."""
     digests = (_digest(visit_a), _digest(visit_b))
     if None in digests:
-        smap = fit_map(_unstack(visit_a), _unstack(visit_b), family)
-        return smap, ("given", id(smap))
+        return fit_map(unstack(visit_a), unstack(visit_b), family)
     key = ("fitted", family, *digests)
-    smap = _cached(_FIT, key, lambda: fit_map(_unstack(visit_a), _unstack(visit_b), family), ())
-    return smap, key
+    return _cached(_FIT, key, lambda: fit_map(unstack(visit_a), unstack(visit_b), family), ())
 
 
-def _map_program(key: tuple, smap: StateMap, policy: Precision, keep: tuple):
-    """jit of (fl_p(phi(U_src(s))), fl_p(phi(s))) for stacks of states, one per map key.
-
-    One compiled call for both maps: eager, the rounding ops dispatch one by one (slow). The key
-    says what phi is a function of (maps with equal keys have the same phi), so a program traced
-    for one map serves an equal map built later. ``keep`` holds the objects whose ids are in
-    the key.
-    """
-
-    def make():
-        def both(params_src, state_src, params, state):
-            return (
-                _mapped(smap.phi, policy, params_src, state_src),
-                _mapped(smap.phi, policy, params, state),
-            )
-
-        return jax.jit(both)
-
-    # Two programs per defect: room for 32 defects (21 pairs of a 7-optimizer comparison).
-    return _cached(_MAP, (key, policy), make, keep, size=2 * _CACHE_MAX)
-
-
-def _direction(visited: Visited, step_src, step_dst, both, fields: set[str]) -> list[float]:
+def _direction(visited: Visited, step_src, step_dst, phi, policy, fields: set[str]) -> list[float]:
     """Per visited state s of the source: ||U_dst(phi(s), g) - phi(U_src(s, g))|| / ||...||,
-    with ``both`` from :func:`_map_program` and ``fields`` the slots the map keeps."""
+    ``fields`` being the slots the map keeps."""
     params, state, grads = visited
     params_src, state_src = step_src(params, state, grads)
-    want, start = both(params_src, state_src, params, state)
-    got = step_dst(*start, grads)
+    want = _mapped(phi, policy, params_src, state_src)
+    got = step_dst(*_mapped(phi, policy, params, state), grads)
     # The norms only read values: one host copy, rows sliced in NumPy (exact, like the device).
     got, want = jax.device_get((got, want))
     got_rows, want_rows = _kept(*got, fields), _kept(*want, fields)
@@ -461,6 +449,7 @@ def simulation_defect(
     *,
     smap: StateMap | None = None,
     family: str = "scalar",
+    visited: tuple[Visited, Visited] | None = None,
     seed: int = 0,
     steps: int = 200,
     batch_size: int | None = None,
@@ -480,7 +469,11 @@ def simulation_defect(
         fitted by :func:`fit_map` on the visited states of A and B of matched runs (same seed,
         same batches), at the same steps the defect is measured on.
       family: the fitted map's family, ``'scalar'`` or ``'diagonal'``.
-      seed, steps, batch_size, every: the runs (see :func:`visited_states`).
+      visited: A's and B's visited states from matched runs, each ``(params, state, grads)``
+        stacked along a leading axis (``TrainResult.visited`` of a ``train(visit_every=...)``);
+        default: run them here with the settings below.
+      seed, steps, batch_size, every: the runs when ``visited`` is not given (see
+        :func:`visited_states`).
 
     Returns:
       A :class:`Defect`.
@@ -492,21 +485,17 @@ def simulation_defect(
     """
     spec_a, spec_b, policy = resolve(a), resolve(b), _policy(precision)
     prob = problem if isinstance(problem, Problem) else make_problem(problem)
-    visit_a = _visit(prob, spec_a, policy, seed, steps, batch_size, every)
-    visit_b = _visit(prob, spec_b, policy, seed, steps, batch_size, every)
-    if smap is not None:
-        key: tuple = ("given", id(smap))
-    elif (smap := find_map(spec_a, spec_b)) is not None:
-        key = _exact_key(spec_a, spec_b, smap)
+    if visited is not None:
+        visit_a, visit_b = visited
     else:
-        smap, key = _fitted(visit_a, visit_b, family)
+        visit_a = _visit(prob, spec_a, policy, seed, steps, batch_size, every)
+        visit_b = _visit(prob, spec_b, policy, seed, steps, batch_size, every)
+    if smap is None:
+        smap = find_map(spec_a, spec_b) or _fitted(visit_a, visit_b, family)
     inverse = smap.inverse()
     step_a, step_b = _stepper(spec_a, policy), _stepper(spec_b, policy)
-    keep = (spec_a, spec_b, smap)  # the ids in the keys (custom optimizers, a given map)
-    phi = _map_program((*key, "phi"), smap, policy, keep)
-    psi = _map_program((*key, "psi"), inverse, policy, keep)
-    ab = _direction(visit_a, step_a, step_b, phi, set(smap.scales))
-    ba = _direction(visit_b, step_b, step_a, psi, set(inverse.scales))
+    ab = _direction(visit_a, step_a, step_b, smap.phi, policy, set(smap.scales))
+    ba = _direction(visit_b, step_b, step_a, inverse.phi, policy, set(inverse.scales))
     return Defect(
         a=spec_a.canonical,
         b=spec_b.canonical,
