@@ -31,6 +31,30 @@ def check_page(tmp_path):
     return lambda page: browser.check_page(page, tmp_path)
 
 
+@pytest.fixture
+def interrupt_at_checkpoint(monkeypatch):
+    """``interrupt_at_checkpoint(n)``: the trainer's n-th checkpoint from now is written, then
+    a KeyboardInterrupt is raised (a Ctrl-C right after it); returns the function that stops
+    interrupting (call it before resuming)."""
+    from optimorph.engine import trainer
+
+    original = trainer._save_checkpoint
+
+    def arm(n: int):
+        saved = []
+
+        def save_then_interrupt(*args):
+            original(*args)
+            saved.append(1)
+            if len(saved) == n:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(trainer, "_save_checkpoint", save_then_interrupt)
+        return lambda: monkeypatch.setattr(trainer, "_save_checkpoint", original)
+
+    return arm
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "heavy: a test of a minute or more; runs first, so no worker idles at the end"

@@ -100,23 +100,14 @@ def test_divergence_is_reported_per_run_not_raised():
     assert [d[0] for d in r.diverged()] == ["sgd(lr=5.0)"] * 2
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, interrupt_at_checkpoint):
     kw = dict(seeds=2, steps=60, batch_size=10, eval_every=10, chunk_steps=20, progress=False)
     full = train("two-moons(n=100)", "sgd(lr=0.1)", **kw)
 
-    saved = []
-    original = trainer._save_checkpoint
-
-    def crash_after_two(*args):
-        original(*args)
-        saved.append(1)
-        if len(saved) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "_save_checkpoint", crash_after_two)
+    disarm = interrupt_at_checkpoint(2)
     with pytest.raises(KeyboardInterrupt):
         train("two-moons(n=100)", "sgd(lr=0.1)", checkpoint_dir=tmp_path, **kw)
-    monkeypatch.setattr(trainer, "_save_checkpoint", original)
+    disarm()
     resumed = train("two-moons(n=100)", "sgd(lr=0.1)", checkpoint_dir=tmp_path, **kw)
     np.testing.assert_array_equal(resumed.train_loss, full.train_loss)
     for key in full.evals:

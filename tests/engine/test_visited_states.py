@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 
-from optimorph.engine import trainer
 from optimorph.engine.trainer import TrainingError, train
 from optimorph.equivalence import defect as defect_lib
 from optimorph.equivalence.compare import compare
@@ -63,22 +62,14 @@ def test_one_seed_keeps_its_visits_while_the_carry_is_donated():
         np.testing.assert_array_equal(flat(at(r.visited[0][0], k)), r.trajectory[0, 0, k])
 
 
-def test_an_interrupted_run_resumes_with_the_same_visited_states(tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_with_the_same_visited_states(tmp_path,
+                                                                 interrupt_at_checkpoint):
     kw = dict(RUN, chunk_steps=10, visit_every=10)
     full = train(LSQ, [ADAM, "sgd(lr=0.05)"], **kw)
-    saved = []
-    original = trainer._save_checkpoint
-
-    def crash_after_two(*args):
-        original(*args)
-        saved.append(1)
-        if len(saved) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "_save_checkpoint", crash_after_two)
+    disarm = interrupt_at_checkpoint(2)
     with pytest.raises(KeyboardInterrupt):
         train(LSQ, [ADAM, "sgd(lr=0.05)"], checkpoint_dir=tmp_path, **kw)
-    monkeypatch.setattr(trainer, "_save_checkpoint", original)
+    disarm()
     resumed = train(LSQ, [ADAM, "sgd(lr=0.05)"], checkpoint_dir=tmp_path, **kw)
     for a, b in zip(full.visited, resumed.visited, strict=True):
         np.testing.assert_array_equal(flat(a), flat(b))

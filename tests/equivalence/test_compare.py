@@ -112,27 +112,15 @@ def test_classes_and_cli_json(capsys):
     assert doc["precisions"]["fp32"]["equivalent"] is True
 
 
-def test_an_interrupted_comparison_resumes_from_its_checkpoints(tmp_path, monkeypatch):
-    from optimorph.engine import trainer
-
+def test_an_interrupted_comparison_resumes_from_its_checkpoints(tmp_path,
+                                                               interrupt_at_checkpoint):
     specs = ("sgd(lr=0.002)", "momentum(lr=0.002, beta=0)")
     kw = dict(problem=PROBLEM, precision="fp32", seeds=2, steps=40, batch_size=16, progress=False)
     full = compare(*specs, **kw).pairs["fp32"][0]
-    saves = []
-    original = trainer._save_checkpoint
-
-    def crash_on_second_group(*args):
-        original(*args)
-        saves.append(1)
-        if len(saves) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "_save_checkpoint", crash_on_second_group)
-    try:
+    disarm = interrupt_at_checkpoint(2)  # during the second group
+    with pytest.raises(KeyboardInterrupt):
         compare(*specs, checkpoint_dir=tmp_path, **kw)
-    except KeyboardInterrupt:
-        pass
-    monkeypatch.setattr(trainer, "_save_checkpoint", original)
+    disarm()
     assert list(tmp_path.glob("checkpoint-*.npz"))
     resumed = compare(*specs, checkpoint_dir=tmp_path, **kw).pairs["fp32"][0]
     np.testing.assert_array_equal(resumed.distance, full.distance)

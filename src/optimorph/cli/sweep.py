@@ -1,4 +1,5 @@
-"""``optimorph sweep`` and ``query``: grids into a results store, SQL over it."""
+"""``optimorph sweep``, ``query`` and ``export``: grids into a results store, SQL over it,
+its curves out to TensorBoard."""
 
 from __future__ import annotations
 
@@ -53,6 +54,20 @@ def add(sub) -> None:
                    help="rows printed as a table (csv and json print all; default: 50)")
     q.set_defaults(run=query_command)
 
+    ex = sub.add_parser(
+        "export",
+        help="write a sweep store's curves in another tool's format (TensorBoard)",
+        description="Write every finished cell of a sweep store as a TensorBoard run\n"
+        "(<problem>/<precision>/<point>/seed-<k>, every metric as a scalar series). Rerun to\n"
+        "export cells finished since; runs already written are kept.\n"
+        "Needs tensorboardX: pip install 'optimorph[tensorboard]'.",
+    )
+    ex.add_argument("store", type=Path, help="a sweep store (optimorph sweep's --out)")
+    ex.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files")
+    ex.add_argument("--logdir", type=Path, default=None,
+                    help="where the runs go (default: STORE/tensorboard)")
+    ex.set_defaults(run=export_command)
+
 
 def sweep_command(args) -> int:
     from optimorph.sweeps import load, run_sweep
@@ -88,6 +103,19 @@ def sweep_command(args) -> int:
         print(f"optimorph: error: {len(report.failed)} of {report.cells} cells failed (first: "
               f"{first}); rerun the same command to retry them", file=sys.stderr)  # fmt: skip
         return 1
+    return 0
+
+
+def export_command(args) -> int:
+    from optimorph.results.tensorboard import export_tensorboard
+
+    if not args.tensorboard:
+        print("optimorph export: give a format: --tensorboard", file=sys.stderr)
+        return 2
+    logdir = args.logdir or args.store / "tensorboard"
+    written, kept = export_tensorboard(args.store, logdir)
+    print(f"{written} runs written, {kept} already there, in {logdir}; view them with: "
+          f"tensorboard --logdir {logdir}")
     return 0
 
 
