@@ -3,8 +3,11 @@ as processes of their own on loopback, each store equal to the in-process run bi
 
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -26,6 +29,35 @@ def test_a_local_cluster_writes_the_in_process_store(tiny_file, reference, tmp_p
         report = run_sweep(load(tiny_file), tmp_path / "store", scheduler=address, progress=False)
     assert (report.done, report.written, report.failed) == (8, 8, {})
     assert digest(tmp_path / "store") == reference[1]
+
+
+@pytest.mark.heavy
+def test_a_worker_killed_mid_batch_leaves_the_store_exact(tiny_file, reference, tmp_path):
+    # SIGKILL the worker running a batch once the batch has started (its work directory is
+    # there): the scheduler hands the batch to the other worker (or the restarted one), which
+    # resumes the partial cells from their checkpoints; nothing is lost, duplicated or failed.
+    store, out = tmp_path / "store", {}
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        silence_logs=logging.CRITICAL,
+    )  # fmt: skip
+    with cluster, distributed.Client(cluster) as client:
+        sweep = threading.Thread(target=lambda: out.update(report=run_sweep(
+            load(tiny_file), store, scheduler=cluster.scheduler_address, progress=False)))
+        sweep.start()
+        busy, deadline = [], time.monotonic() + 120
+        while not busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if any((store / "work").glob("*")):
+                busy = [a for a, keys in client.processing().items() if keys]
+        assert busy, "no batch started within 2 minutes"
+        pids = client.run(os.getpid, workers=busy[:1])
+        os.kill(pids[busy[0]], signal.SIGKILL)
+        assert len(list((store / "cells").iterdir())) < 8, "killed before the sweep ended"
+        sweep.join(timeout=600)
+    report = out["report"]
+    assert (report.done, report.failed) == (8, {})
+    assert digest(store) == reference[1]
 
 
 @pytest.mark.heavy
