@@ -257,7 +257,8 @@ def _run_batch_size(config: tour.BatchSizeConfig, out: Path, progress: bool) -> 
         store.write_arrays(out, f"cells/B{b}", {k: v for k, v in cell.items() if k != "params"})
         _log(progress, f"batch-size: B={b} done in {cell['wall']:.1f} s")
 
-    result = tour.batch_size(config, checkpoints=str(out / "checkpoints"), done=done, on_cell=save)
+    result = tour.batch_size(config, checkpoints=str(out / "checkpoints"), done=done, on_cell=save,
+                             progress=progress)  # fmt: skip
     for b, grid in result["boundaries"].items():
         store.write_arrays(out, f"boundary_B{b}", grid)
     numpy = result["numpy"]

@@ -30,6 +30,7 @@ import numpy as np
 
 from optimorph.engine import train
 from optimorph.engine.parallel import map_cells
+from optimorph.engine.progress import Progress
 from optimorph.experiments import numpy_reference
 from optimorph.experiments.findings import above, all_of, at_least, below, finding, spread
 from optimorph.problems import DatasetNotFound, problem
@@ -163,6 +164,7 @@ def batch_size(
     checkpoints: str | None = None,
     done: dict[int, dict] | None = None,
     on_cell: Callable[[dict], None] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the sweep: one cell per batch size (largest first, so the long cells start early).
 
@@ -188,7 +190,7 @@ def batch_size(
     map_cells(_batch_size_cell, cells, workers=config.workers, on_result=store)
     sweep_wall = time.perf_counter() - started  # this session's cells, all processes together
     prob = problem(config.problem)
-    speed = speed_samples(config, prob)
+    speed = speed_samples(config, prob, progress=progress)
     numpy_rates = {b: float(np.median(r)) for b, r in speed["numpy"].items()}
     numpy_total = sum(config.steps / numpy_rates[b] for b in config.batch_sizes)
     ours_total = sum(done[b]["wall"] for b in config.batch_sizes)
@@ -205,11 +207,14 @@ def batch_size(
     }
 
 
-def speed_samples(config: BatchSizeConfig, prob: Any) -> dict[str, dict[int, list[float]]]:
+def speed_samples(
+    config: BatchSizeConfig, prob: Any, progress: bool = True
+) -> dict[str, dict[int, list[float]]]:
     """Steps per second of the textbook NumPy loop and of optimorph at every batch size, in
     ``config.speed_pairs`` interleaved rounds: in each round both loops run at each batch size
     one right after the other, so a slow spell of a shared machine hits both sides of a pair.
     optimorph's programs are compiled before any timing (the first call at each batch size).
+    ``progress``: a line on stderr per finished measurement (minutes at the full settings).
 
     Returns:
       ``{"numpy": {batch: [steps/s per round]}, "optimorph": {batch: [steps/s per round]}}``.
@@ -219,8 +224,12 @@ def speed_samples(config: BatchSizeConfig, prob: Any) -> dict[str, dict[int, lis
     steps = config.optimorph_sample_steps
     kw = dict(seeds=[config.seed], steps=steps, eval_every=steps, progress=False,
               keep_params=False)  # fmt: skip
+    bar = Progress((1 + config.speed_pairs) * len(config.batch_sizes),
+                   "batch-size: speed samples (compiling, then NumPy and optimorph interleaved)",
+                   enabled=progress, unit="samples")  # fmt: skip
     for b in config.batch_sizes:
         train(prob, config.optimizer, batch_size=b, **kw)  # compiles; not timed
+        bar.advance(1, warmup=True)
     out: dict[str, dict[int, list[float]]] = {
         "numpy": {b: [] for b in config.batch_sizes},
         "optimorph": {b: [] for b in config.batch_sizes},
@@ -233,6 +242,7 @@ def speed_samples(config: BatchSizeConfig, prob: Any) -> dict[str, dict[int, lis
             started = time.perf_counter()
             train(prob, config.optimizer, batch_size=b, **kw)
             out["optimorph"][b].append(steps / (time.perf_counter() - started))
+            bar.advance(1)
     return out
 
 
