@@ -18,8 +18,8 @@ Visited states are states of a real training run: :func:`optimorph.engine.train`
 (``visit_every``: each optimizer's first seed, the stored params and state before the step and the
 gradient of that step's minibatch), and :func:`simulation_defect` takes them from there
 (``visited=``). Without them it runs its own compiled run (:func:`visited_states`: same seed,
-same init and batches; the trainer's lanes may differ from it in the last bit, since XLA CPU
-orders a batched matmul's sums differently at different lane counts).
+same init and batches; the trainer's lanes may differ from it in the last bit: XLA CPU's
+reductions depend on the lane count, docs/sweeps.md).
 
 Choices made here (documented, not in DESIGN.md):
 
