@@ -108,3 +108,21 @@ def test_a_batch_killed_after_its_last_cell_leaves_no_work_folder(tiny_file, ref
     assert (report.done, report.written) == (8, 0)
     assert list((store / "work").iterdir()) == []
     assert digest(store) == reference[1]
+
+
+def test_a_full_disk_stops_the_sweep_before_any_cell_runs(tiny_file, tmp_path, monkeypatch,
+                                                          capsys):
+    import shutil
+
+    from optimorph.sweeps.run import space_needed
+
+    sweep = load(tiny_file)
+    need = space_needed(sweep, {c.id for c in sweep.cells})
+    assert need > 8 * 2048  # 8 cells: parameters, metrics and JSON each
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=need - 1))
+    store = tmp_path / "store"
+    assert main(["sweep", str(tiny_file), "--out", str(store), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cells still to run write at least" in err and "choose another --out" in err
+    assert not list((store / "cells").iterdir())

@@ -87,6 +87,7 @@ class Sweep:
         ``against`` (``precision`` or ``optimizer``), ``reference`` (that axis's value the
         others are compared with, canonical), ``metric`` (a ``cells`` column, None: the ranking
         rule's metric), ``margin`` (TOST, relative to the larger mean) and ``alpha``.
+      params: each problem's parameter count (for the disk-space check before a run).
     """
 
     path: str
@@ -95,6 +96,7 @@ class Sweep:
     cells: tuple[Cell, ...]
     batches: tuple[Batch, ...]
     statistics: Mapping[str, Any] | None = None
+    params: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @functools.cached_property
     def id(self) -> str:
@@ -217,10 +219,12 @@ class _Reader:
         if len(cells) > MAX_CELLS:
             raise SweepFileError(f"{self.path}:1: {len(cells)} cells; at most {MAX_CELLS} per "
                                  "sweep file (split it)")  # fmt: skip
-        work = {name: _work_per_step(prob, settings[name]) for name, prob in problems.items()}
+        params = {name: _n_params(prob) for name, prob in problems.items()}
+        work = {name: float(settings[name]["batch_size"] * max(params[name], 1))
+                for name in problems}  # fmt: skip
         planned = batches(cells, program_of, max_lanes=max_lanes, work_per_step=work)
         plan = self.statistics(problems, precisions, points)
-        return Sweep(self.path, self.text, name, tuple(cells), tuple(planned), plan)
+        return Sweep(self.path, self.text, name, tuple(cells), tuple(planned), plan, params)
 
     def problems(self) -> dict[str, Any]:
         from optimorph.problems import DatasetNotFound, problem
@@ -552,12 +556,11 @@ _EXAMPLES = {
 }
 
 
-def _work_per_step(prob: Any, settings: Mapping[str, Any]) -> float:
-    """Examples per step x parameters: the cost estimate that orders batches."""
+def _n_params(prob: Any) -> int:
+    """The problem's parameter count (shapes only: nothing is computed)."""
     import jax
     import numpy as np
 
     shapes = jax.eval_shape(prob.init, jax.random.key(0))
-    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
-    return float(settings["batch_size"] * max(params, 1))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from optimorph.results import sweep_store
+from optimorph.results.store import RunDirError
 from optimorph.sweeps.cells import Batch, versions
 from optimorph.sweeps.file import Sweep
 
@@ -122,6 +124,7 @@ def run_sweep(
                                 overwrite=overwrite) as out:  # fmt: skip
         ids = {c.id for c in sweep.cells}
         before = sweep_store.done_cells(out) & ids
+        check_space(out, sweep, ids - before)  # a full disk: one message before any work
         out_abs = str(Path(out).resolve())
         x64 = bool(jax.config.jax_enable_x64)
         tasks = [BatchTask(out_abs, b, x64, float(checkpoint_every)) for b in sweep.batches
@@ -154,6 +157,38 @@ def run_sweep(
             failed={k: v for k, v in sweep_store.failures(out).items() if k in ids},
             warnings=tuple(dict.fromkeys(tally.warnings)), wall=time.perf_counter() - started,
         )  # fmt: skip
+
+
+def space_needed(sweep: Sweep, pending: set[str]) -> int:
+    """Bytes the ``pending`` cells keep at the least once finished: their final parameters
+    (2 bytes each, the narrowest format), 8 bytes per metrics value (Parquet compresses the
+    rest away at best) and 2 KB of JSON. A lower bound: checkpoints come on top."""
+    total = 0
+    for c in sweep.cells:
+        if c.id in pending:
+            s = c.settings
+            values = s["steps"] // s["log_every"] + 8 * (s["steps"] // s["eval_every"] + 1)
+            total += 2 * sweep.params.get(c.problem, 0) + 8 * values + 2048
+    return total
+
+
+def check_space(out: str | os.PathLike, sweep: Sweep, pending: set[str]) -> None:
+    """Refuse to start when the disk holding ``out`` cannot take what ``pending`` cells write.
+
+    Raises:
+      RunDirError: the free space is below :func:`space_needed`; the message says both.
+    """
+    need, free = space_needed(sweep, pending), shutil.disk_usage(out).free
+    if free < need:
+        raise RunDirError(
+            f"{out}: {_mb(free)} free on its disk, and the {len(pending)} cells still to run "
+            f"write at least {_mb(need)} (final parameters and metrics, before checkpoints); "
+            "free some space or choose another --out"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 class _Tally:
