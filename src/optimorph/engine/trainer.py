@@ -54,6 +54,7 @@ from optimorph.probes import Probe, StepValues
 from optimorph.probes import builtin as builtin_probes
 from optimorph.probes.base import REDUCERS
 from optimorph.problems import Problem
+from optimorph.problems.models import n_params
 from optimorph.problems import problem as make_problem
 from optimorph.atomic import atomic_path
 
@@ -453,8 +454,7 @@ class _Plan:
 
 
 def _n_params(prob: Problem) -> int:
-    shapes = jax.eval_shape(prob.init, jax.random.key(0))
-    return max(1, sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)))
+    return max(1, n_params(prob.init))
 
 
 def _block_steps(eval_every: int, log_every: int, work_per_step: float) -> int:
@@ -549,7 +549,7 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
 
     carry = init_all(root, hvals)
     visits: list = []  # per visit: (params, state, grads), each configuration's first seed
-    template = _visit_template(carry, n_seed) if visit_every else None
+    template = _visit_template(carry, n_seed) if visit_every and ckpt is not None else None
     resumed = _load_checkpoint(ckpt, carry, template)
     if resumed is not None:
         carry, done, parts, earlier, visits = resumed

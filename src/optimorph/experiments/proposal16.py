@@ -259,10 +259,10 @@ def _problem(recipe: Recipe, model: str):
 
 
 def parameter_count(prob) -> int:
-    """The number of trainable parameters of a problem's model."""
-    import jax
+    """The number of trainable parameters of a problem's model (shapes only)."""
+    from optimorph.problems.models import n_params
 
-    return int(sum(x.size for x in jax.tree.leaves(prob.init(jax.random.PRNGKey(0)))))
+    return n_params(prob.init)
 
 
 def distance_growth(v) -> dict:

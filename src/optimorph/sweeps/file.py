@@ -219,7 +219,9 @@ class _Reader:
         if len(cells) > MAX_CELLS:
             raise SweepFileError(f"{self.path}:1: {len(cells)} cells; at most {MAX_CELLS} per "
                                  "sweep file (split it)")  # fmt: skip
-        params = {name: _n_params(prob) for name, prob in problems.items()}
+        from optimorph.problems.models import n_params  # JAX: only once a file is loaded
+
+        params = {name: n_params(prob.init) for name, prob in problems.items()}
         work = {name: float(settings[name]["batch_size"] * max(params[name], 1))
                 for name in problems}  # fmt: skip
         planned = batches(cells, program_of, max_lanes=max_lanes, work_per_step=work)
@@ -554,13 +556,3 @@ _EXAMPLES = {
     "precisions": 'precisions = ["fp32", "bf16,v=fp32"]',
     "optimizers": 'optimizers = ["sgd(lr=[0.01, 0.1])"] or an [[optimizers]] table',
 }
-
-
-def _n_params(prob: Any) -> int:
-    """The problem's parameter count (shapes only: nothing is computed)."""
-    import jax
-    import numpy as np
-
-    shapes = jax.eval_shape(prob.init, jax.random.key(0))
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
-
