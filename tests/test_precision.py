@@ -554,6 +554,21 @@ def test_stochastic_update_is_unbiased():
         policy.apply_updates(params, update)
 
 
+def test_stochastic_update_of_fp32_params_draws_from_the_exact_sum():
+    # An update of a quarter ulp: formed in float32, the sum would already be rounded to
+    # nearest (1.0) and no draw could move it; from the exact sum it moves up one ulp about a
+    # quarter of the time.
+    policy = precision("fp32,rounding=stochastic")
+    n = 4096
+    params = {"w": jnp.ones(n, jnp.float32)}
+    ulp = 2.0**-23
+    update = {"w": jnp.full(n, ulp / 4, jnp.float32)}
+    out, _ = policy.apply_updates(params, update, key=jax.random.key(1))
+    moved = np.asarray(out["w"], np.float64) - 1.0
+    assert set(np.unique(moved)) == {0.0, ulp}
+    assert abs(np.mean(moved == ulp) - 0.25) < 5 * np.sqrt(0.25 * 0.75 / n)
+
+
 def test_stalled_fraction_counts_absorbed_updates():
     old = {"w": jnp.ones(3, jnp.bfloat16)}
     updates = {"w": jnp.asarray([0.0, 1e-4, 0.5])}

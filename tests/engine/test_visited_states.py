@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from optimorph.engine.step import seed_keys
 from optimorph.engine.trainer import TrainingError, train
 from optimorph.equivalence import defect as defect_lib
 from optimorph.equivalence.compare import compare
@@ -83,7 +84,7 @@ def test_an_interrupted_run_resumes_with_the_same_visited_states(tmp_path,
     [
         (dict(visit_every=3, log_every=2), "multiple of log_every=2"),
         (dict(visit_every=0), "visit_every must be a positive integer"),
-        (dict(visit_every=10, precision="bf16,rounding=stochastic"), "round-to-nearest"),
+        (dict(visit_every=10, precision="bf16,kahan=true"), "no Kahan compensation"),
     ],
 )
 def test_bad_visit_settings_say_what_to_change(kw, message):
@@ -91,11 +92,60 @@ def test_bad_visit_settings_say_what_to_change(kw, message):
         train(LSQ, ADAM, **{**RUN, **kw})
 
 
-def test_compare_replays_the_training_runs_states_without_running_them_again():
-    defect_lib._VISIT.clear()
+# Policies that draw random numbers: the whole step, a state slot's format, and the gradient's
+# alone (a random transform; a visit holds the gradient already rounded, so the replayed step
+# draws nothing and only the first two depend on the key).
+KEYED = [("fp32,rounding=stochastic", True),
+         ("bf16,state=fp32,m=mxfp8e4m3(rounding=stochastic),grads=mxfp4(rounding=stochastic)",
+          True),
+         ("fp32,grads=mxfp8e4m3(transform=rht),v=bnb8(block=64)", False)]  # fmt: skip
+
+
+@pytest.mark.parametrize("prec, step_draws", KEYED)
+def test_keyed_policies_replay_their_visits_with_the_runs_draws(prec, step_draws):
+    r = train(LSQ, ADAM, precision=prec, visit_every=1, **{**RUN, "seeds": [3, 5]})
+    every_step = r.visited[0]
+    key = seed_keys(3).rounding  # the first seed's: visits are recorded from it
+    for k, k1 in itertools.pairwise(range(5)):
+        p, s, g = at(every_step, k)
+        new_p, new_s = one_step(ADAM, prec, p, s, g, t=k, rounding_key=key)
+        np.testing.assert_array_equal(flat(new_p), flat(at(every_step[0], k1)))
+        np.testing.assert_array_equal(flat(new_s), flat(at(every_step[1], k1)))
+    # Another seed's draws are another step: the replay above did use the key.
+    p, s, g = at(every_step, 2)
+    other = one_step(ADAM, prec, p, s, g, t=2, rounding_key=seed_keys(5).rounding)
+    same = np.array_equal(flat(other), flat((at(every_step[0], 3), at(every_step[1], 3))))
+    assert same != step_draws
+    with pytest.raises(ValueError, match="draws random numbers.*rounding_key="):
+        one_step(ADAM, prec, p, s, g)
+
+
+def test_compare_replays_the_training_runs_states_without_running_them_again(monkeypatch):
+    def second_run(*args, **kwargs):
+        raise AssertionError("the visited states were trained a second time")
+
+    monkeypatch.setattr(defect_lib, "_visit", second_run)
     c = compare("momentum(lr=0.05, beta=0.9)", "momentum(lr=0.05, beta=0.9, form='ema')",
                 problem=LSQ, precision="fp32", seeds=2, steps=40, batch_size=8,
                 progress=False)  # fmt: skip
     v = c.pairs["fp32"][0]
     assert v.map != "fitted" and 0 <= v.defect_ab < 1e-5 and 0 <= v.defect_ba < 1e-5
-    assert not defect_lib._VISIT, "no second run compiled for the visited states"
+
+
+def test_a_keyed_policy_is_judged_with_common_random_numbers():
+    # Adam and AdamW without decay are one computation: with the run's draws replayed for both,
+    # the defect is exactly 0 under stochastic rounding of the gradient, as at round to nearest.
+    prec = "bf16,state=fp32,grads=mxfp4(rounding=stochastic,transform=rht)"
+    c = compare(ADAM, ADAM.replace("adam(", "adamw(weight_decay=0, "), problem=LSQ,
+                precision=prec, seeds=2, steps=40, batch_size=8, progress=False)  # fmt: skip
+    v = c.pairs[prec][0]
+    assert v.equivalent and v.distance_ratio == 0
+    assert v.defect_ab == 0 and v.defect_ba == 0
+    assert 0 < v.intrinsic_error_a == v.intrinsic_error_b < 1
+
+
+@pytest.mark.parametrize("prec", ["bf16,rounding=stochastic", "fp32,kahan=true"])
+def test_compare_refuses_a_policy_without_a_noise_floor_before_training(prec, monkeypatch):
+    monkeypatch.setattr("optimorph.equivalence.compare.measure", None)  # training would fail
+    with pytest.raises(ValueError, match="rounding=nearest without kahan"):
+        compare(ADAM, "sgd(lr=0.05)", problem=LSQ, precision=prec, seeds=2, steps=40)

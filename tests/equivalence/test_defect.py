@@ -112,11 +112,22 @@ def test_sgd_and_signsgd_are_far_apart_on_a_heterogeneous_problem():
     assert d.ab_max > 1e-2 and d.ba_max > 1e-2
 
 
-def test_defect_refuses_random_rounding_and_bad_steps():
-    with pytest.raises(ValueError, match="nearest"):
-        simulation_defect("sgd", "sgd", LSQ, "fp32,rounding=stochastic", steps=10, every=5)
+def test_defect_refuses_kahan_and_bad_steps():
+    with pytest.raises(ValueError, match="without kahan"):
+        simulation_defect("sgd", "sgd", LSQ, "fp32,kahan=true", steps=10, every=5)
     with pytest.raises(ValueError, match="divide"):
         visited_states(LSQ, "sgd", "fp32", steps=10, every=3)
+
+
+@pytest.mark.parametrize("prec", ["fp32,v=bnb8(block=64)", "fp32,m=ao4(block=32)",
+                                  "fp32,rounding=stochastic"])  # fmt: skip
+def test_an_optimizer_simulates_itself_exactly_under_block_and_random_formats(prec):
+    # phi = identity: the mapped state is the stored one, so rounding it again changes nothing,
+    # provided each visited state's blocks are its own (a code map's blocks run over the
+    # flattened tensor) and the replay draws the run's random numbers.
+    d = simulation_defect("adam(lr=0.01)", "adam(lr=0.01)", LSQ, prec, steps=40, every=10,
+                          batch_size=16)  # fmt: skip
+    assert d.map_kind == "exact" and d.ab_max == 0 and d.ba_max == 0
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,8 @@ import optax
 __all__ = [
     "RunKeys",
     "run_keys",
+    "seed_keys",
+    "stored_state_key",
     "BatchOrder",
     "permutation",
     "stored_hparams",
@@ -81,6 +83,18 @@ class RunKeys(NamedTuple):
 def run_keys(key: jax.Array) -> RunKeys:
     """Split a run's key into its (init, data, stochastic-rounding, noise) keys."""
     return RunKeys(*jax.random.split(key, 4))
+
+
+def seed_key(seed: Any) -> jax.Array:
+    """The key of seed ``seed``'s run; every optimizer's run of a seed starts from it (paired
+    seeds). ``seed`` may be traced (the trainer maps it over lanes)."""
+    return jax.random.key(jnp.asarray(seed, jnp.uint32))
+
+
+def seed_keys(seed: int) -> RunKeys:
+    """:func:`run_keys` of seed ``seed``'s run: what replaying its steps needs (the
+    stochastic-rounding key of a keyed policy)."""
+    return run_keys(seed_key(seed))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +316,17 @@ def _step_keys(policy: Any, rounding_key: jax.Array | None, t: jax.Array) -> tup
     if getattr(policy, "updates", None) is None:
         return (*jax.random.split(step_key, 3), None)
     return tuple(jax.random.split(step_key, 4))
+
+
+def stored_state_key(policy: Any, rounding_key: jax.Array | None, t: jax.Array):
+    """The key the optimizer state stored before step t was rounded with (None when the policy
+    draws no random numbers): the run's rounding key at t = 0 (:func:`start`), step t - 1's
+    state key after (:func:`apply_update`). ``t`` may be traced."""
+    if not policy.keyed or rounding_key is None:
+        return None
+    later = _step_keys(policy, rounding_key, jnp.maximum(t - 1, 0))[1]
+    data = jnp.where(t == 0, jax.random.key_data(rounding_key), jax.random.key_data(later))
+    return jax.random.wrap_key_data(data)
 
 
 def gradient(

@@ -43,6 +43,7 @@ from optimorph.engine.step import (
     learning_rate,
     numeric_hparams,
     run_keys,
+    seed_key,
     start,
 )
 from optimorph.optimizers import OptimizerSpec, resolve
@@ -544,7 +545,7 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     n_cfg, n_seed = len(specs), len(seeds)
     lanes = n_cfg * n_seed
     hvals = lane_hparams(specs, policy, n_seed)
-    root = jax.vmap(jax.random.key)(jnp.tile(jnp.asarray(seeds, jnp.uint32), n_cfg))
+    root = jax.vmap(seed_key)(jnp.tile(jnp.asarray(seeds, jnp.uint32), n_cfg))
     init_all, eval_all, chunk_all = _programs(prob, specs[0], policy, plan, probes)
 
     carry = init_all(root, hvals)
@@ -863,16 +864,17 @@ def _all_finite(tree) -> jax.Array:
 
 def _visit_every(value, log_every: int, policy) -> int | None:
     """``visit_every`` checked: whole ``log_every`` windows (blocks, and so chunks, then end at
-    visited steps), for a deterministic policy (the one-step defect replays U_p)."""
+    visited steps), for a policy without Kahan (a visit records no compensation, so U_p could
+    not be replayed; stochastic rounding replays from the seed's key and the step)."""
     if value is None:
         return None
     every = _positive_int(value, "visit_every")
     if every % _positive_int(log_every, "log_every"):
         raise TrainingError(f"visit_every={every} must be a multiple of log_every={log_every}")
-    if policy.kahan or policy.rounding != "nearest":
+    if policy.kahan:
         raise TrainingError(
-            "visited states replay one rounded step, which needs round-to-nearest without "
-            "Kahan; drop 'kahan' or 'rounding=stochastic' from the precision, or visit_every"
+            "visited states replay one rounded step, and a visit records no Kahan "
+            "compensation; drop 'kahan' from the precision, or visit_every"
         )
     return every
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from optimorph import stats
+from optimorph.engine import step as step_lib
 from optimorph.engine import train
 from optimorph.engine.parallel import default_workers, map_cells
 from optimorph.engine.progress import Progress
@@ -308,6 +309,8 @@ def _evaluate(
             )
     names = [s.text for s in specs]
     precisions = [precision] if isinstance(precision, str) else list(precision)
+    for p in precisions:  # checked before any training
+        _check_floor_policy(make_precision(p))
     pairs = pairs or list(itertools.combinations(range(len(specs)), 2))
     sendable = isinstance(problem, str) and not maps and all(s.custom is None for s in specs)
     workers = (default_workers() if workers is None else int(workers)) if sendable else 1
@@ -323,6 +326,18 @@ def _evaluate(
     timing = {p: t for p, (_, t) in zip(precisions, judged, strict=True)}
     settings_out = {**cfg, **{k: v for k, v in run.items() if k != "checkpoint_dir"}}
     return Comparison(prob.name, names, precisions, out, settings_out, timing)
+
+
+def _check_floor_policy(policy) -> None:
+    """The noise floor's replicas perturb a round-to-nearest sum: a policy that rounds
+    stochastically as a whole, or with Kahan, has no floor here (one line, before training)."""
+    if policy.rounding != "nearest" or policy.kahan:
+        raise ValueError(
+            f"precision {policy.name!r}: the noise floor's replicas perturb a round-to-nearest "
+            "step, so compare needs rounding=nearest without kahan for the policy as a whole; "
+            "stochastic rounding inside one role's format is judged "
+            "(e.g. 'bf16,grads=mxfp4(rounding=stochastic)')"
+        )
 
 
 def _precision_cell(cell) -> tuple[list[PairVerdict], dict]:
@@ -349,15 +364,17 @@ def _judge(prob, specs, p, run, cfg, maps, pairs, progress) -> tuple[list[PairVe
         label = f"{progress}: {label}"
     bar = Progress(len(pairs), label, enabled=bool(progress), unit="pairs")
     visited = runs.result.visited
+    # Visits are the first seed's; a keyed policy replays them with that seed's draws.
+    replay = {"visit_steps": runs.result.visit_steps, "seed": runs.result.seeds[0]}
     # Per optimizer, once each: an optimizer belongs to several pairs.
-    intrinsic = functools.cache(lambda i: _intrinsic_error(specs[i], p, visited[i]))
+    intrinsic = functools.cache(lambda i: _intrinsic_error(specs[i], p, visited[i], **replay))
     checks = functools.cache(lambda i: _theory(prob, visited[i]))
     out = []
     for i, j in pairs:
         smap = (maps or {}).get((i, j))
         with phases("defects"):
             dfx = defect_lib.simulation_defect(specs[i], specs[j], prob, p, smap=smap,
-                                               visited=(visited[i], visited[j]))  # fmt: skip
+                                               visited=(visited[i], visited[j]), **replay)  # fmt: skip
         with phases("intrinsic errors"):
             errors = (intrinsic(i), intrinsic(j))
         with phases("theory checks"):
@@ -834,11 +851,14 @@ def _final_metric(evals: dict) -> str:
     return next(iter(evals))
 
 
-def _intrinsic_error(spec, p, visited) -> float:
+def _intrinsic_error(spec, p, visited, visit_steps, seed) -> float:
     """Median over visited states of ||U_p(s, g) - U(s, g)|| / ||U(s, g) - s|| on parameters:
-    how much of each update rounding at p changes (U computed in float64 without rounding)."""
+    how much of each update rounding at p changes (U computed in float64 without rounding; a
+    keyed policy's U_p draws what the run drew)."""
     params, state, grads = visited
-    rounded = _rows(defect_lib.one_step(spec, p, params, state, grads, stacked=True)[0])
+    key = step_lib.seed_keys(seed).rounding
+    rounded = _rows(defect_lib.one_step(spec, p, params, state, grads, stacked=True,
+                                        t=visit_steps, rounding_key=key)[0])  # fmt: skip
     exact = _rows(defect_lib.one_step(spec, "fp64", params, state, grads, stacked=True)[0])
     with np.errstate(invalid="ignore", over="ignore"):
         step = np.linalg.norm(exact - _rows(params), axis=1)

@@ -17,9 +17,9 @@ rounded once. All maps keep params, so the gradient at phi(s) is the gradient g 
 Visited states are states of a real training run: :func:`optimorph.engine.train` records them
 (``visit_every``: each optimizer's first seed, the stored params and state before the step and the
 gradient of that step's minibatch), and :func:`simulation_defect` takes them from there
-(``visited=``). Without them it runs its own compiled run (:func:`visited_states`: same seed,
-same init and batches; the trainer's lanes may differ from it in the last bit: XLA CPU's
-reductions depend on the lane count, docs/sweeps.md).
+(``visited=``). Without them it trains each optimizer alone for its visits
+(:func:`visited_states`, the same trainer with one seed; a run with more lanes may differ from
+it in the last bit: XLA CPU's reductions depend on the lane count, docs/sweeps.md).
 
 Choices made here (documented, not in DESIGN.md):
 
@@ -27,8 +27,10 @@ Choices made here (documented, not in DESIGN.md):
   engine, while an exact map's factors (1 - beta, eta) are the spec's real values. At low
   precision that mismatch (e.g. 0.9 stored as 0.8999 in fp16) is part of the measured defect; it
   is of the order of the unit roundoff, like the rest.
-* Only deterministic rounding is supported: stochastic rounding makes U_p random and Kahan
-  summation adds a compensation to the state, so both raise a ValueError.
+* Stochastic rounding (of the whole policy or of one role's format) makes U_p random: a visited
+  step is replayed with the run's own draws (the seed's rounding key and the step index), the
+  same for A and B, so the defect is measured under common random numbers. Kahan summation adds
+  a compensation to the state that no visit records, so it raises a ValueError.
 * A coordinate that is NaN in both states, or equal infinities, agrees; NaN or inf in one state
   only makes that state's defect inf (e.g. Adam with eps = 0 on a zero gradient gives 0/0 where
   sign descent gives 0). 0/0 for the ratio (both states zero) is 0.
@@ -46,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optimorph.engine import step
+from optimorph.engine import step, train
 from optimorph.equivalence.maps import Slots, StateMap, find_map, fit_map
 from optimorph.optimizers import OptimizerSpec, resolve
 from optimorph.precision import FP32, FP64, Precision
@@ -60,7 +62,6 @@ PyTree = Any
 Visited = tuple[PyTree, PyTree, PyTree]  # (params, state, grads)
 
 _CACHE_MAX = 32
-_VISIT: dict = {}  # compiled runs, keyed by what they close over (and holding those objects)
 _STEP: dict = {}  # compiled one-step maps (vmapped over a leading axis of states)
 _ROUND: dict = {}  # compiled roundings to a policy's params and state formats
 _FIT: dict = {}  # fitted maps, keyed by the visited states they were fitted on
@@ -107,13 +108,25 @@ class Defect:
 
 def _policy(precision: Any) -> Precision:
     policy = make_precision(precision)
-    if policy.rounding != "nearest" or policy.kahan:
-        # Stochastic rounding makes U_p random and Kahan adds a compensation to the state: the
-        # one-step defect is defined for the deterministic rounded map only.
-        raise ValueError(
-            f"the simulation defect needs rounding=nearest without kahan; got {policy.name!r}"
-        )
+    if policy.kahan:
+        # Kahan adds a compensation to the state, which no visit records: the defect is defined
+        # for the rounded map of (params, optimizer state) alone.
+        raise ValueError(f"the simulation defect needs a policy without kahan; got {policy.name!r}")
     return policy
+
+
+def _replay(policy: Precision, count: int, t: Any, rounding_key: Any) -> tuple[Any, Any]:
+    """The step indices (int32, one per state) and rounding key a replay of ``count`` steps
+    needs. A keyed policy (stochastic rounding, a random transform) replays the run's own draws,
+    so both are required; for any other policy they change nothing and default to zeros."""
+    if policy.keyed and (t is None or rounding_key is None):
+        raise ValueError(
+            f"precision {policy.name!r} draws random numbers (stochastic rounding or a random "
+            "transform): a replayed step draws the run's, so give t= (the step index) and "
+            "rounding_key= (engine.step.seed_keys(seed).rounding of the run's seed)"
+        )
+    ts = jnp.zeros(count, jnp.int32) if t is None else jnp.asarray(t, jnp.int32)
+    return jnp.broadcast_to(ts, (count,)), rounding_key if policy.keyed else None
 
 
 def _transformation(spec: OptimizerSpec, policy: Precision) -> optax.GradientTransformation:
@@ -121,9 +134,10 @@ def _transformation(spec: OptimizerSpec, policy: Precision) -> optax.GradientTra
     return spec.build(step.stored_hparams(spec, policy))
 
 
-def _update(tx, policy: Precision, params, state, grads) -> tuple[PyTree, PyTree]:
-    """U_p: the engine's step from (params, state) with a given (already rounded) gradient."""
-    new = step.apply_update(tx, policy, params, state, None, grads)
+def _update(tx, policy: Precision, params, state, grads, t, key) -> tuple[PyTree, PyTree]:
+    """U_p: the engine's step t from (params, state) with a given (already rounded) gradient
+    (``key``: the run's rounding key, None unless the policy draws random numbers)."""
+    new = step.apply_update(tx, policy, params, state, None, grads, rounding_key=key, t=t)
     return new.params, new.state
 
 
@@ -144,11 +158,12 @@ def _cached(cache: dict, key: tuple, make, keep: tuple, size: int = _CACHE_MAX):
 
 
 def _stepper(spec: OptimizerSpec, policy: Precision):
-    """jit(vmap(U_p)) over a leading axis of (params, state, grads)."""
+    """jit(vmap(U_p)) over a leading axis of (params, state, grads, t); one rounding key."""
 
     def make():
         tx = _transformation(spec, policy)
-        return jax.jit(jax.vmap(lambda p, s, g: _update(tx, policy, p, s, g)))
+        one = lambda p, s, g, t, k: _update(tx, policy, p, s, g, t, k)  # noqa: E731
+        return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None)))
 
     return _cached(_STEP, (_spec_key(spec), policy), make, (spec,))
 
@@ -161,6 +176,8 @@ def one_step(
     grads: PyTree,
     *,
     stacked: bool = False,
+    t: Any = None,
+    rounding_key: jax.Array | None = None,
 ) -> tuple[PyTree, PyTree]:
     """The rounded update U_p: one step of the optimizer at the precision, as the engine takes it.
 
@@ -168,12 +185,16 @@ def one_step(
 
     Args:
       spec: optimizer spec (string or OptimizerSpec).
-      precision: precision spec or policy (round to nearest, no Kahan).
+      precision: precision spec or policy (no Kahan).
       params: params in the policy's params format.
       state: optimizer state in the policy's state formats.
       grads: the gradient, already rounded to the grads format.
       stacked: the arguments carry a leading axis of states (as visited states are stacked),
         and so does the result: one compiled call for all of them.
+      t, rounding_key: the step index (one per state when stacked) and the run's rounding key
+        (``engine.step.seed_keys(seed).rounding``); required when the policy draws random
+        numbers (:attr:`Precision.keyed`), whose draws the replay then repeats; ignored
+        otherwise.
 
     Returns:
       ``(params, state)`` after the step, in the policy's formats.
@@ -186,9 +207,10 @@ def one_step(
     """
     spec, policy = resolve(spec), _policy(precision)
     if stacked:
-        return _stepper(spec, policy)(params, state, grads)
+        count = jax.tree.leaves(params)[0].shape[0]
+        return _stepper(spec, policy)(params, state, grads, *_replay(policy, count, t, rounding_key))
     batch = jax.tree.map(lambda x: jnp.asarray(x)[None], (params, state, grads))
-    new = _stepper(spec, policy)(*batch)
+    new = _stepper(spec, policy)(*batch, *_replay(policy, 1, t, rounding_key))
     return jax.tree.map(lambda x: x[0], new)
 
 
@@ -196,73 +218,20 @@ def one_step(
 # Visited states
 
 
-def _runner(prob: Problem, spec: OptimizerSpec, policy: Precision, plan: tuple):
-    """A compiled run ``seed key -> stacked (params, state, grads)`` at every ``every``-th step."""
-    steps, every, order = plan
-
-    def make():
-        tx = _transformation(spec, policy)
-
-        def run(key, train):
-            keys = step.run_keys(key)
-            params, state, _ = step.start(prob.init, tx, policy, keys)
-
-            def one(carry, t):
-                params, state, perm = carry
-                perm = order.advance(keys.data, perm, t)
-                batch = order.batch(train, perm, t)
-                _, g, params_c = step.gradient(prob.loss, policy, params, batch)
-                new = step.apply_update(tx, policy, params, state, None, g, params_c=params_c)
-                return (new.params, new.state, perm), (params, state, g)
-
-            def inner(carry, t):
-                # The record rides in the carry and is replaced at the interval's first step:
-                # one traced step (half the compile time of a separate first step) and no
-                # per-step outputs kept in memory.
-                state, record = carry
-                state, now = one(state, t)
-                keep = t % every == 0
-                record = jax.tree.map(lambda r, n: jnp.where(keep, n, r), record, now)
-                return (state, record), None
-
-            def interval(carry, k):
-                ts = k * every + jnp.arange(every, dtype=jnp.int32)
-                (carry, record), _ = jax.lax.scan(inner, (carry, blank), ts)
-                return carry, record
-
-            grads0 = jax.tree.map(lambda p: jnp.zeros(p.shape, policy.grads.storage_dtype), params)
-            blank = (params, state, grads0)
-            perm0 = order.permutation(keys.data, 0) if not order.full_batch else jnp.zeros(0)
-            ks = jnp.arange(steps // every, dtype=jnp.int32)
-            return jax.lax.scan(interval, (params, state, perm0), ks)[1]
-
-        return jax.jit(run)
-
-    key = (id(prob), _spec_key(spec), policy, plan)
-    return _cached(_VISIT, key, make, (prob, spec))
-
-
 def _visit(problem, spec, policy, seed, steps, batch_size, every) -> Visited:
-    """Stacked (params, state, grads) with a leading axis over the recorded steps."""
+    """Stacked (params, state, grads) with a leading axis over the recorded steps, from the
+    engine's own run (:func:`optimorph.engine.train` with ``visit_every``): one copy of the
+    step, so these are the states a training run visits, bit for bit."""
     prob = problem if isinstance(problem, Problem) else make_problem(problem)
     for name, value in (("steps", steps), ("every", every)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if steps % every:
         raise ValueError(f"every={every} must divide steps={steps}")
-    n = prob.n_train
-    full = prob.full_batch or batch_size is None or batch_size >= n
-    order = step.BatchOrder(n, n if full else int(batch_size))
-    step.check_policy(policy, spec, prob.init)
-    policy.warn_hparams(step.numeric_hparams(spec))
-    train = tuple(
-        jnp.asarray(x, policy.compute_dtype)
-        if np.issubdtype(np.asarray(x).dtype, np.floating)
-        else jnp.asarray(x)
-        for x in prob.train
-    )
-    run = _runner(prob, spec, policy, (steps, every, order))
-    return run(jax.random.key(seed), train)
+    result = train(prob, [spec], seeds=[seed], steps=steps, batch_size=batch_size,
+                   precision=policy, eval_every=steps, visit_every=every, progress=False,
+                   keep_params=False)  # fmt: skip
+    return result.visited[0]
 
 
 def _portable(x: Any) -> bool:
@@ -301,16 +270,16 @@ def visited_states(
 ) -> list[Visited]:
     """The states a training run of ``spec`` at ``precision`` visits, with their gradients.
 
-    The run computes as the engine does: params stored in the params format; at step t,
-    g = round_grads(grad loss(to_compute(params), batch_t)), (u, state) = update(g, state),
-    state rounded to its formats, params = fl(params + u). Seed s gives the engine's
-    initialisation and batch order (epoch permutations drawn from the seed); ``batch_size=None``
-    is full batch. The run is one compiled ``lax.scan``.
+    The run is the engine's (:func:`optimorph.engine.train` with ``visit_every=every`` and one
+    seed): params stored in the params format; at step t, g = round_grads(grad
+    loss(to_compute(params), batch_t)), (u, state) = update(g, state), state rounded to its
+    formats, params = fl(params + u). Seed s gives the engine's initialisation and batch order
+    (epoch permutations drawn from the seed); ``batch_size=None`` is full batch.
 
     Args:
       problem: a Problem or problem spec.
       spec: optimizer spec.
-      precision: precision spec or policy (round to nearest, no Kahan).
+      precision: precision spec or policy (no Kahan).
       seed: training seed.
       steps: updates to run; must be a multiple of ``every``.
       batch_size: minibatch size, None for full batch.
@@ -344,9 +313,10 @@ def _widen(tree: PyTree) -> PyTree:
     )
 
 
-def _mapped(fn, policy: Precision, params: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
-    """fl_p(fn(params, state)) for a stack of states: the map applied in the wide dtype, then
-    params rounded to the params format and the state to its formats.
+def _mapped(fn, policy: Precision, params: PyTree, state: PyTree, ts, key) -> tuple[PyTree, PyTree]:
+    """fl_p(fn(params, state)) for a stack of states, each stored before step ``ts[i]``: the
+    map applied in the wide dtype, then params rounded to the params format and the state to
+    its formats (a keyed policy's state with the key the run stored that state with).
 
     The map runs eagerly: its few products and quotients per leaf are exact IEEE operations
     either way, and a compiled program per map (two per pair) cost more than every defect's
@@ -354,17 +324,39 @@ def _mapped(fn, policy: Precision, params: PyTree, state: PyTree) -> tuple[PyTre
     state layout), shared by every map into that layout.
     """
     wide = jax.vmap(fn)(_widen(params), _widen(state))
-    return _rounder(policy)(*wide)
+    return _rounder(policy)(wide, (params, state), ts, key)
 
 
 def _rounder(policy: Precision):
-    """jit of (params, state) -> (params in the params format, state in its formats)."""
+    """jit(vmap) of (mapped (params, state), stored (params, state), t) -> the mapped pair with
+    params in the params format and the state in its formats.
+
+    Mapped over the leading axis of states: a block format's blocks (a code map's run over the
+    flattened tensor, an MX block along a scalar leaf's stacked axis) must not span two states.
+    Where the map leaves a value as it was (same structure, the same number), the stored value
+    is kept: it is a state B can be in, and rounding a stored value again need not return it
+    (a code map without -1, like torchao's 4-bit one, shrinks a block's absmax each time).
+    """
+
+    def one(mapped, stored, t, key):
+        params, state = mapped
+        key = step.stored_state_key(policy, key, t)
+        rounded = (policy.cast_params(params), policy.round_state(state, key))
+        if jax.tree.structure(rounded) != jax.tree.structure(stored):
+            return rounded
+        return jax.tree.map(_kept_where_unchanged, rounded, mapped, stored)
 
     def make():
-        return jax.jit(lambda params, state: (policy.cast_params(params),
-                                              policy.round_state(state)))  # fmt: skip
+        return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None)))
 
     return _cached(_ROUND, (policy,), make, ())
+
+
+def _kept_where_unchanged(rounded, mapped, stored):
+    """``stored`` where the map returned it unchanged, else ``rounded`` (float leaves)."""
+    if not jnp.issubdtype(rounded.dtype, jnp.floating) or rounded.dtype != stored.dtype:
+        return rounded
+    return jnp.where(mapped == stored.astype(mapped.dtype), stored, rounded)
 
 
 def _kept(params: PyTree, state: PyTree, fields: set[str]) -> list:
@@ -424,13 +416,15 @@ def _fitted(visit_a: PyTree, visit_b: PyTree, family: str) -> StateMap:
     return _cached(_FIT, key, lambda: fit_map(unstack(visit_a), unstack(visit_b), family), ())
 
 
-def _direction(visited: Visited, step_src, step_dst, phi, policy, fields: set[str]) -> list[float]:
+def _direction(visited: Visited, replay: tuple, step_src, step_dst, phi, policy,
+               fields: set[str]) -> list[float]:  # fmt: skip
     """Per visited state s of the source: ||U_dst(phi(s), g) - phi(U_src(s, g))|| / ||...||,
-    ``fields`` being the slots the map keeps."""
+    ``fields`` being the slots the map keeps; ``replay``: the visits' steps and rounding key."""
     params, state, grads = visited
-    params_src, state_src = step_src(params, state, grads)
-    want = _mapped(phi, policy, params_src, state_src)
-    got = step_dst(*_mapped(phi, policy, params, state), grads)
+    ts, key = replay
+    params_src, state_src = step_src(params, state, grads, ts, key)
+    want = _mapped(phi, policy, params_src, state_src, ts + 1, key)
+    got = step_dst(*_mapped(phi, policy, params, state, ts, key), grads, ts, key)
     # The norms only read values: one host copy, rows sliced in NumPy (exact, like the device).
     got, want = jax.device_get((got, want))
     got_rows, want_rows = _kept(*got, fields), _kept(*want, fields)
@@ -450,6 +444,7 @@ def simulation_defect(
     smap: StateMap | None = None,
     family: str = "scalar",
     visited: tuple[Visited, Visited] | None = None,
+    visit_steps: Any = None,
     seed: int = 0,
     steps: int = 200,
     batch_size: int | None = None,
@@ -464,7 +459,10 @@ def simulation_defect(
     Args:
       a, b: optimizer specs.
       problem: a Problem or problem spec.
-      precision: precision spec or policy (round to nearest, no Kahan).
+      precision: precision spec or policy (no Kahan). A policy that draws random numbers
+        (stochastic rounding, a random transform) replays each visited step with the run's own
+        draws, the same for A and B (common random numbers: seeds are paired); phi's outputs
+        are rounded with the key the run stored that state with.
       smap: the map A -> B; default: the registered exact map (:func:`find_map`), else one
         fitted by :func:`fit_map` on the visited states of A and B of matched runs (same seed,
         same batches), at the same steps the defect is measured on.
@@ -472,7 +470,11 @@ def simulation_defect(
       visited: A's and B's visited states from matched runs, each ``(params, state, grads)``
         stacked along a leading axis (``TrainResult.visited`` of a ``train(visit_every=...)``);
         default: run them here with the settings below.
-      seed, steps, batch_size, every: the runs when ``visited`` is not given (see
+      visit_steps: with ``visited``, the step each state was recorded before
+        (``TrainResult.visit_steps``); needed when the policy draws random numbers.
+      seed: the runs' seed (with ``visited``: the seed they were recorded from, the trainer's
+        first); a keyed policy's replay draws from its rounding key.
+      steps, batch_size, every: the runs when ``visited`` is not given (see
         :func:`visited_states`).
 
     Returns:
@@ -490,12 +492,16 @@ def simulation_defect(
     else:
         visit_a = _visit(prob, spec_a, policy, seed, steps, batch_size, every)
         visit_b = _visit(prob, spec_b, policy, seed, steps, batch_size, every)
+        visit_steps = np.arange(0, steps, every)
+    key = step.seed_keys(seed).rounding if policy.keyed else None
+    replay_a = _replay(policy, jax.tree.leaves(visit_a)[0].shape[0], visit_steps, key)
+    replay_b = _replay(policy, jax.tree.leaves(visit_b)[0].shape[0], visit_steps, key)
     if smap is None:
         smap = find_map(spec_a, spec_b) or _fitted(visit_a, visit_b, family)
     inverse = smap.inverse()
     step_a, step_b = _stepper(spec_a, policy), _stepper(spec_b, policy)
-    ab = _direction(visit_a, step_a, step_b, smap.phi, policy, set(smap.scales))
-    ba = _direction(visit_b, step_b, step_a, inverse.phi, policy, set(inverse.scales))
+    ab = _direction(visit_a, replay_a, step_a, step_b, smap.phi, policy, set(smap.scales))
+    ba = _direction(visit_b, replay_b, step_b, step_a, inverse.phi, policy, set(inverse.scales))
     return Defect(
         a=spec_a.canonical,
         b=spec_b.canonical,

@@ -98,10 +98,15 @@ class Trace:
         return abs(self.updates[t, coord]) / big if big > 0 else math.nan
 
 
+def _draws(policy) -> jax.Array | None:
+    """The rounding key of a crafted run (seed 0's); None when the policy draws nothing."""
+    return step_lib.seed_keys(0).rounding if policy.keyed else None
+
+
 def _start(spec: OptimizerSpec, policy, count: int | None = None, at: tuple = PARAMS0):
     params = policy.cast_params({"w": jnp.asarray(at, jnp.float64)})
     tx = spec.build(step_lib.stored_hparams(spec, policy))
-    state = policy.round_state(tx.init(policy.to_compute(params)))
+    state = policy.round_state(tx.init(policy.to_compute(params)), _draws(policy))
     if count is not None:
         view = Slots(state)
         if "count" not in view.names:
@@ -130,7 +135,8 @@ def _trace_cached(spec: OptimizerSpec, precision: str, steps: int, at: tuple) ->
 def _make_trace(spec: OptimizerSpec, precision: str, steps: int, at: tuple) -> Trace:
     policy = make_precision(precision)
     params, state = _start(spec, policy, at=at)
-    grads = policy.round_grads({"w": jnp.asarray(GRAD, jnp.float64)})
+    key = _draws(policy)
+    grads = policy.round_grads({"w": jnp.asarray(GRAD, jnp.float64)}, key)
     view = Slots(state)
     names = {
         role: next(n for n in view.names if n in aliases)
@@ -139,8 +145,9 @@ def _make_trace(spec: OptimizerSpec, precision: str, steps: int, at: tuple) -> T
     }
     rows: dict[str, list] = {r: [_values(view, state, n)] for r, n in names.items()}
     updates = []
-    for _ in range(steps):
-        new_params, state = defect_lib.one_step(spec, policy, params, state, grads)
+    for t in range(steps):
+        new_params, state = defect_lib.one_step(spec, policy, params, state, grads, t=t,
+                                                rounding_key=key)  # fmt: skip
         new, old = (np.asarray(x["w"], np.float64) for x in (new_params, params))
         with np.errstate(invalid="ignore"):  # inf - inf: a step that broke the parameters
             updates.append(new - old)

@@ -425,9 +425,10 @@ class Precision:
         its rounding.
 
         Kahan: y = u + c; new = fl(p + y); c = y - (new - p), so the part of the update that
-        rounding dropped is carried to the next step instead of lost. Kahan and stochastic
-        rounding run in compute_dtype widened to float32 at least (they need the exact sum, and
-        XLA may skip bf16 roundings inside a fused computation).
+        rounding dropped is carried to the next step instead of lost. Kahan runs in
+        compute_dtype widened to float32 at least (XLA may skip bf16 roundings inside a fused
+        computation); stochastic rounding rounds the sum formed in float64 under x64 (it needs
+        the exact sum: an fp32 sum would already be rounded to nearest), else in float32.
 
         Args:
           params: params pytree in the params storage dtype.
@@ -451,11 +452,15 @@ class Precision:
             return self.cast_params(total), None
         if perturb is not None:
             raise ValueError("noise replicas need rounding=nearest without kahan")
+        stochastic = self.rounding == "stochastic"  # keys of other roles are not the params'
         work = _format_of(np.promote_types(self.compute_dtype, np.float32))
+        if stochastic and jax.config.jax_enable_x64:
+            # Stochastic rounding needs the exact sum: formed in float32, fp32 params would be
+            # rounded to nearest by the addition itself and the random draw would change nothing.
+            work = _format_of(np.dtype(np.float64))
         p_leaves, treedef = jax.tree_util.tree_flatten(params)
         u_leaves = treedef.flatten_up_to(updates)
         c_leaves = treedef.flatten_up_to(compensation) if self.kahan else [None] * len(p_leaves)
-        stochastic = self.rounding == "stochastic"  # keys of other roles are not the params'
         keys = self._leaf_keys(key, p_leaves) if stochastic else [None] * len(p_leaves)
         new_p, new_c = [], []
         for p, u, c, k in zip(p_leaves, u_leaves, c_leaves, keys, strict=True):
