@@ -26,6 +26,18 @@ def test_eps_inside_the_square_root_is_told_from_outside():
     assert _check("eps-sqrt", "rmsprop(lr=0.01)", "rmsprop(lr=0.02)") is None
 
 
+def test_a_larger_eps_is_not_eps_inside_the_square_root():
+    # eps = 1e-4 outside the root shrinks a 1e-6 gradient's step as eps = 1e-8 inside it
+    # would; one implementation with other numbers is named as such.
+    assert _check("eps-sqrt", "adam(lr=0.01)", "adam(lr=0.01, eps=1e-4)") is None
+    said = _check("hparam-value", "adam(lr=0.01)", "adam(lr=0.01, eps=1e-4)")
+    assert said == "both are adam: eps = 1e-08 in A, 0.0001 in B"
+    assert _check("hparam-value", "rmsprop", "rmsprop(eps_inside=true)") is None  # a flag
+    assert _check("hparam-value", "adam", "optax:adam(1e-3)") is None  # two implementations
+    d = diagnosis.diagnose("adam(lr=0.01)", "adam(lr=0.01, eps=1e-4)", MLP, "fp32", steps=32)
+    assert d.cause == "hparam-value", d.sentence()
+
+
 def test_the_adagrad_accumulator_start_is_read_from_the_state():
     said = _check("adagrad-initial", "adagrad", "optax:adagrad(0.01)")
     assert said == "the accumulator starts at 0 in A and 0.1 in B"

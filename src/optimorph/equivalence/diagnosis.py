@@ -250,6 +250,8 @@ def _adagrad_initial(a, b, context):
     "params",
 )
 def _eps_sqrt(a, b, context):
+    if _numbers_differ(a, b) is not None:  # one implementation, other numbers: one eps placement
+        return None
     ta, tb = trace(a), trace(b)
     ra, rb = ta.rel_update(TINY), tb.rel_update(TINY)
     if not (np.isfinite(ra) and np.isfinite(rb)) or (ra > 0.3) == (rb > 0.3):
@@ -473,6 +475,32 @@ def _bias_dtype(a, b, context):
         f"(at a gradient of {GRAD[k]:g}: {ta.updates[0, k]:.9g} vs {tb.updates[0, k]:.9g}); at "
         "fp64 they agree"
     )
+
+
+def _numbers_differ(a, b) -> list[str] | None:
+    """The hyperparameters two specs of one registered optimizer set to different numbers, when
+    nothing else differs (no flag, no string); None otherwise."""
+    if a.entry is None or a.entry is not b.entry:
+        return None
+    differ = [k for k in a.values if a.values[k] != b.values[k]]
+    flags = (bool, str)
+    if any(isinstance(a.values[k], flags) or isinstance(b.values[k], flags) for k in differ):
+        return None
+    return differ
+
+
+# Registered last: a named convention that fires too (ema-rate, radam-threshold) says more.
+@cause(
+    "hparam-value",
+    "the same optimizer with another hyperparameter value: one computation on other numbers",
+    "params",
+)
+def _hparam_value(a, b, context):
+    differ = _numbers_differ(a, b)
+    if not differ:
+        return None
+    named = "; ".join(f"{k} = {a.values[k]!r} in A, {b.values[k]!r} in B" for k in differ)
+    return f"both are {a.entry.name}: {named}"
 
 
 # ---------------------------------------------------------------------------------------------
