@@ -25,7 +25,8 @@ def test_a_cell_with_mxfp4_gradients_trains_with_noise_replicas():
 
 
 T = np.arange(0, 50, 10)  # evaluation steps
-DRIFT = {"bf16": 0.0, "rtn": 1.0, "sr": 0.2, "sr-rht": 0.05, "sr-hadamard": 0.1}
+DRIFT = {"bf16": 0.0, "rtn": 1.0, "sr": 0.2, "sr-rht": 0.05, "sr-hadamard": 0.1,
+         "bwd-rtn": 1.0, "bwd-sr": 0.2, "bwd-sr-rht": 0.05, "bwd-sr-had": 0.03}  # fmt: skip
 
 
 def fake_cell(cell: tuple) -> SimpleNamespace:
@@ -72,14 +73,20 @@ def test_the_recipe_stores_verdicts_curves_findings_and_a_page(tmp_path, monkeyp
         "bf16,grads=mxfp4(rounding=stochastic,scale=ceil,transform=rht),state=fp32"
     )
     assert set(VARIANTS) == {"bf16", "rtn", "sr", "sr-rht", "sr-hadamard", "rtn-rht",
-                             "rtn-hadamard"}  # fmt: skip
+                             "rtn-hadamard", "bwd-rtn", "bwd-sr", "bwd-sr-rht",
+                             "bwd-sr-had"}  # fmt: skip
+    assert policy("bwd-sr-rht") == (
+        "bf16,state=fp32,backward=mxfp4(rounding=stochastic,scale=ceil,transform=rht)"
+    )
     curves = store.read_arrays(out, "curves_mlp")
     assert curves["t"].tolist() == T.tolist()
     np.testing.assert_array_equal(curves["ratio/rtn"], T.astype(float))
     findings = store.read_json(out, "findings")
     # rtn parts; sr-rht stays; its gap 0.05 < 5% of 1.06, no spread: TOST holds; rtn's gap > 0;
-    # sr's gap is NaN (a seed broke): open; sr-hadamard's gap 0.1 > sr-rht's 0.05: fails
-    assert [f["status"] for f in findings] == [HELD, HELD, HELD, HELD, OPEN, FAILED]
+    # sr's gap is NaN (a seed broke): open; sr-hadamard's gap 0.1 > sr-rht's 0.05: fails;
+    # the backward products: bwd-sr-rht stays and is lossless, bwd-rtn parts, bwd-sr's gap
+    # 0.2 > 0.05, bwd-sr-had's 0.03 <= 0.05
+    assert [f["status"] for f in findings] == [HELD, HELD, HELD, HELD, OPEN, FAILED] + [HELD] * 5
     for f in findings:
         assert f["claim"].startswith("[mlp] ") and f"rule: {f['rule']}" in f["measured"]
     quick = recipes.run_recipe(
@@ -87,7 +94,7 @@ def test_the_recipe_stores_verdicts_curves_findings_and_a_page(tmp_path, monkeyp
         mlp_problem="digits(model=mlp, widths=[8])", seeds=3, workers=1,
     )  # fmt: skip
     judged = [f["status"] != NOT_JUDGED for f in store.read_json(quick, "findings")]
-    assert judged == [True, True, False, False, False, False]
+    assert judged == [True, True, False, False, False, False, True, False, False, False, False]
     page = write_recipe_report(out)
     assert (out / "mxfp4_training.png").exists() and "Table: verdicts" in page.read_text()
     assert check_page(page)["images"] >= 1

@@ -1,31 +1,43 @@
-"""MXFP4 gradients: which way of rounding them to 4 bits still trains like bf16?
+"""MXFP4 gradients and MXFP4 backward passes: which way of rounding to 4 bits still trains
+like bf16?
 
-The gradient of every step is stored in OCP MXFP4 (E2M1 elements, an E8M0 scale per block of
-32) while the rest of the step is bf16 training (bf16 parameters, fp32 Adam state, round to
-nearest); the reference is the same run with the gradient in bf16 (``bf16,state=fp32``).
-The variants differ in one thing each, the rounding of the gradient (issue 20):
+Two places for MXFP4 in a step that is otherwise bf16 training (bf16 parameters, fp32 Adam
+state, round to nearest; the reference is that run, ``bf16,state=fp32``):
+
+* the gradient, computed as usual, then **stored** in OCP MXFP4 (E2M1 elements, an E8M0 scale
+  per block of 32 along the gradient's last axis longer than 1);
+* the backward pass itself (``bwd-`` variants, the policy's ``backward`` role): the operands of
+  its two matrix products per layer, dy w^T and x^T dy, **quantized along their reduction
+  dimension** and multiplied block by block, as Tseng et al. (2025, arXiv 2502.20586) train
+  (:mod:`optimorph.precision.products`); the random Hadamard transform's signs are shared by
+  both operands of a product, so the transforms cancel and only the quantization sees them.
+
+The variants differ in one thing each (issue 20):
 
 ================  ===========================================================================
-name              gradient stored as
+name              what is MXFP4
 ================  ===========================================================================
-``rtn``           MXFP4, round to nearest (ties to even)
-``sr``            MXFP4, stochastic rounding
+``rtn``           the stored gradient, round to nearest (ties to even)
+``sr``            the stored gradient, stochastic rounding
 ``sr-rht``        MXFP4, stochastic rounding after a random Hadamard transform (random signs
                   per block, fresh each step; Tseng et al. 2025, arXiv 2502.20586)
 ``sr-hadamard``   MXFP4, stochastic rounding after a deterministic Hadamard transform
 ``rtn-rht``       MXFP4, round to nearest after the random Hadamard transform
 ``rtn-hadamard``  MXFP4, round to nearest after the deterministic Hadamard transform
+``bwd-rtn``       backward products on MXFP4 operands, round to nearest
+``bwd-sr``        backward products on MXFP4 operands, stochastic rounding
+``bwd-sr-rht``    the same after a shared random Hadamard transform: Tseng et al.'s recipe
+``bwd-sr-had``    the same after a deterministic Hadamard transform (arXiv 2605.09825)
 ================  ===========================================================================
 
 Every variant takes ``scale=ceil`` (the smallest shared exponent with no element saturating):
 with the spec's floor rule a block's largest element may be clipped to 6, which would bias
-stochastic rounding; Tseng et al. avoid the clipping with a 3/4 prescale. The transforms run
-over each block of 32 along the gradient's last axis longer than 1
-(:mod:`optimorph.precision.block`); Tseng et al. transform the operands of the backward
-matrix products along their reduction dimension instead, which a precision policy, rounding
-the gradient once it is computed, does not see. Stochastic rounding and the random signs draw
-from the run's rounding key (the step's grads key, split once more for the signs); the noise
-replicas draw the same numbers, so their spread stays the rounding noise floor.
+stochastic rounding; Tseng et al. avoid the clipping with a 3/4 prescale. For the stored
+gradient the transforms run over each block of 32 along its last axis longer than 1
+(:mod:`optimorph.precision.block`); in the ``bwd-`` variants along each product's reduction
+dimension. Stochastic rounding and the random signs draw from the run's rounding key (the
+step's grads key, or its backward key folded with each product's index); the noise replicas
+draw the same numbers, so their spread stays the rounding noise floor.
 
 A variant is **p-equivalent** to bf16 training by optimorph's noise-floor rule, the one
 ``low-bit-states`` applies (:func:`optimorph.experiments.low_bit_states.verdict_rows`): the
@@ -65,13 +77,24 @@ __all__ = ["MXFP4Config", "VARIANTS", "REFERENCE", "run", "findings", "policy"]
 REFERENCE = "bf16"
 _BASE = "bf16,state=fp32"
 _MXFP4 = "mxfp4(scale=ceil,rounding={rounding}{transform})"
+
+
+def _mxfp4(rounding: str, transform: str) -> str:
+    return _MXFP4.format(rounding=rounding, transform=f",transform={transform}" if transform else "")
+
+
 VARIANTS = {
     REFERENCE: _BASE,
     **{
-        f"{short}{suffix}": f"{_BASE},grads="
-        + _MXFP4.format(rounding=rounding, transform=f",transform={t}" if t else "")
+        f"{short}{suffix}": f"{_BASE},grads={_mxfp4(rounding, t)}"
         for short, rounding in (("rtn", "nearest"), ("sr", "stochastic"))
         for suffix, t in (("", ""), ("-rht", "rht"), ("-hadamard", "hadamard"))
+    },
+    **{
+        f"bwd-{name}": f"{_BASE},backward={_mxfp4(rounding, t)}"
+        for name, rounding, t in (("rtn", "nearest", ""), ("sr", "stochastic", ""),
+                                  ("sr-rht", "stochastic", "rht"),
+                                  ("sr-had", "stochastic", "hadamard"))
     },
 }
 MODELS = ("mlp", "cnn")
@@ -97,12 +120,12 @@ class MXFP4Config:
 
     @classmethod
     def quick(cls) -> MXFP4Config:
-        """A 784-64-10 MLP on 2000 images, the two variants the judged claims need (rtn,
-        sr-rht) and the reference, 2 seeds of 150 steps: each run is mostly compilation."""
+        """A 784-64-10 MLP on 2000 images, the variants the judged claims need (rtn, sr-rht,
+        bwd-sr-rht) and the reference, 2 seeds of 150 steps: each run is mostly compilation."""
         return cls(
             models=("mlp",),
             mlp_problem="fashion-mnist(model=mlp, widths=[64], n_train=2000)",
-            variants=("bf16", "rtn", "sr-rht"),
+            variants=("bf16", "rtn", "sr-rht", "bwd-sr-rht"),
             seeds=2,
             steps=150,
             evals=10,
@@ -358,6 +381,45 @@ def findings(config: MXFP4Config, rows: list[dict], skipped: dict | None = None)
             f"{text(had, 'sr-hadamard')}; {text(rht, 'sr-rht')}",
             at_most(0, "|gap of sr-hadamard| - |gap of sr-rht|").judge(
                 abs(gap(had)) - abs(gap(rht))
+            ),
+            judged_at_quick=False,
+        ))  # fmt: skip
+        b_rtn, b_sr, b_rht, b_had = (get(f"bwd-{v}") for v in ("rtn", "sr", "sr-rht", "sr-had"))
+        out.append(finding(
+            f"{where}MXFP4 backward products with stochastic rounding after a shared random "
+            "Hadamard transform (Tseng et al.'s recipe) stay p-equivalent to bf16 training",
+            text(b_rht, "bwd-sr-rht"), at_most(C, "d/floor of bwd-sr-rht").judge(ratio(b_rht)),
+        ))  # fmt: skip
+        tost = b_rht["tost_p"] if b_rht and b_rht["tost_p"] is not None else math.nan
+        out.append(finding(
+            f"{where}MXFP4 backward products with stochastic rounding after a shared random "
+            f"Hadamard transform are near-lossless: final test loss equal to bf16 training's "
+            f"within {margin:.0%} (paired TOST; Tseng et al. 2025)",
+            text(b_rht, "bwd-sr-rht"), below(0.05, "TOST p-value of bwd-sr-rht").judge(tost),
+            judged_at_quick=False,
+        ))  # fmt: skip
+        out.append(finding(
+            f"{where}round-to-nearest MXFP4 backward products are not p-equivalent to bf16 "
+            "training",
+            text(b_rtn, "bwd-rtn"), above(C, "d/floor of bwd-rtn").judge(ratio(b_rtn)),
+            judged_at_quick=False,
+        ))  # fmt: skip
+        out.append(finding(
+            f"{where}in the backward products the random Hadamard transform helps stochastic "
+            "rounding: bwd-sr-rht ends closer to bf16 training's final test loss than bwd-sr",
+            f"{text(b_sr, 'bwd-sr')}; {text(b_rht, 'bwd-sr-rht')}",
+            above(0, "|gap of bwd-sr| - |gap of bwd-sr-rht|").judge(
+                abs(gap(b_sr)) - abs(gap(b_rht))
+            ),
+            judged_at_quick=False,
+        ))  # fmt: skip
+        out.append(finding(
+            f"{where}in the backward products a deterministic Hadamard transform does at least "
+            "as well as the random one (arXiv 2605.09825): bwd-sr-had ends no farther from "
+            "bf16 training's final test loss than bwd-sr-rht",
+            f"{text(b_had, 'bwd-sr-had')}; {text(b_rht, 'bwd-sr-rht')}",
+            at_most(0, "|gap of bwd-sr-had| - |gap of bwd-sr-rht|").judge(
+                abs(gap(b_had)) - abs(gap(b_rht))
             ),
             judged_at_quick=False,
         ))  # fmt: skip

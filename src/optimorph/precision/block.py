@@ -30,9 +30,10 @@ slot in ``bnb8`` holds exactly the values bitsandbytes' 8-bit Adam would hold.
   for every element of every block, fresh from each call's key (Tseng et al., Training LLMs with
   MXFP4, 2025, arXiv 2502.20586: the transform spreads a block's outliers over all of its
   elements, so the shared scale fits the rest better; with stochastic rounding the stored value
-  is unbiased). The transform runs along the block axis; Tseng et al. apply it to the operands
-  of the backward pass's matrix products along their reduction dimension, which a policy, rounding
-  a gradient once it is computed, does not see.
+  is unbiased). The transform runs along the block axis of a stored tensor; Tseng et al. apply
+  it to the operands of the backward pass's matrix products along their reduction dimension,
+  with one sign vector for both operands: a policy's ``backward`` role
+  (:mod:`optimorph.precision.products`).
 * **Per-tensor scaled FP8** (``fp8e4m3``, ``fp8e5m2``; torchao's and FP8-LM's tensorwise
   scaling): ``s = max_elem / max(amax, 1e-12)`` in float32, stored ``fl8(x * s)`` (saturating),
   read back as ``q * fl(1 / s)``, the same compiled and eager. A NaN or inf anywhere makes the
@@ -384,6 +385,24 @@ class MXFormat(BlockFormat):
             y = jnp.matmul(y, h, precision=jax.lax.Precision.HIGHEST) * (1.0 / self.block)
             y = y * signs if signs is not None else y
         return _convert(back(y), self.storage_dtype)
+
+    def reduction_operand(self, x: Any, key: Array | None, signs: Array | None) -> Array:
+        """``x`` [rows, n] as one operand of a matrix product reducing over its last axis:
+        blocks of ``block`` along that axis (zero-padded), transformed (``signs`` [nblocks,
+        block] shared with the other operand, then H) and quantized, left in the transformed
+        domain: [rows, nblocks, block] float values. Summed against the other operand's blocks
+        and divided by ``block`` when transformed, they give the product of the quantized
+        operands as MX hardware computes it (:mod:`optimorph.precision.products`).
+
+        ``key`` draws the elements' stochastic rounding (None: nearest, ties to even)."""
+        blocks, _ = _to_blocks(_work(x, keep_float64=True), self.block, -1)
+        if self.transform != "none":
+            if signs is not None:
+                blocks = blocks * jnp.broadcast_to(signs.astype(blocks.dtype), blocks.shape)
+            h = jnp.asarray(_hadamard(self.block), blocks.dtype)
+            blocks = jnp.matmul(blocks, h, precision=jax.lax.Precision.HIGHEST)
+        q, e, special = self._quantize_blocks(blocks, key, False)
+        return jnp.where(special, jnp.nan, _scale_by(q, e))
 
     def encode(self, x: Any, *, key: Array | None = None) -> tuple[Array, Array]:
         """The stored bits: (uint8 E8M0 scale codes of shape (..., nblocks), uint8 element codes

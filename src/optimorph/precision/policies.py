@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optimorph.precision.block import BlockFormat
+from optimorph.precision.products import BackwardProducts, check_backward_format
 from optimorph.precision.formats import (
     BF16,
     FP16,
@@ -79,16 +80,17 @@ def _decimal_toward(target: float, up: bool, stored: Callable[[float], float]) -
 # ---------------------------------------------------------------------------------------------
 # Policies
 
-_ROLES = ("params", "grads", "state", "updates", "count", "hparams")
+_ROLES = ("params", "grads", "state", "updates", "backward", "count", "hparams")
 _OPTIONS = ("rounding", "subnormals", "kahan")
 _SPEC_HELP = (
     "a spec is comma-separated items: a bare FORMAT (default for params, grads and state), "
-    "ROLE=FORMAT with ROLE in params, grads, state, updates, hparams, count (count also takes "
-    "'exact'), "
+    "ROLE=FORMAT with ROLE in params, grads, state, updates, backward, hparams, count (count "
+    "also takes 'exact'), "
     "rounding=nearest|stochastic, subnormals=gradual|flush, kahan=true|false, or SLOT=FORMAT "
     "for an optimizer-state field such as mu, nu, v, trace; params, grads, state, updates and "
     "slots also take block formats such as mxfp8e4m3, mxfp4(axis=0), "
-    "mxfp4(rounding=stochastic,transform=rht), fp8e4m3, bnb8(block=256), int8, ao4"
+    "mxfp4(rounding=stochastic,transform=rht), fp8e4m3, bnb8(block=256), int8, ao4; backward "
+    "(the operands of the backward pass's matrix products) takes MX or scalar formats"
 )
 
 
@@ -99,7 +101,9 @@ class Precision:
     Roles: ``params``; ``grads`` (the gradient as computed; default = params); ``state`` (every
     optimizer-state slot; default = params); ``slots`` (per-slot overrides keyed by the state
     field name, e.g. ``{"nu": FP32}``); ``updates`` (the optimizer's update u, rounded before
-    x + u is formed; default None: not rounded, u stays in the compute dtype); ``count`` (None =
+    x + u is formed; default None: not rounded, u stays in the compute dtype); ``backward``
+    (the operands of the backward pass's matrix products, quantized along their reduction
+    dimension: :mod:`optimorph.precision.products`; default None: plain products); ``count`` (None =
     exact int32 counter, else the counter is rounded through this format after each step: bf16
     stalls at 256); ``hparams`` (the format
     hyperparameters are stored in; default = the compute format).
@@ -124,6 +128,7 @@ class Precision:
     state: Format | BlockFormat | None = None
     slots: Mapping[str, Format | BlockFormat] = dataclasses.field(default_factory=dict)
     updates: Format | BlockFormat | None = None
+    backward: Format | BlockFormat | None = None
     count: Format | None = None
     hparams: Format | None = None
     rounding: str = "nearest"
@@ -143,6 +148,8 @@ class Precision:
                     f"{name} holds scalars and takes a scalar format (fp64, fp32, bf16, fp16, "
                     f"eXmY), not the block format {fmt.name}"
                 )
+        if self.backward is not None:
+            check_backward_format(self.backward)
         if self.kahan and isinstance(self.params, BlockFormat):
             raise ValueError(
                 f"kahan=true needs a scalar params format; {self.params.name} is a block format"
@@ -197,7 +204,7 @@ class Precision:
         keys). A keyed policy's step needs the run's rounding key."""
         if self.rounding == "stochastic":
             return True
-        roles = [self.grads, self.state, self.updates, *self.slots.values()]
+        roles = [self.grads, self.state, self.updates, self.backward, *self.slots.values()]
         return any(isinstance(f, BlockFormat) and f.keyed(self.rounding) for f in roles)
 
     @property
@@ -212,6 +219,8 @@ class Precision:
         items += [f"{slot}={fmt.name}" for slot, fmt in self.slots.items()]
         if self.updates is not None:
             items.append(f"updates={self.updates.name}")
+        if self.backward is not None:
+            items.append(f"backward={self.backward.name}")
         if self.count is not None:
             items.append(f"count={self.count.name}")
         if self.hparams != _format_of(self._compute_dtype(include_hparams=False)):
@@ -246,6 +255,20 @@ class Precision:
         """Round float leaves of the optimizer's update to the updates format; unchanged when
         the policy has no updates role."""
         return tree if self.updates is None else self._round_tree(tree, self.updates, key)
+
+    def backward_products(self, key: Array | None = None) -> BackwardProducts | None:
+        """The matrix product the models use while a gradient is computed (None without a
+        ``backward`` role); ``key`` (the step's backward key) is used where the format draws
+        random numbers under this policy."""
+        if self.backward is None:
+            return None
+        fmt = self.backward
+        if isinstance(fmt, BlockFormat):
+            fmt = fmt.under(self.rounding)
+            random = fmt.keyed(self.rounding)
+        else:
+            random = self.rounding == "stochastic"
+        return BackwardProducts(fmt, key if random else None)
 
     def _round_tree(self, tree: PyTree, fmt: Format | BlockFormat, key: Array | None) -> PyTree:
         keys = self._leaf_keys(key, tree)

@@ -11,7 +11,8 @@ compile than one draw per leaf).
 
 Matrix products pin ``precision=HIGHEST`` (convolutions are matrix products too, see
 :func:`conv2d_same`): on GPUs the float32 default is TF32 (10 mantissa bits), which would
-silently change what a "float32 run" means.
+silently change what a "float32 run" means. Inside :func:`matrix_products` every product of a
+model calls a given function instead (the engine's quantized backward pass).
 
 >>> import jax
 >>> init, apply = mlp([2, 64, 64, 2])
@@ -24,8 +25,10 @@ silently change what a "float32 run" means.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, get_args
 
 import jax
@@ -33,7 +36,16 @@ import jax.numpy as jnp
 
 from optimorph.spec import SpecError
 
-__all__ = ["Activation", "ACTIVATIONS", "linear", "mlp", "cnn", "conv2d_same", "n_params"]
+__all__ = [
+    "Activation",
+    "ACTIVATIONS",
+    "linear",
+    "mlp",
+    "cnn",
+    "conv2d_same",
+    "n_params",
+    "matrix_products",
+]
 
 Params = dict[str, Any]
 Init = Callable[[jax.Array], Params]
@@ -53,6 +65,28 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "identity": lambda x: x,
 }
 _HIGHEST = jax.lax.Precision.HIGHEST
+_PRODUCT: contextvars.ContextVar = contextvars.ContextVar("optimorph_product", default=None)
+
+
+@contextlib.contextmanager
+def matrix_products(product: Callable[[jax.Array, jax.Array], jax.Array]) -> Iterator[None]:
+    """While the models are traced inside, each of their matrix products ``x [..., k] @ w [k,
+    n]`` is ``product(x [m, k], w)`` with x's leading axes flattened (a dense layer's batch, a
+    convolution's batch and positions): the engine differentiates the loss here with a
+    policy's ``backward`` products (:mod:`optimorph.precision.products`)."""
+    token = _PRODUCT.set(product)
+    try:
+        yield
+    finally:
+        _PRODUCT.reset(token)
+
+
+def _matmul(x: jax.Array, w: jax.Array, plain: Callable = jnp.matmul) -> jax.Array:
+    """``plain(x, w)`` at HIGHEST precision, or the product :func:`matrix_products` set."""
+    product = _PRODUCT.get()
+    if product is None:
+        return plain(x, w, precision=_HIGHEST)
+    return product(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
 
 
 def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -92,7 +126,7 @@ def _dense_layout(d_in: int, d_out: int, bias: bool = True) -> dict:
 
 
 def _dense(layer: Params, x: jax.Array) -> jax.Array:
-    y = jnp.matmul(x, layer["w"], precision=_HIGHEST)
+    y = _matmul(x, layer["w"])
     # Explicit broadcast: the test configuration forbids implicit rank promotion.
     return y + jnp.broadcast_to(layer["b"], y.shape) if "b" in layer else y
 
@@ -255,7 +289,7 @@ def conv2d_same(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
         for j in range(kw)
     ]
     patches = jnp.concatenate(taps, axis=-1)  # [B, out_h, out_w, kh * kw * c_in], (i, j, c) order
-    return jnp.dot(patches, w.reshape(kh * kw * c_in, c_out), precision=_HIGHEST)
+    return _matmul(patches, w.reshape(kh * kw * c_in, c_out), plain=jnp.dot)
 
 
 def embedding_mlp(

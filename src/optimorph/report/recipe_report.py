@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from optimorph.report.curves import loss_figure, probe_figure, smoothness_figure
 from optimorph.report.figures import save_figure
-from optimorph.report.style import MAX_WIDTH, figure_title
+from optimorph.report.style import MAX_WIDTH, figure_title, series_style
 from optimorph.report.html import (
     CAPTIONS,
     cell_text,
@@ -530,7 +530,7 @@ FIGURES["low-bit-states"] = _low_bit_figures
 def _mxfp4_figures(run_dir: Path) -> list[tuple[Path, str]]:
     """Per model (a row): d/floor of each MXFP4 variant against bf16 training over the steps,
     and its test loss minus bf16 training's (from ``curves_<model>.npz``)."""
-    from optimorph.report.style import legend_above, legend_height, series_style, tidy_log_ticks
+    from optimorph.report.style import legend_above, legend_height, tidy_log_ticks
 
     paths = sorted(run_dir.glob("curves_*.npz"))
     if not paths:
@@ -553,7 +553,7 @@ def _mxfp4_figures(run_dir: Path) -> list[tuple[Path, str]]:
         ratio_ax, gap_ax = axes[row]
         t = c["t"]
         for i, v in enumerate(others):
-            style = series_style(i + 1)  # colour 0 is the reference's elsewhere in the report
+            style = _mxfp4_style(v, i, others)
             r = c[f"ratio/{v}"][1:]
             (line,) = ratio_ax.plot(t[1:], np.clip(np.where(np.isfinite(r), r, top), bottom, top),
                                     marker=".", lw=1.2, **style)  # fmt: skip
@@ -572,13 +572,26 @@ def _mxfp4_figures(run_dir: Path) -> list[tuple[Path, str]]:
             ax.grid(alpha=0.3, which="both")
         tidy_log_ticks(ratio_ax)
     legend_above(fig, handles, others, width=MAX_WIDTH,
-                 title=f"gradients in MXFP4 against {ref} training")  # fmt: skip
+                 title=f"MXFP4 gradients (solid) and backward products (dashed, bwd-) against "
+                 f"{ref} training")  # fmt: skip
     path = save_figure(fig, run_dir / "mxfp4_training.png")
-    return [(path, f"Left: the distance of each MXFP4-gradient variant's parameters to {ref} "
-             "training's, over the rounding noise floor (median over seeds; dashed: C = "
+    return [(path, f"Left: the distance of each MXFP4 variant's parameters to {ref} "
+             "training's, over the rounding noise floor (median over seeds; black dashes: C = "
              f"{C:g}: above it the variant has parted from {ref} training; the top edge: a run "
              f"broke). Right: its test loss minus {ref} training's, same seeds (above 0: "
-             "worse).")]  # fmt: skip
+             "worse). Solid: the gradient stored in MXFP4; dashed (bwd-): the backward pass's "
+             "products on MXFP4 operands, in the colour of the same rounding for the stored "
+             "gradient.")]  # fmt: skip
+
+
+def _mxfp4_style(variant: str, i: int, variants: list[str]) -> dict[str, str]:
+    """A stored-gradient variant's colour (0 is the reference's elsewhere in the report); a
+    backward-products variant (``bwd-...``) dashed, in its stored-gradient twin's colour."""
+    if not variant.startswith("bwd-"):
+        return series_style(i + 1)
+    twin = variant[4:].replace("-had", "-hadamard") if variant.endswith("-had") else variant[4:]
+    style = series_style((variants.index(twin) if twin in variants else i) + 1)
+    return {**style, "linestyle": "--"}
 
 
 FIGURES["mxfp4-training"] = _mxfp4_figures
