@@ -342,36 +342,38 @@ def gradient(
 ) -> tuple[jax.Array, PyTree, PyTree]:
     """(loss, rounded gradient, params in the compute dtype) at stored ``params`` on ``batch``.
 
-    With a ``backward`` role the models' matrix products run their backward pass on quantized
-    operands (:mod:`optimorph.precision.products`), drawing from the step's backward key."""
+    With a ``forward`` or ``backward`` role the models' matrix products run that pass on
+    quantized operands (:mod:`optimorph.precision.products`), drawing from the step's products
+    key."""
     params_c = policy.to_compute(params)
-    backward = getattr(policy, "backward", None)
-    if backward is None:
+    products = policy.products(_products_key(policy, rounding_key, t)) if hasattr(
+        policy, "products") else None  # fmt: skip
+    if products is None:
         loss, grads = jax.value_and_grad(loss_fn)(params_c, batch)
     else:
-        products = policy.backward_products(_backward_key(policy, rounding_key, t))
         with matrix_products(products):
             loss, grads = jax.value_and_grad(loss_fn)(params_c, batch)
         if not products.calls:
             raise ValueError(
-                f"backward={backward.name}: this problem's loss has no matrix product of "
-                "optimorph's models (mlp, cnn, linear and the data sets built on them), so the "
-                "role would change nothing; drop it or choose such a problem"
+                f"precision {policy.name!r}: this problem's loss has no matrix product of "
+                "optimorph's models (mlp, cnn, linear and the data sets built on them), so "
+                "forward= and backward= would change nothing; drop them or choose such a "
+                "problem"
             )
     grads = policy.round_grads(grads, _step_keys(policy, rounding_key, t)[0])
     return loss, grads, params_c
 
 
-_BACKWARD_SALT = 0x6B61  # the backward key is folded from the step key: the 3/4-way split
-# of the other roles stays what it was, so adding the role moves no other draw
+_PRODUCTS_SALT = 0x6B61  # the products key is folded from the step key: the 3/4-way split
+# of the other roles stays what it was, so adding the roles moves no other draw
 
 
-def _backward_key(policy: Any, rounding_key: jax.Array | None, t: jax.Array | None):
-    """Step t's key for the backward pass's quantized products (None: the policy draws nothing
-    or no key was given)."""
+def _products_key(policy: Any, rounding_key: jax.Array | None, t: jax.Array | None):
+    """Step t's key for the quantized matrix products (None: the policy draws nothing or no
+    key was given)."""
     if not policy.keyed or rounding_key is None:
         return None
-    return jax.random.fold_in(jax.random.fold_in(rounding_key, t), _BACKWARD_SALT)
+    return jax.random.fold_in(jax.random.fold_in(rounding_key, t), _PRODUCTS_SALT)
 
 
 class Updated(NamedTuple):

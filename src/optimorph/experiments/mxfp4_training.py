@@ -28,6 +28,9 @@ name              what is MXFP4
 ``bwd-sr``        backward products on MXFP4 operands, stochastic rounding
 ``bwd-sr-rht``    the same after a shared random Hadamard transform: Tseng et al.'s recipe
 ``bwd-sr-had``    the same after a deterministic Hadamard transform (arXiv 2605.09825)
+``gemms``         every matrix product in MXFP4: the forward pass's operands (weights and
+                  activations, round to nearest; ``forward`` role, straight-through gradient)
+                  and the backward pass's as ``bwd-sr-rht``
 ================  ===========================================================================
 
 Every variant takes ``scale=ceil`` (the smallest shared exponent with no element saturating):
@@ -96,6 +99,7 @@ VARIANTS = {
                                   ("sr-rht", "stochastic", "rht"),
                                   ("sr-had", "stochastic", "hadamard"))
     },
+    "gemms": f"{_BASE},forward={_mxfp4('nearest', '')},backward={_mxfp4('stochastic', 'rht')}",
 }
 MODELS = ("mlp", "cnn")
 
@@ -421,6 +425,14 @@ def findings(config: MXFP4Config, rows: list[dict], skipped: dict | None = None)
             at_most(0, "|gap of bwd-sr-had| - |gap of bwd-sr-rht|").judge(
                 abs(gap(b_had)) - abs(gap(b_rht))
             ),
+            judged_at_quick=False,
+        ))  # fmt: skip
+        gemms = get("gemms")
+        out.append(finding(
+            f"{where}MXFP4 in every matrix product (forward operands rounded to nearest, "
+            "backward ones stochastically after a shared random Hadamard transform) stays "
+            "p-equivalent to bf16 training",
+            text(gemms, "gemms"), at_most(C, "d/floor of gemms").judge(ratio(gemms)),
             judged_at_quick=False,
         ))  # fmt: skip
     return out

@@ -9,6 +9,8 @@ The package's parts, one file each:
 * :mod:`~optimorph.precision.block`: block-scaled formats: OCP MX (``mxfp8e4m3`` ... ``mxfp4``,
   ``mxint8``), per-tensor scaled FP8 (``fp8e4m3``, ``fp8e5m2``), blockwise absmax code maps
   (``bnb8``, ``int8``, ``ao4``);
+* :mod:`~optimorph.precision.products`: matrix products on quantized operands, blocked along
+  their reduction dimension (a policy's ``forward`` and ``backward`` roles; MXFP4 training);
 * :mod:`~optimorph.precision.policies`: :class:`Precision`, a format per role of a training step
   built from a spec string with :func:`precision`, e.g. ``precision("bf16,nu=fp32")`` or
   ``precision("fp32,m=mxfp8e4m3,v=bnb8(block=256)")``; :func:`state_bytes_per_param`.

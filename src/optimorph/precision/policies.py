@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optimorph.precision.block import BlockFormat
-from optimorph.precision.products import BackwardProducts, check_backward_format
+from optimorph.precision.products import QuantizedProducts, check_product_format
 from optimorph.precision.formats import (
     BF16,
     FP16,
@@ -80,17 +80,18 @@ def _decimal_toward(target: float, up: bool, stored: Callable[[float], float]) -
 # ---------------------------------------------------------------------------------------------
 # Policies
 
-_ROLES = ("params", "grads", "state", "updates", "backward", "count", "hparams")
+_ROLES = ("params", "grads", "state", "updates", "forward", "backward", "count", "hparams")
 _OPTIONS = ("rounding", "subnormals", "kahan")
 _SPEC_HELP = (
     "a spec is comma-separated items: a bare FORMAT (default for params, grads and state), "
-    "ROLE=FORMAT with ROLE in params, grads, state, updates, backward, hparams, count (count "
-    "also takes 'exact'), "
+    "ROLE=FORMAT with ROLE in params, grads, state, updates, forward, backward, hparams, count "
+    "(count also takes 'exact'), "
     "rounding=nearest|stochastic, subnormals=gradual|flush, kahan=true|false, or SLOT=FORMAT "
     "for an optimizer-state field such as mu, nu, v, trace; params, grads, state, updates and "
     "slots also take block formats such as mxfp8e4m3, mxfp4(axis=0), "
-    "mxfp4(rounding=stochastic,transform=rht), fp8e4m3, bnb8(block=256), int8, ao4; backward "
-    "(the operands of the backward pass's matrix products) takes MX or scalar formats"
+    "mxfp4(rounding=stochastic,transform=rht), fp8e4m3, bnb8(block=256), int8, ao4; forward and "
+    "backward (the operands of the forward or backward pass's matrix products) take MX or "
+    "scalar formats"
 )
 
 
@@ -103,7 +104,9 @@ class Precision:
     field name, e.g. ``{"nu": FP32}``); ``updates`` (the optimizer's update u, rounded before
     x + u is formed; default None: not rounded, u stays in the compute dtype); ``backward``
     (the operands of the backward pass's matrix products, quantized along their reduction
-    dimension: :mod:`optimorph.precision.products`; default None: plain products); ``count`` (None =
+    dimension: :mod:`optimorph.precision.products`; default None: plain products) and
+    ``forward`` (the same for the forward pass's products, weights and activations, with a
+    straight-through gradient); ``count`` (None =
     exact int32 counter, else the counter is rounded through this format after each step: bf16
     stalls at 256); ``hparams`` (the format
     hyperparameters are stored in; default = the compute format).
@@ -128,6 +131,7 @@ class Precision:
     state: Format | BlockFormat | None = None
     slots: Mapping[str, Format | BlockFormat] = dataclasses.field(default_factory=dict)
     updates: Format | BlockFormat | None = None
+    forward: Format | BlockFormat | None = None
     backward: Format | BlockFormat | None = None
     count: Format | None = None
     hparams: Format | None = None
@@ -148,8 +152,9 @@ class Precision:
                     f"{name} holds scalars and takes a scalar format (fp64, fp32, bf16, fp16, "
                     f"eXmY), not the block format {fmt.name}"
                 )
-        if self.backward is not None:
-            check_backward_format(self.backward)
+        for role in ("forward", "backward"):
+            if getattr(self, role) is not None:
+                check_product_format(role, getattr(self, role))
         if self.kahan and isinstance(self.params, BlockFormat):
             raise ValueError(
                 f"kahan=true needs a scalar params format; {self.params.name} is a block format"
@@ -204,7 +209,8 @@ class Precision:
         keys). A keyed policy's step needs the run's rounding key."""
         if self.rounding == "stochastic":
             return True
-        roles = [self.grads, self.state, self.updates, self.backward, *self.slots.values()]
+        roles = [self.grads, self.state, self.updates, self.forward, self.backward,
+                 *self.slots.values()]  # fmt: skip
         return any(isinstance(f, BlockFormat) and f.keyed(self.rounding) for f in roles)
 
     @property
@@ -219,8 +225,9 @@ class Precision:
         items += [f"{slot}={fmt.name}" for slot, fmt in self.slots.items()]
         if self.updates is not None:
             items.append(f"updates={self.updates.name}")
-        if self.backward is not None:
-            items.append(f"backward={self.backward.name}")
+        for role in ("forward", "backward"):
+            if getattr(self, role) is not None:
+                items.append(f"{role}={getattr(self, role).name}")
         if self.count is not None:
             items.append(f"count={self.count.name}")
         if self.hparams != _format_of(self._compute_dtype(include_hparams=False)):
@@ -256,19 +263,21 @@ class Precision:
         the policy has no updates role."""
         return tree if self.updates is None else self._round_tree(tree, self.updates, key)
 
-    def backward_products(self, key: Array | None = None) -> BackwardProducts | None:
+    def products(self, key: Array | None = None) -> QuantizedProducts | None:
         """The matrix product the models use while a gradient is computed (None without a
-        ``backward`` role); ``key`` (the step's backward key) is used where the format draws
-        random numbers under this policy."""
-        if self.backward is None:
+        ``forward`` or ``backward`` role); ``key`` (the step's products key) is used where a
+        format draws random numbers under this policy."""
+        if self.forward is None and self.backward is None:
             return None
-        fmt = self.backward
-        if isinstance(fmt, BlockFormat):
-            fmt = fmt.under(self.rounding)
-            random = fmt.keyed(self.rounding)
-        else:
-            random = self.rounding == "stochastic"
-        return BackwardProducts(fmt, key if random else None)
+        fmts, random = [], False
+        for fmt in (self.forward, self.backward):
+            if isinstance(fmt, BlockFormat):
+                fmt = fmt.under(self.rounding)
+                random |= fmt.keyed(self.rounding)
+            elif fmt is not None:
+                random |= self.rounding == "stochastic"
+            fmts.append(fmt)
+        return QuantizedProducts(*fmts, key if random else None)
 
     def _round_tree(self, tree: PyTree, fmt: Format | BlockFormat, key: Array | None) -> PyTree:
         keys = self._leaf_keys(key, tree)

@@ -1,4 +1,4 @@
-"""A policy's ``backward`` role: the backward pass's matrix products on quantized operands,
+"""A policy's ``forward`` and ``backward`` roles: matrix products on quantized operands,
 blocked along the reduction dimension (Tseng et al.'s MXFP4 training), as the models compute
 them inside the engine's gradient."""
 
@@ -10,7 +10,7 @@ import pytest
 from optimorph.engine import train
 from optimorph.engine.step import gradient, seed_keys
 from optimorph.precision import parse_format, precision
-from optimorph.precision.products import BackwardProducts, reduced_product
+from optimorph.precision.products import QuantizedProducts, reduced_product
 from optimorph.problems import models, problem
 
 RNG = np.random.default_rng(0)
@@ -47,6 +47,19 @@ def test_stochastic_rounding_after_a_shared_random_transform_is_unbiased():
     one = outs[0]
     assert np.linalg.norm(one - EXACT) < 0.3 * np.linalg.norm(EXACT)
     assert not np.array_equal(outs[0], outs[1])  # each key draws its own signs and roundings
+
+
+def test_a_quantized_forward_product_multiplies_quantized_operands_with_a_straight_gradient():
+    x = jnp.asarray(RNG.standard_normal((5, 40)))
+    w = jnp.asarray(RNG.standard_normal((40, 3)))
+    prod = QuantizedProducts(parse_format("mxfp4"), None, None)
+    rows, cols = parse_format("mxfp4"), parse_format("mxfp4(axis=0)")  # both along k
+    want = np.asarray(rows.round(x), np.float64) @ np.asarray(cols.round(w), np.float64)
+    got = np.asarray(prod(x, w))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # Straight through: the gradient is the plain one taken at the quantized output.
+    dw = jax.grad(lambda w: jnp.sum(prod(x, w)))(w)
+    np.testing.assert_allclose(np.asarray(dw), np.asarray(x).T @ np.ones((5, 3)), rtol=1e-12)
 
 
 def test_the_models_products_run_through_the_given_product_and_their_gradients_follow():
@@ -108,7 +121,7 @@ def test_keyed_backward_products_draw_from_the_step_and_repeat_per_seed():
     "spec, message",
     [
         ("fp32,backward=bnb8", "backward=bnb8.*MX format"),
-        ("fp32,backward=fp8e4m3", "per-tensor FP8 are for stored state"),
+        ("fp32,forward=fp8e4m3", "forward=fp8e4m3.*per-tensor FP8 are for stored state"),
     ],
 )
 def test_bad_backward_formats_say_which_formats_fit(spec, message):
@@ -118,5 +131,5 @@ def test_bad_backward_formats_say_which_formats_fit(spec, message):
 
 def test_a_problem_without_model_products_refuses_the_role():
     with pytest.raises(ValueError, match="no matrix product of optimorph's models"):
-        train("quadratic(dim=4)", "sgd(lr=0.1)", steps=2, precision="fp32,backward=mxfp4",
+        train("quadratic(dim=4)", "sgd(lr=0.1)", steps=2, precision="fp32,forward=mxfp4",
               progress=False)  # fmt: skip
