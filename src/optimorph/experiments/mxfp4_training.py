@@ -345,88 +345,64 @@ def findings(config: MXFP4Config, rows: list[dict], skipped: dict | None = None)
                     f"{_g(r['final_diff'])} (95% CI {_g(r['diff_ci_low'])}.."
                     f"{_g(r['diff_ci_high'])})")  # fmt: skip
 
-        rtn, sr, rht, had = get("rtn"), get("sr"), get("sr-rht"), get("sr-hadamard")
-        out.append(finding(
-            f"{where}round-to-nearest MXFP4 gradients are not p-equivalent to bf16 training",
-            text(rtn, "rtn"), above(C, "d/floor of rtn").judge(ratio(rtn)),
-        ))  # fmt: skip
-        out.append(finding(
-            f"{where}stochastic rounding after a random Hadamard transform keeps MXFP4 "
-            "gradients p-equivalent to bf16 training",
-            text(rht, "sr-rht"), at_most(C, "d/floor of sr-rht").judge(ratio(rht)),
-        ))  # fmt: skip
-        tost = rht["tost_p"] if rht and rht["tost_p"] is not None else math.nan
-        out.append(finding(
-            f"{where}stochastic rounding after a random Hadamard transform makes MXFP4 "
-            f"gradients near-lossless: final test loss equal to bf16 training's within "
-            f"{margin:.0%} (paired TOST; Tseng et al. 2025)",
-            text(rht, "sr-rht"), below(0.05, "TOST p-value of sr-rht").judge(tost),
-            judged_at_quick=False,
-        ))  # fmt: skip
-        out.append(finding(
-            f"{where}round-to-nearest MXFP4 gradients cost final test loss (rounding bias)",
-            text(rtn, "rtn"),
-            above(0, "lower end of the 95% CI of rtn's final test loss gap").judge(
-                math.nan if rtn is None or rtn["diff_ci_low"] is None else rtn["diff_ci_low"]
-            ),
-            judged_at_quick=False,
-        ))  # fmt: skip
-        out.append(finding(
-            f"{where}the random Hadamard transform helps stochastic rounding: sr-rht ends "
-            "closer to bf16 training's final test loss than sr",
-            f"{text(sr, 'sr')}; {text(rht, 'sr-rht')}",
-            above(0, "|gap of sr| - |gap of sr-rht|").judge(abs(gap(sr)) - abs(gap(rht))),
-            judged_at_quick=False,
-        ))  # fmt: skip
-        out.append(finding(
-            f"{where}a deterministic Hadamard transform does at least as well as the random "
-            "one (arXiv 2605.09825): sr-hadamard ends no farther from bf16 training's final "
-            "test loss than sr-rht",
-            f"{text(had, 'sr-hadamard')}; {text(rht, 'sr-rht')}",
-            at_most(0, "|gap of sr-hadamard| - |gap of sr-rht|").judge(
-                abs(gap(had)) - abs(gap(rht))
-            ),
-            judged_at_quick=False,
-        ))  # fmt: skip
-        b_rtn, b_sr, b_rht, b_had = (get(f"bwd-{v}") for v in ("rtn", "sr", "sr-rht", "sr-had"))
-        out.append(finding(
-            f"{where}MXFP4 backward products with stochastic rounding after a shared random "
-            "Hadamard transform (Tseng et al.'s recipe) stay p-equivalent to bf16 training",
-            text(b_rht, "bwd-sr-rht"), at_most(C, "d/floor of bwd-sr-rht").judge(ratio(b_rht)),
-        ))  # fmt: skip
-        tost = b_rht["tost_p"] if b_rht and b_rht["tost_p"] is not None else math.nan
-        out.append(finding(
-            f"{where}MXFP4 backward products with stochastic rounding after a shared random "
-            f"Hadamard transform are near-lossless: final test loss equal to bf16 training's "
-            f"within {margin:.0%} (paired TOST; Tseng et al. 2025)",
-            text(b_rht, "bwd-sr-rht"), below(0.05, "TOST p-value of bwd-sr-rht").judge(tost),
-            judged_at_quick=False,
-        ))  # fmt: skip
-        out.append(finding(
-            f"{where}round-to-nearest MXFP4 backward products are not p-equivalent to bf16 "
-            "training",
-            text(b_rtn, "bwd-rtn"), above(C, "d/floor of bwd-rtn").judge(ratio(b_rtn)),
-            judged_at_quick=False,
-        ))  # fmt: skip
-        out.append(finding(
-            f"{where}in the backward products the random Hadamard transform helps stochastic "
-            "rounding: bwd-sr-rht ends closer to bf16 training's final test loss than bwd-sr",
-            f"{text(b_sr, 'bwd-sr')}; {text(b_rht, 'bwd-sr-rht')}",
-            above(0, "|gap of bwd-sr| - |gap of bwd-sr-rht|").judge(
-                abs(gap(b_sr)) - abs(gap(b_rht))
-            ),
-            judged_at_quick=False,
-        ))  # fmt: skip
-        out.append(finding(
-            f"{where}in the backward products a deterministic Hadamard transform does at least "
-            "as well as the random one (arXiv 2605.09825): bwd-sr-had ends no farther from "
-            "bf16 training's final test loss than bwd-sr-rht",
-            f"{text(b_had, 'bwd-sr-had')}; {text(b_rht, 'bwd-sr-rht')}",
-            at_most(0, "|gap of bwd-sr-had| - |gap of bwd-sr-rht|").judge(
-                abs(gap(b_had)) - abs(gap(b_rht))
-            ),
-            judged_at_quick=False,
-        ))  # fmt: skip
+        # The same claims for the stored gradient and for the backward products (bwd-).
+        families = (
+            ("", "sr-hadamard", "MXFP4 gradients", True, ""),
+            ("bwd-", "bwd-sr-had", "MXFP4 backward products", False,
+             " (Tseng et al.'s recipe, the transform's signs shared by both operands)"),
+        )  # fmt: skip
+        for prefix, had_name, what, rtn_at_quick, recipe in families:
+            names = {k: f"{prefix}{k}" for k in ("rtn", "sr", "sr-rht")}
+            rtn, sr, rht = (get(n) for n in names.values())
+            had = get(had_name)
+            n_rtn, n_sr, n_rht = names.values()
+            out.append(finding(
+                f"{where}round-to-nearest {what} are not p-equivalent to bf16 training",
+                text(rtn, n_rtn), above(C, f"d/floor of {n_rtn}").judge(ratio(rtn)),
+                judged_at_quick=rtn_at_quick,
+            ))  # fmt: skip
+            out.append(finding(
+                f"{where}{what} with stochastic rounding after a random Hadamard transform"
+                f"{recipe} stay p-equivalent to bf16 training",
+                text(rht, n_rht), at_most(C, f"d/floor of {n_rht}").judge(ratio(rht)),
+            ))  # fmt: skip
+            tost = rht["tost_p"] if rht and rht["tost_p"] is not None else math.nan
+            out.append(finding(
+                f"{where}{what} with stochastic rounding after a random Hadamard transform are "
+                f"near-lossless: final test loss equal to bf16 training's within {margin:.0%} "
+                "(paired TOST; Tseng et al. 2025)",
+                text(rht, n_rht), below(0.05, f"TOST p-value of {n_rht}").judge(tost),
+                judged_at_quick=False,
+            ))  # fmt: skip
+            if not prefix:  # the bias of rounding to nearest, judged on the stored gradient
+                out.append(finding(
+                    f"{where}round-to-nearest {what} cost final test loss (rounding bias)",
+                    text(rtn, n_rtn),
+                    above(0, f"lower end of the 95% CI of {n_rtn}'s final test loss gap").judge(
+                        math.nan if rtn is None or rtn["diff_ci_low"] is None
+                        else rtn["diff_ci_low"]
+                    ),
+                    judged_at_quick=False,
+                ))  # fmt: skip
+            out.append(finding(
+                f"{where}the random Hadamard transform helps stochastic rounding of {what}: "
+                f"{n_rht} ends closer to bf16 training's final test loss than {n_sr}",
+                f"{text(sr, n_sr)}; {text(rht, n_rht)}",
+                above(0, f"|gap of {n_sr}| - |gap of {n_rht}|").judge(
+                    abs(gap(sr)) - abs(gap(rht))
+                ),
+                judged_at_quick=False,
+            ))  # fmt: skip
+            out.append(finding(
+                f"{where}for {what} a deterministic Hadamard transform does at least as well as "
+                f"the random one (arXiv 2605.09825): {had_name} ends no farther from bf16 "
+                f"training's final test loss than {n_rht}",
+                f"{text(had, had_name)}; {text(rht, n_rht)}",
+                at_most(0, f"|gap of {had_name}| - |gap of {n_rht}|").judge(
+                    abs(gap(had)) - abs(gap(rht))
+                ),
+                judged_at_quick=False,
+            ))  # fmt: skip
         gemms = get("gemms")
         out.append(finding(
             f"{where}MXFP4 in every matrix product (forward operands rounded to nearest, "
