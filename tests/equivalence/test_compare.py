@@ -294,3 +294,37 @@ def test_a_progress_tag_prefixes_every_line_of_a_workers_job(capfd):
             precisions="fp64", seeds=2, steps=20, progress="mlp fp64")  # fmt: skip
     err = capfd.readouterr().err
     assert "mlp fp64: train sgd(lr=0.05)" in err and "mlp fp64: pairs at fp64" in err, err
+
+
+def test_runs_inside_a_wide_floor_whose_final_loss_clearly_differs_are_different():
+    # Where training is chaotic at p the noise floor can hold a systematically worse run
+    # (MXFP4 backward products rounded to nearest: d/floor 4, final loss 40% higher): the
+    # final metric's paired test overrules "equivalent". The runs here are one optimizer twice;
+    # only B's final test losses are moved.
+    import copy
+
+    from optimorph.equivalence.compare import measure, outcome_differs, trajectory_verdict
+    from optimorph.experiments.low_bit_states import verdict_rows
+
+    adam = "adam(lr=0.01, b2=0.99)"
+    runs = measure("two-moons(n=64, widths=[8])", [adam, adam], precision="bf16", seeds=3,
+                   steps=20, progress=False)  # fmt: skip
+    same = trajectory_verdict(runs, 0, runs, 1, "bf16")
+    assert same.equivalent and same.distance_ratio == 0
+    worse = copy.deepcopy(runs)
+    final = worse.result.evals["test/loss"]
+    final[1, :, -1] = final[0, :, -1] * 1.4 + np.array([0.0, 0.01, -0.01])
+    moved = trajectory_verdict(worse, 0, worse, 1, "bf16")
+    assert not moved.equivalent and moved.decided and moved.distance_ratio == 0
+    assert "the final metric differs" in moved.reason and "too wide" in moved.reason
+    slight = copy.deepcopy(runs)
+    slight.result.evals["test/loss"][1, :, -1] *= 1.01  # inside the 5% margin
+    assert trajectory_verdict(slight, 0, slight, 1, "bf16").equivalent
+    row = verdict_rows(runs, worse, 0, 2.0**-8, 10.0)  # the low-bit recipes' verdict, too
+    assert row["outcome"] == "equivalent"  # optimizer 0 of both: the same losses
+    worse.result.evals["test/loss"][0] = final[1]
+    row = verdict_rows(runs, worse, 0, 2.0**-8, 10.0)
+    assert row["d_floor"] == 0 and row["outcome"] == "different (final loss)"
+    base = runs.result.evals["test/loss"][0, :, -1]
+    assert outcome_differs(final[1, :, -1], base) is not None
+    assert outcome_differs(base * 1.01, base) is None

@@ -19,7 +19,12 @@ condition numbers (kappa <= ``kappa_max``). Choices added to the definition (all
   (NaN/inf at step k, or a loss blow-up above ``divergence_factor`` x the first loss);
 - a verdict reached while both optimizers had most of their updates absorbed by rounding
   (stagnation > ``stall_limit``) is flagged ``stalled``: collapse by stalling is not evidence
-  that the algorithms are the same.
+  that the algorithms are the same;
+- trajectories within the floor whose final metric differs beyond doubt and beyond the margin
+  (paired t-test p < 0.05 and |mean difference| > the TOST margin: :func:`outcome_differs`) are
+  **different**: where training is chaotic at p (Adam at bf16 on a small network), the floor
+  can grow wide enough to hold a systematically worse run, and the verdict must not say
+  "equivalent" of two runs whose losses clearly differ.
 Final performance is compared with a paired t-test and a TOST equivalence test whose margin is
 stated up front (``margin``, a fraction of max(|mean A|, |mean B|) of the final metric, or
 absolute with ``margin_relative=False``).
@@ -58,6 +63,7 @@ __all__ = [
     "measure",
     "compare",
     "trajectory_verdict",
+    "outcome_differs",
     "DEFAULTS",
 ]
 
@@ -400,7 +406,7 @@ class TrajectoryVerdict:
 
     Attributes:
       equivalent, decided, reason: the verdict as :class:`PairVerdict` gives it, before the
-        state maps' condition numbers are checked.
+        state maps' condition numbers are checked (the final metric's check included).
       by_distance: both runs stayed finite, so the verdict rests on d/floor (the only case
         where ``compare`` goes on to check the state maps).
       note: the engine's divergence rule fired without NaN/inf parameters ('' otherwise); it
@@ -433,13 +439,39 @@ class TrajectoryVerdict:
         return "equivalent" if self.equivalent else "different"
 
 
+def outcome_differs(fa: Any, fb: Any, margin: float = DEFAULTS["margin"],
+                    relative: bool = DEFAULTS["margin_relative"]) -> str | None:  # fmt: skip
+    """Why the final metric of A and B (``fa``, ``fb``: one value per paired seed) differs
+    beyond doubt and beyond the margin, or None: the paired t-test rejects equality at 5% (its
+    95% CI excludes 0) and the mean difference exceeds the TOST margin (``margin``, a fraction
+    of max(|mean A|, |mean B|) when ``relative``). A trajectory verdict of "equivalent" that
+    this contradicts is overruled (module doc).
+
+    >>> outcome_differs([0.64, 0.60, 0.66], [0.46, 0.45, 0.47]) is not None
+    True
+    >>> outcome_differs([0.461, 0.459, 0.463], [0.46, 0.45, 0.47]) is None
+    True
+    """
+    with np.errstate(all="ignore"):
+        test = stats.paired_t_test(fa, fb)
+        band = float(stats.tost(fa, fb, margin, relative=relative).margin)
+    if not (math.isfinite(test.p_value) and test.p_value < 0.05 and abs(test.mean_diff) > band):
+        return None
+    return (
+        f"the final metric differs: A - B = {test.mean_diff:+.3g} (95% CI {test.ci_low:.3g}.."
+        f"{test.ci_high:.3g}, p = {test.p_value:.2g}), beyond the +-{band:.3g} margin"
+    )
+
+
 def trajectory_verdict(
-    runs_a: _Runs, i: int, runs_b: _Runs, j: int, precision: str, C: float = DEFAULTS["C"]
-) -> TrajectoryVerdict:
+    runs_a: _Runs, i: int, runs_b: _Runs, j: int, precision: str, C: float = DEFAULTS["C"],
+    margin: float = DEFAULTS["margin"], margin_relative: bool = DEFAULTS["margin_relative"],
+) -> TrajectoryVerdict:  # fmt: skip
     """Optimizer ``i`` of ``runs_a`` against optimizer ``j`` of ``runs_b`` (two
     :func:`measure` results with the same seeds, steps and evaluations, or the same one twice)
-    by the noise-floor rule of this module, NaN/inf cases included: everything of ``compare``'s
-    verdict except the state maps' condition numbers, which cost a compiled simulation per pair.
+    by the noise-floor rule of this module, NaN/inf cases included, and the final metric's check
+    (:func:`outcome_differs`, with ``margin``): everything of ``compare``'s verdict except the
+    state maps' condition numbers, which cost a compiled simulation per pair.
 
     >>> import jax; jax.config.update("jax_enable_x64", True)
     >>> runs = measure("quadratic(dim=4, kappa=10)", ["sgd(lr=0.05)", "momentum(lr=0.05, beta=0)"],
@@ -504,6 +536,14 @@ def trajectory_verdict(
             if equivalent
             else f"d/floor reached {distance_ratio:.3g} > C={C:g}"
         )
+        key = _final_metric(ra.evals)
+        differs = equivalent and outcome_differs(
+            ra.evals[key][i, :, -1], rb.evals[key][j, :, -1], margin, margin_relative
+        )
+        if differs:
+            equivalent = False
+            reason = (f"d/floor {distance_ratio:.3g} <= C={C:g}, but {differs}: the floor is "
+                      "too wide to tell the two apart")  # fmt: skip
     note = ""
     if not named and (said_a or said_b):
         # The engine's divergence without NaN/inf parameters (an overflowing loss, a loss
@@ -521,7 +561,8 @@ def _pair_verdict(specs, i, j, p_name, runs, cfg, dfx, intrinsic, checks) -> Pai
     """The verdict on optimizers i and j from their runs, their defect and the per-optimizer
     measurements on visited states (intrinsic errors of both, theory checks of i)."""
     r = runs.result
-    tv = trajectory_verdict(runs, i, runs, j, p_name, cfg["C"])
+    tv = trajectory_verdict(runs, i, runs, j, p_name, cfg["C"], cfg["margin"],
+                            bool(cfg["margin_relative"]))  # fmt: skip
     d, distance_ratio = tv.distance, tv.distance_ratio
     t = r.eval_steps[1:].astype(float)
     growth = stats.growth_exponent(t, np.median(d[:, 1:], axis=0))[0]

@@ -27,7 +27,9 @@ format is **p-equivalent** to the reference by optimorph's noise-floor rule
     d(t) = ||theta_ref(t) - theta_low(t)|| <= C max(N_ref(t), N_low(t), u ||theta_ref(t)||)
 
 at every evaluation after step 0, on the median over seeds of the ratio (d/floor below), u the
-parameter format's unit roundoff; a run that went NaN/inf where the other did not is different.
+parameter format's unit roundoff, and the final loss does not differ beyond doubt and beyond
+the margin (:func:`~optimorph.equivalence.compare.outcome_differs`: "different (final loss)"
+otherwise); a run that went NaN/inf where the other did not is different.
 The two runs differ in their precision policy, not their optimizer, so the state maps of
 ``compare`` are the identity and are not measured. Beside it: the paired difference of the
 final loss (low-bit minus reference; ``test/loss``) with its 95% CI, TOST at a margin of 5% of
@@ -53,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from optimorph import stats
-from optimorph.equivalence.compare import measure
+from optimorph.equivalence.compare import measure, outcome_differs
 from optimorph.experiments.findings import above, all_of, at_most, below, finding, within
 from optimorph.precision import precision as make_precision
 from optimorph.problems import DatasetNotFound, problem
@@ -72,6 +74,9 @@ STATES = {
     "mxfp4": "m=mxfp4(axis=0),v=mxfp4(axis=0)",
 }
 MARGIN = 0.05  # TOST margin: a fraction of the larger mean final loss, as compare's default
+# The p-equivalence rules read d/floor, counted infinite when the final loss differs beyond
+# doubt and beyond the margin (outcome_differs): the verdict's two tests in one number.
+_RATIO = "d/floor (inf if the final loss differs)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +198,8 @@ def verdict_rows(ref: Any, low: Any, o: int, u: float, C: float) -> dict:
         outcome = "equivalent" if d_floor <= C else "different"
     key = "test/loss" if "test/loss" in a.evals else "train/loss"
     fa, fb = b.evals[key][o, :, -1], a.evals[key][o, :, -1]  # low-bit minus reference
+    if outcome == "equivalent" and outcome_differs(fa, fb, MARGIN):
+        outcome = "different (final loss)"  # within the floor, but the loss clearly differs
     with np.errstate(all="ignore"):
         test = stats.paired_t_test(fa, fb)
         tost = stats.tost(fa, fb, MARGIN, relative=True)
@@ -247,10 +254,13 @@ def findings(config: LowBitConfig, rows: list[dict], skipped: str | None = None)
         return None
 
     def ratio(r) -> float:
-        """d/floor for a rule: inf when the low-bit run diverged (None stored), NaN if absent."""
+        """d/floor for a rule: inf when the low-bit run diverged (None stored) or its final loss
+        differs beyond doubt and beyond the margin (the verdict's own test), NaN if absent."""
         if r is None:
             return math.nan
-        return math.inf if r["d_floor"] is None else r["d_floor"]
+        if r["d_floor"] is None or r["outcome"] == "different (final loss)":
+            return math.inf
+        return r["d_floor"]
 
     def text(r) -> str:
         if r is None:
@@ -264,7 +274,7 @@ def findings(config: LowBitConfig, rows: list[dict], skipped: str | None = None)
     out.append(finding(
         f"8-bit blockwise Adam (bnb8 m and v) is p-equivalent to fp32 Adam at {head} "
         f"parameters ({where})",
-        text(bnb), at_most(C, "d/floor").judge(ratio(bnb)),
+        text(bnb), at_most(C, _RATIO).judge(ratio(bnb)),
     ))  # fmt: skip
     sweep = [(h, cell("bnb8", h)) for h in config.heteros]
     stops = next((h for h, r in sweep if ratio(r) > C), None)
@@ -293,14 +303,14 @@ def findings(config: LowBitConfig, rows: list[dict], skipped: str | None = None)
         r = cell(state)
         out.append(finding(
             f"{claim} is p-equivalent to fp32 states at {head} parameters ({where})",
-            text(r), at_most(C, "d/floor").judge(ratio(r)), judged_at_quick=quick,
+            text(r), at_most(C, _RATIO).judge(ratio(r)), judged_at_quick=quick,
         ))  # fmt: skip
     four = [cell(s) for s in ("ao4", "mxfp4") if s in config.states]
     out.append(finding(
         f"4-bit states (ao4, MXFP4) are not p-equivalent to fp32 states at {head} parameters "
         f"({where})",
         "; ".join(text(r) for r in four),
-        above(C, "d/floor", each="4-bit format").judge([ratio(r) for r in four]),
+        above(C, _RATIO, each="4-bit format").judge([ratio(r) for r in four]),
         judged_at_quick=False,
     ))  # fmt: skip
     if "fp32" in config.params:
@@ -309,7 +319,7 @@ def findings(config: LowBitConfig, rows: list[dict], skipped: str | None = None)
         claim = (f"no low-bit state is p-equivalent at fp32 parameters ({at_fp32}): their "
                  "quantization error is far above fp32's noise floor")  # fmt: skip
         out.append(finding(claim, "; ".join(text(r) for r in low),
-                           above(C, "d/floor", each="state format").judge([ratio(r) for r in low]),
+                           above(C, _RATIO, each="state format").judge([ratio(r) for r in low]),
                            judged_at_quick=False))  # fmt: skip
     else:
         out.append(finding("no low-bit state is p-equivalent at fp32 parameters",
@@ -338,7 +348,7 @@ def findings(config: LowBitConfig, rows: list[dict], skipped: str | None = None)
     ))  # fmt: skip
     mlp = cell("bnb8", problem_="fashion-mnist mlp", optimizer=config.mlp_optimizer)
     if mlp is not None:
-        measured, verdict = text(mlp), at_most(C, "d/floor").judge(ratio(mlp))
+        measured, verdict = text(mlp), at_most(C, _RATIO).judge(ratio(mlp))
     else:
         measured = skipped or "the MLP was not run (setting mlp=false)"
         verdict = None
