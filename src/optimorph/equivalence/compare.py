@@ -380,7 +380,8 @@ def _judge(prob, specs, p, run, cfg, maps, pairs, progress) -> tuple[list[PairVe
         smap = (maps or {}).get((i, j))
         with phases("defects"):
             dfx = defect_lib.simulation_defect(specs[i], specs[j], prob, p, smap=smap,
-                                               visited=(visited[i], visited[j]), **replay)  # fmt: skip
+                                               visited=(visited[i], visited[j]),
+                                               **replay)  # fmt: skip
         with phases("intrinsic errors"):
             errors = (intrinsic(i), intrinsic(j))
         with phases("theory checks"):

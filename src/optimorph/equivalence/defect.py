@@ -208,7 +208,8 @@ def one_step(
     spec, policy = resolve(spec), _policy(precision)
     if stacked:
         count = jax.tree.leaves(params)[0].shape[0]
-        return _stepper(spec, policy)(params, state, grads, *_replay(policy, count, t, rounding_key))
+        replay = _replay(policy, count, t, rounding_key)
+        return _stepper(spec, policy)(params, state, grads, *replay)
     batch = jax.tree.map(lambda x: jnp.asarray(x)[None], (params, state, grads))
     new = _stepper(spec, policy)(*batch, *_replay(policy, 1, t, rounding_key))
     return jax.tree.map(lambda x: x[0], new)

@@ -87,7 +87,8 @@ _MXFP4 = "mxfp4(scale=ceil,rounding={rounding}{transform})"
 
 
 def _mxfp4(rounding: str, transform: str) -> str:
-    return _MXFP4.format(rounding=rounding, transform=f",transform={transform}" if transform else "")
+    option = f",transform={transform}" if transform else ""
+    return _MXFP4.format(rounding=rounding, transform=option)
 
 
 VARIANTS = {

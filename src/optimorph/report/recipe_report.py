@@ -572,8 +572,8 @@ def _mxfp4_figures(run_dir: Path) -> list[tuple[Path, str]]:
             ax.grid(alpha=0.3, which="both")
         tidy_log_ticks(ratio_ax)
     legend_above(fig, handles, others, width=MAX_WIDTH,
-                 title=f"MXFP4 gradients (solid) and backward products (dashed, bwd-) against "
-                 f"{ref} training")  # fmt: skip
+                 title=f"MXFP4 gradients (solid), backward products (dashed, bwd-) and every "
+                 f"product (gemms) against {ref} training")  # fmt: skip
     path = save_figure(fig, run_dir / "mxfp4_training.png")
     return [(path, f"Left: the distance of each MXFP4 variant's parameters to {ref} "
              "training's, over the rounding noise floor (median over seeds; black dashes: C = "
@@ -586,7 +586,10 @@ def _mxfp4_figures(run_dir: Path) -> list[tuple[Path, str]]:
 
 def _mxfp4_style(variant: str, i: int, variants: list[str]) -> dict[str, str]:
     """A stored-gradient variant's colour (0 is the reference's elsewhere in the report); a
-    backward-products variant (``bwd-...``) dashed, in its stored-gradient twin's colour."""
+    backward-products variant (``bwd-...``) dashed, in its stored-gradient twin's colour;
+    ``gemms`` (every product) black, dash-dotted."""
+    if variant == "gemms":
+        return {"color": "black", "linestyle": "-."}
     if not variant.startswith("bwd-"):
         return series_style(i + 1)
     twin = variant[4:].replace("-had", "-hadamard") if variant.endswith("-had") else variant[4:]
