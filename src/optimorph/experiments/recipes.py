@@ -472,8 +472,8 @@ RECIPES.add(
     Recipe(
         "mxfp4-training",
         "gradients stored in MXFP4, and backward passes whose matrix products take MXFP4 "
-        "operands (Tseng et al.'s recipe), with round-to-nearest, stochastic rounding, and "
-        "either after a random or a deterministic Hadamard transform, against bf16 training on "
+        "operands (Tseng et al.'s recipe), rounded to nearest or stochastically, with or "
+        "without a random or a deterministic Hadamard transform, against bf16 training on "
         "the Fashion-MNIST MLP and CNN: p-equivalence (d/floor), where each parts, final loss gap",
         "issue 20 (Tseng et al. 2025, arXiv 2502.20586; arXiv 2605.09825)",
         "optimorph.experiments.mxfp4_training:MXFP4Config",
