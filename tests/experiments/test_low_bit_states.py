@@ -31,3 +31,28 @@ def test_the_quick_variant_stores_verdicts_findings_and_a_frontier(tmp_path):
     page = write_recipe_report(out).read_text(encoding="utf-8")
     assert (out / "low_bit_frontier.png").exists() and 'alt="low_bit_frontier.png"' in page
     assert "Table: verdicts" in page and "C = 10, the equivalence threshold" in page
+
+
+def test_a_verdict_of_different_for_any_reason_fails_a_p_equivalence_claim():
+    # A low-bit run that blew up by the engine's loss rule keeps finite parameters and a finite
+    # d/floor; "different (final loss)" has one too. Neither is p-equivalent, whatever d/floor.
+    from optimorph.experiments.findings import FAILED, HELD
+    from optimorph.experiments.low_bit_states import findings
+
+    config = LowBitConfig.quick()
+    rows = []
+    for h in config.heteros:
+        for state, outcome in (("fp32", "equivalent"), ("bnb8", "different (low-bit run "
+                               "diverged)"), ("mxfp8", "different (final loss)")):  # fmt: skip
+            rows.append({"problem": f"least squares h={h:g}", "h": h,
+                         "optimizer": config.optimizers[0], "params": "bf16", "states": state,
+                         "d_floor": 0.0 if state == "fp32" else 1.5, "outcome": outcome,
+                         "final_loss": 1.0, "final_diff": 0.1, "diff_ci_low": 0.05,
+                         "diff_ci_high": 0.15, "tost_p": 0.9, "bytes_per_param": 2.0})  # fmt: skip
+    claims = {f["claim"]: f["status"] for f in findings(config, rows)}
+    bnb = next(s for c, s in claims.items() if c.startswith("8-bit blockwise Adam"))
+    mx = next(s for c, s in claims.items() if c.startswith("MXFP8"))
+    assert bnb == FAILED and mx == FAILED
+    rows[1]["outcome"] = rows[2]["outcome"] = "equivalent"
+    claims = {f["claim"]: f["status"] for f in findings(config, rows)}
+    assert next(s for c, s in claims.items() if c.startswith("8-bit blockwise Adam")) == HELD

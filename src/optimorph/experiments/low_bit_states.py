@@ -74,9 +74,10 @@ STATES = {
     "mxfp4": "m=mxfp4(axis=0),v=mxfp4(axis=0)",
 }
 MARGIN = 0.05  # TOST margin: a fraction of the larger mean final loss, as compare's default
-# The p-equivalence rules read d/floor, counted infinite when the final loss differs beyond
-# doubt and beyond the margin (outcome_differs): the verdict's two tests in one number.
-_RATIO = "d/floor (inf if the final loss differs)"
+# The p-equivalence rules read d/floor, counted infinite when the verdict is "different" for
+# another reason (the final loss differs beyond doubt and beyond the margin, outcome_differs;
+# the low-bit run diverged): the verdict's tests in one number.
+_RATIO = "d/floor (inf if the verdict is different for another reason)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,11 +255,13 @@ def findings(config: LowBitConfig, rows: list[dict], skipped: str | None = None)
         return None
 
     def ratio(r) -> float:
-        """d/floor for a rule: inf when the low-bit run diverged (None stored) or its final loss
-        differs beyond doubt and beyond the margin (the verdict's own test), NaN if absent."""
-        if r is None:
+        """d/floor for a rule: inf when the verdict is "different" for another reason than the
+        distance (the low-bit run diverged, by NaN or by the engine's loss blow-up rule with
+        finite parameters; the final loss differs beyond doubt and beyond the margin), NaN if
+        absent or undecidable."""
+        if r is None or r["outcome"].startswith("undecidable"):
             return math.nan
-        if r["d_floor"] is None or r["outcome"] == "different (final loss)":
+        if r["d_floor"] is None or r["outcome"].startswith("different ("):
             return math.inf
         return r["d_floor"]
 
