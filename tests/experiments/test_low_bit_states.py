@@ -1,5 +1,7 @@
 """The low-bit-states recipe end to end at its quick settings: stored files, findings, report."""
 
+import pytest
+
 from optimorph.experiments import recipes
 from optimorph.experiments.findings import NOT_JUDGED, STATUSES
 from optimorph.experiments.low_bit_states import LowBitConfig, policy
@@ -21,7 +23,7 @@ def test_the_quick_variant_stores_verdicts_findings_and_a_frontier(tmp_path):
     memory = {r["states"]: r["bytes_per_param"] for r in rows}
     assert memory == {"fp32": 8.0, "bnb8": 2 * (1 + 4 / 256), "mxfp8": 2 * (1 + 1 / 32)}
     findings = store.read_json(out, "findings")
-    assert len(findings) == 10
+    assert len(findings) == 11
     for f in findings:
         assert f["status"] in STATUSES and f["measured"]
         if not f["judged_at_quick"]:
@@ -56,3 +58,34 @@ def test_a_verdict_of_different_for_any_reason_fails_a_p_equivalence_claim():
     rows[1]["outcome"] = rows[2]["outcome"] = "equivalent"
     claims = {f["claim"]: f["status"] for f in findings(config, rows)}
     assert next(s for c, s in claims.items() if c.startswith("8-bit blockwise Adam")) == HELD
+
+
+def test_a_killed_run_resumes_its_finished_cells_with_the_same_verdicts(tmp_path, monkeypatch):
+    # Real training cells: the second state's cell is interrupted; the rerun trains only it and
+    # reads the first from its file, and the verdicts equal an uninterrupted run's.
+    from optimorph.experiments import cells
+
+    settings = dict(progress=False, heteros=(1.0,), params=("bf16",), states=("fp32", "bnb8"),
+                    seeds=2,
+                    steps=40, evals=4, replicas=1, mlp=False, workers=1)  # fmt: skip
+    real, trained = cells.train_cell, []
+
+    def interrupted(cell):
+        if cell.precision == policy("bf16", "bnb8"):
+            raise KeyboardInterrupt
+        return real(cell)
+
+    monkeypatch.setattr(cells, "train_cell", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        recipes.run_recipe("low-bit-states", tmp_path / "run", **settings)
+    assert [p.name for p in (tmp_path / "run" / "cells").iterdir()] == ["ls-h1-bf16-fp32.npz"]
+    monkeypatch.setattr(cells, "train_cell", lambda c: trained.append(c.name) or real(c))
+    out = recipes.run_recipe("low-bit-states", tmp_path / "run", resume=True, **settings)
+    assert trained == ["ls-h1-bf16-bnb8"] and not (out / "cells").exists()
+    trained.clear()
+    fresh = recipes.run_recipe("low-bit-states", tmp_path / "fresh", **settings)
+    assert len(trained) == 2
+    rows = store.read_json(out, "table_verdicts")
+    assert rows == store.read_json(fresh, "table_verdicts")
+    for r in rows:  # bf16 parameters absorb some of Adam's updates from the first steps on
+        assert 0 < r["stalled_ref"] <= 1 and 0 < r["stalled"] <= 1

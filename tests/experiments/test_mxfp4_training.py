@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from optimorph.experiments import mxfp4_training, recipes
+from optimorph.experiments import cells, recipes
+from optimorph.experiments.cells import Cell
 from optimorph.experiments.findings import FAILED, HELD, NOT_JUDGED, OPEN
 from optimorph.experiments.mxfp4_training import VARIANTS, policy
 from optimorph.report.recipe_report import write_recipe_report
@@ -15,8 +16,9 @@ from optimorph.results import store
 
 
 def test_a_cell_with_mxfp4_gradients_trains_with_noise_replicas():
-    cell = ("least-squares(n=32, d=40)", "adam(lr=1e-3)", policy("sr-rht"), 2, 8, 8, 4, 1)
-    runs = mxfp4_training._train_cell(cell)
+    cell = Cell("ls", "least-squares(n=32, d=40)", ("adam(lr=1e-3)",), policy("sr-rht"), 2, 8, 8,
+                4, 1)
+    runs = cells.train_cell(cell)
     r = runs.result
     assert r.trajectory.shape[:3] == (1, 2, 3) and r.eval_steps.tolist() == [0, 4, 8]
     assert np.isfinite(r.trajectory).all() and (r.diverged_at == -1).all()
@@ -30,11 +32,11 @@ DRIFT = {"bf16": 0.0, "rtn": 1.0, "sr": 0.2, "sr-rht": 0.05, "sr-hadamard": 0.1,
          "gemms": 0.5}  # fmt: skip
 
 
-def fake_cell(cell: tuple) -> SimpleNamespace:
+def fake_cell(cell: Cell) -> SimpleNamespace:
     """A made-up run: parameters drifting from the reference's by DRIFT[variant] * t (floor 1),
     test loss DRIFT higher; 'sr' blows up (NaN) after step 30 in seed 1."""
-    variant = next(v for v in VARIANTS if policy(v) == cell[2])
-    seeds, drift = cell[3], DRIFT[variant]
+    variant = next(v for v in VARIANTS if policy(v) == cell.precision)
+    seeds, drift = cell.seeds, DRIFT[variant]
     traj = np.zeros((1, seeds, len(T), 4))
     traj[..., 0] = 100.0 + drift * T  # ||theta|| about 100: u ||theta|| = 0.39 < floor 1
     loss = np.tile(1.0 + drift + 0.01 * np.arange(seeds)[:, None], (1, 1, len(T)))
@@ -45,6 +47,7 @@ def fake_cell(cell: tuple) -> SimpleNamespace:
         diverged[0, 1] = 33
     result = SimpleNamespace(
         trajectory=traj, diverged_at=diverged, eval_steps=T, evals={"test/loss": loss},
+        stalled=None,
         config={"state_bytes_per_param": [8.0]},
     )  # fmt: skip
     ones = np.ones((1, seeds, len(T)))
@@ -52,7 +55,7 @@ def fake_cell(cell: tuple) -> SimpleNamespace:
 
 
 def test_the_recipe_stores_verdicts_curves_findings_and_a_page(tmp_path, monkeypatch, check_page):
-    monkeypatch.setattr(mxfp4_training, "_train_cell", fake_cell)
+    monkeypatch.setattr(cells, "train_cell", fake_cell)
     out = recipes.run_recipe(
         "mxfp4-training", tmp_path / "run", progress=False, models=("mlp",),
         mlp_problem="digits(model=mlp, widths=[8])", variants=tuple(DRIFT), seeds=3,
@@ -109,19 +112,19 @@ def test_an_interrupted_run_resumes_its_finished_cells(tmp_path, monkeypatch):
     calls = []
 
     def failing(cell):
-        calls.append(cell[2])
-        if cell[2] == policy("sr-rht"):
+        calls.append(cell.precision)
+        if cell.precision == policy("sr-rht"):
             raise KeyboardInterrupt
         return fake_cell(cell)
 
-    monkeypatch.setattr(mxfp4_training, "_train_cell", failing)
+    monkeypatch.setattr(cells, "train_cell", failing)
     with pytest.raises(KeyboardInterrupt):
         recipes.run_recipe("mxfp4-training", tmp_path / "run", **settings)
     assert sorted(p.name for p in (tmp_path / "run" / "cells").iterdir()) == [
         "mlp-bf16.npz", "mlp-rtn.npz"
     ]
     calls.clear()
-    monkeypatch.setattr(mxfp4_training, "_train_cell", lambda c: calls.append(c[2]) or fake_cell(c))
+    monkeypatch.setattr(cells, "train_cell", lambda c: calls.append(c.precision) or fake_cell(c))
     out = recipes.run_recipe("mxfp4-training", tmp_path / "run", resume=True, **settings)
     assert calls == [policy("sr-rht")] and not (out / "cells").exists()
     fresh = recipes.run_recipe("mxfp4-training", tmp_path / "fresh", **settings)

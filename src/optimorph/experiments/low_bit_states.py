@@ -55,7 +55,8 @@ from typing import Any
 import numpy as np
 
 from optimorph import stats
-from optimorph.equivalence.compare import measure, outcome_differs
+from optimorph.equivalence.compare import outcome_differs
+from optimorph.experiments.cells import Cell, clear, train_cells
 from optimorph.experiments.findings import above, all_of, at_most, below, finding, within
 from optimorph.precision import precision as make_precision
 from optimorph.problems import DatasetNotFound, problem
@@ -73,6 +74,7 @@ STATES = {
     "mxfp6": "m=mxfp6e3m2(axis=0),v=mxfp6e3m2(axis=0)",
     "mxfp4": "m=mxfp4(axis=0),v=mxfp4(axis=0)",
 }
+STALL = 0.10  # a reference with more of its updates absorbed by rounding has stagnated
 MARGIN = 0.05  # TOST margin: a fraction of the larger mean final loss, as compare's default
 # The p-equivalence rules read d/floor, counted infinite when the verdict is "different" for
 # another reason (the final loss differs beyond doubt and beyond the margin, outcome_differs;
@@ -101,6 +103,7 @@ class LowBitConfig:
     mlp_steps: int = 500
     mlp_batch_size: int = 128
     mlp_optimizer: str = "adam(lr=1e-3)"
+    workers: int | None = None  # processes training the cells (None: one per core)
 
     @classmethod
     def quick(cls) -> LowBitConfig:
@@ -125,57 +128,53 @@ def policy(params: str, state: str) -> str:
 
 
 def run(config: LowBitConfig, out: Path, progress: bool = True) -> list[dict]:
-    """Run every cell, store ``table_verdicts.json`` (one row per problem, optimizer, parameter
-    format and low-bit state) and return the findings."""
+    """Train every cell (one file each under ``out/cells`` as it finishes: a killed run
+    resumes), store ``table_verdicts.json`` (one row per problem, optimizer, parameter format
+    and state format) and return the findings."""
     unknown = [s for s in config.states if s not in STATES]
     if unknown or "fp32" not in config.states:
         raise ValueError(
             f"low-bit-states: states must include fp32 (the reference) and be among "
             f"{', '.join(STATES)}; got {list(config.states)}"
         )
-    rows: list[dict] = []
-    for h in config.heteros:
-        prob = problem(f"least-squares(n={config.n}, d={config.d}, hetero={h:g})")
-        rows += _cells(config, prob, f"least squares h={h:g}", h, config.optimizers,
-                       config.steps, config.batch_size, progress)  # fmt: skip
+    groups = [  # (cell name prefix, label, h, problem spec, optimizers, steps, batch size)
+        (f"ls-h{h:g}", f"least squares h={h:g}", h,
+         f"least-squares(n={config.n}, d={config.d}, hetero={h:g})", config.optimizers,
+         config.steps, config.batch_size)
+        for h in config.heteros
+    ]  # fmt: skip
     skipped = None
     if config.mlp:
         try:
-            prob = problem(config.mlp_problem)
+            spec = problem(config.mlp_problem).name  # loaded once here: a missing set is named
         except DatasetNotFound as err:
             skipped = err.args[0].splitlines()[0]
             print(f"low-bit-states: {skipped}; skipping the Fashion-MNIST MLP", file=sys.stderr)
         else:
-            rows += _cells(config, prob, "fashion-mnist mlp", None, (config.mlp_optimizer,),
-                           config.mlp_steps, config.mlp_batch_size, progress)  # fmt: skip
-    store.write_json(out, "table_verdicts", rows)
-    return findings(config, rows, skipped)
-
-
-def _cells(config, prob, label, h, optimizers, steps, batch_size, progress) -> list[dict]:
-    """Train every optimizer under every (parameter format, state format) and judge each
-    low-bit state against the fp32-state run of the same parameter format."""
+            groups.append(("mlp", "fashion-mnist mlp", None, spec, (config.mlp_optimizer,),
+                           config.mlp_steps, config.mlp_batch_size))  # fmt: skip
+    cells = [
+        Cell(f"{name}-{params}-{state}", spec, tuple(optimizers), policy(params, state),
+             config.seeds, steps, batch_size, max(steps // config.evals, 1), config.replicas)
+        for name, _, _, spec, optimizers, steps, batch_size in groups
+        for params in config.params for state in config.states
+    ]  # fmt: skip
+    runs = train_cells("low-bit-states", cells, out, workers=config.workers, progress=progress)
     rows = []
-    eval_every = max(steps // config.evals, 1)
-    for params in config.params:
-        runs = {}
-        for state in config.states:
-            p = policy(params, state)
-            if progress:
-                print(f"low-bit-states: {label}, {p}", file=sys.stderr)
-            runs[state] = measure(
-                prob, list(optimizers), precision=p, seeds=config.seeds, steps=steps,
-                batch_size=batch_size, eval_every=eval_every, replicas=config.replicas,
-                progress=False,
-            )  # fmt: skip
-        u = make_precision(params).unit_roundoff
-        for o, opt in enumerate(optimizers):
-            for state in config.states:
-                row = {"problem": label, "h": h, "optimizer": opt, "params": params,
-                       "states": state, "policy": policy(params, state)}  # fmt: skip
-                row.update(verdict_rows(runs["fp32"], runs[state], o, u, config.C))
-                rows.append(row)
-    return rows
+    for name, label, h, _, optimizers, _, _ in groups:
+        for params in config.params:
+            u = make_precision(params).unit_roundoff
+            ref = runs[f"{name}-{params}-fp32"]
+            for o, opt in enumerate(optimizers):
+                for state in config.states:
+                    row = {"problem": label, "h": h, "optimizer": opt, "params": params,
+                           "states": state, "policy": policy(params, state)}  # fmt: skip
+                    row.update(verdict_rows(ref, runs[f"{name}-{params}-{state}"], o, u,
+                                            config.C))  # fmt: skip
+                    rows.append(row)
+    store.write_json(out, "table_verdicts", rows)
+    clear(out)
+    return findings(config, rows, skipped)
 
 
 def verdict_rows(ref: Any, low: Any, o: int, u: float, C: float) -> dict:
@@ -206,6 +205,8 @@ def verdict_rows(ref: Any, low: Any, o: int, u: float, C: float) -> dict:
         tost = stats.tost(fa, fb, MARGIN, relative=True)
     return {
         "bytes_per_param": float(b.config["state_bytes_per_param"][o]),
+        "stalled_ref": _stalled_tail(a, o),
+        "stalled": _stalled_tail(b, o),
         "d_floor": _finite(d_floor),
         "outcome": outcome,
         "final_loss": _finite(float(np.mean(fa))),
@@ -214,6 +215,19 @@ def verdict_rows(ref: Any, low: Any, o: int, u: float, C: float) -> dict:
         "diff_ci_high": _finite(float(test.ci_high)),
         "tost_p": _finite(float(tost.p_value)),
     }
+
+
+def _stalled_tail(result: Any, o: int) -> float | None:
+    """The fraction of optimizer ``o``'s nonzero updates that rounding to the parameter format
+    absorbed, averaged over seeds and the last quarter of the steps (None: not tracked). Near 1,
+    the parameters have stopped moving (stagnation): the run measures the format's resolution
+    more than the optimizer."""
+    stalled = getattr(result, "stalled", None)
+    if stalled is None:
+        return None
+    tail = np.asarray(stalled[o], dtype=np.float64)
+    tail = tail[:, -max(tail.shape[-1] // 4, 1):]
+    return _finite(float(np.nanmean(tail))) if np.isfinite(tail).any() else None
 
 
 def _finite(x: float) -> float | None:
@@ -273,6 +287,19 @@ def findings(config: LowBitConfig, rows: list[dict], skipped: str | None = None)
 
     where = f"least squares h={h0:g}, {adam}, {head} parameters"
     out = []
+    ref = cell("fp32")
+    stall = math.nan if ref is None or ref.get("stalled_ref") is None else ref["stalled_ref"]
+    by_h = [(h, cell("fp32", h)) for h in config.heteros]
+    out.append(finding(
+        f"the headline's reference moves: fp32-state Adam at {head} parameters has at most "
+        f"{STALL:.0%} of its nonzero updates absorbed by rounding over the last quarter of its "
+        f"steps ({where}); otherwise the {head}-parameter claims measure stagnation more than "
+        "state precision",
+        "fraction absorbed by h: " + ", ".join(
+            f"h={h:g}: " + ("n/a" if r is None or r.get("stalled_ref") is None
+                            else f"{r['stalled_ref']:.3f}") for h, r in by_h),
+        at_most(STALL, "fraction of updates absorbed").judge(stall), judged_at_quick=False,
+    ))  # fmt: skip
     bnb = cell("bnb8")
     out.append(finding(
         f"8-bit blockwise Adam (bnb8 m and v) is p-equivalent to fp32 Adam at {head} "

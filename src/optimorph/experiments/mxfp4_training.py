@@ -64,15 +64,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from optimorph.engine.parallel import default_workers, map_cells
+from optimorph.experiments.cells import Cell, clear, train_cells
 from optimorph.experiments.findings import above, at_most, below, finding
 from optimorph.experiments.low_bit_states import verdict_rows
 from optimorph.precision import precision as make_precision
@@ -172,27 +170,13 @@ def run(config: MXFP4Config, out: Path, progress: bool = True) -> list[dict]:
             skipped[label] = err.args[0].splitlines()[0]
             print(f"mxfp4-training: {skipped[label]}; skipping the {label}", file=sys.stderr)
     cells = [
-        (label, v, (specs[label], config.optimizer, policy(v), config.seeds, config.steps,
-                    config.batch_size, eval_every, config.replicas))
+        Cell(f"{label}-{v}", specs[label], (config.optimizer,), policy(v), config.seeds,
+             config.steps, config.batch_size, eval_every, config.replicas)
         for label in specs for v in config.variants
     ]  # fmt: skip
-    workers = default_workers() if config.workers is None else config.workers
-    runs = {}  # cells an earlier, interrupted run finished (rerun with --resume)
-    for label, v, _ in cells:
-        if (out / "cells" / f"{label}-{v}.npz").exists():
-            runs[label, v] = _read_cell(out, f"cells/{label}-{v}")
-    todo = [c for c in cells if (c[0], c[1]) not in runs]
-    if runs and progress:
-        print(f"mxfp4-training: resuming; {len(runs)} cells done", file=sys.stderr)
-
-    def save(i: int, result: SimpleNamespace) -> None:
-        label, v, _ = todo[i]
-        store.write_arrays(out, f"cells/{label}-{v}", _cell_arrays(result))
-        if progress:
-            print(f"mxfp4-training: {label}, {v} done", file=sys.stderr)
-
-    results = map_cells(_train_cell, [c[2] for c in todo], workers=workers, on_result=save)
-    runs.update({(label, v): r for (label, v, _), r in zip(todo, results, strict=True)})
+    trained = train_cells("mxfp4-training", cells, out, workers=config.workers,
+                          progress=progress)  # fmt: skip
+    runs = {(label, v): trained[f"{label}-{v}"] for label in specs for v in config.variants}
     rows = []
     u = make_precision(_BASE).unit_roundoff
     for label in specs:
@@ -208,7 +192,7 @@ def run(config: MXFP4Config, out: Path, progress: bool = True) -> list[dict]:
     store.write_json(out, "table_variants",
                      [{"variant": v, "precision policy": policy(v)} for v in config.variants])
     store.write_json(out, "table_verdicts", [_shown(r) for r in rows])
-    shutil.rmtree(out / "cells", ignore_errors=True)  # complete: nothing left to resume
+    clear(out)
     return findings(config, rows, skipped)
 
 
@@ -232,54 +216,9 @@ def _shown(row: dict) -> dict:
         "gap to bf16": num(row["final_diff"]),
         "gap CI low": num(row["diff_ci_low"]),
         "gap CI high": num(row["diff_ci_high"]),
-        "TOST p": num(row["tost_p"]),
+        "TOST p": "n/a" if row["variant"] == REFERENCE else num(row["tost_p"]),  # itself
         "blew up at step": step(row["diverged_at"]),
     }
-
-
-def _train_cell(cell: tuple) -> SimpleNamespace:
-    """One (problem, policy) training with noise replicas, reduced to what the verdicts read
-    (a worker sends this back, not the whole TrainResult)."""
-    from optimorph.equivalence.compare import measure
-
-    prob, optimizer, spec, seeds, steps, batch_size, eval_every, replicas = cell
-    runs = measure(
-        prob, [optimizer], precision=spec, seeds=seeds, steps=steps, batch_size=batch_size,
-        eval_every=eval_every, replicas=replicas, progress=False,
-    )  # fmt: skip
-    r = runs.result
-    result = SimpleNamespace(
-        trajectory=r.trajectory,
-        diverged_at=r.diverged_at,
-        eval_steps=r.eval_steps,
-        evals={k: v for k, v in r.evals.items() if k.endswith("/loss")},
-        config={"state_bytes_per_param": r.config["state_bytes_per_param"]},
-    )
-    return SimpleNamespace(result=result, floor=runs.floor, norm=runs.norm)
-
-
-def _cell_arrays(runs: SimpleNamespace) -> dict[str, np.ndarray]:
-    """A finished cell as arrays (the trajectory in float32 where that holds it exactly, as
-    it holds bf16 parameters: half the file)."""
-    r = runs.result
-    traj = r.trajectory
-    if np.array_equal(traj.astype(np.float32), traj, equal_nan=True):
-        traj = traj.astype(np.float32)
-    return {"trajectory": traj, "diverged_at": r.diverged_at, "eval_steps": r.eval_steps,
-            "floor": runs.floor, "norm": runs.norm,
-            "state_bytes_per_param": np.asarray(r.config["state_bytes_per_param"]),
-            **{f"evals/{k}": v for k, v in r.evals.items()}}  # fmt: skip
-
-
-def _read_cell(out: Path, name: str) -> SimpleNamespace:
-    """:func:`_cell_arrays` read back into what :func:`_train_cell` returns."""
-    a = store.read_arrays(out, name)
-    result = SimpleNamespace(
-        trajectory=a["trajectory"].astype(np.float64), diverged_at=a["diverged_at"],
-        eval_steps=a["eval_steps"], evals={k[6:]: v for k, v in a.items() if k[:6] == "evals/"},
-        config={"state_bytes_per_param": a["state_bytes_per_param"].tolist()},
-    )  # fmt: skip
-    return SimpleNamespace(result=result, floor=a["floor"], norm=a["norm"])
 
 
 def _ratio(ref: Any, var: Any, u: float) -> np.ndarray:

@@ -23,6 +23,7 @@ from optimorph.report.html import (
     cell_text,
     REPORT_FILE,
     figure_html,
+    format_number,
     findings_table,
     mapping_table,
     rows_table,
@@ -55,7 +56,7 @@ def write_recipe_report(run_dir: str | os.PathLike) -> Path:
         findings_table(findings) if findings else "<p>No findings stored (run unfinished?).</p>",
     ]
     body += _TABLES.get(name, lambda d: [])(run_dir)
-    body += _stored_tables(run_dir)
+    body += _stored_tables(run_dir, skip=_SHOWN_BY_TABLES.get(name, ()))
     if figures:
         body.append("<h2>Figures</h2>")
         body += [figure_html(path, caption) for path, caption in figures]
@@ -65,10 +66,13 @@ def write_recipe_report(run_dir: str | os.PathLike) -> Path:
     return write_page(run_dir / REPORT_FILE, f"optimorph recipe: {name} ({scale} scale)", body)
 
 
-def _stored_tables(run_dir: Path) -> list[str]:
-    """Every ``table_<name>.json`` (a list of row dicts) of a recipe, as a table."""
+def _stored_tables(run_dir: Path, skip: tuple[str, ...] = ()) -> list[str]:
+    """Every ``table_<name>.json`` (a list of row dicts) of a recipe, as a table, but those in
+    ``skip`` (drawn by the recipe's own entry of ``_TABLES``)."""
     out = []
     for path in sorted(run_dir.glob("table_*.json")):
+        if path.stem[6:] in skip:
+            continue
         rows = store.read_json(run_dir, path.stem)
         if rows:
             columns = list(rows[0])
@@ -524,7 +528,52 @@ def _low_bit_figures(run_dir: Path) -> list[tuple[Path, str]]:
              "edge: the low-bit run diverged.")]  # fmt: skip
 
 
+def _low_bit_tables(run_dir: Path) -> list[str]:
+    """``table_verdicts.json`` in columns that fit a page: each state's policy once in its own
+    table, the gap and its CI in one cell, the stalled fractions side by side."""
+    rows = store.read_json(run_dir, "table_verdicts")
+    if not rows:
+        return []
+
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else format_number(x)
+
+    def stalled(r: dict) -> str:
+        if r.get("stalled_ref") is None:
+            return "n/a"
+        return f"{r['stalled_ref']:.2f} / " + ("n/a" if r["stalled"] is None
+                                                 else f"{r['stalled']:.2f}")  # fmt: skip
+
+    def gap(r: dict) -> str:
+        if r["states"] == "fp32":
+            return "(the reference)"
+        if r["final_diff"] is None:
+            return "n/a"
+        return f"{r['final_diff']:+.3g} ({num(r['diff_ci_low'])}..{num(r['diff_ci_high'])})"
+
+    columns = ["problem", "optimizer", "params", "states", "B / param",
+               "stalled (fp32 / this)", "d/floor", "verdict", "final loss",
+               "gap to fp32 states (95% CI)", "TOST p"]  # fmt: skip
+    table = [[r["problem"], r["optimizer"], r["params"], r["states"], r["bytes_per_param"],
+              stalled(r), num(r["d_floor"]), r["outcome"], num(r["final_loss"]), gap(r),
+              "n/a" if r["states"] == "fp32" else num(r["tost_p"])] for r in rows]  # fmt: skip
+    policies = {(r["params"], r["states"]): r["policy"] for r in rows}
+    return [
+        "<h2>Table: verdicts</h2>",
+        "<p>Against fp32 states at the same parameter format. Stalled: the fraction of nonzero "
+        "updates that rounding to the parameter format absorbed, over the last quarter of the "
+        "steps (near 1: the parameters no longer move). Gap: final loss minus the fp32-state "
+        "run's, paired over seeds.</p>",
+        rows_table(columns, table, nowrap=(5,)),
+        "<h2>Table: policies</h2>",
+        rows_table(["params", "states", "precision policy"],
+                   [[p, st, pol] for (p, st), pol in policies.items()]),
+    ]
+
+
 FIGURES["low-bit-states"] = _low_bit_figures
+_TABLES["low-bit-states"] = _low_bit_tables
+_SHOWN_BY_TABLES = {"low-bit-states": ("verdicts",)}  # stored tables a _TABLES entry draws
 
 
 def _mxfp4_figures(run_dir: Path) -> list[tuple[Path, str]]:
