@@ -89,3 +89,24 @@ def test_a_killed_run_resumes_its_finished_cells_with_the_same_verdicts(tmp_path
     assert rows == store.read_json(fresh, "table_verdicts")
     for r in rows:  # bf16 parameters absorb some of Adam's updates from the first steps on
         assert 0 < r["stalled_ref"] <= 1 and 0 < r["stalled"] <= 1
+
+
+def test_a_stalled_reference_fails_the_headline_check():
+    # compare's stall rule on the fp32-state reference at the headline's h and parameters:
+    # mean fraction of absorbed updates above the stall limit (0.5) means stagnation.
+    from optimorph.experiments.findings import FAILED, HELD, OPEN
+    from optimorph.experiments.low_bit_states import findings
+
+    config = LowBitConfig()
+    ref = {"problem": "least squares h=1", "h": 1.0, "optimizer": config.optimizers[0],
+           "params": "bf16", "states": "fp32", "d_floor": 0.0, "outcome": "equivalent",
+           "final_loss": 1.0, "final_diff": 0.0, "diff_ci_low": 0.0, "diff_ci_high": 0.0,
+           "tost_p": 0.0, "bytes_per_param": 8.0, "stalled_ref": 0.65, "stalled": 0.65}
+
+    def status(stalled):
+        rows = [dict(ref, stalled_ref=stalled, stalled=stalled)]
+        first = findings(config, rows)[0]
+        assert first["claim"].startswith("the headline's reference is not stalled")
+        return first["status"]
+
+    assert (status(0.65), status(0.2), status(None)) == (FAILED, HELD, OPEN)

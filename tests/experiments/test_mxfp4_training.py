@@ -36,7 +36,7 @@ def fake_cell(cell: Cell) -> SimpleNamespace:
     """A made-up run: parameters drifting from the reference's by DRIFT[variant] * t (floor 1),
     test loss DRIFT higher; 'sr' blows up (NaN) after step 30 in seed 1."""
     variant = next(v for v in VARIANTS if policy(v) == cell.precision)
-    seeds, drift = cell.seeds, DRIFT[variant]
+    seeds, drift = len(cell.seeds), DRIFT[variant]
     traj = np.zeros((1, seeds, len(T), 4))
     traj[..., 0] = 100.0 + drift * T  # ||theta|| about 100: u ||theta|| = 0.39 < floor 1
     loss = np.tile(1.0 + drift + 0.01 * np.arange(seeds)[:, None], (1, 1, len(T)))
@@ -88,10 +88,10 @@ def test_the_recipe_stores_verdicts_curves_findings_and_a_page(tmp_path, monkeyp
     findings = store.read_json(out, "findings")
     # rtn parts; sr-rht stays; its gap 0.05 < 5% of 1.06, no spread: TOST holds; rtn's gap > 0;
     # sr's gap is NaN (a seed broke): open; sr-hadamard's gap 0.1 > sr-rht's 0.05: fails;
-    # the backward products: bwd-sr-rht stays and is lossless, bwd-rtn parts, bwd-sr's gap
+    # the backward products: bwd-sr-rht stays and is lossless, bwd-rtn parts and costs, bwd-sr's gap
     # 0.2 > 0.05, bwd-sr-had's 0.03 <= 0.05; gemms parts (d/floor 20)
     assert [f["status"] for f in findings] == [HELD, HELD, HELD, HELD, OPEN, FAILED] + [
-        HELD] * 5 + [FAILED]  # fmt: skip
+        HELD] * 6 + [FAILED]  # fmt: skip
     for f in findings:
         assert f["claim"].startswith("[mlp] ") and f"rule: {f['rule']}" in f["measured"]
     quick = recipes.run_recipe(
@@ -100,7 +100,7 @@ def test_the_recipe_stores_verdicts_curves_findings_and_a_page(tmp_path, monkeyp
     )  # fmt: skip
     judged = [f["status"] != NOT_JUDGED for f in store.read_json(quick, "findings")]
     assert judged == [True, True, False, False, False, False,  # the stored gradient
-                      False, True, False, False, False, False]  # the backward products, gemms
+                      False, True, False, False, False, False, False]  # backward, gemms
     page = write_recipe_report(out)
     assert (out / "mxfp4_training.png").exists() and "Table: verdicts" in page.read_text()
     assert check_page(page)["images"] >= 1

@@ -346,8 +346,7 @@ def gradient(
     quantized operands (:mod:`optimorph.precision.products`), drawing from the step's products
     key."""
     params_c = policy.to_compute(params)
-    products = policy.products(_products_key(policy, rounding_key, t)) if hasattr(
-        policy, "products") else None  # fmt: skip
+    products = policy.products(_products_key(policy, rounding_key, t))
     if products is None:
         loss, grads = jax.value_and_grad(loss_fn)(params_c, batch)
     else:

@@ -34,7 +34,7 @@ class Cell:
     problem: str
     optimizers: tuple[str, ...]
     precision: str
-    seeds: int
+    seeds: int | tuple[int, ...]  # a count (0..n-1) or the seeds themselves
     steps: int
     batch_size: int | None
     eval_every: int

@@ -349,11 +349,13 @@ class MXFormat(BlockFormat):
 
     def _quantize_blocks(self, blocks: Array, key: Array | None, flush: bool):
         """(element values, shared exponents, special-block mask) of blocked values."""
+        # One pass finds both: the max propagates NaN, and inf is its own max. A special
+        # block's elements are rounded as they come (NaN in, NaN out): every caller replaces
+        # them, so they need no clean copy of the block.
         amax = jnp.max(jnp.abs(blocks), axis=-1, keepdims=True)
-        special = ~jnp.all(jnp.isfinite(blocks), axis=-1, keepdims=True)
+        special = ~jnp.isfinite(amax)
         e = self.shared_exponent(jnp.where(special, 1, amax).astype(blocks.dtype))
-        scaled = _scale_by(jnp.where(special, 0, blocks), -e)
-        return self.element.round(scaled, key=key, flush=flush), e, special
+        return self.element.round(_scale_by(blocks, -e), key=key, flush=flush), e, special
 
     def _blocks(self, x: Any) -> tuple[Array, Any]:
         x = _work(x, keep_float64=True)

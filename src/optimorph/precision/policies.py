@@ -704,6 +704,9 @@ class TracedBits:
     def round_hparam(self, x: Any) -> Array:
         return jnp.asarray(x, jnp.float64)
 
+    def products(self, key: Array | None = None) -> None:
+        return None  # no forward or backward role: the models' products stay plain
+
     def apply_updates(self, params, updates, compensation=None, key=None, perturb=None):
         """fl(p + u): summed in float64, perturbed (noise replicas), rounded once."""
         total = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)

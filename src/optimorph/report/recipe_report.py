@@ -561,9 +561,9 @@ def _low_bit_tables(run_dir: Path) -> list[str]:
     return [
         "<h2>Table: verdicts</h2>",
         "<p>Against fp32 states at the same parameter format. Stalled: the fraction of nonzero "
-        "updates that rounding to the parameter format absorbed, over the last quarter of the "
-        "steps (near 1: the parameters no longer move). Gap: final loss minus the fp32-state "
-        "run's, paired over seeds.</p>",
+        "updates that rounding to the parameter format absorbed, over seeds and steps (above "
+        "0.5 the run counts as stalled, as in compare: its parameters mostly stopped "
+        "moving). Gap: final loss minus the fp32-state run's, paired over seeds.</p>",
         rows_table(columns, table, nowrap=(5,)),
         "<h2>Table: policies</h2>",
         rows_table(["params", "states", "precision policy"],
