@@ -23,7 +23,7 @@ def test_the_quick_variant_stores_verdicts_findings_and_a_frontier(tmp_path):
     memory = {r["states"]: r["bytes_per_param"] for r in rows}
     assert memory == {"fp32": 8.0, "bnb8": 2 * (1 + 4 / 256), "mxfp8": 2 * (1 + 1 / 32)}
     findings = store.read_json(out, "findings")
-    assert len(findings) == 11
+    assert len(findings) == 12
     for f in findings:
         assert f["status"] in STATUSES and f["measured"]
         if not f["judged_at_quick"]:

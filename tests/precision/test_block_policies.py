@@ -22,6 +22,8 @@ from optimorph.precision.block import CODE_MAPS, CodeMapFormat, MXFormat
         ("fp32,grads=mxfp4e2m1(scale=ceil,axis=0)", "fp32,grads=mxfp4(axis=0,scale=ceil)"),
         ("mxint8(block=16),state=fp32", "mxint8(block=16),state=fp32"),
         ("fp32,state=ao4,rounding=stochastic", "fp32,state=ao4,rounding=stochastic"),
+        ("fp32,v=bnb8(min_size=4096)", "fp32,v=bnb8(min_size=4096)"),
+        ("fp32,v=bnb8(min_size=0)", "fp32,v=bnb8"),
     ],
 )
 def test_block_specs_round_trip(spec, canonical):
@@ -44,8 +46,9 @@ def test_block_formats_take_their_roles():
     [
         ("fp32,m=mxfp9", "valid formats: .*mxfp8e4m3"),
         ("fp32,v=bnb8(block=0)", "block must be >= 1"),
-        ("fp32,v=bnb8(block=x)", "block and axis must be integers"),
-        ("fp32,v=bnb8(axis=0)", "unknown option 'axis'; bnb8 takes block, signed"),
+        ("fp32,v=bnb8(block=x)", "block, axis and min_size must be integers"),
+        ("fp32,v=bnb8(min_size=-1)", "min_size must be >= 0"),
+        ("fp32,v=bnb8(axis=0)", "unknown option 'axis'; bnb8 takes block, signed, min_size"),
         ("fp32,m=mxfp4(scale=up)", "scale must be one of floor, ceil, even"),
         ("fp32,m=fp8e4m3(block=32)", "fp8e4m3 takes none"),
         ("fp32,v=bnb8(signed=maybe)", "signed must be auto, true or false"),
@@ -76,6 +79,24 @@ def test_state_bytes_per_param():
     assert fp8 == (8 * n + 2 * 32 + 16 * n) / 8 / n  # one float32 scale per tensor (w, b)
     assert state_bytes_per_param("fp32", optax.sgd(0.1), params) == 0.0
     assert state_bytes_per_param("e5m2", adam, params) == 2.0  # an emulated format's own width
+    kept = state_bytes_per_param("fp32,state=bnb8(min_size=4096)", adam, params)
+    assert kept == 2 * (8 * 1024 * 64 + 32 * (1024 * 64 // 256) + 32 * 64) / 8 / n  # b: fp32
+
+
+def test_a_min_size_keeps_small_tensors_in_float32_and_quantizes_the_rest():
+    # bitsandbytes' min_8bit_size: a tensor under min_size elements is stored in float32 (a
+    # float64 one rounded to it), a larger one exactly as without the option.
+    fmt = CodeMapFormat("bnb8", min_size=4096)
+    rng = np.random.default_rng(0)
+    small = jnp.asarray(rng.standard_normal(4095), jnp.float32)
+    np.testing.assert_array_equal(fmt.round(small), small)
+    wide = jnp.asarray(rng.standard_normal(100) * (1 + 2.0**-40), jnp.float64)
+    np.testing.assert_array_equal(fmt.round(wide), np.asarray(wide).astype(np.float32))
+    big = jnp.asarray(rng.standard_normal((64, 64)), jnp.float32)
+    plain = CodeMapFormat("bnb8").round(big)
+    np.testing.assert_array_equal(fmt.round(big), plain)
+    assert not np.array_equal(plain, big)  # the large tensor is quantized
+    assert not np.array_equal(CodeMapFormat("bnb8").round(small), small)
 
 
 def test_block_params_and_grads_round_every_step():

@@ -575,14 +575,22 @@ class CodeMapFormat(BlockFormat):
     neighbour is >= x / absmax (ties go down); stochastic rounding picks one of the two codes
     around x / absmax with probabilities by distance, so it is unbiased in the normalized value.
 
+    ``min_size``: tensors with fewer elements stay in float32, as bitsandbytes' 8-bit
+    optimizers keep them (``min_8bit_size=4096``; torchao's low-bit optimizers do the same
+    under 4096 elements): biases and small layers, whose blocks are few and whose second
+    moments would otherwise lose their small entries to the map's zero.
+
     >>> f = parse_block_format("bnb8(block=2048)")
     >>> f.name, f.for_slot("v").name, f.storage_bits((4096,)) / 4096
     ('bnb8(block=2048)', 'bnb8(block=2048,signed=false)', 8.015625)
+    >>> parse_block_format("bnb8(min_size=4096)").storage_bits((256,)) / 256
+    32.0
     """
 
     kind: str  # a key of CODE_DEFAULTS
     block: int | None = None
     signed: bool | None = None
+    min_size: int | None = None  # fewer elements: float32 (None: every tensor is quantized)
 
     @property
     def block_size(self) -> int:
@@ -600,8 +608,9 @@ class CodeMapFormat(BlockFormat):
     def name(self) -> str:
         signed = {None: "auto", True: "true", False: "false"}[self.signed]
         return self.kind + _options(
-            self, block=CODE_DEFAULTS[self.kind][0], signed="auto", values={"signed": signed}
-        )
+            self, block=CODE_DEFAULTS[self.kind][0], signed="auto", min_size=0,
+            values={"signed": signed},
+        )  # fmt: skip
 
     @property
     def unit_roundoff(self) -> float:
@@ -617,6 +626,8 @@ class CodeMapFormat(BlockFormat):
         """Quantize ``x`` blockwise to the code map and decode it (float32)."""
         _check_choice("subnormals", subnormals, SUBNORMALS)
         x32 = _work(x, keep_float64=False)
+        if self._kept(x32.shape):
+            return x32
         blocks, back = _to_blocks(x32.reshape(-1), self.block_size, -1)
         absmax = jnp.max(jnp.abs(blocks), axis=-1, keepdims=True)
         special = ~jnp.all(jnp.isfinite(blocks), axis=-1, keepdims=True)
@@ -641,9 +652,16 @@ class CodeMapFormat(BlockFormat):
         y = jnp.where(special, jnp.nan, y)
         return back(y).reshape(x32.shape)
 
+    def _kept(self, shape: tuple[int, ...]) -> bool:
+        """Whether a tensor of ``shape`` stays in float32 (under ``min_size`` elements)."""
+        return self.min_size is not None and math.prod(shape) < self.min_size
+
     def storage_bits(self, shape: tuple[int, ...]) -> int:
-        """``bits`` per element plus a float32 absmax per (padded) block."""
+        """``bits`` per element plus a float32 absmax per (padded) block; 32 bits per element
+        for a tensor kept in float32 (``min_size``)."""
         n = math.prod(shape)
+        if self._kept(tuple(shape)):
+            return 32 * n
         return n * self.bits + 32 * -(-n // self.block_size)
 
 
@@ -664,7 +682,8 @@ _BLOCK_HELP = (
     "block formats: mxfp8e4m3, mxfp8e5m2, mxfp6e3m2, mxfp6e2m3, mxfp4, mxint8 "
     "(options block=N, axis=K, scale=floor|ceil|even, rounding=nearest|stochastic, "
     "transform=none|hadamard|rht), fp8e4m3, fp8e5m2 (no options), "
-    "bnb8, int8, ao4 (options block=N, signed=auto|true|false)"
+    "bnb8, int8, ao4 (options block=N, signed=auto|true|false, min_size=N: smaller tensors "
+    "stay float32)"
 )
 
 
@@ -687,7 +706,7 @@ def parse_block_format(text: str) -> BlockFormat | None:
     if kind in MX_NAMES:
         allowed = ("block", "axis", "scale", "rounding", "transform")
     elif kind in CODE_DEFAULTS:
-        allowed = ("block", "signed")
+        allowed = ("block", "signed", "min_size")
     else:
         allowed = ()
     unknown = [n for n in options if n not in allowed]
@@ -699,10 +718,13 @@ def parse_block_format(text: str) -> BlockFormat | None:
     try:
         block = int(options["block"]) if "block" in options else None
         axis = int(options["axis"]) if "axis" in options else None
+        min_size = int(options["min_size"]) if "min_size" in options else None
     except ValueError:
-        raise ValueError(f"format {text!r}: block and axis must be integers") from None
+        raise ValueError(f"format {text!r}: block, axis and min_size must be integers") from None
     if block is not None and block < 1:
         raise ValueError(f"format {text!r}: block must be >= 1, got {block}")
+    if min_size is not None and min_size < 0:
+        raise ValueError(f"format {text!r}: min_size must be >= 0, got {min_size}")
     if kind in FP8_NAMES:
         return ScaledFP8(kind)
     if kind in MX_NAMES:
@@ -731,4 +753,4 @@ def parse_block_format(text: str) -> BlockFormat | None:
             f"format {text!r}: signed must be auto, true or false; got {signed_text!r}"
         )
     block = None if block == CODE_DEFAULTS[kind][0] else block
-    return CodeMapFormat(kind, block, flags[signed_text])
+    return CodeMapFormat(kind, block, flags[signed_text], min_size or None)
