@@ -544,9 +544,14 @@ def _low_bit_tables(run_dir: Path) -> list[str]:
         return f"{r['stalled_ref']:.2f} / " + ("n/a" if r["stalled"] is None
                                                  else f"{r['stalled']:.2f}")  # fmt: skip
 
+    def same(r: dict) -> bool:  # the reference, or a run bit for bit the reference's
+        return r["states"] == "fp32" or r["d_floor"] == 0
+
     def gap(r: dict) -> str:
         if r["states"] == "fp32":
             return "(the reference)"
+        if r["d_floor"] == 0:
+            return "(identical to the reference)"
         if r["final_diff"] is None:
             return "n/a"
         return f"{r['final_diff']:+.3g} ({num(r['diff_ci_low'])}..{num(r['diff_ci_high'])})"
@@ -556,14 +561,15 @@ def _low_bit_tables(run_dir: Path) -> list[str]:
                "gap to fp32 states (95% CI)", "TOST p"]  # fmt: skip
     table = [[r["problem"], r["optimizer"], r["params"], r["states"], r["bytes_per_param"],
               stalled(r), num(r["d_floor"]), r["outcome"], num(r["final_loss"]), gap(r),
-              "n/a" if r["states"] == "fp32" else num(r["tost_p"])] for r in rows]  # fmt: skip
+              "n/a" if same(r) else num(r["tost_p"])] for r in rows]  # fmt: skip
     policies = {(r["params"], r["states"]): r["policy"] for r in rows}
     return [
         "<h2>Table: verdicts</h2>",
         "<p>Against fp32 states at the same parameter format. Stalled: the fraction of nonzero "
         "updates that rounding to the parameter format absorbed, over seeds and steps (above "
         "0.5 the run counts as stalled, as in compare: its parameters mostly stopped "
-        "moving). Gap: final loss minus the fp32-state run's, paired over seeds.</p>",
+        "moving). Gap: final loss minus the fp32-state run's, paired over seeds (no TOST for a "
+        "run identical to it).</p>",
         rows_table(columns, table, nowrap=(5,)),
         "<h2>Table: policies</h2>",
         rows_table(["params", "states", "precision policy"],
