@@ -80,6 +80,10 @@ def test_a_killed_run_resumes_its_finished_cells_with_the_same_verdicts(tmp_path
         recipes.run_recipe("low-bit-states", tmp_path / "run", **settings)
     assert [p.name for p in (tmp_path / "run" / "cells").iterdir()] == ["ls-h1-bf16-fp32.npz"]
     monkeypatch.setattr(cells, "train_cell", lambda c: trained.append(c.name) or real(c))
+    with pytest.raises(store.RunDirError, match="trained with other settings"):
+        recipes.run_recipe("low-bit-states", tmp_path / "run", resume=True,
+                           **{**settings, "steps": 30})  # a finished cell is not reused
+    assert trained == []
     out = recipes.run_recipe("low-bit-states", tmp_path / "run", resume=True, **settings)
     assert trained == ["ls-h1-bf16-bnb8"] and not (out / "cells").exists()
     trained.clear()

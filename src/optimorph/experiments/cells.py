@@ -12,6 +12,7 @@ holds it exactly, as it holds bf16 parameters).
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
 from collections.abc import Sequence
@@ -51,7 +52,8 @@ def train_cells(
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise ValueError(f"{recipe}: two cells share a name: {names}")
-    done = {c.name: _read(out, c.name) for c in cells if (out / "cells" / f"{c.name}.npz").exists()}
+    done = {c.name: _read(out, c, recipe) for c in cells
+            if (out / "cells" / f"{c.name}.npz").exists()}  # fmt: skip
     todo = [c for c in cells if c.name not in done]
     if done and progress:
         print(f"{recipe}: resuming; {len(done)} of {len(cells)} cells done", file=sys.stderr)
@@ -59,7 +61,7 @@ def train_cells(
     finished = [len(done)]
 
     def save(i: int, result: SimpleNamespace) -> None:
-        store.write_arrays(out, f"cells/{todo[i].name}", _arrays(result))
+        store.write_arrays(out, f"cells/{todo[i].name}", _arrays(todo[i], result))
         finished[0] += 1
         if progress:
             print(f"{recipe}: {todo[i].name} done ({finished[0]} of {len(cells)} cells)",
@@ -97,9 +99,15 @@ def train_cell(cell: Cell) -> SimpleNamespace:
     return SimpleNamespace(result=result, floor=runs.floor, norm=runs.norm)
 
 
-def _arrays(runs: SimpleNamespace) -> dict[str, np.ndarray]:
+def _settings(cell: Cell) -> str:
+    """The cell's settings as stored beside its arrays: a resumed run reuses only a cell
+    trained with the same ones."""
+    return json.dumps(dataclasses.asdict(cell), sort_keys=True)
+
+
+def _arrays(cell: Cell, runs: SimpleNamespace) -> dict[str, np.ndarray]:
     """A finished cell as arrays (the trajectory and the stalled fraction in float32 where
-    that holds them exactly: half the file)."""
+    that holds them exactly: half the file), with its settings."""
     r = runs.result
 
     def narrow(x: np.ndarray) -> np.ndarray:
@@ -107,15 +115,27 @@ def _arrays(runs: SimpleNamespace) -> dict[str, np.ndarray]:
         return x.astype(np.float32) if held else x
 
     extra = {} if r.stalled is None else {"stalled": narrow(np.asarray(r.stalled))}
-    return {"trajectory": narrow(r.trajectory), "diverged_at": r.diverged_at,
+    return {"settings": np.asarray(_settings(cell)),
+            "trajectory": narrow(r.trajectory), "diverged_at": r.diverged_at,
             "eval_steps": r.eval_steps, "floor": runs.floor, "norm": runs.norm,
             "state_bytes_per_param": np.asarray(r.config["state_bytes_per_param"]),
             **extra, **{f"evals/{k}": v for k, v in r.evals.items()}}  # fmt: skip
 
 
-def _read(out: Path, name: str) -> SimpleNamespace:
-    """:func:`_arrays` read back into what :func:`train_cell` returns."""
-    a = store.read_arrays(out, f"cells/{name}")
+def _read(out: Path, cell: Cell, recipe: str) -> SimpleNamespace:
+    """:func:`_arrays` read back into what :func:`train_cell` returns; a cell trained with
+    other settings (a resume after the settings changed) stops the run with one message."""
+    a = store.read_arrays(out, f"cells/{cell.name}")
+    stored = json.loads(str(a["settings"])) if "settings" in a else {}
+    now = json.loads(_settings(cell))
+    if stored != now:
+        changed = ", ".join(f"{k} {stored.get(k, '?')!r} -> {v!r}" for k, v in now.items()
+                            if stored.get(k) != v)  # fmt: skip
+        raise store.RunDirError(
+            f"{recipe}: {out}/cells/{cell.name}.npz was trained with other settings "
+            f"({changed}); resume with the settings of the interrupted run, or start again "
+            "with --overwrite"
+        )
     stalled = a.get("stalled")
     result = SimpleNamespace(
         trajectory=a["trajectory"].astype(np.float64), diverged_at=a["diverged_at"],
