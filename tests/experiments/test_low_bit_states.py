@@ -114,3 +114,15 @@ def test_a_stalled_reference_fails_the_headline_check():
         return first["status"]
 
     assert (status(0.65), status(0.2), status(None)) == (FAILED, HELD, OPEN)
+
+
+@pytest.mark.parametrize("recipe, setting", [
+    ("low-bit-states", {"states": ("fp32", "bnb9")}),
+    ("low-bit-states", {"states": ("bnb8",)}),
+    ("mxfp4-training", {"variants": ("rtn",)}),
+    ("mxfp4-training", {"models": ("rnn",)}),
+])  # fmt: skip
+def test_bad_low_bit_settings_stop_before_the_run_directory_is_claimed(tmp_path, recipe, setting):
+    with pytest.raises(ValueError, match="must"):
+        recipes.run_recipe(recipe, tmp_path / "run", quick=True, progress=False, **setting)
+    assert not (tmp_path / "run").exists()

@@ -107,6 +107,16 @@ class LowBitConfig:
     mlp_optimizer: str = "adam(lr=1e-3)"
     workers: int | None = None  # processes training the cells (None: one per core)
 
+    def check(self) -> None:
+        """Fail before any work (the recipe runner calls this before it claims the run
+        directory): unknown states, or no fp32 reference among them."""
+        unknown = [s for s in self.states if s not in STATES]
+        if unknown or "fp32" not in self.states:
+            raise ValueError(
+                f"low-bit-states: states must include fp32 (the reference) and be among "
+                f"{', '.join(STATES)}; got {list(self.states)}"
+            )
+
     @classmethod
     def quick(cls) -> LowBitConfig:
         """Adam only, bf16 parameters, h = 1 and 10**4, fp32 / bnb8 / MXFP8 states, 3 seeds
@@ -134,12 +144,7 @@ def run(config: LowBitConfig, out: Path, progress: bool = True) -> list[dict]:
     """Train every cell (one file each under ``out/cells`` as it finishes: a killed run
     resumes), store ``table_verdicts.json`` (one row per problem, optimizer, parameter format
     and state format) and return the findings."""
-    unknown = [s for s in config.states if s not in STATES]
-    if unknown or "fp32" not in config.states:
-        raise ValueError(
-            f"low-bit-states: states must include fp32 (the reference) and be among "
-            f"{', '.join(STATES)}; got {list(config.states)}"
-        )
+    config.check()
     groups = [  # (cell name prefix, label, h, problem spec, optimizers, steps, batch size)
         (f"ls-h{h:g}", f"least squares h={h:g}", h,
          f"least-squares(n={config.n}, d={config.d}, hetero={h:g})", config.optimizers,

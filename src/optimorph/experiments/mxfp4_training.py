@@ -126,6 +126,18 @@ class MXFP4Config:
     margin: float = 0.05  # TOST margin: a fraction of the larger mean final test loss
     workers: int | None = None  # processes training the variants (None: one per core)
 
+    def check(self) -> None:
+        """Fail before any work (the recipe runner calls this before it claims the run
+        directory): unknown variants or models, or no bf16 reference."""
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or REFERENCE not in self.variants:
+            raise ValueError(
+                f"mxfp4-training: variants must include {REFERENCE} (the reference) and be "
+                f"among {', '.join(VARIANTS)}; got {list(self.variants)}"
+            )
+        if not self.models or set(self.models) - set(MODELS):
+            raise ValueError(f"mxfp4-training: models must be some of mlp, cnn; got {self.models}")
+
     @classmethod
     def quick(cls) -> MXFP4Config:
         """A 784-64-10 MLP on 2000 images, the variants the judged claims need (rtn, sr-rht,
@@ -153,14 +165,7 @@ def run(config: MXFP4Config, out: Path, progress: bool = True) -> list[dict]:
     """Train every (model, variant) cell, store ``table_verdicts.json`` (one row per model
     and variant), ``table_variants.json`` (each variant's precision policy) and the curves
     ``curves_<model>.npz`` (d/floor and test loss by evaluation step), return the findings."""
-    unknown = [v for v in config.variants if v not in VARIANTS]
-    if unknown or REFERENCE not in config.variants:
-        raise ValueError(
-            f"mxfp4-training: variants must include {REFERENCE} (the reference) and be among "
-            f"{', '.join(VARIANTS)}; got {list(config.variants)}"
-        )
-    if not config.models or set(config.models) - set(MODELS):
-        raise ValueError(f"mxfp4-training: models must be some of mlp, cnn; got {config.models}")
+    config.check()
     eval_every = max(config.steps // config.evals, 1)
     specs, skipped = {}, {}
     for label in config.models:
