@@ -523,6 +523,11 @@ def dynamic_map(
     return np.sort(out)
 
 
+# jnp.searchsorted's binary search with its 8 steps unrolled: the same indices as the default
+# rolled loop, 2.5x faster on XLA CPU (64k elements against 255 midpoints: 0.50 ms, 1.25 ms).
+_SEARCH = "scan_unrolled"
+
+
 def _midpoints(codes: np.ndarray) -> np.ndarray:
     """The exact midpoints of neighbouring float32 codes, in float64."""
     lo, hi = codes[:-1].astype(np.float64), codes[1:].astype(np.float64)
@@ -543,11 +548,11 @@ def _nearest_exactly(x: Array, absmax: Array, ok: Array, codes: np.ndarray) -> A
     mids = jnp.asarray(_midpoints(codes))
     x64 = _convert(x, np.float64)
     a64 = _convert(absmax, np.float64)
-    j = jnp.searchsorted(mids, jnp.where(ok, x64 / a64, 0), side="left")
+    j = jnp.searchsorted(mids, jnp.where(ok, x64 / a64, 0), side="left", method=_SEARCH)
     below = mids[jnp.clip(j - 1, 0, len(mids) - 1)] * a64 < x64  # exact products
     at = mids[jnp.clip(j, 0, len(mids) - 1)] * a64 < x64
     idx = j - ((j > 0) & ~below) + ((j < len(mids)) & at)
-    return jnp.where(ok, idx, jnp.searchsorted(mids, 0.0, side="left"))
+    return jnp.where(ok, idx, jnp.searchsorted(mids, 0.0, side="left", method=_SEARCH))
 
 
 def _code_maps() -> dict[tuple[str, bool], np.ndarray]:
@@ -639,9 +644,9 @@ class CodeMapFormat(BlockFormat):
             idx = _nearest_exactly(blocks, safe, ok, codes)
         elif key is None:  # float32 only: within an ulp of a midpoint the choice may be off
             mids = (codes[:-1] + codes[1:]) / np.float32(2)
-            idx = jnp.searchsorted(jnp.asarray(mids), normed, side="left")
+            idx = jnp.searchsorted(jnp.asarray(mids), normed, side="left", method=_SEARCH)
         else:
-            lo = jnp.searchsorted(jnp.asarray(codes), normed, side="right")
+            lo = jnp.searchsorted(jnp.asarray(codes), normed, side="right", method=_SEARCH)
             lo = jnp.clip(lo - 1, 0, len(codes) - 2)
             c = jnp.asarray(codes)
             c_lo, c_hi = c[lo], c[lo + 1]
