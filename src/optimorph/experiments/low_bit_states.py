@@ -186,9 +186,11 @@ def run(config: LowBitConfig, out: Path, progress: bool = True) -> list[dict]:
 
 
 def verdict_rows(ref: Any, low: Any, o: int, u: float, C: float) -> dict:
-    """The verdict of optimizer ``o`` trained with low-bit states (``low``, a
+    """The verdict of optimizer ``o`` trained with low-bit states (``low``, a training cell's
+    result, :func:`optimorph.experiments.cells.train_cell`, or a
     :func:`~optimorph.equivalence.compare.measure` result) against its fp32-state run (``ref``):
-    bytes per parameter, d/floor, outcome, the paired final-loss difference and TOST."""
+    bytes per parameter, the stalled fractions, d/floor, outcome, the paired final-loss
+    difference and TOST."""
     a, b = ref.result, low.result
     with np.errstate(invalid="ignore", over="ignore"):
         d = np.linalg.norm(a.trajectory[o] - b.trajectory[o], axis=-1)  # [S, E]
@@ -230,7 +232,7 @@ def _stalled(result: Any, o: int) -> float | None:
     absorbed, averaged over seeds and steps as ``compare`` does (None: not tracked). Above
     ``compare``'s stall limit the run counts as stalled: its parameters mostly stopped moving,
     and it measures the format's resolution more than the optimizer."""
-    stalled = getattr(result, "stalled", None)
+    stalled = result.stalled  # measure() and the cells always carry it (None: not tracked)
     if stalled is None or not np.isfinite(stalled[o]).any():
         return None
     return _finite(float(np.nanmean(np.asarray(stalled[o], np.float64))))  # the same from a file
