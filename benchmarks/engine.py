@@ -15,8 +15,9 @@ matmul rate measured with every thread on one core, and on all of them.
     .venv/bin/python benchmarks/engine.py [--samples 7] [--seconds 1] [--quick] [--x64]
 
 ``--x64`` measures the engine as the ``optimorph`` command runs it, with float64 enabled: an fp32
-run then forms x + u in float64 and rounds it to fp32 with explicit gradual underflow (most of a
-batch-4 step), and draws each epoch's permutation with a faster sort.
+run then keeps subnormals in its update x + u (``precision.rounding.add_float32``, in float32;
+it used to go through float64 and was most of a batch-4 step), and draws each epoch's
+permutation with a faster sort.
 
 Targets (issue 22): >= 5x the plain loop at batch 4, >= 2.5x at batch 32, >= 1.5x at batch 500,
 and batch 500 within 1.5x of the two-core matmul rate. (Issue 2: batch 4 with 10 seeds >= 10x

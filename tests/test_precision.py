@@ -596,3 +596,49 @@ def test_update_rounds_the_sum_once(mode):
     emulated, _ = mode(precision("e5m10").apply_updates)(jnp.asarray(p16, jnp.float64), u)
     assert emulated.dtype == np.float64
     assert_same_float64_bits(emulated, ref_fp16(p16.astype(np.float64) + u))
+
+
+def _float32_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs where a float32 sum can go wrong: every exponent (half of them near the subnormal
+    range), exact and near cancellations, both sides of 2**-101 and 2**-126, zeros, inf, NaN.
+    2**-102 - 0.75 * 2**-126 rounds down a step: a flushed subnormal would leave 2**-102."""
+    rng = np.random.default_rng(seed)
+
+    def draw():
+        x = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+        k = n // 2
+        small = rng.integers(0, 40, k).astype(np.uint32) << 23
+        x[:k] = (rng.integers(0, 2, k).astype(np.uint32) << 31) | small | (x[:k] & 0x7FFFFF)
+        return x.view(np.float32)
+
+    p, u = draw(), draw()
+    q = n // 10
+    u[:q] = -p[:q]
+    near = -p[q : 2 * q].astype(np.float64) * (1 + rng.standard_normal(q) * 1e-6)
+    u[q : 2 * q] = near.astype(np.float32)
+    t = np.float32(2.0**-101)
+    cases = [(t, -3e-39), (-t, 3e-39), (np.nextafter(t, 0), -3e-39), (2.0**-102, -8.8e-39), (-(2.0**-102), 8.8e-39),
+             (2.0**-126, -1e-45), (-(2.0**-126), 1e-45), (0.0, -0.0), (-0.0, -0.0),
+             (np.inf, -np.inf), (np.nan, 1.0), (3e-39, 3e-39), (-1e-45, 1e-45)]  # fmt: skip
+    p[2 * q : 2 * q + len(cases)], u[2 * q : 2 * q + len(cases)] = zip(*cases, strict=True)
+    return p, u
+
+
+def test_fp32_update_is_the_ieee_sum_with_gradual_underflow(mode):
+    """fp32 params with float32 updates are summed in float32 with subnormals kept (XLA's CPU
+    add flushes them): NumPy's IEEE float32 add, bit for bit, and the same bits under vmap."""
+    p, u = _float32_pairs(400_000, seed=11)
+    with np.errstate(all="ignore"):
+        expected = p + u
+    policy = precision("fp32")
+    assert policy._sums_in_float32(jnp.asarray(p), jnp.asarray(u))
+    got, _ = mode(policy.apply_updates)(jnp.asarray(p), jnp.asarray(u))
+    got = np.asarray(got)
+    nan = np.isnan(expected)
+    assert (np.isnan(got) == nan).all()
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+    lanes = jax.jit(jax.vmap(lambda a, b: policy.apply_updates(a, b)[0]))
+    np.testing.assert_array_equal(
+        np.asarray(lanes(p.reshape(40, -1), u.reshape(40, -1))).reshape(-1).view(np.uint32),
+        got.view(np.uint32),
+    )

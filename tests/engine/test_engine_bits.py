@@ -45,3 +45,28 @@ def test_the_packed_sort_breaks_ties_by_position_like_a_stable_sort():
     keys = jnp.asarray(np.random.default_rng(0).integers(0, 4, 300), jnp.uint32)
     expected = jax.lax.sort_key_val(keys, jnp.arange(300), is_stable=True)[1]
     np.testing.assert_array_equal(step.stable_order(keys), expected)
+
+
+@pytest.mark.parametrize("spec", ["sgd(lr=[0.1, 0.05])", "adam(lr=0.01)"])
+def test_fp32_steps_without_float64_train_the_bits_of_the_float64_sum(monkeypatch, spec):
+    # fp32 params under x64 used to form p + u in float64 and round it with gradual underflow;
+    # add_float32 gives those bits in float32. A whole run, both ways, in one process.
+    from optimorph.precision import Precision
+
+    taken = []
+    shortcut = Precision._sums_in_float32
+    monkeypatch.setattr(Precision, "_sums_in_float32",
+                        lambda *a: taken.append(shortcut(*a)) or taken[-1])  # fmt: skip
+
+    def final(**kw):
+        prob = optimorph.problem("two-moons(n=100)")
+        r = train(prob, spec, seeds=2, steps=30, batch_size=32, precision="fp32",
+                  eval_every=10, progress=False, **kw)  # fmt: skip
+        return jax.tree.map(np.asarray, r.final_params)
+
+    fast = final()
+    assert taken and all(taken)
+    monkeypatch.setattr(Precision, "_sums_in_float32", lambda *a: False)
+    wide = final()
+    for x, y in zip(jax.tree.leaves(fast), jax.tree.leaves(wide), strict=True):
+        np.testing.assert_array_equal(x.view(np.uint32), y.view(np.uint32))

@@ -37,7 +37,13 @@ from optimorph.precision.formats import (
     parse_format,
     require_x64,
 )
-from optimorph.precision.rounding import _convert, round_in, round_to_bits, stalled_fraction
+from optimorph.precision.rounding import (
+    _convert,
+    add_float32,
+    round_in,
+    round_to_bits,
+    stalled_fraction,
+)
 
 Array = jax.Array
 PyTree = Any
@@ -454,7 +460,8 @@ class Precision:
         x64, else float32), where the sum of two stored values is exact or nearly so, and
         rounded once to the params format, so the result is the correctly rounded sum whether
         or not noise replicas are on. ``perturb`` (noise replicas) acts on that wide sum, before
-        its rounding.
+        its rounding. fp32 params with float32 updates under x64 take
+        :func:`~optimorph.precision.rounding.add_float32` instead: the same bits, in float32.
 
         Kahan: y = u + c; new = fl(p + y); c = y - (new - p), so the part of the update that
         rounding dropped is carried to the next step instead of lost. Kahan runs in
@@ -475,6 +482,8 @@ class Precision:
         if self.kahan and compensation is None:
             raise ValueError("kahan=True needs a compensation pytree: use init_compensation()")
         if self.rounding == "nearest" and not self.kahan:
+            if perturb is None and self._sums_in_float32(params, updates):
+                return jax.tree_util.tree_map(add_float32, params, updates), None
             wide = _format_of(np.dtype(jnp.result_type(float)))
             total = jax.tree_util.tree_map(
                 lambda p, u: wide.round(p) + wide.round(u), params, updates
@@ -510,6 +519,18 @@ class Precision:
         return params_out, jax.tree_util.tree_unflatten(treedef, new_c) if self.kahan else None
 
     stalled = staticmethod(lambda old, updates, new: stalled_fraction(old, updates, new))
+
+    def _sums_in_float32(self, params: PyTree, updates: PyTree) -> bool:
+        """Whether fp32 params take float32 updates under x64: then :func:`add_float32` gives
+        the rounded sum's bits without going through float64 (without x64 the sum is a native
+        float32 add, flushed, as it always was)."""
+        leaves = jax.tree_util.tree_leaves((params, updates))
+        return (
+            jax.config.jax_enable_x64
+            and self.params == FP32
+            and self.subnormals == "gradual"
+            and all(jnp.result_type(x) == np.float32 for x in leaves)
+        )
 
     # -- helpers -----------------------------------------------------------------------------
 
