@@ -9,10 +9,14 @@ are sampled alternately, ``--samples`` times each; the table gives the medians a
 median with its interquartile range over the paired samples, in wall time and in CPU time (on a
 shared machine wall time favours the plain loop, whose Python thread dispatches while XLA's
 computes: two runnable threads get two shares of a busy CPU). NumPy and PyTorch are measured once
-per batch size. Last, the achieved FLOP rate at batch 500 against this machine's float32
-matmul rate measured with every thread on one core, and on all of them.
+per batch size. With ``--devices N`` (default 2) the engine is also timed with its lanes split
+over N CPU devices (``train(devices=N)``, in this process: the flag that makes the devices is
+set before JAX starts; the other loops run on the first device as before), where the seeds
+divide evenly. Last, the achieved FLOP rate at batch 500 (the faster engine layout) against
+this machine's float32 matmul rate measured with every thread on one core, and on all of them.
 
     .venv/bin/python benchmarks/engine.py [--samples 7] [--seconds 1] [--quick] [--x64]
+                                          [--devices 2]
 
 ``--x64`` measures the engine as the ``optimorph`` command runs it, with float64 enabled: an fp32
 run then keeps subnormals in its update x + u (``precision.rounding.add_float32``, in float32;
@@ -143,13 +147,15 @@ def plain_jax_loop(problem, batch: int, seeds: int) -> Callable[[int], None]:
     return run
 
 
-def optimorph_loop(problem, batch: int, seeds: int) -> Callable[[int], None]:
-    """``run(steps)``: ``optimorph.train`` with one evaluation at the end (and at step 0)."""
+def optimorph_loop(problem, batch: int, seeds: int, devices=None) -> Callable[[int], None]:
+    """``run(steps)``: ``optimorph.train`` with one evaluation at the end (and at step 0), its
+    lanes on ``devices`` devices (None: one)."""
     import optimorph
 
     def run(steps: int) -> None:
         optimorph.train(problem, SPEC, steps=steps, seeds=seeds, batch_size=batch,
-                        eval_every=steps, progress=False, keep_params=False)  # fmt: skip
+                        eval_every=steps, progress=False, keep_params=False,
+                        devices=devices)  # fmt: skip
 
     return run
 
@@ -230,9 +236,15 @@ def main() -> None:
     ap.add_argument("--peer-steps", type=int, default=3000, help="steps per NumPy/PyTorch run")
     ap.add_argument("--x64", action="store_true", help="turn jax_enable_x64 on, as the CLI does")
     ap.add_argument("--quick", action="store_true", help="a short smoke run")
+    ap.add_argument("--devices", type=int, default=2,
+                    help="also time the engine with its lanes split over this many CPU devices "
+                    "(train(devices=N); 1: not)")  # fmt: skip
     args = ap.parse_args()
     if args.quick:
         args.samples, args.seconds, args.peer_steps = 3, 0.2, 300
+    if args.devices > 1:  # read when JAX starts its backend: before anything computes
+        flag = f"--xla_force_host_platform_device_count={args.devices}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
     import jax
 
     jax.config.update("jax_enable_x64", args.x64)
@@ -242,9 +254,11 @@ def main() -> None:
     x, y = _data()
     print(f"jax {jax.__version__}, x64 {'on' if args.x64 else 'off'}, {os.cpu_count()} CPUs; "
           f"medians of {args.samples} alternating samples, [interquartile range]")  # fmt: skip
+    split = f"on {args.devices} dev" if args.devices > 1 else ""
     print(
         f"{'batch':>5} {'seeds':>5} {'optimorph':>10} {'plain jax':>10} {'ratio (wall)':>18} "
-        f"{'ratio (cpu)':>18} {'x numpy':>8} {'x torch':>8}   (model-steps/s)"
+        f"{'ratio (cpu)':>18} {'x numpy':>8} {'x torch':>8} {split:>10} {'ratio':>18}"
+        "   (model-steps/s)"
     )
     rates = {}
     for batch in (4, 32, 500):
@@ -255,19 +269,25 @@ def main() -> None:
                 "optimorph": optimorph_loop(problem, batch, seeds),
                 "plain": plain_jax_loop(problem, batch, seeds),
             }
+            if args.devices > 1 and seeds % args.devices == 0:
+                runs["split"] = optimorph_loop(problem, batch, seeds, devices=args.devices)
             steps = _steps_for(runs["optimorph"], args.seconds)
             got = paired_samples(runs, steps, args.samples)
             (ew, ec), (pw, pc) = got["optimorph"], got["plain"]
             ours, plain = seeds * steps / np.median(ew), seeds * steps / np.median(pw)
             rates[batch, seeds] = ours
-            print(
+            row = (
                 f"{batch:>5} {seeds:>5} {ours:>10.0f} {plain:>10.0f} {_ratio(pw, ew):>18} "
-                f"{_ratio(pc, ec):>18} {ours / np_rate:>8.1f} {ours / torch_rate:>8.1f}",
-                flush=True,
+                f"{_ratio(pc, ec):>18} {ours / np_rate:>8.1f} {ours / torch_rate:>8.1f}"
             )
+            if "split" in got:
+                sw = got["split"][0]
+                rates[batch, seeds, "split"] = seeds * steps / np.median(sw)
+                row += f" {rates[batch, seeds, 'split']:>10.0f} {_ratio(pw, sw):>18}"
+            print(row, flush=True)
     one_core = matmul_flops({min(os.sched_getaffinity(0))})
     all_cores = matmul_flops(os.sched_getaffinity(0))
-    achieved = max(rates[500, 1], rates[500, 10]) * model_flops_per_step(500)
+    achieved = max(rates[k] for k in rates if k[0] == 500) * model_flops_per_step(500)
     print(
         f"batch 500: {achieved / 1e9:.1f} GFLOP/s achieved; matmul rate {one_core / 1e9:.1f} "
         f"GFLOP/s on one core ({one_core / achieved:.1f}x above), {all_cores / 1e9:.1f} on "

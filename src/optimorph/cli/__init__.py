@@ -105,8 +105,19 @@ def _compilation_cache(jax) -> None:
     )
 
 
+def _host_devices(n: int | None) -> None:
+    """Make XLA's CPU platform show ``n`` devices (``--devices``): read when JAX starts its
+    backends, so it is set before anything computes. An explicit count in XLA_FLAGS wins."""
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n and n > 1 and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
 def _run(args) -> int:
     if not _lists(args):  # a listing computes nothing: `list recipes` imports no JAX at all
+        _host_devices(getattr(args, "devices", None))
         import jax
 
         # The CLI owns its process, so float64 and emulated formats are available here (the

@@ -6,7 +6,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from optimorph.cli.args import claimed, add_train_options, output_dir, add_output_policy
+from optimorph.cli.args import (
+    POSITIVE,
+    add_output_policy,
+    add_train_options,
+    claimed,
+    output_dir,
+)
 
 
 def add(sub) -> None:
@@ -20,6 +26,12 @@ def add(sub) -> None:
         help="optimizer spec (repeat for several), e.g. 'adam(lr=1e-3)' or 'pkg.mod:factory'",
     )
     add_train_options(tr)
+    tr.add_argument(
+        "--devices", type=POSITIVE, default=None, metavar="N",
+        help="split the seeds and grid points over N devices (on a CPU: N host devices, one "
+        "per core; about 2x on two cores); must divide optimizers' points x seeds; last bits "
+        "can differ from a one-device run",
+    )  # fmt: skip
     tr.add_argument("--out", required=True, type=output_dir, help="run directory to write")
     add_output_policy(tr)
     tr.set_defaults(run=train_command)
@@ -48,6 +60,7 @@ def train_command(args) -> int:
             # DIR` shows a live run. Throttled apart from checkpoints because each write is the
             # whole run's Parquet table (NaN-padded), too much for --checkpoint-every 0.3.
             on_checkpoint=_live_writer(out, write_run),
+            devices=args.devices,
         )
         write_run(result, out)
         # Imported after training: the report code (matplotlib) would delay the first step.

@@ -98,6 +98,7 @@ def train(
     divergence_factor: float | None = DIVERGENCE_FACTOR,
     checkpoint_every: float = CHECKPOINT_EVERY_S,
     on_checkpoint: Callable[[TrainResult], None] | None = None,
+    devices: int | None = None,
 ) -> TrainResult:
     """Train every optimizer on ``problem`` for every seed, compiled end to end.
 
@@ -141,6 +142,13 @@ def train(
       divergence_factor: a run has diverged at the first step whose loss or parameters are
         NaN/inf, or whose loss exceeds this multiple of its first step's loss (default 1e4;
         None: NaN/inf only). Evaluation metrics of non-finite parameters are NaN.
+      devices: split each program's lanes over this many devices (the first ``devices`` of
+        ``jax.local_devices()``; on a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
+        set before JAX starts makes N of them, which ``optimorph train --devices N`` does). Each
+        device runs its share of the lanes: about twice as fast on two cores. A lane's
+        results do not depend on the other lanes and repeat exactly, but their last bits can
+        differ from the same run on one device, as they can between programs of different
+        lane counts (docs/architecture.md). None or 1: one device, as always.
 
     Returns:
       A :class:`TrainResult` with arrays indexed ``[optimizer, seed, time]``.
@@ -172,6 +180,7 @@ def train(
     for i, s in enumerate(specs):
         groups.setdefault(s.static_key(), []).append(i)
     lanes = len(seed_list) * max(len(g) for g in groups.values())
+    split = _lane_split(devices, [len(seed_list) * len(g) for g in groups.values()])
     visit_every = _visit_every(visit_every, log_every, policy)
     plan = _Plan.make(
         prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas, divergence_factor,
@@ -218,6 +227,8 @@ def train(
     }
     if visit_every:  # only when set: the checkpoints of runs without it keep their fingerprint
         config["visit_every"] = visit_every
+    if split is not None:  # as visit_every: a run on one device keeps its fingerprint
+        config["devices"] = devices
     if any(g.is_grid for g in grids):
         config["grids"] = [
             {"spec": g.text, "members": g.members, "axes": g.axes}
@@ -293,7 +304,7 @@ def train(
             bar = Progress(plan.steps, label, enabled=bool(progress), every_s=PROGRESS_EVERY_S)
             out, group_div, params, group_earlier, group_visits = _run_group(
                 prob, group_specs, seed_list, policy, plan, all_probes, data, ckpt, bar,
-                float(checkpoint_every), live, visit_every,
+                float(checkpoint_every), live, visit_every, split,
             )  # fmt: skip
             earlier += group_earlier
             place(series, out, members)
@@ -529,7 +540,7 @@ def _device_data(prob: Problem, policy) -> dict:
 
 
 def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_every, live,
-               visit_every=None):  # fmt: skip
+               visit_every=None, split=None):  # fmt: skip
     """Train one compiled program: lanes = len(specs) x len(seeds).
 
     Returns ``(series, diverged [C, S], final params [C, S, ...], earlier wall time, visited)``
@@ -539,7 +550,8 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     ``eval:<set>/<metric>`` to ``[C, S, E]`` and each eval probe's outputs to ``[C, S, E, ...]``,
     and the earlier wall time is what processes before a resume spent on this group.
     ``live(series so far, steps done, diverged)``, when given, follows every checkpoint but
-    the last (the series padded with NaN to their full length).
+    the last (the series padded with NaN to their full length). ``split`` (from
+    :func:`_lane_split`) places the lanes on several devices.
     """
     started = time.perf_counter()
     n_cfg, n_seed = len(specs), len(seeds)
@@ -547,6 +559,10 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     hvals = lane_hparams(specs, policy, n_seed)
     root = jax.vmap(seed_key)(jnp.tile(jnp.asarray(seeds, jnp.uint32), n_cfg))
     init_all, eval_all, chunk_all = _programs(prob, specs[0], policy, plan, probes)
+    if split is not None:  # the programs follow their inputs' placement
+        lanes_on, everywhere = split
+        root, hvals = jax.device_put((root, hvals), lanes_on)
+        data = jax.device_put(data, everywhere)
 
     carry = init_all(root, hvals)
     visits: list = []  # per visit: (params, state, grads), each configuration's first seed
@@ -554,6 +570,8 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     resumed = _load_checkpoint(ckpt, carry, template)
     if resumed is not None:
         carry, done, parts, earlier, visits = resumed
+        if split is not None:
+            carry = jax.device_put(carry, split[0])
         bar.advance(done, "(resumed)")
     else:
         done, earlier = 0, 0.0
@@ -852,6 +870,37 @@ def _eval_program(prob, policy, eval_probes: tuple):
         program = jax.jit(jax.vmap(_evaluator(prob, policy, eval_probes), in_axes=(0, None)))
         _EVALS[key] = ((prob, eval_probes), program)
     return _EVALS[key][1]
+
+
+def _lane_split(devices: int | None, group_lanes: list[int]) -> tuple | None:
+    """(lanes split over ``devices``, replicated on them) shardings, or None for one device.
+
+    Lanes are independent, so the programs need no communication: each device runs its share.
+    """
+    if devices is None:
+        return None
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise TrainingError(f"devices must be a whole number >= 1, got {devices!r}")
+    if devices == 1:
+        return None
+    available = jax.local_devices()
+    if len(available) < devices:
+        raise TrainingError(
+            f"devices={devices} but JAX sees {len(available)} "
+            f"({available[0].platform}); on a CPU set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} before JAX starts "
+            f"(`optimorph train --devices {devices}` does), or use fewer devices"
+        )
+    uneven = sorted({n for n in group_lanes if n % devices})
+    if uneven:
+        raise TrainingError(
+            f"devices={devices} must divide every program's lanes (configurations x seeds); "
+            f"{uneven[0]} lanes do not split evenly: choose a seed count that makes them a "
+            f"multiple of {devices}"
+        )
+    mesh = jax.sharding.Mesh(np.array(available[:devices]), ("lanes",))
+    spec = jax.sharding.PartitionSpec
+    return jax.sharding.NamedSharding(mesh, spec("lanes")), jax.sharding.NamedSharding(mesh, spec())
 
 
 def _all_finite(tree) -> jax.Array:
