@@ -617,8 +617,8 @@ def _float32_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     near = -p[q : 2 * q].astype(np.float64) * (1 + rng.standard_normal(q) * 1e-6)
     u[q : 2 * q] = near.astype(np.float32)
     t = np.float32(2.0**-101)
-    cases = [(t, -3e-39), (-t, 3e-39), (np.nextafter(t, 0), -3e-39), (2.0**-102, -8.8e-39), (-(2.0**-102), 8.8e-39),
-             (2.0**-126, -1e-45), (-(2.0**-126), 1e-45), (0.0, -0.0), (-0.0, -0.0),
+    cases = [(t, -3e-39), (-t, 3e-39), (np.nextafter(t, 0), -3e-39), (2.0**-102, -8.8e-39),
+             (-(2.0**-102), 8.8e-39), (2.0**-126, -1e-45), (-(2.0**-126), 1e-45), (0.0, -0.0), (-0.0, -0.0),
              (np.inf, -np.inf), (np.nan, 1.0), (3e-39, 3e-39), (-1e-45, 1e-45)]  # fmt: skip
     p[2 * q : 2 * q + len(cases)], u[2 * q : 2 * q + len(cases)] = zip(*cases, strict=True)
     return p, u
