@@ -97,10 +97,10 @@ def main() -> None:
         jax.profiler.stop_trace()
         spent, calls = thunk_times(Path(tmp))
     total = sum(spent.values())
+    per_step = sum(1 for n in calls if calls[n] >= 0.9 * args.steps)
     print(f"batch {args.batch}, {args.seeds} seeds, {args.steps} steps, {args.precision}, "
           f"x64 {'on' if args.x64 else 'off'}: train {wall * 1e3:.0f} ms under the profiler, "
-          f"XLA operations {total / 1e3:.0f} ms; "
-          f"{sum(1 for n in calls if calls[n] >= 0.9 * args.steps)} run about once per step")  # fmt: skip
+          f"XLA operations {total / 1e3:.0f} ms; {per_step} run about once per step")  # fmt: skip
     print(f"{'ms':>9} {'share':>6} {'calls':>7} {'us/call':>8}  operation")
     for name, us in spent.most_common(args.top):
         print(f"{us / 1e3:9.1f} {us / total:6.1%} {calls[name]:7d} {us / calls[name]:8.2f}  {name}")
