@@ -108,3 +108,59 @@ def test_lanes_that_do_not_split_evenly_are_refused_before_training():
     out = subprocess.run([sys.executable, "-c", code], env=_child_env(),
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert "3 lanes do not split evenly" in out.stdout, out.stderr[-2000:]
+
+
+INTERRUPTED = r"""
+import json, sys
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import optimorph
+from optimorph.engine import trainer
+
+folder = sys.argv[1]
+kw = dict(seeds=4, steps=60, batch_size=32, eval_every=20, chunk_steps=20, progress=False,
+          devices=2)
+
+
+def run(**more):
+    r = optimorph.train(optimorph.problem("two-moons(n=200)"), "adam(lr=1e-2)", **kw, **more)
+    return r, [np.asarray(x) for x in jax.tree.leaves(r.final_params)]
+
+
+original, saved, loaded = trainer._save_checkpoint, [], []
+
+
+def save_then_interrupt(*args):  # the first checkpoint is written, then a Ctrl-C
+    original(*args)
+    saved.append(1)
+    if len(saved) == 1:
+        raise KeyboardInterrupt
+
+
+trainer._save_checkpoint = save_then_interrupt
+try:
+    run(checkpoint_dir=folder)
+    raise SystemExit("the run was not interrupted")
+except KeyboardInterrupt:
+    pass
+trainer._save_checkpoint = original
+load = trainer._load_checkpoint
+trainer._load_checkpoint = lambda *a: loaded.append(load(*a)) or loaded[-1]
+resumed, a = run(checkpoint_dir=folder)
+whole, b = run()
+print(json.dumps({
+    "resumed": loaded[0] is not None and int(loaded[0][1]) == 20,
+    "params": all(np.array_equal(x, y) for x, y in zip(a, b)),
+    "evals": all(np.array_equal(resumed.evals[k], whole.evals[k]) for k in whole.evals),
+    "loss": bool(np.array_equal(resumed.train_loss, whole.train_loss)),
+}))
+"""
+
+
+def test_a_split_run_interrupted_after_a_checkpoint_resumes_to_the_same_bits(tmp_path):
+    out = subprocess.run([sys.executable, "-c", INTERRUPTED, str(tmp_path)], env=_child_env(),
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"resumed": True, "params": True, "evals": True, "loss": True}, got

@@ -204,6 +204,8 @@ def train(
         rounded[s.text] = policy.warn_hparams(numeric_hparams(s))
 
     data = _device_data(prob, policy)
+    if split is not None:  # replicated once, for every group
+        data = jax.device_put(data, split[1])
     shapes = jax.eval_shape(prob.init, jax.random.key(0))  # nothing is computed
     config = {
         "problem": prob.name,
@@ -559,10 +561,8 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     hvals = lane_hparams(specs, policy, n_seed)
     root = jax.vmap(seed_key)(jnp.tile(jnp.asarray(seeds, jnp.uint32), n_cfg))
     init_all, eval_all, chunk_all = _programs(prob, specs[0], policy, plan, probes)
-    if split is not None:  # the programs follow their inputs' placement
-        lanes_on, everywhere = split
-        root, hvals = jax.device_put((root, hvals), lanes_on)
-        data = jax.device_put(data, everywhere)
+    if split is not None:  # the programs follow their inputs' placement (data: in train)
+        root, hvals = jax.device_put((root, hvals), split[0])
 
     carry = init_all(root, hvals)
     visits: list = []  # per visit: (params, state, grads), each configuration's first seed
