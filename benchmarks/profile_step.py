@@ -10,6 +10,7 @@ the runtime and the host add.
 
     .venv/bin/python benchmarks/profile_step.py [--batch 4] [--seeds 10] [--steps 3000]
                                                 [--precision fp32] [--x64] [--top 15]
+                                                [--problem SPEC] [--optimizer SPEC]
 
 Look up a row's operation in XLA's optimized HLO (``XLA_FLAGS=--xla_dump_to=DIR
 --xla_dump_hlo_as_text``, the ``*chunk_lane*after_optimizations.txt`` module) by its name.
@@ -75,17 +76,19 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--x64", action="store_true", help="turn jax_enable_x64 on, as the CLI does")
     ap.add_argument("--top", type=int, default=15, help="rows to print")
+    ap.add_argument("--problem", default=PROBLEM, help="a problem spec (default: the engine's)")
+    ap.add_argument("--optimizer", default=SPEC, help="an optimizer spec (default: the engine's)")
     args = ap.parse_args()
     import jax
 
     jax.config.update("jax_enable_x64", args.x64)
     import optimorph
 
-    problem = optimorph.problem(PROBLEM)
+    problem = optimorph.problem(args.problem)
 
     def run() -> float:
         start = time.perf_counter()
-        optimorph.train(problem, SPEC, steps=args.steps, seeds=args.seeds,
+        optimorph.train(problem, args.optimizer, steps=args.steps, seeds=args.seeds,
                         batch_size=args.batch, eval_every=args.steps, progress=False,
                         keep_params=False, precision=args.precision)  # fmt: skip
         return time.perf_counter() - start
