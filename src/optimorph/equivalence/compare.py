@@ -63,6 +63,8 @@ __all__ = [
     "measure",
     "compare",
     "trajectory_verdict",
+    "floor_ratio",
+    "FloorRatio",
     "outcome_differs",
     "DEFAULTS",
 ]
@@ -464,6 +466,50 @@ def outcome_differs(fa: Any, fb: Any, margin: float = DEFAULTS["margin"],
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class FloorRatio:
+    """d(t) against the noise floor for one pair of runs (DESIGN.md section 3).
+
+    Attributes:
+      distance: ``[S, E]`` d(t) = ||theta_A(t) - theta_B(t)|| per seed and evaluation (NaN
+        where a run broke).
+      ratio: ``[S, E]`` d / max(N_A, N_B, u ||theta_A||), 0 where d = 0 (also where the floor
+        is 0), NaN where a run broke.
+      max_median: max over evaluations after step 0 of the median over seeds of ``ratio``
+        (the number the verdict compares with C; inf when no evaluation is finite).
+      per_seed: each seed's maximum over evaluations after step 0 (inf likewise).
+    """
+
+    distance: np.ndarray = dataclasses.field(repr=False)
+    ratio: np.ndarray = dataclasses.field(repr=False)
+    max_median: float
+    per_seed: list[float]
+
+
+def floor_ratio(runs_a: _Runs, i: int, runs_b: _Runs, j: int, u: float) -> FloorRatio:
+    """Optimizer ``i`` of ``runs_a`` against optimizer ``j`` of ``runs_b`` (:func:`measure`
+    results with the same seeds and evaluations, or cells with the same fields): d(t), d /
+    floor and its maxima, with ``u`` the unit roundoff of the parameters' format. The one
+    computation of d/floor: :func:`trajectory_verdict` and the low-bit recipes use it.
+
+    >>> import jax; jax.config.update("jax_enable_x64", True)
+    >>> runs = measure("quadratic(dim=4, kappa=10)", ["sgd(lr=0.05)", "sgd(lr=0.05)"],
+    ...                precision="fp32", seeds=2, steps=20, progress=False)
+    >>> floor_ratio(runs, 0, runs, 1, 2.0**-24).max_median  # the same computation twice
+    0.0
+    """
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in diverged runs: NaN
+        d = np.linalg.norm(runs_a.result.trajectory[i] - runs_b.result.trajectory[j], axis=-1)
+    floor = np.maximum.reduce([runs_a.floor[i], runs_b.floor[j], u * runs_a.norm[i]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(d == 0, 0.0, d / floor)
+    after = ratio[:, 1:]  # t = 0 is the shared initialisation
+    med = np.median(after, axis=0)
+    max_median = float(np.nanmax(med)) if np.isfinite(med).any() else math.inf
+    per_seed = [float(np.nanmax(x)) if np.isfinite(x).any() else math.inf for x in after]
+    return FloorRatio(distance=d, ratio=ratio, max_median=max_median, per_seed=per_seed)
+
+
 def trajectory_verdict(
     runs_a: _Runs, i: int, runs_b: _Runs, j: int, precision: str, C: float = DEFAULTS["C"],
     margin: float = DEFAULTS["margin"], margin_relative: bool = DEFAULTS["margin_relative"],
@@ -481,15 +527,8 @@ def trajectory_verdict(
     'equivalent'
     """
     ra, rb = runs_a.result, runs_b.result
-    u = make_precision(precision).unit_roundoff
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in diverged runs: NaN
-        d = np.linalg.norm(ra.trajectory[i] - rb.trajectory[j], axis=-1)  # [S, E]
-    floor = np.maximum.reduce([runs_a.floor[i], runs_b.floor[j], u * runs_a.norm[i]])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(d == 0, 0.0, d / floor)[:, 1:]  # t = 0 skipped
-    med = np.median(ratio, axis=0)
-    distance_ratio = float(np.nanmax(med)) if np.isfinite(med).any() else float("inf")
-    per_seed = [float(np.nanmax(x)) if np.isfinite(x).any() else float("inf") for x in ratio]
+    fr = floor_ratio(runs_a, i, runs_b, j, make_precision(precision).unit_roundoff)
+    d, distance_ratio, per_seed = fr.distance, fr.max_median, fr.per_seed
 
     broke_a = _divergence(ra, i, ra.config.get("divergence_factor"))
     broke_b = _divergence(rb, j, rb.config.get("divergence_factor"))

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from optimorph import stats
-from optimorph.equivalence.compare import DEFAULTS, outcome_differs
+from optimorph.equivalence.compare import DEFAULTS, floor_ratio, outcome_differs
 from optimorph.experiments.cells import Cell, clear, train_cells
 from optimorph.experiments.findings import above, all_of, at_most, below, finding, within
 from optimorph.precision import precision as make_precision
@@ -192,13 +192,7 @@ def verdict_rows(ref: Any, low: Any, o: int, u: float, C: float) -> dict:
     bytes per parameter, the stalled fractions, d/floor, outcome, the paired final-loss
     difference and TOST."""
     a, b = ref.result, low.result
-    with np.errstate(invalid="ignore", over="ignore"):
-        d = np.linalg.norm(a.trajectory[o] - b.trajectory[o], axis=-1)  # [S, E]
-    floor = np.maximum.reduce([ref.floor[o], low.floor[o], u * ref.norm[o]])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(d == 0, 0.0, d / floor)[:, 1:]  # t = 0 skipped
-    med = np.median(ratio, axis=0)
-    d_floor = float(np.nanmax(med)) if np.isfinite(med).any() else math.inf
+    d_floor = floor_ratio(ref, o, low, o, u).max_median
     broke_ref, broke_low = bool((a.diverged_at[o] >= 0).any()), bool((b.diverged_at[o] >= 0).any())
     if broke_low and not broke_ref:
         outcome = "different (low-bit run diverged)"

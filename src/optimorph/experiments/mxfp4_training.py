@@ -70,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from optimorph.equivalence.compare import floor_ratio
 from optimorph.experiments.cells import Cell, clear, train_cells
 from optimorph.experiments.findings import above, at_most, below, finding
 from optimorph.experiments.low_bit_states import verdict_rows
@@ -230,11 +231,7 @@ def _shown(row: dict) -> dict:
 
 def _ratio(ref: Any, var: Any, u: float) -> np.ndarray:
     """d / floor per seed and evaluation, [S, E] (0 where d = 0), as ``verdict_rows`` forms it."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        d = np.linalg.norm(ref.result.trajectory[0] - var.result.trajectory[0], axis=-1)
-    floor = np.maximum.reduce([ref.floor[0], var.floor[0], u * ref.norm[0]])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(d == 0, 0.0, d / floor)
+    return floor_ratio(ref, 0, var, 0, u).ratio
 
 
 def _ratio_curve(ref: Any, var: Any, u: float) -> np.ndarray:
