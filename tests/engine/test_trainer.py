@@ -315,6 +315,33 @@ def test_adaptive_chunks_show_progress_and_do_not_change_the_result(monkeypatch,
     np.testing.assert_array_equal(adaptive.eval_steps, [0, 100, 200, 300, 400])
 
 
+def test_timed_checkpoints_wait_for_twenty_times_their_own_cost(monkeypatch, tmp_path):
+    """A checkpoint that takes 0.2 s to write is not written again within 4 s, however short
+    checkpoint_every is (large checkpoints cost at most ~1/20 of a run); the last chunk is
+    always saved, and the run's result does not change."""
+    kw = dict(seeds=2, steps=400, batch_size=10, eval_every=100, log_every=4, progress=False)
+    fixed = train("two-moons(n=100)", "sgd(lr=0.1)", chunk_steps=400, **kw)
+    monkeypatch.setattr(trainer, "PROGRESS_EVERY_S", 1e-6)  # a chunk per 4-step block
+    monkeypatch.setattr(trainer, "BLOCK_WORK", 1.0)
+    saved, original = [], trainer._save_checkpoint
+
+    def slow_save(*a):
+        time.sleep(0.2)
+        saved.append((time.perf_counter(), a[2]))
+        original(*a)
+
+    monkeypatch.setattr(trainer, "_save_checkpoint", slow_save)
+    started = time.perf_counter()
+    timed = train("two-moons(n=100)", "sgd(lr=0.1)", checkpoint_dir=tmp_path,
+                  checkpoint_every=1e-3, **kw)  # fmt: skip
+    wall = time.perf_counter() - started
+    assert saved[-1][1] == 400
+    gaps = np.diff([t for t, _ in saved[:-1]])  # the last one is saved regardless
+    assert (gaps >= 20 * 0.2).all(), gaps
+    assert len(saved) <= wall / 4.0 + 2, (len(saved), wall)
+    np.testing.assert_array_equal(timed.train_loss, fixed.train_loss)
+
+
 def test_progress_time_left_excludes_the_warm_up():
     """A first chunk that compiles for 3 s, then 9 steps per 0.1 s: the ETA counts from the
     steady rate, not from the compilation spread over the run."""

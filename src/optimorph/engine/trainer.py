@@ -70,6 +70,10 @@ BLOCK_WORK = 2e9
 MAX_CHUNK_BLOCKS = 256
 PROGRESS_EVERY_S = 2.0
 CHECKPOINT_EVERY_S = 30.0
+# A checkpoint holds the carry, the series so far and the visited states: at proposal16's full
+# settings a GB or more, seconds to write. A timed checkpoint waits at least this many times
+# the last one's write, so writing them takes at most about 1/20 of a long run.
+CHECKPOINT_COST_SHARE = 20.0
 
 
 class TrainingError(ValueError):
@@ -118,7 +122,9 @@ def train(
       chunk_steps: steps between progress reports and checkpoints (a multiple of eval_every).
       checkpoint_dir: where to keep checkpoints; a rerun with the same arguments resumes.
       checkpoint_every: seconds between checkpoints (one is also written when each compiled
-        program finishes); with ``chunk_steps`` a checkpoint follows every chunk.
+        program finishes); with ``chunk_steps`` a checkpoint follows every chunk, and with 0
+        every chunk does. A timed checkpoint also waits 20 times the last one's write, so
+        large checkpoints (GBs at proposal16's full settings) take at most ~5% of a run.
       progress: print a progress line on stderr; a string also prefixes each line with it
         (parallel workers sharing a terminal say which cell they are).
       keep_params: return each run's final parameters.
@@ -578,7 +584,7 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
         first = eval_all(_eval_view(carry), data)  # evaluation at step 0
         parts = {k: [np.asarray(v).reshape(lanes, 1, *np.shape(v)[1:])] for k, v in first.items()}
     n = plan.chunk_blocks or 1  # adaptive: one block first (it includes the compilation)
-    compiled, last_save = False, time.perf_counter()
+    compiled, last_save, save_cost = False, time.perf_counter(), 0.0
     while done < plan.steps:
         n = min(n, (plan.steps - done) // plan.block, plan.max_blocks)
         visiting = bool(visit_every) and done == len(visits) * visit_every
@@ -603,9 +609,12 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
         done += n * plan.block
         now = time.perf_counter()
         stop = interrupts.requested()  # Ctrl-C during this chunk: checkpoint, then stop
-        if plan.chunk_blocks or done >= plan.steps or now - last_save >= ckpt_every or stop:
+        due = now - last_save >= (max(ckpt_every, CHECKPOINT_COST_SHARE * save_cost)
+                                  if ckpt_every > 0 else 0)  # fmt: skip
+        if plan.chunk_blocks or done >= plan.steps or due or stop:
             _save_checkpoint(ckpt, carry, done, parts, earlier + now - started, visits)
-            last_save = now
+            last_save = time.perf_counter()
+            save_cost = last_save - now
             if live is not None and done < plan.steps and not stop:
                 div = np.asarray(carry["diverged"]).reshape(n_cfg, n_seed)
                 live(_padded(parts, per_step, plan, n_cfg, n_seed), done, div)
