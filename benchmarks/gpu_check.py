@@ -98,8 +98,9 @@ def rounding_bits(jax, n: int = 1 << 20) -> dict:
     ours = np.asarray(jax.jit(add_float32)(jnp.asarray(p), jnp.asarray(u)))
     ref = p + u  # NumPy: IEEE float32 with gradual underflow
     native = np.asarray(jax.jit(jnp.add)(jnp.asarray(p), jnp.asarray(u)))
-    out["add_float32"] = {"compared": n, "differ": int(np.sum(ours.view(np.int32) != ref.view(np.int32))),
-                          "native_add_differs": int(np.sum(native.view(np.int32) != ref.view(np.int32)))}  # fmt: skip # noqa: E501
+    bits = lambda a: a.view(np.int32)  # noqa: E731
+    out["add_float32"] = {"compared": n, "differ": int(np.sum(bits(ours) != bits(ref))),
+                          "native_add_differs": int(np.sum(bits(native) != bits(ref)))}  # fmt: skip
     out["all_exact"] = all(v["differ"] == 0 for v in out.values() if isinstance(v, dict))
     return out
 
@@ -165,8 +166,8 @@ def proposal16_medium(budget_s: float, out_dir: Path, quick: bool = False) -> di
     """The medium recipe's MLP jobs end to end, as a subprocess limited to what is left."""
     run_dir = out_dir / "proposal16-medium-mlp"
     cmd = [sys.executable, "-c", "import sys; from optimorph.cli import entry; sys.exit(entry())",
-           "run", "proposal16", "--scale", "quick" if quick else "medium", "--set", "models=['mlp']", "--out",
-           str(run_dir), "--overwrite", "--quiet"]  # fmt: skip
+           "run", "proposal16", "--scale", "quick" if quick else "medium",
+           "--set", "models=['mlp']", "--out", str(run_dir), "--overwrite", "--quiet"]  # fmt: skip
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(budget_s, 1))
     result = {"returncode": proc.returncode, "wall_s": round(time.perf_counter() - started, 1),
@@ -193,7 +194,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes: to test this on a CPU")
     args = ap.parse_args()
     if args.backend:
-        os.environ["JAX_PLATFORMS"] = args.backend if args.backend == "cpu" else f"{args.backend},cpu"
+        wanted = args.backend if args.backend == "cpu" else f"{args.backend},cpu"
+        os.environ["JAX_PLATFORMS"] = wanted
     import jax
 
     jax.config.update("jax_enable_x64", True)  # as the optimorph command runs

@@ -17,6 +17,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 [ -d .gpu ] && export OPTIMORPH_DATA="$PWD/.gpu"
 out="${OUT:-runs/gpu-check}"
 mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/nvidia-smi.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 \
+  | tee "$out/nvidia-smi.txt"
 python3 benchmarks/gpu_check.py --out "$out" --budget "${GPU_CHECK_BUDGET:-420}" "$@" 2>&1 \
   | grep -v -i "warning" | tee "$out/gpu_check.log"
