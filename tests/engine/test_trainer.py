@@ -73,6 +73,22 @@ def test_grid_lanes_equal_separate_runs_and_compile_once(monkeypatch):
         np.testing.assert_allclose(together.train_loss[i], alone.train_loss[0], rtol=1e-13)
 
 
+def test_a_repeated_call_with_replicas_and_tracked_series_compiles_nothing(monkeypatch):
+    """What measure() asks for (noise replicas, the trajectory, stagnation) adds the engine's
+    own probes; a second identical call reuses the compiled programs (each new probe object
+    used to make a new program: 6 s of compilation per call for the proposal16 CNN)."""
+    builds = []
+    original = trainer._build_programs
+    monkeypatch.setattr(trainer, "_build_programs", lambda *a: builds.append(1) or original(*a))
+    prob = optimorph.problem("two-moons(n=100)")
+    kw = dict(seeds=2, steps=20, batch_size=10, replicas=1, record_params=True,
+              track_stalled=True, progress=False)  # fmt: skip
+    first = train(prob, "adam(lr=1e-3)", **kw)
+    second = train(prob, "adam(lr=1e-3)", **kw)
+    assert len(builds) == 1
+    np.testing.assert_array_equal(first.trajectory, second.trajectory)
+
+
 def test_seeds_pair_initialisation_and_batches_across_optimizers():
     r = train(
         "two-moons(n=100)",

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -25,6 +27,7 @@ def _stalled(values: StepValues, state):
     return state, {"stalled": stalled_fraction(values.params, values.updates, values.new_params)}
 
 
+@functools.cache  # one object: the trainer's compiled programs are keyed on probe ids
 def stalled() -> Probe:
     """Stagnation: the fraction of nonzero updates that rounding absorbed (x + dx == x), per step.
 
@@ -39,12 +42,14 @@ def _replica_distance(values: StepValues, state):
     return state, {"replica_distance": jnp.linalg.norm(reps - run[None], axis=1)}
 
 
+@functools.cache  # one object: the trainer's compiled programs are keyed on probe ids
 def replica_distance() -> Probe:
     """||theta_replica(t) - theta(t)|| of every noisy replica at each evaluation: the rounding
     noise floor is their median (DESIGN.md section 3)."""
     return Probe("replica_distance", init=lambda params: (), update=_replica_distance, when="eval")
 
 
+@functools.cache  # one object: the trainer's compiled programs are keyed on probe ids
 def trajectory() -> Probe:
     """The flattened parameters at each evaluation (default float dtype)."""
     return Probe(
