@@ -64,6 +64,11 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tup
     return (x_tr, y_tr.astype(np.int32)), (x_te, y_te.astype(np.int32))
 
 
+# The CNN evaluates its (thousands of) test images this many at a time: the same bits, 2-4x
+# faster (problems.supervised.in_chunks).
+EVAL_CHUNK = 128
+
+
 def _model(
     model: str,
     input_shape: tuple[int, ...],
@@ -303,6 +308,7 @@ def _idx_problem(
                   arrays["test_labels"][:n_test].astype(np.int32))},  # fmt: skip
         n_classes=10,
         info={"source": str(directory)},
+        eval_chunk=EVAL_CHUNK if model == "cnn" else None,
     )
 
 

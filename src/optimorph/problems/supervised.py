@@ -25,7 +25,9 @@ import optax
 from optimorph.problems.base import Batch, Problem
 from optimorph.problems.models import Apply, Init, n_params
 
-__all__ = ["cross_entropy", "accuracy", "mse", "classification_problem", "regression_problem"]
+__all__ = [
+    "cross_entropy", "accuracy", "mse", "classification_problem", "regression_problem", "in_chunks"
+]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -58,6 +60,7 @@ def classification_problem(
     n_classes: int,
     name: str = "custom",
     info: Mapping[str, Any] | None = None,
+    eval_chunk: int | None = None,
 ) -> Problem:
     """A classifier trained with cross-entropy; metrics ``loss`` and ``accuracy``.
 
@@ -69,17 +72,45 @@ def classification_problem(
       name: the Problem's name (the registry replaces it by the canonical spec).
       info: extra facts; ``n_params``, ``input_shape``, ``n_classes`` and ``n_<set>`` (the size
         of every set) are added.
+      eval_chunk: evaluate the model on this many examples at a time (see :func:`in_chunks`;
+        for models whose examples do not interact, such as the CNN); None: all at once.
     """
+    forward = in_chunks(apply, eval_chunk) if eval_chunk else apply
 
     def loss(params: Any, batch: Batch) -> jax.Array:
         return cross_entropy(apply(params, batch[0]), batch[1])
 
     def metrics(params: Any, batch: Batch) -> dict:
-        logits = apply(params, batch[0])
+        logits = forward(params, batch[0])
         return {"loss": cross_entropy(logits, batch[1]), "accuracy": accuracy(logits, batch[1])}
 
     facts = {"n_classes": n_classes, **(info or {})}
     return _assemble(init, apply, train, evals, loss, metrics, name, facts)
+
+
+def in_chunks(apply: Apply, chunk: int) -> Apply:
+    """``apply`` over the examples ``chunk`` at a time (``lax.map``), the remainder in one call.
+
+    For evaluation sets: a CNN's im2col patches of 2,000 Fashion-MNIST images are 70 MB per
+    lane, far out of cache; in chunks of 128 its evaluation ran 2.3-3.7x faster (fp32 and fp64,
+    5 lanes). The outputs are the same bits for a model whose examples do not interact, as long
+    as XLA picks the same product kernel for a chunk as for the whole set: checked for the
+    Fashion-MNIST CNNs at 128 (tests/problems); smaller chunks of an MLP's dense layers did
+    change the last bits, so the chunk stays at a training batch's size.
+    """
+
+    def chunked(params: Any, x: jax.Array) -> jax.Array:
+        n = x.shape[0]
+        whole = n // chunk * chunk
+        if whole <= chunk:  # one chunk or less: nothing to gain
+            return apply(params, x)
+        head = jax.lax.map(
+            lambda xc: apply(params, xc), x[:whole].reshape(-1, chunk, *x.shape[1:])
+        )
+        head = head.reshape(whole, *head.shape[2:])
+        return head if whole == n else jnp.concatenate([head, apply(params, x[whole:])])
+
+    return chunked
 
 
 def regression_problem(
