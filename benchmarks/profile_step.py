@@ -11,6 +11,7 @@ the runtime and the host add.
     .venv/bin/python benchmarks/profile_step.py [--batch 4] [--seeds 10] [--steps 3000]
                                                 [--precision fp32] [--x64] [--top 15]
                                                 [--problem SPEC] [--optimizer SPEC]
+                                                [--replicas 0]
 
 Look up a row's operation in XLA's optimized HLO (``XLA_FLAGS=--xla_dump_to=DIR
 --xla_dump_hlo_as_text``, the ``*chunk_lane*after_optimizations.txt`` module) by its name.
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15, help="rows to print")
     ap.add_argument("--problem", default=PROBLEM, help="a problem spec (default: the engine's)")
     ap.add_argument("--optimizer", default=SPEC, help="an optimizer spec (default: the engine's)")
+    ap.add_argument("--replicas", type=int, default=0, help="noise replicas per run")
     args = ap.parse_args()
     import jax
 
@@ -90,7 +92,8 @@ def main() -> None:
         start = time.perf_counter()
         optimorph.train(problem, args.optimizer, steps=args.steps, seeds=args.seeds,
                         batch_size=args.batch, eval_every=args.steps, progress=False,
-                        keep_params=False, precision=args.precision)  # fmt: skip
+                        keep_params=False, precision=args.precision,
+                        replicas=args.replicas)  # fmt: skip
         return time.perf_counter() - start
 
     run()  # compile
