@@ -18,7 +18,7 @@ def add(sub) -> None:
     ex.add_argument("--quick", action="store_true", help="the same pipeline, small enough for CI "
                     "(--scale quick)")  # fmt: skip
     ex.add_argument("--scale", choices=("quick", "medium", "full"), default=None,
-                    help="quick (CI, a first look), medium (real signal in about 15 minutes; "
+                    help="quick (CI, a first look), medium (real signal in about 12 minutes; "
                     "recipes that have one) or full (the source's settings; the default)")
     ex.add_argument("--out", type=output_dir, default=None,
                     help="default runs/<recipe>[-quick|-medium]")  # fmt: skip

@@ -12,9 +12,9 @@ fixed recipe (statistics fixed before running, STYLE.md item 11):
 
 Each of the proposal's five expected results (its section 4.3) is a finding with its rule fixed in
 :func:`expectations`. Three scales: ``full`` is the proposal's own settings (20 epochs, 10 seeds,
-an MLP under 500K and a CNN under 2M parameters), ``medium`` real signal in about 15 minutes on
-2 cores, ``quick`` a first look (under 3 minutes); every field is printed in the report beside the proposal's value
-(:data:`PROPOSAL`). Both models train on Fashion-MNIST, the offline 28x28 set closest to the
+an MLP under 500K and a CNN under 2M parameters), ``medium`` real signal in about 12 minutes on
+2 cores, ``quick`` a first look (under 3 minutes); every field is printed in the report beside
+the proposal's value (:data:`PROPOSAL`). Both models train on Fashion-MNIST, the offline 28x28 set closest to the
 proposal's MNIST and CIFAR-10; without it the recipe stops before any work (it never substitutes
 another data set).
 """
@@ -117,9 +117,10 @@ class Recipe:
     @classmethod
     def medium(cls) -> "Recipe":
         """Both models, 3 epochs of a 5,120-image subset (120 steps), 5 seeds with one noise
-        replica each, a narrower MLP and CNN, 2,000 test images: real signal in about half an
-        hour on 2 cores (measured: most of it is the CNN's training, whose im2col convolutions
-        run at a few GFLOP/s on a CPU; then the defects' compilations)."""
+        replica each, a narrower MLP and CNN, 2,000 test images: real signal in about 12
+        minutes on 2 cores (measured: 713 s with nothing compiled yet; half of the training
+        phase is XLA compiling, the rest mostly the CNN, whose im2col convolutions run at a
+        few GFLOP/s on a CPU)."""
         return cls(scale="medium", mlp_widths=(128,), cnn_channels=(8, 16), n_train=5120,
                    n_test=2000, epochs=3.0, seeds=5, replicas=1, visits=10)  # fmt: skip
 
