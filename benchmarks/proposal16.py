@@ -17,7 +17,7 @@ fp16 is projected at each peer's fp32 speed (neither has a faster fp16 path on a
 bound for the peers. The suite's time includes everything it does beyond training; the peers'
 do not: the ratios favour the peers.
 
-    .venv/bin/python benchmarks/proposal16.py [--run DIR] [--sample-steps 30]
+    .venv/bin/python benchmarks/proposal16.py [--run DIR] [--sample-steps 30] [--samples 3]
 
 ``--run DIR`` reads the suite's wall time from a finished medium run (``proposal16.json``)
 instead of running it (about half an hour on 2 cores). Targets (issue 17): medium <= 30 min on 2
@@ -31,6 +31,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 
 def torch_steps_per_s(model: str, recipe, dtype: str, steps: int) -> float:
@@ -129,6 +131,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a finished medium run directory to read")
     parser.add_argument("--sample-steps", type=int, default=30)
+    parser.add_argument("--samples", type=int, default=3,
+                        help="samples of each peer, alternating; the median is projected")
     args = parser.parse_args()
     recipe = proposal16.Recipe.medium()
     if args.run is None:
@@ -151,9 +155,14 @@ def main() -> None:
     for model in recipe.models:
         for p in proposal16.PRECISIONS:
             dtype = "fp32" if p == "fp16" else p  # fp16 at fp32 speed: a lower bound
-            rt = torch_steps_per_s(model, recipe, dtype, args.sample_steps)
-            rj = jax_steps_per_s(recipe.problem_spec(model), lanes, dtype, recipe.batch_size,
-                                 args.sample_steps)  # fmt: skip
+            # Alternating samples, the median of each: one sample of 30 steps moved the
+            # projection 1.6x between two runs on the same machine.
+            rts, rjs = [], []
+            for _ in range(args.samples):
+                rts.append(torch_steps_per_s(model, recipe, dtype, args.sample_steps))
+                rjs.append(jax_steps_per_s(recipe.problem_spec(model), lanes, dtype,
+                                           recipe.batch_size, args.sample_steps))  # fmt: skip
+            rt, rj = float(np.median(rts)), float(np.median(rjs))
             torch_s += optimizers * lanes * steps / rt
             jax_s += optimizers * steps / rj
             print(f"{model:6} {p:5} {rt:14.1f} {rj:18.2f}"
