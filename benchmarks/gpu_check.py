@@ -44,24 +44,20 @@ ENGINE_SPEC = "sgd(lr=power_law(0.15, tau=5e4, alpha=1.0))"
 FULL_MLP = "fashion-mnist(model=mlp, widths=[256, 256], n_train=60000, n_test=10000)"
 
 
-def section(report: dict, name: str, deadline: float):
-    """Decorator: run the section, record its result or its error and its wall time."""
-
-    def wrap(fn):
-        started = time.perf_counter()
-        if time.perf_counter() > deadline:
-            report[name] = {"skipped": "out of time"}
-            return fn
-        try:
-            report[name] = fn()
-        except Exception as err:  # noqa: BLE001 - a failing section must not stop the others
-            report[name] = {"error": f"{type(err).__name__}: {err}",
-                            "traceback": traceback.format_exc(limit=6)}  # fmt: skip
-        report[name]["wall_s"] = round(time.perf_counter() - started, 2)
-        print(f"== {name}: {json.dumps(report[name], default=str)[:1500]}", flush=True)
-        return fn
-
-    return wrap
+def run_section(report: dict, name: str, deadline: float, fn) -> None:
+    """Run one section into ``report[name]``: its result, or its error (the next section still
+    runs), and its wall time; skipped once the budget is spent."""
+    if time.perf_counter() > deadline:
+        report[name] = {"skipped": "out of time"}
+        return
+    started = time.perf_counter()
+    try:
+        report[name] = fn()
+    except Exception as err:  # noqa: BLE001 - a failing section must not stop the others
+        report[name] = {"error": f"{type(err).__name__}: {err}",
+                        "traceback": traceback.format_exc(limit=6)}  # fmt: skip
+    report[name]["wall_s"] = round(time.perf_counter() - started, 2)
+    print(f"== {name}: {json.dumps(report[name], default=str)[:1500]}", flush=True)
 
 
 def environment(jax) -> dict:
@@ -153,21 +149,23 @@ def engine_speed(jax, quick: bool = False) -> dict:
         out["full MLP"] = f"skipped: {err}"
         return out
     steps = 20 if quick else 200
-    lanes = rate(full, "adam(lr=1e-3, eps=1e-4)", 10, 128, steps, replicas=4)  # 10 x 5 lanes
-    out["full MLP, 10 seeds x (1 + 4 replicas), model-steps/s"] = round(lanes * 5)
-    # proposal16 full: 10 optimizers x 10 seeds x 5 lanes x 9,375 steps x 3 precisions (fp16
-    # and fp64 taken at this fp32 rate), training only.
+    seed_steps = rate(full, "adam(lr=1e-3, eps=1e-4)", 10, 128, steps, replicas=4)
+    out["full MLP, 10 seeds x (1 + 4 replicas), model-steps/s"] = round(seed_steps * 5)
+    # proposal16 full: 10 optimizers x 9,375 steps x 3 precisions of one 10-seed call each
+    # (fp16 and fp64 taken at this fp32 rate), training only.
     out["proposal16 full MLP training projected, hours"] = round(
-        10 * 3 * 9375 / (lanes / 10) / 3600, 2)  # fmt: skip
+        10 * 3 * 9375 / (seed_steps / 10) / 3600, 2)  # fmt: skip
     return out
 
 
 def proposal16_medium(budget_s: float, out_dir: Path, quick: bool = False) -> dict:
-    """The medium recipe's MLP jobs end to end, as a subprocess limited to what is left."""
+    """The medium recipe's MLP jobs end to end, as a subprocess limited to what is left: one
+    worker process (the recipe's default is one per core; on a GPU each would claim it)."""
     run_dir = out_dir / "proposal16-medium-mlp"
     cmd = [sys.executable, "-c", "import sys; from optimorph.cli import entry; sys.exit(entry())",
            "run", "proposal16", "--scale", "quick" if quick else "medium",
-           "--set", "models=['mlp']", "--out", str(run_dir), "--overwrite", "--quiet"]  # fmt: skip
+           "--set", "models=['mlp']", "--set", "workers=1", "--out", str(run_dir),
+           "--overwrite", "--quiet"]  # fmt: skip
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(budget_s, 1))
     result = {"returncode": proc.returncode, "wall_s": round(time.perf_counter() - started, 1),
@@ -202,12 +200,12 @@ def main() -> None:
     deadline = time.perf_counter() + args.budget
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {}
-    section(report, "environment", deadline)(lambda: environment(jax))
-    section(report, "rounding", deadline)(lambda: rounding_bits(jax))
-    section(report, "training bits", deadline)(lambda: training_bits(jax))
-    section(report, "engine speed", deadline)(lambda: engine_speed(jax, args.quick))
-    section(report, "proposal16 medium (MLP)", deadline)(
-        lambda: proposal16_medium(deadline - time.perf_counter(), args.out, args.quick))
+    run_section(report, "environment", deadline, lambda: environment(jax))
+    run_section(report, "rounding", deadline, lambda: rounding_bits(jax))
+    run_section(report, "training bits", deadline, lambda: training_bits(jax))
+    run_section(report, "engine speed", deadline, lambda: engine_speed(jax, args.quick))
+    run_section(report, "proposal16 medium (MLP)", deadline,
+                lambda: proposal16_medium(deadline - time.perf_counter(), args.out, args.quick))
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
     print(f"wrote {args.out / 'gpu_check.json'}")
 

@@ -14,6 +14,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# JAX takes 75% of the GPU's memory per process by default; the recipe's subprocess needs some.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 [ -d .gpu ] && export OPTIMORPH_DATA="$PWD/.gpu"
 out="${OUT:-runs/gpu-check}"
 mkdir -p "$out"

@@ -613,11 +613,11 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
                                   if ckpt_every > 0 else 0)  # fmt: skip
         if plan.chunk_blocks or done >= plan.steps or due or stop:
             _save_checkpoint(ckpt, carry, done, parts, earlier + now - started, visits)
-            last_save = time.perf_counter()
-            save_cost = last_save - now
             if live is not None and done < plan.steps and not stop:
                 div = np.asarray(carry["diverged"]).reshape(n_cfg, n_seed)
                 live(_padded(parts, per_step, plan, n_cfg, n_seed), done, div)
+            last_save = time.perf_counter()
+            save_cost = last_save - now  # the run directory's partial result written too
         bar.advance(n * plan.block, "" if compiled else f"(compiled and ran in {elapsed:.1f}s)",
                     warmup=not compiled)  # fmt: skip
         interrupts.raise_if_requested()

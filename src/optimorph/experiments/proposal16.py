@@ -14,9 +14,9 @@ Each of the proposal's five expected results (its section 4.3) is a finding with
 :func:`expectations`. Three scales: ``full`` is the proposal's own settings (20 epochs, 10 seeds,
 an MLP under 500K and a CNN under 2M parameters), ``medium`` real signal in about 12 minutes on
 2 cores, ``quick`` a first look (under 3 minutes); every field is printed in the report beside
-the proposal's value (:data:`PROPOSAL`). Both models train on Fashion-MNIST, the offline 28x28 set closest to the
-proposal's MNIST and CIFAR-10; without it the recipe stops before any work (it never substitutes
-another data set).
+the proposal's value (:data:`PROPOSAL`). Both models train on Fashion-MNIST, the offline 28x28
+set closest to the proposal's MNIST and CIFAR-10; without it the recipe stops before any work
+(it never substitutes another data set).
 """
 
 from __future__ import annotations

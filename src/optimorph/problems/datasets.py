@@ -64,8 +64,9 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tup
     return (x_tr, y_tr.astype(np.int32)), (x_te, y_te.astype(np.int32))
 
 
-# The CNN evaluates its (thousands of) test images this many at a time: the same bits, 2-4x
-# faster (problems.supervised.in_chunks).
+# The Fashion-MNIST/MNIST CNN evaluates its thousands of test images this many at a time: the
+# same bits, 2-4x faster (problems.supervised.in_chunks). The digits and mnist1d sets are a few
+# hundred small examples, with nothing to gain, so their models evaluate in one pass.
 EVAL_CHUNK = 128
 
 
