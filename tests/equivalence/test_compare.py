@@ -328,3 +328,41 @@ def test_runs_inside_a_wide_floor_whose_final_loss_clearly_differs_are_different
     base = runs.result.evals["test/loss"][0, :, -1]
     assert outcome_differs(final[1, :, -1], base) is not None
     assert outcome_differs(base * 1.01, base) is None
+
+
+def test_seed_split_verdicts_give_the_class_count_its_range():
+    # A verdict that the median over seeds decided while some seeds' own d/floor lie on the
+    # other side of C can move with a run's last bits (two CPUs gave proposal16's medium MLP 5
+    # and 7 classes at fp16). The verdicts stand; the range says how far the count rests on
+    # them. The runs are real; the split is made by editing two verdicts.
+    import dataclasses
+
+    from optimorph.equivalence.compare import _classes_of, seed_split, trajectory_verdict
+
+    names = ["sgd(lr=1e-4)", "momentum(lr=1e-4, beta=0)", "signsgd(lr=1e-4)"]
+    c = classes(names, problem=HETERO, precisions=["fp64"], **KW)
+    ab, ac, bc = c.comparison.pairs["fp64"]
+    assert c.class_range == {"fp64": (2, 2)}  # every seed agrees with every verdict
+    assert (ab.seeds_against, ab.alternative, ac.alternative) == (0, None, None)
+    assert ab.summary()["alternative"] is None and ac.summary()["seeds_against"] == 0
+
+    split = [dataclasses.replace(ab, alternative=False), dataclasses.replace(ac, alternative=True),
+             bc]  # fmt: skip
+    spread = _classes_of(dataclasses.replace(c.comparison, pairs={"fp64": split})).class_range
+    assert spread == {"fp64": (1, 3)}  # a~c joins all three; a~b parted leaves three alone
+    only = _classes_of(dataclasses.replace(c.comparison, pairs={"fp64": split[:1] + [ac, bc]}))
+    assert only.class_range == {"fp64": (2, 3)} and only.classes == c.classes
+
+    from optimorph.equivalence.compare import measure
+
+    runs = measure(HETERO, names, precision="fp64", **KW)
+    tv = trajectory_verdict(runs, 0, runs, 2, "fp64")  # sgd against signsgd
+    assert tv.by_distance and not tv.equivalent and tv.distance_ratio > 10
+    below = dataclasses.replace(tv, ratio_per_seed=[tv.distance_ratio, 3.0])
+    assert seed_split(below, 10.0, False, True) == (1, True)
+    assert seed_split(below, 10.0, False, False) == (1, None)  # kappa or final metric: no join
+    assert seed_split(tv, 10.0, False, True) == (0, None)
+    near = dataclasses.replace(tv, distance_ratio=9.0, ratio_per_seed=[12.0, 8.0])
+    assert seed_split(near, 10.0, True, True) == (1, False)
+    assert seed_split(near, 10.0, False, True) == (1, None)  # overruled by the final metric
+    assert seed_split(dataclasses.replace(near, by_distance=False), 10.0, False, True) == (0, None)

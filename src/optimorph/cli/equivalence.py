@@ -20,6 +20,7 @@ from optimorph.cli.args import (
     split_specs,
     verdict_settings,
 )
+from optimorph.equivalence.classes import count_text
 
 
 def add(sub) -> None:
@@ -123,11 +124,19 @@ def classes_command(args) -> int:
             "non_transitive": result.non_transitive,
             "stalled_pairs": result.stalled_pairs,
             "undecidable": result.undecidable,
+            "class_range": result.class_range,
             "pairs": {p: [v.summary() for v in vs] for p, vs in result.comparison.pairs.items()},
         }
         for p, cl in result.classes.items():
             text = " | ".join(" ~ ".join(c) for c in cl)
-            print(f"{p:>6}: {len(cl)} classes: {text}", file=sys.stderr)
+            counted = count_text(len(cl), *result.class_range.get(p, (None, None)))
+            print(f"{p:>6}: {counted}: {text}", file=sys.stderr)
+            for v in result.comparison.pairs[p]:  # the verdicts the range rests on
+                if v.alternative is not None:
+                    print(f"{'':>6}  seed-split: {v.a} | {v.b}: {v.outcome}, d/floor "
+                          f"{v.distance_ratio:.3g}, {v.seeds_against} of "
+                          f"{len(v.ratio_per_seed)} seeds on the other side of C",
+                          file=sys.stderr)  # fmt: skip
             for a, b in result.undecidable.get(p, []):  # no edge: the classes do not rest on it
                 reason = result.comparison.verdict(a, b, p).reason
                 print(f"{'':>6}  undecidable: {a} | {b}: {reason}", file=sys.stderr)

@@ -21,7 +21,8 @@ import numbers
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Graph", "class_table", "components", "equivalence_graph", "non_transitive_triples"]
+__all__ = ["Graph", "class_table", "components", "count_text", "equivalence_graph",
+           "non_transitive_triples"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,21 @@ def components(graph: Graph) -> list[list[str]]:
                 stack.append(other)
         result.append(sorted(members, key=order.__getitem__))
     return result
+
+
+def count_text(count: int, fewest: int | None = None, most: int | None = None,
+               noun: str = "classes") -> str:  # fmt: skip
+    """A class count with its range over the seed-split verdicts, when it has one.
+
+    >>> count_text(5, 4, 7)
+    '5 classes (4-7 if the seed-split verdicts went the other way)'
+    >>> count_text(7, 7, 7), count_text(3, noun="")
+    ('7 classes', '3')
+    """
+    text = f"{count} {noun}".strip()
+    if fewest is None or most is None or fewest == most == count:
+        return text
+    return f"{text} ({fewest}-{most} if the seed-split verdicts went the other way)"
 
 
 def non_transitive_triples(graph: Graph) -> list[tuple[str, str, str]]:

@@ -20,6 +20,11 @@ condition numbers (kappa <= ``kappa_max``). Choices added to the definition (all
 - a verdict reached while both optimizers had most of their updates absorbed by rounding
   (stagnation > ``stall_limit``) is flagged ``stalled``: collapse by stalling is not evidence
   that the algorithms are the same;
+- a verdict the distance decided although some seeds' own maxima of d/floor lie on the other
+  side of C is **seed-split** (:func:`seed_split`): it stands, but ``classes`` also gives the
+  range of class counts had those verdicts gone the other way, since such a verdict can move
+  with the last bits of a run (two CPUs gave the medium proposal16 MLP 5 and 7 classes at fp16
+  from two pairs at d/floor 9.3 and 9.5);
 - trajectories within the floor whose final metric differs beyond doubt and beyond the margin
   (paired t-test p < 0.05 and |mean difference| > the TOST margin: :func:`outcome_differs`) are
   **different**: where training is chaotic at p (Adam at bf16 on a small network), the floor
@@ -66,6 +71,7 @@ __all__ = [
     "floor_ratio",
     "FloorRatio",
     "outcome_differs",
+    "seed_split",
     "DEFAULTS",
 ]
 
@@ -123,6 +129,11 @@ class PairVerdict:
     # seed diverged or there is one seed).
     final_diff: float = math.nan
     final_diff_ci: tuple[float, float] = (math.nan, math.nan)
+    # Where the distance decided the verdict: how many seeds' own maximum d/floor lie on the
+    # other side of C, and the verdict the pair would get if they had decided (None: every seed
+    # agrees, or the distance did not decide). See :func:`seed_split`.
+    seeds_against: int = 0
+    alternative: bool | None = None
     # Curves for figures: [S, E] arrays over evaluation steps.
     eval_steps: np.ndarray = dataclasses.field(repr=False, default=None)
     distance: np.ndarray = dataclasses.field(repr=False, default=None)
@@ -466,6 +477,36 @@ def outcome_differs(fa: Any, fb: Any, margin: float = DEFAULTS["margin"],
     )
 
 
+def seed_split(tv: TrajectoryVerdict, C: float, equivalent: bool,
+               could_join: bool) -> tuple[int, bool | None]:  # fmt: skip
+    """How firmly the distance decided a verdict: ``(seeds against, alternative)``.
+
+    The rule reads the median over seeds of d/floor, so a verdict can stand while some seeds'
+    own maxima (``tv.ratio_per_seed``) lie on the other side of C; such a verdict rests on a few
+    seeds and can move with the last bits of a run (another CPU's kernels, another jaxlib).
+    ``seeds against`` counts them; ``alternative`` is the verdict the pair gets if they had
+    decided: False for an equivalent pair with seeds above C; True for a pair different by
+    distance alone with seeds at or below C, when the rest of the rule would let it join
+    (``could_join``: the state maps' condition numbers bounded and the final metric not
+    differing); None when every seed agrees, or the distance did not decide the verdict.
+
+    >>> tv = TrajectoryVerdict(True, True, "", True, "", 9.3, [19.9, 6.2, 10.3, 9.3, 7.8],
+    ...                        np.zeros((5, 2)), None, None, None, None)
+    >>> seed_split(tv, 10.0, True, True)
+    (2, False)
+    >>> seed_split(dataclasses.replace(tv, ratio_per_seed=[5.0, 6.0]), 10.0, True, True)
+    (0, None)
+    """
+    if not (tv.by_distance and tv.decided):
+        return 0, None
+    per_seed = np.asarray(tv.ratio_per_seed, dtype=float)
+    if tv.distance_ratio <= C:  # the distance said equivalent
+        against = int(np.sum(per_seed > C))
+        return against, (False if against and equivalent else None)
+    against = int(np.sum(per_seed <= C))
+    return against, (True if against and could_join else None)
+
+
 @dataclasses.dataclass(frozen=True)
 class FloorRatio:
     """d(t) against the noise floor for one pair of runs (DESIGN.md section 3).
@@ -639,6 +680,10 @@ def _pair_verdict(specs, i, j, p_name, runs, cfg, dfx, intrinsic, checks) -> Pai
         reason += f"; WARNING: {_stall_warning(stalled_a, stalled_b)}"
     said_a, said_b, nan_a, nan_b = tv.diverged_a, tv.diverged_b, tv.nan_a, tv.nan_b
     per_seed = tv.ratio_per_seed
+    against, alternative = seed_split(
+        tv, cfg["C"], equivalent,
+        kappa_ok and not outcome_differs(fa, fb, cfg["margin"], bool(cfg["margin_relative"])),
+    )  # fmt: skip
     return PairVerdict(
         a=specs[i].text,
         b=specs[j].text,
@@ -674,6 +719,8 @@ def _pair_verdict(specs, i, j, p_name, runs, cfg, dfx, intrinsic, checks) -> Pai
         tests_note=tests_note,
         final_diff=float(ttest.mean_diff),
         final_diff_ci=(float(ttest.ci_low), float(ttest.ci_high)),
+        seeds_against=against,
+        alternative=alternative,
         eval_steps=r.eval_steps,
         distance=d,
         floor_a=runs.floor[i],
@@ -995,6 +1042,9 @@ class Classes:
     undecidable: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
     # The verdicts of ``classes(also=...)``'s further pairs, in the order given (None: none).
     also: Comparison | None = None
+    # precision -> (fewest, most) classes if the seed-split verdicts (PairVerdict.alternative)
+    # had gone the other way: how far the count rests on pairs whose seeds disagree.
+    class_range: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 def classes(
@@ -1092,7 +1142,7 @@ def _classes_of(comp: Comparison) -> Classes:
     from optimorph.equivalence import classes as graph_lib
 
     names = comp.optimizers
-    out, triples, stalled, undecidable = {}, {}, {}, {}
+    out, triples, stalled, undecidable, spread = {}, {}, {}, {}, {}
     for p, verdicts in comp.pairs.items():
         undecidable[p] = [(v.a, v.b) for v in verdicts if not v.decided]
         edges = {(v.a, v.b): v.equivalent for v in verdicts}
@@ -1100,4 +1150,10 @@ def _classes_of(comp: Comparison) -> Classes:
         out[p] = graph_lib.components(graph)
         triples[p] = graph_lib.non_transitive_triples(graph)
         stalled[p] = [(v.a, v.b) for v in verdicts if v.stalled and v.equivalent]
-    return Classes(comp, out, triples, stalled, undecidable)
+        # Components only merge as edges are added, so the extremes are every split pair
+        # joined and every split pair parted.
+        joined = {(v.a, v.b): v.equivalent or v.alternative is True for v in verdicts}
+        parted = {(v.a, v.b): v.equivalent and v.alternative is not False for v in verdicts}
+        spread[p] = tuple(len(graph_lib.components(graph_lib.equivalence_graph(names, e)))
+                          for e in (joined, parted))  # fmt: skip
+    return Classes(comp, out, triples, stalled, undecidable, class_range=spread)

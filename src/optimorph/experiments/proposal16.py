@@ -33,6 +33,7 @@ from typing import Any
 from optimorph.atomic import write_json_atomic
 from optimorph.engine.parallel import default_workers, map_cells
 from optimorph.engine.progress import Progress
+from optimorph.equivalence.classes import count_text
 from optimorph.equivalence.compare import classes, merge_classes
 from optimorph.experiments.findings import (
     Verdict,
@@ -219,6 +220,7 @@ def run(out: Path, recipe: Recipe | None = None, progress: bool = True) -> dict:
             "non_transitive": cls.non_transitive,
             "stalled_pairs": cls.stalled_pairs,
             "undecidable": cls.undecidable,
+            "class_range": cls.class_range,
             "pairs": {p: [v.summary() for v in vs] for p, vs in cls.comparison.pairs.items()},
             "distances": {p: {f"{v.a} | {v.b}": distance_growth(v) for v in vs}
                           for p, vs in cls.comparison.pairs.items()},  # fmt: skip
@@ -325,7 +327,7 @@ def expectations(result: dict, C: float = 10.0) -> list[dict]:
 
     def evidence(p: str) -> str:
         extra = f" ({open_pairs[p]} pairs undecidable: both diverged)" if open_pairs[p] else ""
-        return f"{n[p]} classes{extra}"
+        return count_text(n[p], *result.get("class_range", {}).get(p, (None, None))) + extra
 
     def count(p: str, lo: int, hi: int | None) -> dict:
         rule = at_least(lo, f"classes at {p}") if hi is None else within(lo, hi, f"classes at {p}")

@@ -29,6 +29,7 @@ from optimorph.report.html import (
     rows_table,
     write_page,
 )
+from optimorph.equivalence.classes import count_text
 from optimorph.experiments.findings import tally
 from optimorph.results import store
 from optimorph.results.rundir import read_config, read_run
@@ -433,9 +434,9 @@ def _proposal16_tables(run_dir: Path) -> list[str]:
         out += ["<h2>Settings beside the proposal's</h2>",
                 rows_table(["setting", "this run", "the proposal"], doc["settings"])]  # fmt: skip
     for label, res in doc["problems"].items():
-        rows = [
-            [p, len(cl), " | ".join(" ~ ".join(c) for c in cl)] for p, cl in res["classes"].items()
-        ]
+        spread = res.get("class_range", {})  # runs before the seed-split ranges have none
+        rows = [[p, count_text(len(cl), *spread.get(p, (None, None)), noun=""),
+                 " | ".join(" ~ ".join(c) for c in cl)] for p, cl in res["classes"].items()]
         params = f", {res['parameters']:,} parameters" if "parameters" in res else ""
         out += [
             f"<h2>Equivalence classes: {label} ({res['problem']}{params})</h2>",
