@@ -95,3 +95,27 @@ def test_the_check_sees_a_sideways_scrollbar_and_a_word_broken_mid_word(cell_sty
         return
     with pytest.raises(AssertionError, match=found):
         browser.assert_readable(layout, page)
+
+
+def test_proposal16_tables_give_the_class_count_its_seed_split_range(tmp_path):
+    import json
+    import re
+
+    from optimorph.report.recipe_report import _proposal16_tables
+
+    split = {"a": "sgd", "b": "adam", "outcome": "equivalent", "distance_ratio": 9.32,
+             "ratio_per_seed": [19.9, 6.2, 10.3, 9.3, 7.8], "seeds_against": 2,
+             "alternative": False}  # fmt: skip
+    firm = dict(split, b="sign", outcome="different", distance_ratio=40.0, seeds_against=0,
+                alternative=None, ratio_per_seed=[41.0, 39.0, 40.0, 38.0, 42.0])
+    doc = {"problems": {"mlp": {
+        "problem": "p", "classes": {"fp16": [["sgd", "adam"], ["sign"]], "fp32": [["sgd"]]},
+        "class_range": {"fp16": [2, 3], "fp32": [1, 1]}, "pairs": {"fp16": [split, firm]},
+    }}}  # fmt: skip
+    (tmp_path / "proposal16.json").write_text(json.dumps(doc))
+    page = "".join(_proposal16_tables(tmp_path))
+    assert '<td>fp16</td><td>2 <span class="w">(2-3)</span></td>' in page and "<td>fp32</td><td>1</td>" in page
+    text = re.sub(r"<[^>]+>", "", page)
+    assert "sgd | adam equivalent at d/floor 9.32, 2 of 5 seeds on the other side of C" in text
+    assert "sgd | sign different" not in text.split("Seed-split")[1].split("mlp: the closest")[0]
+    assert "<td>2 of 5</td>" in page and "<td>0 of 5</td>" in page

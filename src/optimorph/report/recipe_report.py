@@ -29,7 +29,6 @@ from optimorph.report.html import (
     rows_table,
     write_page,
 )
-from optimorph.equivalence.classes import count_text
 from optimorph.experiments.findings import tally
 from optimorph.results import store
 from optimorph.results.rundir import read_config, read_run
@@ -427,6 +426,21 @@ def _proposal16_figures(run_dir: Path) -> list[tuple[Path, str]]:
     return out
 
 
+def _count_cell(count: int, spread: list | None) -> str:
+    """A class count, with the range over its seed-split verdicts in brackets when it has one."""
+    if not spread or tuple(spread) == (count, count):
+        return str(count)
+    return f"{count} ({spread[0]}-{spread[1]})"
+
+
+def _seeds_against(v: dict) -> str:
+    """How many seeds' own d/floor lie on the other side of C from the distance's verdict
+    ("-" for a run from before the count)."""
+    if "seeds_against" not in v:
+        return "-"
+    return f"{v['seeds_against']} of {len(v['ratio_per_seed'])}"
+
+
 def _proposal16_tables(run_dir: Path) -> list[str]:
     doc = store.read_json(run_dir, "proposal16")
     out = []
@@ -435,8 +449,8 @@ def _proposal16_tables(run_dir: Path) -> list[str]:
                 rows_table(["setting", "this run", "the proposal"], doc["settings"])]  # fmt: skip
     for label, res in doc["problems"].items():
         spread = res.get("class_range", {})  # runs before the seed-split ranges have none
-        rows = [[p, count_text(len(cl), *spread.get(p, (None, None)), noun=""),
-                 " | ".join(" ~ ".join(c) for c in cl)] for p, cl in res["classes"].items()]
+        rows = [[p, _count_cell(len(cl), spread.get(p)), " | ".join(" ~ ".join(c) for c in cl)]
+                for p, cl in res["classes"].items()]  # fmt: skip
         params = f", {res['parameters']:,} parameters" if "parameters" in res else ""
         out += [
             f"<h2>Equivalence classes: {label} ({res['problem']}{params})</h2>",
@@ -448,15 +462,26 @@ def _proposal16_tables(run_dir: Path) -> list[str]:
         if triples:  # a class is a connected component: say where it rests on a chain
             out.append("<p>Not transitive (a class joins these through the middle one): "
                        + "; ".join(cell_text(t) for t in triples) + ".</p>")
+        split = [f"{p}: {v['a']} | {v['b']} {v['outcome']} at d/floor "
+                 f"{v['distance_ratio']:.3g}, {v['seeds_against']} of {len(v['ratio_per_seed'])} "
+                 "seeds on the other side of C"
+                 for p, verdicts in res.get("pairs", {}).items() for v in verdicts
+                 if v.get("alternative") is not None]  # fmt: skip
+        if split:  # what the bracketed range rests on
+            out.append("<p>Seed-split verdicts (the median over seeds decided them, some seeds' "
+                       "own d/floor lie on the other side of C; in brackets above, the class "
+                       "count had they gone the other way): "
+                       + "; ".join(cell_text(t) for t in split) + ".</p>")
         closest = []
         for p, verdicts in res.get("pairs", {}).items():
             ranked = sorted((v for v in verdicts if v["distance_ratio"] is not None),
                             key=lambda v: v["distance_ratio"])[:3]  # fmt: skip
-            closest += [[p, f"{v['a']} | {v['b']}", f"{v['distance_ratio']:.4g}", v["outcome"]]
-                        for v in ranked]  # fmt: skip
+            closest += [[p, f"{v['a']} | {v['b']}", f"{v['distance_ratio']:.4g}", v["outcome"],
+                         _seeds_against(v)] for v in ranked]  # fmt: skip
         if closest:
             out += [f"<h3>{label}: the closest pairs per precision</h3>",
-                    rows_table(["precision", "pair", "d/floor", "verdict"], closest)]  # fmt: skip
+                    rows_table(["precision", "pair", "d/floor", "verdict",
+                                "seeds on the other side of C"], closest)]  # fmt: skip
     timing = doc.get("timing")
     if timing:
         rows = [[k, f"{v['wall_s']:.0f}", f"{v['compile_s']:.0f}"]
