@@ -129,7 +129,7 @@ def classes_command(args) -> int:
         }
         for p, cl in result.classes.items():
             text = " | ".join(" ~ ".join(c) for c in cl)
-            counted = count_text(len(cl), *result.class_range.get(p, (None, None)))
+            counted = count_text(len(cl), result.class_range.get(p))
             print(f"{p:>6}: {counted}: {text}", file=sys.stderr)
             for v in result.comparison.pairs[p]:  # the verdicts the range rests on
                 if v.alternative is not None:

@@ -121,19 +121,21 @@ def components(graph: Graph) -> list[list[str]]:
     return result
 
 
-def count_text(count: int, fewest: int | None = None, most: int | None = None,
-               noun: str = "classes") -> str:  # fmt: skip
-    """A class count with its range over the seed-split verdicts, when it has one.
+def count_text(count: int, spread: Sequence[int] | None = None, noun: str = "classes",
+               brief: bool = False) -> str:  # fmt: skip
+    """A class count with its range over the seed-split verdicts (``spread``: fewest, most;
+    ``Classes.class_range``) when it has one; ``brief`` for a table cell.
 
-    >>> count_text(5, 4, 7)
+    >>> count_text(5, (4, 7))
     '5 classes (4-7 if the seed-split verdicts went the other way)'
-    >>> count_text(7, 7, 7), count_text(3, noun="")
-    ('7 classes', '3')
+    >>> count_text(7, (7, 7)), count_text(3), count_text(5, [4, 7], noun="", brief=True)
+    ('7 classes', '3 classes', '5 (4-7)')
     """
     text = f"{count} {noun}".strip()
-    if fewest is None or most is None or fewest == most == count:
+    if not spread or tuple(spread) == (count, count):
         return text
-    return f"{text} ({fewest}-{most} if the seed-split verdicts went the other way)"
+    why = "" if brief else " if the seed-split verdicts went the other way"
+    return f"{text} ({spread[0]}-{spread[1]}{why})"
 
 
 def non_transitive_triples(graph: Graph) -> list[tuple[str, str, str]]:

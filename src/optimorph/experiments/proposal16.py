@@ -327,7 +327,7 @@ def expectations(result: dict, C: float = 10.0) -> list[dict]:
 
     def evidence(p: str) -> str:
         extra = f" ({open_pairs[p]} pairs undecidable: both diverged)" if open_pairs[p] else ""
-        return count_text(n[p], *result.get("class_range", {}).get(p, (None, None))) + extra
+        return count_text(n[p], result.get("class_range", {}).get(p)) + extra
 
     def count(p: str, lo: int, hi: int | None) -> dict:
         rule = at_least(lo, f"classes at {p}") if hi is None else within(lo, hi, f"classes at {p}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from optimorph.equivalence.classes import count_text
 from optimorph.report.equivalence_figures import (
     divergence_grid,
     outcome,
@@ -60,14 +61,16 @@ def _comparison_body(run_dir: Path, kind: str) -> list[str]:
     else:
         # An undecidable pair has no edge: a class count that rests on it is no evidence.
         counts = ", ".join(
-            f"{len(c)} at {p}"
+            f"{count_text(len(c), doc.get('class_range', {}).get(p), noun='')} at {p}"
             + (f" ({open_pairs[p]} pairs undecidable)" if open_pairs.get(p) else "")
             for p, c in doc["precisions"].items()
         )
         lead = f"{len(doc['optimizers'])} optimizers on {doc['problem']}: classes {counts}."
     body = [f"<h1>optimorph {kind}</h1>", f"<p class='lead'>{lead}</p>"]
     if kind == "classes":
-        class_rows = [[p, len(c), " | ".join(" ~ ".join(m) for m in c)]
+        spread = doc.get("class_range", {})  # runs before the seed-split ranges have none
+        class_rows = [[p, count_text(len(c), spread.get(p), noun="", brief=True),
+                       " | ".join(" ~ ".join(m) for m in c)]
                       for p, c in doc["precisions"].items()]  # fmt: skip
         body += ["<h2>Classes</h2>", rows_table(["precision", "classes", "members"], class_rows)]
     per_precision = {p: (items if isinstance(items, list) else [items])

@@ -29,6 +29,7 @@ from optimorph.report.html import (
     rows_table,
     write_page,
 )
+from optimorph.equivalence.classes import count_text
 from optimorph.experiments.findings import tally
 from optimorph.results import store
 from optimorph.results.rundir import read_config, read_run
@@ -426,13 +427,6 @@ def _proposal16_figures(run_dir: Path) -> list[tuple[Path, str]]:
     return out
 
 
-def _count_cell(count: int, spread: list | None) -> str:
-    """A class count, with the range over its seed-split verdicts in brackets when it has one."""
-    if not spread or tuple(spread) == (count, count):
-        return str(count)
-    return f"{count} ({spread[0]}-{spread[1]})"
-
-
 def _seeds_against(v: dict) -> str:
     """How many seeds' own d/floor lie on the other side of C from the distance's verdict
     ("-" for a run from before the count)."""
@@ -449,8 +443,8 @@ def _proposal16_tables(run_dir: Path) -> list[str]:
                 rows_table(["setting", "this run", "the proposal"], doc["settings"])]  # fmt: skip
     for label, res in doc["problems"].items():
         spread = res.get("class_range", {})  # runs before the seed-split ranges have none
-        rows = [[p, _count_cell(len(cl), spread.get(p)), " | ".join(" ~ ".join(c) for c in cl)]
-                for p, cl in res["classes"].items()]  # fmt: skip
+        rows = [[p, count_text(len(cl), spread.get(p), noun="", brief=True),
+                 " | ".join(" ~ ".join(c) for c in cl)] for p, cl in res["classes"].items()]
         params = f", {res['parameters']:,} parameters" if "parameters" in res else ""
         out += [
             f"<h2>Equivalence classes: {label} ({res['problem']}{params})</h2>",
