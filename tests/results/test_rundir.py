@@ -1,6 +1,7 @@
 """write_run / read_run round trip, the Parquet layout, summary numbers and DuckDB queries."""
 
 import json
+import os
 
 import ml_dtypes
 import numpy as np
@@ -103,6 +104,11 @@ def test_config_records_run_and_environment(result, run_dir):
     for key in ("python", "jax", "jaxlib", "optax", "numpy", "backend", "hostname", "written_at"):
         assert env[key], key
     assert env["devices"] and all(isinstance(d, str) for d in env["devices"])
+    # XLA compiles for the widest vector instructions the CPU has, and a float32 run's last
+    # bits can follow them: the run says which, and which XLA flags were set.
+    assert env["cpu"] and env["vector_isa"] in ("AVX-512", "AVX2", "AVX", "SSE4.2", "NEON",
+                                                "unknown")  # fmt: skip
+    assert env["xla_flags"] == os.environ.get("XLA_FLAGS", "")
     # Strict JSON: NaN/inf never reach the files.
     for name in ("config.json", "summary.json"):
         json.loads((run_dir / name).read_text(), parse_constant=pytest.fail)

@@ -25,12 +25,8 @@ foreign file is one ``RunDirError`` naming the file, what is wrong and the fix.
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
-import socket
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -52,6 +48,7 @@ from optimorph.results.schema import (
     check_metrics,
     check_summary,
 )
+from optimorph.results.environment import environment
 from optimorph.results.store import FORMAT_VERSION, RunDirError, read_file
 from optimorph.results.summary import TRAIN_SPLIT, summarize
 
@@ -247,19 +244,6 @@ def metrics_table(result: TrainResult) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def environment() -> dict[str, Any]:
-    """Versions, JAX backend and devices, host and UTC time: what a run's numbers depend on."""
-    return {
-        "python": platform.python_version(),
-        **{pkg: _version(pkg) for pkg in ("jax", "jaxlib", "optax", "numpy")},
-        "platform": platform.platform(),
-        "backend": jax.default_backend(),
-        "devices": [d.device_kind for d in jax.devices()],
-        "hostname": socket.gethostname(),
-        "written_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-
-
 def query(run_dirs: Iterable[str | os.PathLike], sql: str) -> pa.Table:
     """Run a DuckDB SQL query over the metrics of several run directories.
 
@@ -396,10 +380,3 @@ def _split_key(key: str) -> tuple[str, str]:
 def _sql_string(text: str) -> str:
     # SQL string literal: the only escape inside single quotes is a doubled quote.
     return "'" + text.replace("'", "''") + "'"
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -209,7 +209,7 @@ def drawing_dir(
 
 def write_config(out: Path, kind: str, config: Mapping[str, Any], **extra: Any) -> None:
     """``config.json``: the kind, the format version, the run's settings and the environment."""
-    from optimorph.results.rundir import environment
+    from optimorph.results.environment import environment  # imports JAX: only when writing
 
     doc = {
         "kind": kind,
