@@ -345,6 +345,7 @@ def test_seed_split_verdicts_give_the_class_count_its_range():
     assert c.class_range == {"fp64": (2, 2)}  # every seed agrees with every verdict
     assert (ab.seeds_against, ab.alternative, ac.alternative) == (0, None, None)
     assert ab.summary()["alternative"] is None and ac.summary()["seeds_against"] == 0
+    assert "seed-split" not in ab.reason + ac.reason
 
     split = [dataclasses.replace(ab, alternative=False), dataclasses.replace(ac, alternative=True),
              bc]  # fmt: skip
@@ -366,3 +367,18 @@ def test_seed_split_verdicts_give_the_class_count_its_range():
     assert seed_split(near, 10.0, True, True) == (1, False)
     assert seed_split(near, 10.0, False, True) == (1, None)  # overruled by the final metric
     assert seed_split(dataclasses.replace(near, by_distance=False), 10.0, False, True) == (0, None)
+
+
+def test_a_verdict_some_seeds_disagree_with_says_so():
+    # C placed between the median's maximum and the largest seed's own maximum: the median
+    # decides "equivalent" while that seed lies above C.
+    pair, kw = ("sgd(lr=0.002)", "sgd(lr=0.00201)"), dict(problem=PROBLEM, precision="fp32",
+                                                          seeds=3, steps=40, progress=False)
+    v = compare(*pair, **kw).pairs["fp32"][0]
+    top = max(v.ratio_per_seed)
+    assert top > v.distance_ratio > 0, (v.distance_ratio, v.ratio_per_seed)
+    C = (v.distance_ratio + top) / 2
+    split = compare(*pair, C=C, **kw).pairs["fp32"][0]
+    above = sum(r > C for r in split.ratio_per_seed)
+    assert split.equivalent and (split.seeds_against, split.alternative) == (above, False)
+    assert f"seed-split: {above} of 3 seeds' own d/floor above C" in split.reason, split.reason

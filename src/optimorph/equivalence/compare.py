@@ -684,6 +684,11 @@ def _pair_verdict(specs, i, j, p_name, runs, cfg, dfx, intrinsic, checks) -> Pai
         tv, cfg["C"], equivalent,
         kappa_ok and not outcome_differs(fa, fb, cfg["margin"], bool(cfg["margin_relative"])),
     )  # fmt: skip
+    if alternative is not None:
+        side = "above" if alternative is False else "at or below"
+        reason += (f"; seed-split: {against} of {len(per_seed)} seeds' own d/floor {side} C "
+                   f"(it would be {'equivalent' if alternative else 'different'} had they "
+                   "decided)")  # fmt: skip
     return PairVerdict(
         a=specs[i].text,
         b=specs[j].text,
