@@ -642,3 +642,28 @@ def test_fp32_update_is_the_ieee_sum_with_gradual_underflow(mode):
         np.asarray(lanes(p.reshape(40, -1), u.reshape(40, -1))).reshape(-1).view(np.uint32),
         got.view(np.uint32),
     )
+
+
+def test_fp16_multiply_add_under_jit_follows_the_cpu_instruction_set():
+    # What docs/architecture.md says an fp16 run computes on a CPU: where XLA compiles for
+    # AVX-512 it treats float16 as native and fuses u * v + w into one rounding; below it (an
+    # AVX2 machine, or XLA_FLAGS=--xla_cpu_max_isa=AVX2) it rounds after each operation. A
+    # jaxlib that changes either answer fails here, and the docs and recorded environment with it.
+    import os
+
+    from optimorph.results.environment import cpu
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("a CPU property")
+    isa, flags = cpu()["vector_isa"], os.environ.get("XLA_FLAGS", "")
+    capped = re.search(r"--xla_cpu_max_isa=(\w+)", flags)
+    if isa not in ("AVX-512", "AVX2") or (capped and capped.group(1) not in ("AVX2",)):
+        pytest.skip(f"no stated expectation for {isa} with XLA_FLAGS={flags!r}")
+    fused_expected = isa == "AVX-512" and not capped
+    rng = np.random.default_rng(0)
+    u, v, w = (rng.normal(size=20_000).astype(np.float16) for _ in range(3))
+    got = np.asarray(jax.jit(lambda a, b, c: a * b + c)(u, v, w))
+    per_operation = u * v + w  # NumPy: IEEE float16, rounded after each operation
+    once = (u.astype(np.float64) * v + w).astype(np.float16)  # exact product, one rounding
+    assert np.array_equal(got, once if fused_expected else per_operation)
+    assert not np.array_equal(once, per_operation)  # the two answers really differ here
