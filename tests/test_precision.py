@@ -646,24 +646,36 @@ def test_fp32_update_is_the_ieee_sum_with_gradual_underflow(mode):
 
 def test_fp16_multiply_add_under_jit_follows_the_cpu_instruction_set():
     # What docs/architecture.md says an fp16 run computes on a CPU: where XLA compiles for
-    # AVX-512 it treats float16 as native and fuses u * v + w into one rounding; below it (an
-    # AVX2 machine, or XLA_FLAGS=--xla_cpu_max_isa=AVX2) it rounds after each operation. A
-    # jaxlib that changes either answer fails here, and the docs and recorded environment with it.
+    # AVX-512 it treats float16 as native and fuses u * v + w into one rounding; capped at AVX2
+    # (optimorph.cpu.per_operation_fp16, which the command and this suite apply) or on an AVX2
+    # machine it rounds after each operation. Both are checked, the uncapped one in a process
+    # of its own. A jaxlib that changes either answer fails here.
     import os
+    import subprocess
+    import sys
 
-    from optimorph.results.environment import cpu
+    from optimorph.cpu import FP16_CAP, cpu
 
-    if jax.default_backend() != "cpu":
-        pytest.skip("a CPU property")
-    isa, flags = cpu()["vector_isa"], os.environ.get("XLA_FLAGS", "")
-    capped = re.search(r"--xla_cpu_max_isa=(\w+)", flags)
-    if isa not in ("AVX-512", "AVX2") or (capped and capped.group(1) not in ("AVX2",)):
-        pytest.skip(f"no stated expectation for {isa} with XLA_FLAGS={flags!r}")
-    fused_expected = isa == "AVX-512" and not capped
+    if jax.default_backend() != "cpu" or cpu()["vector_isa"] not in ("AVX-512", "AVX2"):
+        pytest.skip("a property of x86 CPUs")
     rng = np.random.default_rng(0)
     u, v, w = (rng.normal(size=20_000).astype(np.float16) for _ in range(3))
-    got = np.asarray(jax.jit(lambda a, b, c: a * b + c)(u, v, w))
     per_operation = u * v + w  # NumPy: IEEE float16, rounded after each operation
     once = (u.astype(np.float64) * v + w).astype(np.float16)  # exact product, one rounding
-    assert np.array_equal(got, once if fused_expected else per_operation)
     assert not np.array_equal(once, per_operation)  # the two answers really differ here
+    here = np.asarray(jax.jit(lambda a, b, c: a * b + c)(u, v, w))
+    assert np.array_equal(here, per_operation)  # this process: capped, or an AVX2 machine
+    if cpu()["vector_isa"] != "AVX-512":
+        return
+    assert FP16_CAP in os.environ["XLA_FLAGS"]
+    script = ("import sys, numpy as np, jax; u, v, w = np.load(sys.argv[1]).values(); "
+              "np.save(sys.argv[2], np.asarray(jax.jit(lambda a, b, c: a * b + c)(u, v, w)))")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(f"{tmp}/in.npz", u=u, v=v, w=w)
+        env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(FP16_CAP, ""))
+        subprocess.run([sys.executable, "-c", script, f"{tmp}/in.npz", f"{tmp}/out.npy"],
+                       env=env, check=True)  # fmt: skip
+        native = np.load(f"{tmp}/out.npy")
+    assert np.array_equal(native, once)  # AVX-512 uncapped: fused

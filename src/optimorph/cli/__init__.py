@@ -118,6 +118,9 @@ def _host_devices(n: int | None) -> None:
 def _run(args) -> int:
     if not _lists(args):  # a listing computes nothing: `list recipes` imports no JAX at all
         _host_devices(getattr(args, "devices", None))
+        from optimorph.cpu import per_operation_fp16
+
+        per_operation_fp16()  # fp16 rounds after each operation on every x86 CPU (cpu.py)
         import jax
 
         # The CLI owns its process, so float64 and emulated formats are available here (the

@@ -1,10 +1,8 @@
 """What a run's numbers depend on besides its settings: versions, the device and the CPU.
 
-The CPU matters even for a CPU-independent program: XLA compiles its kernels for the widest
-vector instructions the processor has (AVX-512 against AVX2, say), and the order of a product's
-or a reduction's additions follows the vector width, so a float32 run's last bits, and a verdict
-near its threshold, can differ from one machine to another (docs/reference.md, section 3).
-``XLA_FLAGS=--xla_cpu_max_isa=AVX2`` pins the instruction set XLA compiles for.
+XLA compiles its CPU kernels for the vector instructions the processor has and the flags allow
+(:mod:`optimorph.cpu`: fp16 on AVX-512 was another computation than on AVX2), so a run records
+its CPU's instruction set and ``XLA_FLAGS``.
 """
 
 from __future__ import annotations
@@ -18,9 +16,7 @@ from typing import Any
 
 import jax
 
-# The widest vector extension named first wins (/proc/cpuinfo's flag -> its name).
-_ISA_FLAGS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2"),
-              ("asimd", "NEON"))  # fmt: skip
+from optimorph.cpu import cpu
 
 
 def environment() -> dict[str, Any]:
@@ -39,29 +35,6 @@ def environment() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "written_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-
-
-def cpu(cpuinfo: str | None = None) -> dict[str, str]:
-    """The processor's model and its widest vector instruction set, from ``/proc/cpuinfo``
-    (``cpuinfo``: its text, for tests) or, elsewhere, what :mod:`platform` says.
-
-    >>> cpu("model name\\t: Some Xeon\\nflags\\t\\t: fpu sse4_2 avx avx2 fma\\n")
-    {'model': 'Some Xeon', 'vector_isa': 'AVX2'}
-    """
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return {"model": platform.processor() or platform.machine(), "vector_isa": "unknown"}
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip().lower(), value.strip())
-    flags = set((fields.get("flags") or fields.get("features") or "").split())
-    isa = next((name for flag, name in _ISA_FLAGS if flag in flags), "unknown")
-    model = fields.get("model name") or platform.processor() or platform.machine()
-    return {"model": model, "vector_isa": isa}
 
 
 def _version(package: str) -> str | None:
