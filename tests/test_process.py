@@ -188,3 +188,28 @@ def test_a_reader_that_leaves_early_ends_the_listing_quietly():
         err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_the_command_caps_fp16_to_per_operation_rounding_on_avx512(tmp_path):
+    # The command adds the AVX2 cap before JAX starts (optimorph.cpu) on an AVX-512 CPU, and
+    # records it; OPTIMORPH_CPU_ISA=native keeps XLA's own choice. A fresh process each, with
+    # the suite's own cap taken out of the environment.
+    import json
+
+    from optimorph.cpu import FP16_CAP, cpu
+
+    if cpu()["vector_isa"] != "AVX-512":
+        pytest.skip("the cap applies on AVX-512 CPUs only")
+    base = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace(FP16_CAP, ""))
+    code = "from optimorph.cli import entry; entry()"
+    argv = ["train", "--problem", "two-moons(n=64)", "--optimizer", "sgd(lr=0.1)", "--precision",
+            "fp16", "--steps", "5", "--quiet"]  # fmt: skip
+    flags = {}
+    for name, extra in (("capped", {}), ("native", {"OPTIMORPH_CPU_ISA": "native"})):
+        out = tmp_path / name
+        subprocess.run([sys.executable, "-c", code, *argv, "--out", str(out)],
+                       env={**base, **extra}, check=True, capture_output=True)  # fmt: skip
+        env = json.loads((out / "config.json").read_text())["environment"]
+        assert env["vector_isa"] == "AVX-512"
+        flags[name] = env["xla_flags"]
+    assert FP16_CAP in flags["capped"] and FP16_CAP not in flags["native"]

@@ -52,8 +52,10 @@ def cpu(cpuinfo: str | None = None) -> dict[str, str]:
 def per_operation_fp16(environ: dict | None = None, isa: str | None = None) -> bool:
     """Cap XLA at AVX2 (``XLA_FLAGS``) on an AVX-512 CPU, so that float16 rounds after each
     operation as on every other x86 CPU; True when the cap was added. Nothing changes when
-    ``XLA_FLAGS`` already names an instruction set, when ``OPTIMORPH_CPU_ISA=native``, or on
-    another CPU. Call it before JAX starts its backends (it is read once, then).
+    ``XLA_FLAGS`` already names an instruction set, when ``OPTIMORPH_CPU_ISA=native``, on
+    another CPU, or once JAX has started its backends in this process (XLA reads its flags
+    then, and a run's record of ``XLA_FLAGS`` must say what was in force). ``environ``: a
+    mapping to edit instead of the process's environment (for tests).
 
     >>> env = {}
     >>> per_operation_fp16(env, "AVX-512"), env
@@ -63,7 +65,10 @@ def per_operation_fp16(environ: dict | None = None, isa: str | None = None) -> b
     >>> per_operation_fp16({"OPTIMORPH_CPU_ISA": "native"}, "AVX-512")
     False
     """
-    environ = os.environ if environ is None else environ
+    if environ is None:
+        if _jax_started():  # too late: the flag would be recorded but not in force
+            return False
+        environ = os.environ
     flags = environ.get("XLA_FLAGS", "")
     if environ.get("OPTIMORPH_CPU_ISA", "").lower() == "native" or "xla_cpu_max_isa" in flags:
         return False
@@ -71,3 +76,16 @@ def per_operation_fp16(environ: dict | None = None, isa: str | None = None) -> b
         return False
     environ["XLA_FLAGS"] = f"{flags} {FP16_CAP}".strip()
     return True
+
+
+def _jax_started() -> bool:
+    import sys
+
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # another JAX: assume it has not started
+        return False
