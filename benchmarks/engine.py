@@ -195,9 +195,9 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> str:
     return f"{np.median(r):5.2f} [{np.percentile(r, 25):.2f}-{np.percentile(r, 75):.2f}]"
 
 
-def matmul_flops(cpus: set[int] | None = None) -> float:
-    """The float32 matmul rate (FLOP/s) through XLA, best of a few sizes, with every thread of this
-    process confined to ``cpus`` meanwhile (None: as it is)."""
+def matmul_flops(cpus: set[int] | None = None, dtype: str = "float32") -> float:
+    """The matmul rate (FLOP/s) through XLA in ``dtype``, best of a few sizes, with every thread
+    of this process confined to ``cpus`` meanwhile (None: as it is)."""
     import jax
     import jax.numpy as jnp
 
@@ -208,7 +208,7 @@ def matmul_flops(cpus: set[int] | None = None) -> float:
     try:
         best = 0.0
         for n in (256, 512, 1024):
-            a = jnp.ones((n, n), jnp.float32)
+            a = jnp.ones((n, n), dtype)
             f = jax.jit(lambda a: a @ a)
             f(a).block_until_ready()
             reps = max(3, int(2e9 / (2 * n**3)))

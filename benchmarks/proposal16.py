@@ -19,6 +19,15 @@ do not: the ratios favour the peers.
 
     .venv/bin/python benchmarks/proposal16.py [--run DIR] [--sample-steps 30] [--samples 3]
 
+Last, the suite's FLOP floor: XLA's count of the floating-point operations of its training
+steps (every lane: optimizers x seeds x (1 + replicas), forward and backward) and of its
+evaluations (every run at every evaluation, the training-set sample and the test set, forward
+only), at this machine's matmul rate on every core, measured in this run (float64 for the fp64
+jobs, float32 for the others: fp16 is computed in float32 on a CPU). It leaves out everything
+else the suite does (defects, compilation, the optimizer update, the report), so no run can
+be faster; a ratio target that asks for less time than the floor cannot be met on this
+machine by any implementation.
+
 ``--run DIR`` reads the suite's wall time from a finished medium run (``proposal16.json``)
 instead of running it (about half an hour on 2 cores). Targets (issue 17): medium <= 30 min on 2
 cores; >= 5x the PyTorch projection; >= 2x the plain-JAX projection.
@@ -28,11 +37,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine import matmul_flops  # noqa: E402
 
 
 def torch_steps_per_s(model: str, recipe, dtype: str, steps: int) -> float:
@@ -121,6 +134,43 @@ def jax_steps_per_s(spec: str, lanes: int, dtype: str, batch: int, steps: int) -
     return run(steps)
 
 
+def _counted_flops(fn, *args) -> float:
+    """XLA's count of the floating-point operations of ``fn(*args)`` compiled (loop-free
+    programs only: a loop body counts once)."""
+    import jax
+
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+def flop_floor(recipe, optimizers: int, rates: dict[str, float]) -> dict[str, float]:
+    """Seconds of the suite's training and evaluation FLOPs at ``rates`` (FLOP/s by precision):
+    ``{"train": s, "evaluate": s}`` summed over models and precisions."""
+    import jax
+    import jax.numpy as jnp
+
+    from optimorph.engine.trainer import TRAIN_EVAL_MAX, resolve_settings
+    from optimorph.experiments.proposal16 import PRECISIONS
+    from optimorph.problems import problem
+
+    floor = {"train": 0.0, "evaluate": 0.0}
+    for model in recipe.models:
+        prob = problem(recipe.problem_spec(model))
+        params = prob.init(jax.random.key(0))
+        b = recipe.batch_size
+        batch = (jnp.asarray(prob.train[0][:b], jnp.float32), jnp.asarray(prob.train[1][:b]))
+        step = _counted_flops(jax.grad(prob.loss), params, batch)  # forward and backward
+        per_example = _counted_flops(prob.loss, params, batch) / b  # forward only
+        plan = resolve_settings(prob, steps=recipe.steps, batch_size=b)
+        evaluations = plan["steps"] // plan["eval_every"] + 1  # and at step 0
+        examples = min(prob.n_train, TRAIN_EVAL_MAX) + recipe.n_test
+        runs = optimizers * recipe.seeds
+        for p in PRECISIONS:
+            floor["train"] += runs * (1 + recipe.replicas) * recipe.steps * step / rates[p]
+            floor["evaluate"] += runs * evaluations * examples * per_example / rates[p]
+    return floor
+
+
 def main() -> None:
     import jax
 
@@ -176,6 +226,19 @@ def main() -> None:
         ratio, shared = projected / suite_s, projected / split / suite_s
         print(f"{name} projection (training only, one process): {projected:8.0f} s  ratio "
               f"{ratio:5.2f}x; over {split} processes {shared:5.2f}x (target >= {target}x)")
+    cpus = os.sched_getaffinity(0)
+    fp32, fp64 = matmul_flops(cpus), matmul_flops(cpus, "float64")
+    rates = {"fp16": fp32, "fp32": fp32, "fp64": fp64}  # fp16 is computed in float32 here
+    floor = flop_floor(recipe, optimizers, rates)
+    total = sum(floor.values())
+    print(f"\nFLOP floor of the suite on {len(cpus)} cores (matmul rate {fp32 / 1e9:.0f} GFLOP/s "
+          f"float32, {fp64 / 1e9:.0f} float64): {total:6.1f} s (training {floor['train']:.1f} s, "
+          f"evaluations {floor['evaluate']:.1f} s); the suite is {suite_s / total:.1f}x above it")
+    for name, projected, target in (("PyTorch eager", torch_s, 5), ("plain JAX loop", jax_s, 2)):
+        allowed = projected / target
+        verdict = "below the floor: no implementation can meet it here" if allowed < total else (
+            f"{allowed / total:.1f}x the floor")
+        print(f"  {target}x the {name} projection allows {allowed:6.1f} s: {verdict}")
 
 
 def doc_workers(run: Path) -> int | None:
