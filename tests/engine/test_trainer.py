@@ -380,3 +380,30 @@ def test_progress_time_left_excludes_the_warm_up():
     assert "left" not in lines[0]  # no rate yet: nothing to project
     assert "90.0 steps/s" in lines[1] and "~1s left" in lines[1]  # 81 steps at 90/s
     assert "~1s left" in lines[2]
+
+
+def test_final_metrics_only_skips_the_metrics_between_and_changes_no_bit(tmp_path,
+                                                                        interrupt_at_checkpoint):
+    """Metrics at step 0 and the last step only: everything else the run records (parameters
+    at every evaluation, replicas, losses, stalled fractions) and the two metrics it computes
+    are bit for bit those of the full run, also across an interrupted and resumed run."""
+    prob = optimorph.problem("two-moons(n=100)")
+    kw = dict(seeds=2, steps=60, batch_size=10, eval_every=10, chunk_steps=20, replicas=1,
+              record_params=True, track_stalled=True, progress=False)  # fmt: skip
+    specs = ["adam(lr=1e-2)", "sgd(lr=0.1)"]
+    full = train(prob, specs, **kw)
+    lean = train(prob, specs, final_metrics_only=True, **kw)
+    disarm = interrupt_at_checkpoint(2)
+    with pytest.raises(KeyboardInterrupt):
+        train(prob, specs, final_metrics_only=True, checkpoint_dir=tmp_path, **kw)
+    disarm()
+    resumed = train(prob, specs, final_metrics_only=True, checkpoint_dir=tmp_path, **kw)
+    assert lean.config["final_metrics_only"] and "final_metrics_only" not in full.config
+    for r in (lean, resumed):
+        for name in ("trajectory", "replica_distance", "train_loss", "stalled", "diverged_at"):
+            np.testing.assert_array_equal(getattr(r, name), getattr(full, name), err_msg=name)
+        assert set(r.evals) == set(full.evals) and len(r.eval_steps) == 7
+        for key, values in full.evals.items():
+            np.testing.assert_array_equal(r.evals[key][..., [0, -1]], values[..., [0, -1]])
+            assert np.isnan(r.evals[key][..., 1:-1]).all(), key
+            assert np.isfinite(values).all(), key

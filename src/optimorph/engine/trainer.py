@@ -98,6 +98,7 @@ def train(
     record_params: bool = False,
     track_stalled: bool = False,
     visit_every: int | None = None,
+    final_metrics_only: bool = False,
     probes: Sequence[Probe] = (),
     divergence_factor: float | None = DIVERGENCE_FACTOR,
     checkpoint_every: float = CHECKPOINT_EVERY_S,
@@ -140,6 +141,11 @@ def train(
         optimizer state and the gradient of step t's minibatch at those params (``visited``):
         the states the one-step simulation defect replays (:mod:`optimorph.equivalence.defect`).
         Needs round to nearest without Kahan.
+      final_metrics_only: compute the evaluation sets' metrics at step 0 and at the last step
+        only; the evaluations between hold NaN. The evaluation probes (``record_params``'s
+        trajectory among them) still run at every evaluation, and the metrics computed are
+        the same bits. For runs that read only the final metric (an equivalence verdict): on
+        a CNN the metrics were most of the training time.
       probes: trajectory probes (:class:`~optimorph.probes.Probe`) evaluated inside the
         compiled step; their per-step outputs land in ``result.probes`` as ``[O, S, T]``.
       on_checkpoint: called with the result so far (``config["progress"]`` says how far;
@@ -190,7 +196,7 @@ def train(
     visit_every = _visit_every(visit_every, log_every, policy)
     plan = _Plan.make(
         prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas, divergence_factor,
-        lanes, visit_every,
+        lanes, visit_every, final_metrics_only,
     )  # fmt: skip
     if plan.replicas:
         require_x64("noise replicas (the noise floor)")
@@ -235,6 +241,8 @@ def train(
     }
     if visit_every:  # only when set: the checkpoints of runs without it keep their fingerprint
         config["visit_every"] = visit_every
+    if plan.final_metrics_only:  # as visit_every
+        config["final_metrics_only"] = True
     if split is not None:  # as visit_every: a run on one device keeps its fingerprint
         config["devices"] = devices
     if any(g.is_grid for g in grids):
@@ -423,11 +431,12 @@ class _Plan:
     replicas: int
     divergence_factor: float
     visit_every: int | None = None  # the chunk keeps its first step's gradient (visited states)
+    final_metrics_only: bool = False  # metrics at step 0 and the last step; probes at each eval
 
     @classmethod
     def make(cls, prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas,
-             divergence_factor=DIVERGENCE_FACTOR, lanes=1,
-             visit_every=None) -> "_Plan":  # fmt: skip
+             divergence_factor=DIVERGENCE_FACTOR, lanes=1, visit_every=None,
+             final_metrics_only=False) -> "_Plan":  # fmt: skip
         steps = _positive_int(steps, "steps")
         n = prob.n_train
         if batch_size is not None:
@@ -466,6 +475,7 @@ class _Plan:
             replicas=_non_negative_int(replicas, "replicas"),
             divergence_factor=_factor(divergence_factor),
             visit_every=visit_every,
+            final_metrics_only=bool(final_metrics_only),
         )
 
     @property
@@ -730,6 +740,13 @@ def _build_programs(prob, template, policy, plan, probes):
     replicas_step = jax.vmap(replica_step, in_axes=(None, None, 0, 0, None, None, None))
 
     evaluate_lane = _evaluator(prob, policy, tuple(eval_probes))
+    if plan.final_metrics_only:
+        probes_only = _evaluator(prob, policy, tuple(eval_probes), metrics=False)
+        everything = evaluate_lane
+
+        def evaluate_lane(view, data):  # t is the same in every lane: a real branch
+            last = view["t"] == plan.steps
+            return jax.lax.cond(last, everything, probes_only, view, data)
 
     def chunk_lane(carry, hv, data, t0, n_blocks):
         # Re-derive the current epoch's permutation at each chunk start (so nothing but the carry
@@ -795,7 +812,7 @@ def _build_programs(prob, template, policy, plan, probes):
             return (carry, perm), windows
 
         step_shapes = jax.eval_shape(lambda s, t: block(s, t)[1], (carry, perm0), t0)
-        eval_shapes = jax.eval_shape(evaluate_lane, _eval_view(carry), data)
+        eval_shapes = jax.eval_shape(evaluate_lane, dict(_eval_view(carry), t=t0), data)
         n_eval_slots = min(plan.max_blocks, plan.max_blocks * plan.block // plan.eval_every + 1)
         step_buf = {
             k: jnp.zeros((plan.max_blocks, *v.shape), v.dtype) for k, v in step_shapes.items()
@@ -813,7 +830,7 @@ def _build_programs(prob, template, policy, plan, probes):
 
             def record(buf):
                 slot = t_end // plan.eval_every - evals_before - 1
-                out = evaluate_lane(_eval_view(state[0]), data)
+                out = evaluate_lane(dict(_eval_view(state[0]), t=t_end), data)
                 return {k: buf[k].at[slot].set(out[k]) for k in buf}
 
             # t_end is the same in every lane: a real branch under vmap, not a select.
@@ -840,16 +857,20 @@ def _eval_view(carry) -> dict:
     return view
 
 
-def _evaluator(prob, policy, eval_probes: tuple):
+def _evaluator(prob, policy, eval_probes: tuple, metrics: bool = True):
     """A lane's evaluation of :func:`_eval_view`: every metric on every evaluation set and
-    the evaluation probes' outputs."""
+    the evaluation probes' outputs (``metrics=False``: the metrics NaN, not computed)."""
 
     def evaluate_lane(view, data):
         params_c = policy.to_compute(view["params"])
         finite = _all_finite(params_c)  # a model with NaN weights has no accuracy: NaN
         out = {}
         for set_name, batch in data["evals"].items():
-            for metric, value in prob.evaluate(params_c, batch).items():
+            values = (prob.evaluate(params_c, batch) if metrics
+                      else jax.eval_shape(prob.evaluate, params_c, batch))  # fmt: skip
+            for metric, value in values.items():
+                if not metrics:
+                    value = jnp.full(value.shape, jnp.nan)
                 value = jnp.asarray(value, jnp.result_type(float))
                 out[f"eval:{set_name}/{metric}"] = jnp.where(finite, value, jnp.nan)
         if eval_probes:

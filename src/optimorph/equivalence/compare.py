@@ -220,9 +220,11 @@ def measure(
     progress: bool | str = True,
     checkpoint_dir: Any = None,
     visit_every: int | None = None,
+    final_metrics_only: bool = False,
 ) -> _Runs:
     """Train every optimizer once at ``precision`` with noise replicas and recorded trajectories
-    (and, with ``visit_every``, each optimizer's visited states: see :func:`train`)."""
+    (and, with ``visit_every``, each optimizer's visited states; with ``final_metrics_only``,
+    the evaluation metrics at step 0 and the last step only: see :func:`train`)."""
     result = train(
         problem,
         list(optimizers),
@@ -235,6 +237,7 @@ def measure(
         record_params=True,
         track_stalled=True,
         visit_every=visit_every,
+        final_metrics_only=final_metrics_only,
         progress=progress,
         checkpoint_dir=checkpoint_dir,
         keep_params=False,
@@ -375,8 +378,10 @@ def _judge(prob, specs, p, run, cfg, maps, pairs, progress) -> tuple[list[PairVe
     phases = Phases()
     every = _visit_interval(run["steps"], int(cfg["visits"]))
     with phases("train"):
+        # The verdicts read the final metric only, and the trajectories are recorded at every
+        # evaluation either way: the metrics between cost most of a CNN's training.
         runs = measure(prob, specs, precision=p, replicas=int(cfg["replicas"]), progress=progress,
-                       visit_every=every, **run)  # fmt: skip
+                       visit_every=every, final_metrics_only=True, **run)  # fmt: skip
     # Defects, intrinsic errors and theory checks take seconds per pair: show progress.
     label = f"pairs at {p_name}"
     if isinstance(progress, str):  # a worker's tag, as the trainer's lines carry it
