@@ -118,10 +118,10 @@ class Recipe:
     @classmethod
     def medium(cls) -> "Recipe":
         """Both models, 3 epochs of a 5,120-image subset (120 steps), 5 seeds with one noise
-        replica each, a narrower MLP and CNN, 2,000 test images: real signal in about 12
-        minutes on 2 cores (measured: 713 s with nothing compiled yet; half of the training
-        phase is XLA compiling, the rest mostly the CNN, whose im2col convolutions run at a
-        few GFLOP/s on a CPU)."""
+        replica each, a narrower MLP and CNN, 2,000 test images: real signal in 6 to 12
+        minutes on 2 cores (measured with nothing compiled yet: 713 s on one machine, 385 s
+        on a faster AVX-512 one; half of the training phase is XLA compiling, the rest mostly
+        the CNN, whose im2col convolutions run at a few GFLOP/s on a CPU)."""
         return cls(scale="medium", mlp_widths=(128,), cnn_channels=(8, 16), n_train=5120,
                    n_test=2000, epochs=3.0, seeds=5, replicas=1, visits=10)  # fmt: skip
 
