@@ -21,8 +21,8 @@ do not: the ratios favour the peers.
 
 Last, the suite's FLOP floor: XLA's count of the floating-point operations of its training
 steps (every lane: optimizers x seeds x (1 + replicas), forward and backward) and of its
-evaluations (every run at every evaluation, the training-set sample and the test set, forward
-only), at this machine's matmul rate on every core, measured in this run (float64 for the fp64
+evaluations' metrics (every run at step 0 and at the last step, where ``classes`` computes
+them: the training-set sample and the test set, forward only), at this machine's matmul rate on every core, measured in this run (float64 for the fp64
 jobs, float32 for the others: fp16 is computed in float32 on a CPU). It leaves out everything
 else the suite does (defects, compilation, the optimizer update, the report), so no run can
 be faster; a ratio target that asks for less time than the floor cannot be met on this
@@ -149,7 +149,7 @@ def flop_floor(recipe, optimizers: int, rates: dict[str, float]) -> dict[str, fl
     import jax
     import jax.numpy as jnp
 
-    from optimorph.engine.trainer import TRAIN_EVAL_MAX, resolve_settings
+    from optimorph.engine.trainer import TRAIN_EVAL_MAX
     from optimorph.experiments.proposal16 import PRECISIONS
     from optimorph.problems import problem
 
@@ -161,8 +161,7 @@ def flop_floor(recipe, optimizers: int, rates: dict[str, float]) -> dict[str, fl
         batch = (jnp.asarray(prob.train[0][:b], jnp.float32), jnp.asarray(prob.train[1][:b]))
         step = _counted_flops(jax.grad(prob.loss), params, batch)  # forward and backward
         per_example = _counted_flops(prob.loss, params, batch) / b  # forward only
-        plan = resolve_settings(prob, steps=recipe.steps, batch_size=b)
-        evaluations = plan["steps"] // plan["eval_every"] + 1  # and at step 0
+        evaluations = 2  # metrics at step 0 and the last step (final_metrics_only)
         examples = min(prob.n_train, TRAIN_EVAL_MAX) + recipe.n_test
         runs = optimizers * recipe.seeds
         for p in PRECISIONS:

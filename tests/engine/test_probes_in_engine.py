@@ -81,3 +81,23 @@ def test_probes_are_checked():
         train(prob, "sgd", steps=4, probes=["gap"], progress=False)
     with pytest.raises(ValueError, match="reduce must be one of"):
         Probe("x", lambda p: (), lambda v, s: (s, {}), reduce="median")
+
+
+def test_probes_by_name_compile_once_for_repeated_calls(monkeypatch):
+    """Named probes are one object per arguments, so a sweep or a benchmark calling train again
+    with the same probes reuses its compiled programs (new probe objects made new programs)."""
+    from optimorph.engine import trainer
+    from optimorph.probes.trajectory import make_probes
+
+    builds = []
+    original = trainer._build_programs
+    monkeypatch.setattr(trainer, "_build_programs", lambda *a: builds.append(1) or original(*a))
+    prob = optimorph.problem("two-moons(n=100)")
+    kw = dict(seeds=2, steps=20, batch_size=10, progress=False)
+    first = train(prob, "sgd(lr=0.1)", probes=make_probes("gap,smooth,corr,noise"), **kw)
+    second = train(prob, "sgd(lr=0.1)", probes=make_probes("gap,smooth,corr,noise"), **kw)
+    assert len(builds) == 1
+    other = train(prob, "sgd(lr=0.1)", probes=make_probes("gap", beta=0.9), **kw)
+    assert len(builds) == 2 and "inst_gap" in other.probes  # other arguments: another program
+    for key, values in first.probes.items():
+        np.testing.assert_array_equal(values, second.probes[key])

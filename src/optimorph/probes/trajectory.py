@@ -33,6 +33,7 @@ the per-step probes cost at most one minibatch gradient each (``benchmarks/probe
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,6 +75,7 @@ def _running_means(n, avg, exp, value, beta, fresh):
     return n, avg, _ema(exp, value, beta, fresh)
 
 
+@functools.cache  # one object per arguments: the trainer's programs are keyed on probe ids
 def gap_smooth(
     *, gap: bool = True, smooth: bool = True, beta: float = 0.99, steps_per_epoch: int | None = None
 ) -> Probe:
@@ -129,6 +131,7 @@ def gap_smooth(
     return Probe(name, init, update, outputs=tuple(names), reduce="mean")
 
 
+@functools.cache  # one object per arguments: the trainer's programs are keyed on probe ids
 def correlation() -> Probe:
     """Update correlation, one-batch loss difference, and along Delta_t with random scaling.
 
@@ -225,6 +228,7 @@ def reference_gap(
     return Probe("refgap", init, update, outputs=("ref_gap", "avg_ref_gap", "exp_ref_gap"))
 
 
+@functools.cache  # one object per arguments: the trainer's programs are keyed on probe ids
 def gradient_noise(*, every: int = 10) -> Probe:
     """Full-batch gradient norm and gradient noise (every ``every`` steps, NaN between), cosine of
     consecutive gradients and norms (every step)."""
@@ -258,6 +262,7 @@ def gradient_noise(*, every: int = 10) -> Probe:
     return Probe("noise", init, update, outputs=outputs, reduce="nanmean")
 
 
+@functools.cache  # one object per arguments: the trainer's programs are keyed on probe ids
 def sharpness_probe(*, every: int = 100, lanczos_steps: int = 20) -> Probe:
     """The top eigenvalue of the Hessian of F at x_t every ``every`` steps (NaN between), with
     the learning rate of that step so reports can draw 2/lr beside it.
@@ -295,6 +300,7 @@ def sharpness_probe(*, every: int = 100, lanczos_steps: int = 20) -> Probe:
                  reduce="nanmean")  # fmt: skip
 
 
+@functools.cache  # one object per arguments: the trainer's programs are keyed on probe ids
 def spectrum_probe(
     *, every: int = 100, k: int = 3, lanczos_steps: int = 40, trace_samples: int = 20
 ) -> Probe:
