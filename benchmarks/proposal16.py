@@ -22,11 +22,11 @@ do not: the ratios favour the peers.
 Last, the suite's FLOP floor: XLA's count of the floating-point operations of its training
 steps (every lane: optimizers x seeds x (1 + replicas), forward and backward) and of its
 evaluations' metrics (every run at step 0 and at the last step, where ``classes`` computes
-them: the training-set sample and the test set, forward only), at this machine's matmul rate on every core, measured in this run (float64 for the fp64
-jobs, float32 for the others: fp16 is computed in float32 on a CPU). It leaves out everything
-else the suite does (defects, compilation, the optimizer update, the report), so no run can
-be faster; a ratio target that asks for less time than the floor cannot be met on this
-machine by any implementation.
+them: the training-set sample and the test set, forward only), at this machine's matmul rate
+on every core, measured in this run (float64 for the fp64 jobs, float32 for the others: fp16
+is computed in float32 on a CPU). It leaves out everything else the suite does (defects,
+compilation, the optimizer update, the report), so no run can be faster; a ratio target that
+asks for less time than the floor cannot be met on this machine by any implementation.
 
 ``--run DIR`` reads the suite's wall time from a finished medium run (``proposal16.json``)
 instead of running it (about half an hour on 2 cores). Targets (issue 17): medium <= 30 min on 2
