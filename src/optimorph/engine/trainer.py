@@ -863,14 +863,15 @@ def _evaluator(prob, policy, eval_probes: tuple, metrics: bool = True):
 
     def evaluate_lane(view, data):
         params_c = policy.to_compute(view["params"])
-        finite = _all_finite(params_c)  # a model with NaN weights has no accuracy: NaN
         out = {}
+        if metrics:
+            finite = _all_finite(params_c)  # a model with NaN weights has no accuracy: NaN
         for set_name, batch in data["evals"].items():
-            values = (prob.evaluate(params_c, batch) if metrics
-                      else jax.eval_shape(prob.evaluate, params_c, batch))  # fmt: skip
-            for metric, value in values.items():
-                if not metrics:
-                    value = jnp.full(value.shape, jnp.nan)
+            if not metrics:  # the same names and shapes, nothing computed
+                for metric, shape in jax.eval_shape(prob.evaluate, params_c, batch).items():
+                    out[f"eval:{set_name}/{metric}"] = jnp.full(shape.shape, jnp.nan)
+                continue
+            for metric, value in prob.evaluate(params_c, batch).items():
                 value = jnp.asarray(value, jnp.result_type(float))
                 out[f"eval:{set_name}/{metric}"] = jnp.where(finite, value, jnp.nan)
         if eval_probes:
