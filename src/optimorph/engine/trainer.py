@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from optimorph.engine import interrupts
+from optimorph.engine.lanes import LaneSplit
 from optimorph.engine.progress import Progress
 from optimorph.engine.result import TrainResult
 from optimorph.engine.step import (
@@ -157,10 +158,10 @@ def train(
       devices: split each program's lanes over this many devices (the first ``devices`` of
         ``jax.local_devices()``; on a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
         set before JAX starts makes N of them, which ``optimorph train --devices N`` does). Each
-        device runs its share of the lanes: about twice as fast on two cores. A lane's
-        results do not depend on the other lanes and repeat exactly, but their last bits can
-        differ from the same run on one device, as they can between programs of different
-        lane counts (docs/architecture.md). None or 1: one device, as always.
+        device runs the one-device program on its share of the lanes (``engine/lanes.py``):
+        about twice as fast on two cores, and every bit of a lane is that of a one-device run
+        with as many lanes as each device holds (which lanes share a program can change the
+        last bits: docs/sweeps.md). None or 1: one device, as always.
 
     Returns:
       A :class:`TrainResult` with arrays indexed ``[optimizer, seed, time]``.
@@ -217,7 +218,7 @@ def train(
 
     data = _device_data(prob, policy)
     if split is not None:  # replicated once, for every group
-        data = jax.device_put(data, split[1])
+        data = jax.device_put(data, split.replicated)
     shapes = jax.eval_shape(prob.init, jax.random.key(0))  # nothing is computed
     config = {
         "problem": prob.name,
@@ -569,7 +570,7 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     and the earlier wall time is what processes before a resume spent on this group.
     ``live(series so far, steps done, diverged)``, when given, follows every checkpoint but
     the last (the series padded with NaN to their full length). ``split`` (from
-    :func:`_lane_split`) places the lanes on several devices.
+    :func:`_lane_split`) runs the programs on several devices, each on its share of the lanes.
     """
     started = time.perf_counter()
     n_cfg, n_seed = len(specs), len(seeds)
@@ -577,8 +578,10 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     hvals = lane_hparams(specs, policy, n_seed)
     root = jax.vmap(seed_key)(jnp.tile(jnp.asarray(seeds, jnp.uint32), n_cfg))
     init_all, eval_all, chunk_all = _programs(prob, specs[0], policy, plan, probes)
-    if split is not None:  # the programs follow their inputs' placement (data: in train)
-        root, hvals = jax.device_put((root, hvals), split[0])
+    if split is not None:  # each device runs the single-device programs on its lanes
+        init_all = split.program(init_all, (0, 0))
+        eval_all = split.program(eval_all, (0, None))
+        chunk_all = split.program(chunk_all, (0, 0, None, None, None))
 
     carry = init_all(root, hvals)
     visits: list = []  # per visit: (params, state, grads), each configuration's first seed
@@ -586,8 +589,6 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     resumed = _load_checkpoint(ckpt, carry, template)
     if resumed is not None:
         carry, done, parts, earlier, visits = resumed
-        if split is not None:
-            carry = jax.device_put(carry, split[0])
         bar.advance(done, "(resumed)")
     else:
         done, earlier = 0, 0.0
@@ -903,11 +904,8 @@ def _eval_program(prob, policy, eval_probes: tuple):
     return _EVALS[key][1]
 
 
-def _lane_split(devices: int | None, group_lanes: list[int]) -> tuple | None:
-    """(lanes split over ``devices``, replicated on them) shardings, or None for one device.
-
-    Lanes are independent, so the programs need no communication: each device runs its share.
-    """
+def _lane_split(devices: int | None, group_lanes: list[int]) -> LaneSplit | None:
+    """The lanes split over the first ``devices`` devices, or None for one device."""
     if devices is None:
         return None
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
@@ -929,9 +927,7 @@ def _lane_split(devices: int | None, group_lanes: list[int]) -> tuple | None:
             f"{uneven[0]} lanes do not split evenly: choose a seed count that makes them a "
             f"multiple of {devices}"
         )
-    mesh = jax.sharding.Mesh(np.array(available[:devices]), ("lanes",))
-    spec = jax.sharding.PartitionSpec
-    return jax.sharding.NamedSharding(mesh, spec("lanes")), jax.sharding.NamedSharding(mesh, spec())
+    return LaneSplit(available[:devices])
 
 
 def _all_finite(tree) -> jax.Array:
