@@ -11,7 +11,11 @@ the runtime and the host add.
     .venv/bin/python benchmarks/profile_step.py [--batch 4] [--seeds 10] [--steps 3000]
                                                 [--precision fp32] [--x64] [--top 15]
                                                 [--problem SPEC] [--optimizer SPEC]
-                                                [--replicas 0]
+                                                [--replicas 0] [--plain]
+
+``--plain`` profiles the engine benchmark's other peer instead, the plain jitted JAX loop (one
+seed-vmapped optax step per Python iteration): the same rows for the loop a user writes, so the
+two programs' operations can be compared one by one (only the default problem and optimizer).
 
 Look up a row's operation in XLA's optimized HLO (``XLA_FLAGS=--xla_dump_to=DIR
 --xla_dump_hlo_as_text``, the ``*chunk_lane*after_optimizations.txt`` module) by its name.
@@ -29,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import PROBLEM, SPEC  # noqa: E402
+from engine import PROBLEM, SPEC, plain_jax_loop  # noqa: E402
 
 
 # The profiler's own and the host's events (Python frames, dispatch, buffers, thread pools).
@@ -80,6 +84,7 @@ def main() -> None:
     ap.add_argument("--problem", default=PROBLEM, help="a problem spec (default: the engine's)")
     ap.add_argument("--optimizer", default=SPEC, help="an optimizer spec (default: the engine's)")
     ap.add_argument("--replicas", type=int, default=0, help="noise replicas per run")
+    ap.add_argument("--plain", action="store_true", help="profile the plain jitted JAX loop")
     args = ap.parse_args()
     import jax
 
@@ -88,8 +93,13 @@ def main() -> None:
 
     problem = optimorph.problem(args.problem)
 
+    plain = plain_jax_loop(problem, args.batch, args.seeds) if args.plain else None
+
     def run() -> float:
         start = time.perf_counter()
+        if plain is not None:
+            plain(args.steps)
+            return time.perf_counter() - start
         optimorph.train(problem, args.optimizer, steps=args.steps, seeds=args.seeds,
                         batch_size=args.batch, eval_every=args.steps, progress=False,
                         keep_params=False, precision=args.precision,
@@ -104,8 +114,9 @@ def main() -> None:
         spent, calls = thunk_times(Path(tmp))
     total = sum(spent.values())
     per_step = sum(1 for n in calls if calls[n] >= 0.9 * args.steps)
+    what = "the plain jitted JAX loop" if plain is not None else "train"
     print(f"batch {args.batch}, {args.seeds} seeds, {args.steps} steps, {args.precision}, "
-          f"x64 {'on' if args.x64 else 'off'}: train {wall * 1e3:.0f} ms under the profiler, "
+          f"x64 {'on' if args.x64 else 'off'}: {what} {wall * 1e3:.0f} ms under the profiler, "
           f"XLA operations {total / 1e3:.0f} ms; {per_step} run about once per step")  # fmt: skip
     print(f"{'ms':>9} {'share':>6} {'calls':>7} {'us/call':>8}  operation")
     for name, us in spent.most_common(args.top):
