@@ -43,7 +43,8 @@ def _listen() -> None:
 
         def on_event(event: str, duration: float, **_: object) -> None:
             if event in _COMPILE_EVENTS:
-                _compiled[0] += float(duration)
+                with _lock:  # devices compile at the same time, one thread each
+                    _compiled[0] += float(duration)
 
         jax.monitoring.register_event_duration_secs_listener(on_event)
         _listening[0] = True
