@@ -34,6 +34,7 @@ NumPy and >= 40x PyTorch eager.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import time
@@ -204,11 +205,7 @@ def matmul_flops(cpus: set[int] | None = None, dtype: str = "float32") -> float:
     import jax
     import jax.numpy as jnp
 
-    tids = [int(t) for t in os.listdir("/proc/self/task")] if cpus is not None else []
-    before = {t: os.sched_getaffinity(t) for t in tids}
-    for t in tids:
-        os.sched_setaffinity(t, cpus)
-    try:
+    with _confined(cpus):
         best = 0.0
         for n in (256, 512, 1024):
             a = jnp.ones((n, n), dtype)
@@ -221,17 +218,30 @@ def matmul_flops(cpus: set[int] | None = None, dtype: str = "float32") -> float:
             out.block_until_ready()
             best = max(best, reps * 2 * n**3 / (time.perf_counter() - start))
         return best
+
+
+@contextlib.contextmanager
+def _confined(cpus: set[int] | None):
+    """Every thread of this process, those started inside included, on ``cpus`` (None: as
+    they are)."""
+    tids = [int(t) for t in os.listdir("/proc/self/task")] if cpus is not None else []
+    before = {t: os.sched_getaffinity(t) for t in tids}
+    for t in tids:
+        os.sched_setaffinity(t, cpus)
+    try:
+        yield
     finally:
         for t, mask in before.items():
             os.sched_setaffinity(t, mask)
 
 
-def bare_sgd_flops(problem, batch: int, seeds: int, devices: int = 1, steps: int = 200) -> float:
-    """FLOP/s of the least a compiled trainer of this model does: gradient and plain SGD update
-    in a ``fori_loop``, the seeds vmapped, the same first ``batch`` examples at every step (no
-    data order, no evaluation, no checks), the lanes split over ``devices`` devices running at
-    the same time, best of 3. What XLA's kernels make of this model's shapes: no trainer of it
-    can beat this rate by much."""
+def bare_sgd_seconds(problem, batch: int, seeds: int, devices: int = 1, steps: int = 200,
+                     cpus: set[int] | None = None) -> float:  # fmt: skip
+    """Seconds per step of the least a compiled trainer of this model does: its gradient and a
+    plain SGD update in a ``fori_loop``, the seeds vmapped, the same first ``batch`` examples at
+    every step (no data order, evaluation or checks), the lanes split over ``devices`` devices
+    running at the same time, every thread on ``cpus`` (None: as it is); best of 3. What XLA's
+    kernels make of this model's shapes: no trainer of it can be much faster."""
     import threading
 
     import jax
@@ -263,12 +273,13 @@ def bare_sgd_flops(problem, batch: int, seeds: int, devices: int = 1, steps: int
             jax.block_until_ready(loop(params, data))
             best[i] = min(best[i], time.perf_counter() - start)
 
-    threads = [threading.Thread(target=on, args=(i,)) for i in range(devices)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(lanes * steps * model_flops_per_step(batch) / b for b in best)
+    with _confined(cpus):
+        threads = [threading.Thread(target=on, args=(i,)) for i in range(devices)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return max(best) / steps
 
 
 def model_flops_per_step(batch):
@@ -342,7 +353,7 @@ def main() -> None:
         f"{len(os.sched_getaffinity(0))} ({all_cores / achieved:.1f}x above; target <= 1.5x)"
     )
     devices = args.devices if args.devices > 1 and 10 % args.devices == 0 else 1
-    bare = bare_sgd_flops(problem, 500, 10, devices)
+    bare = 10 * model_flops_per_step(500) / bare_sgd_seconds(problem, 500, 10, devices)
     print(
         f"batch 500, the model's gradient and a plain SGD update alone (10 seeds, "
         f"{devices} device{'s' if devices > 1 else ''}): {bare / 1e9:.1f} GFLOP/s, "
