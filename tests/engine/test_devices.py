@@ -37,12 +37,26 @@ again, _ = run([0, 1, 2, 3], devices=2)
 other, _ = run([0, 1, 7, 8], devices=2)  # lanes 2, 3 on the second device change
 single, _ = run([0, 1, 2, 3])
 halves = np.concatenate([run([0, 1])[0], run([2, 3])[0]])  # as many lanes as each device holds
+# Replicas, step probes and the recorded trajectory follow the same rule.
+from optimorph.probes.trajectory import make_probes
+
+more = dict(replicas=1, record_params=True, probes=make_probes("gap,corr"))
+_, full = run([0, 1, 2, 3], devices=2, **more)
+parts = [run(s, **more)[1] for s in ([0, 1], [2, 3])]
+seeds = lambda f: np.concatenate([f(p) for p in parts], axis=1)  # noqa: E731
+extras = (
+    np.array_equal(full.replica_distance, seeds(lambda p: p.replica_distance))
+    and np.array_equal(full.trajectory, seeds(lambda p: p.trajectory))
+    and all(np.array_equal(full.probes[k], seeds(lambda p: p.probes[k]), equal_nan=True)
+            for k in full.probes)
+)
 print(json.dumps({
     "repeat": bool(np.array_equal(split, again)),
     "independent": bool(np.array_equal(split[:2], other[:2])),
     "others_changed": bool(not np.array_equal(split[2:], other[2:])),
     "rel_to_single": float(np.linalg.norm(split - single) / np.linalg.norm(single)),
     "same_as_halves": bool(np.array_equal(split, halves)),
+    "extras_as_halves": bool(extras),
     "config_devices": r.config.get("devices"),
     "evals_finite": bool(np.isfinite(r.evals["test/loss"]).all()),
 }))
@@ -66,6 +80,7 @@ def test_lanes_split_over_two_devices_repeat_and_do_not_see_each_other():
     # Each device runs the one-device program on its two lanes: every bit of a one-device run
     # of two lanes (XLA's partitioner, given the whole program, fused Adam's update otherwise).
     assert got["same_as_halves"], "a split lane differs from the one-device run of its share"
+    assert got["extras_as_halves"], "replicas, probes or trajectory of a split run differ"
     # Four lanes on one device may differ from two in the last bits (docs/sweeps.md), not more.
     assert got["rel_to_single"] < 1e-4
     assert got["config_devices"] == 2 and got["evals_finite"]
