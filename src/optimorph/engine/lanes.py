@@ -70,4 +70,3 @@ def _pool(n: int) -> ThreadPoolExecutor:
     # Threads, not a loop: a first call compiles, and XLA compiles outside the GIL, so the
     # devices' compilations overlap; later calls only dispatch.
     return ThreadPoolExecutor(n, thread_name_prefix="optimorph-lanes")
-
