@@ -112,22 +112,46 @@ def test_bad_device_counts_say_what_to_do(devices, seeds, message):
                         progress=False, devices=devices)  # fmt: skip
 
 
-def test_lanes_that_do_not_split_evenly_are_refused_before_training():
-    code = (
-        "import optimorph\n"
-        "try:\n"
-        "    optimorph.train('quadratic(dim=2)', 'sgd(lr=[0.1, 0.2])', seeds=3, steps=2,\n"
-        "                    progress=False, devices=2)\n"
-        "except optimorph.engine.TrainingError as e:\n"
-        "    print(e)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], env=_child_env(),
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert out.returncode == 0 and out.stdout == "", out.stdout + out.stderr[-2000:]  # 2 x 3
-    code = code.replace("seeds=3", "seeds=1").replace("[0.1, 0.2]", "[0.1, 0.2, 0.3]")
-    out = subprocess.run([sys.executable, "-c", code], env=_child_env(),
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert "3 lanes do not split evenly" in out.stdout, out.stderr[-2000:]
+UNEVEN = r"""
+import json
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import optimorph
+
+kw = dict(steps=40, batch_size=32, eval_every=20, progress=False)
+moons = optimorph.problem("two-moons(n=200)")
+
+
+def flat(r):
+    return np.concatenate([np.asarray(x).reshape(len(r.seeds), -1)
+                           for x in jax.tree.leaves(r.final_params)], axis=1)
+
+
+split = optimorph.train(moons, "adam(lr=1e-2)", seeds=[0, 1, 2], devices=2, **kw)
+first = optimorph.train(moons, "adam(lr=1e-2)", seeds=[0, 1], **kw)
+last = optimorph.train(moons, "adam(lr=1e-2)", seeds=[2, 3], **kw)  # 2 lanes, as device 1
+grid = optimorph.train(moons, "sgd(lr=[0.1, 0.2, 0.3])", seeds=1, devices=2, **kw)
+print(json.dumps({
+    "shapes": [list(split.train_loss.shape), list(split.evals["test/loss"].shape),
+               list(split.diverged_at.shape), list(grid.train_loss.shape)],
+    "first": bool(np.array_equal(flat(split)[:2], flat(first))),
+    "last": bool(np.array_equal(flat(split)[2], flat(last)[0])),
+    "loss": bool(np.array_equal(split.train_loss[:, 2], last.train_loss[:, 0])),
+    "grid_finite": bool(np.isfinite(grid.train_loss).all()),
+}))
+"""
+
+
+def test_lanes_that_do_not_split_evenly_run_padded_with_the_same_bits():
+    # 3 lanes on 2 devices: the last lane is repeated on device 1 and its copy dropped, so
+    # each device runs 2 lanes and each lane has the bits of a one-device run of 2 lanes.
+    out = subprocess.run([sys.executable, "-c", UNEVEN], env=_child_env(),
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["shapes"] == [[1, 3, 40], [1, 3, 3], [1, 3], [3, 1, 40]], got
+    assert got["first"] and got["last"] and got["loss"] and got["grid_finite"], got
 
 
 INTERRUPTED = r"""
@@ -178,8 +202,10 @@ print(json.dumps({
 """
 
 
-def test_a_split_run_interrupted_after_a_checkpoint_resumes_to_the_same_bits(tmp_path):
-    out = subprocess.run([sys.executable, "-c", INTERRUPTED, str(tmp_path)], env=_child_env(),
+@pytest.mark.parametrize("seeds", [4, 3])  # 3: padded to 4 lanes, the checkpoint holds them
+def test_a_split_run_interrupted_after_a_checkpoint_resumes_to_the_same_bits(tmp_path, seeds):
+    code = INTERRUPTED.replace("kw = dict(seeds=4,", f"kw = dict(seeds={seeds},")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=_child_env(),
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])

@@ -29,8 +29,8 @@ def add(sub) -> None:
     tr.add_argument(
         "--devices", type=POSITIVE, default=None, metavar="N",
         help="split the seeds and grid points over N devices (on a CPU: N host devices, one "
-        "per core; about 2x on two cores); must divide optimizers' points x seeds; each "
-        "device's lanes get the bits of a one-device run of those lanes",
+        "per core; about 2x on two cores); each device's lanes get the bits of a one-device "
+        "run of those lanes (an uneven count is padded with a repeat of the last lane)",
     )  # fmt: skip
     tr.add_argument("--out", required=True, type=output_dir, help="run directory to write")
     add_output_policy(tr)

@@ -29,7 +29,9 @@ __all__ = ["LaneSplit"]
 
 
 class LaneSplit:
-    """Lanes split evenly over ``devices``, in order: device i holds the i-th share."""
+    """Lanes split evenly over ``devices``, in order: device i holds the i-th share. A lane
+    count that does not divide is first padded (:meth:`padded`) with repeats of the last lane,
+    whose results the caller drops: each device then holds as many lanes as the first."""
 
     def __init__(self, devices: Sequence):
         self.devices = list(devices)
@@ -53,6 +55,15 @@ class LaneSplit:
             return jax.tree.map(self._joined, *outs)
 
         return run
+
+    def padded(self, tree, lanes: int):
+        """``tree`` (lanes first) with its last lane repeated up to a multiple of the devices."""
+        extra = -lanes % len(self.devices)
+        if not extra:
+            return tree
+        return jax.tree.map(
+            lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)]), tree
+        )
 
     def _parts(self, tree) -> list:
         """``tree`` split into one tree per device, each holding that device's shard."""

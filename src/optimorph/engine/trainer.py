@@ -161,7 +161,8 @@ def train(
         device runs the one-device program on its share of the lanes (``engine/lanes.py``):
         about twice as fast on two cores, and every bit of a lane is that of a one-device run
         with as many lanes as each device holds (which lanes share a program can change the
-        last bits: docs/sweeps.md). None or 1: one device, as always.
+        last bits: docs/sweeps.md). A lane count the devices do not divide is padded with
+        repeats of the last lane, whose results are dropped. None or 1: one device.
 
     Returns:
       A :class:`TrainResult` with arrays indexed ``[optimizer, seed, time]``.
@@ -193,7 +194,7 @@ def train(
     for i, s in enumerate(specs):
         groups.setdefault(s.static_key(), []).append(i)
     lanes = len(seed_list) * max(len(g) for g in groups.values())
-    split = _lane_split(devices, [len(seed_list) * len(g) for g in groups.values()])
+    split = _lane_split(devices)
     visit_every = _visit_every(visit_every, log_every, policy)
     plan = _Plan.make(
         prob, steps, batch_size, eval_every, log_every, chunk_steps, replicas, divergence_factor,
@@ -579,6 +580,8 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     root = jax.vmap(seed_key)(jnp.tile(jnp.asarray(seeds, jnp.uint32), n_cfg))
     init_all, eval_all, chunk_all = _programs(prob, specs[0], policy, plan, probes)
     if split is not None:  # each device runs the single-device programs on its lanes
+        # Lanes that do not split evenly: the last one repeated, its results dropped below.
+        root, hvals = split.padded((root, hvals), lanes)
         init_all = split.program(init_all, (0, 0))
         eval_all = split.program(eval_all, (0, None))
         chunk_all = split.program(chunk_all, (0, 0, None, None, None))
@@ -593,7 +596,8 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     else:
         done, earlier = 0, 0.0
         first = eval_all(_eval_view(carry), data)  # evaluation at step 0
-        parts = {k: [np.asarray(v).reshape(lanes, 1, *np.shape(v)[1:])] for k, v in first.items()}
+        parts = {k: [np.asarray(v)[:lanes].reshape(lanes, 1, *np.shape(v)[1:])]
+                 for k, v in first.items()}  # fmt: skip
     n = plan.chunk_blocks or 1  # adaptive: one block first (it includes the compilation)
     compiled, last_save, save_cost = False, time.perf_counter(), 0.0
     while done < plan.steps:
@@ -610,12 +614,12 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
             visits.append((*before, _first_seeds(carry["visit_grads"], n_seed)))
         n_evals = (done + n * plan.block) // plan.eval_every - done // plan.eval_every
         for k, v in per_step.items():  # [lanes, max_blocks, windows]: flatten time
-            parts.setdefault(k, []).append(np.asarray(v)[:, :n].reshape(lanes, -1))
+            parts.setdefault(k, []).append(np.asarray(v)[:lanes, :n].reshape(lanes, -1))
         for k, v in evals.items():  # [lanes, max evals, ...]
             # A copy: a slice would keep the whole buffer (every evaluation slot of the chunk,
             # parameter trajectories included) alive per chunk; with 2-s chunks of a 269k
             # parameter MLP that grew a run past 10 GB.
-            parts.setdefault(k, []).append(np.array(np.asarray(v)[:, :n_evals]))
+            parts.setdefault(k, []).append(np.array(np.asarray(v)[:lanes, :n_evals]))
         elapsed = time.perf_counter() - tick
         done += n * plan.block
         now = time.perf_counter()
@@ -625,7 +629,7 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
         if plan.chunk_blocks or done >= plan.steps or due or stop:
             _save_checkpoint(ckpt, carry, done, parts, earlier + now - started, visits)
             if live is not None and done < plan.steps and not stop:
-                div = np.asarray(carry["diverged"]).reshape(n_cfg, n_seed)
+                div = np.asarray(carry["diverged"])[:lanes].reshape(n_cfg, n_seed)
                 live(_padded(parts, per_step, plan, n_cfg, n_seed), done, div)
             last_save = time.perf_counter()
             save_cost = last_save - now  # the run directory's partial result written too
@@ -640,9 +644,9 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
         compiled = True
 
     series = _joined(parts, n_cfg, n_seed)
-    div = np.asarray(carry["diverged"]).reshape(n_cfg, n_seed)
+    div = np.asarray(carry["diverged"])[:lanes].reshape(n_cfg, n_seed)
     params = jax.tree.map(
-        lambda a: np.asarray(a).reshape(n_cfg, n_seed, *a.shape[1:]), carry["run"].params
+        lambda a: np.asarray(a)[:lanes].reshape(n_cfg, n_seed, *a.shape[1:]), carry["run"].params
     )
     return series, div, params, earlier, _stacked_visits(visits, n_cfg)
 
@@ -904,7 +908,7 @@ def _eval_program(prob, policy, eval_probes: tuple):
     return _EVALS[key][1]
 
 
-def _lane_split(devices: int | None, group_lanes: list[int]) -> LaneSplit | None:
+def _lane_split(devices: int | None) -> LaneSplit | None:
     """The lanes split over the first ``devices`` devices, or None for one device."""
     if devices is None:
         return None
@@ -919,13 +923,6 @@ def _lane_split(devices: int | None, group_lanes: list[int]) -> LaneSplit | None
             f"({available[0].platform}); on a CPU set "
             f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} before JAX starts "
             f"(`optimorph train --devices {devices}` does), or use fewer devices"
-        )
-    uneven = sorted({n for n in group_lanes if n % devices})
-    if uneven:
-        raise TrainingError(
-            f"devices={devices} must divide every program's lanes (configurations x seeds); "
-            f"{uneven[0]} lanes do not split evenly: choose a seed count that makes them a "
-            f"multiple of {devices}"
         )
     return LaneSplit(available[:devices])
 
