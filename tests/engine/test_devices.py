@@ -131,7 +131,9 @@ def flat(r):
 split = optimorph.train(moons, "adam(lr=1e-2)", seeds=[0, 1, 2], devices=2, **kw)
 first = optimorph.train(moons, "adam(lr=1e-2)", seeds=[0, 1], **kw)
 last = optimorph.train(moons, "adam(lr=1e-2)", seeds=[2, 3], **kw)  # 2 lanes, as device 1
-grid = optimorph.train(moons, "sgd(lr=[0.1, 0.2, 0.3])", seeds=1, devices=2, **kw)
+grid = optimorph.train(moons, "sgd(lr=[0.1, 0.2, 0.3])", seeds=1, devices=2, visit_every=20,
+                       **kw)  # fmt: skip
+alone = optimorph.train(moons, "sgd(lr=0.3)", seeds=[0, 1], visit_every=20, **kw)
 print(json.dumps({
     "shapes": [list(split.train_loss.shape), list(split.evals["test/loss"].shape),
                list(split.diverged_at.shape), list(grid.train_loss.shape)],
@@ -139,6 +141,10 @@ print(json.dumps({
     "last": bool(np.array_equal(flat(split)[2], flat(last)[0])),
     "loss": bool(np.array_equal(split.train_loss[:, 2], last.train_loss[:, 0])),
     "grid_finite": bool(np.isfinite(grid.train_loss).all()),
+    # device 1 holds lr=0.3 and its repeat: its visits are a one-device 2-lane run's
+    "visits": [len(grid.visited), list(map(int, grid.visit_steps))],
+    "visited": all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+                   zip(jax.tree.leaves(grid.visited[2]), jax.tree.leaves(alone.visited[0]))),
 }))
 """
 
@@ -152,6 +158,7 @@ def test_lanes_that_do_not_split_evenly_run_padded_with_the_same_bits():
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["shapes"] == [[1, 3, 40], [1, 3, 3], [1, 3], [3, 1, 40]], got
     assert got["first"] and got["last"] and got["loss"] and got["grid_finite"], got
+    assert got["visits"] == [3, [0, 20]] and got["visited"], got
 
 
 INTERRUPTED = r"""

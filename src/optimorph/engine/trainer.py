@@ -581,14 +581,14 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
     init_all, eval_all, chunk_all = _programs(prob, specs[0], policy, plan, probes)
     if split is not None:  # each device runs the single-device programs on its lanes
         # Lanes that do not split evenly: the last one repeated, its results dropped below.
-        root, hvals = split.padded((root, hvals), lanes)
+        root, hvals = jax.device_put(split.padded((root, hvals), lanes), split.lanes)
         init_all = split.program(init_all, (0, 0))
         eval_all = split.program(eval_all, (0, None))
         chunk_all = split.program(chunk_all, (0, 0, None, None, None))
 
     carry = init_all(root, hvals)
     visits: list = []  # per visit: (params, state, grads), each configuration's first seed
-    template = _visit_template(carry, n_seed) if visit_every and ckpt is not None else None
+    template = _visit_template(carry, lanes, n_seed) if visit_every and ckpt is not None else None
     resumed = _load_checkpoint(ckpt, carry, template)
     if resumed is not None:
         carry, done, parts, earlier, visits = resumed
@@ -604,14 +604,14 @@ def _run_group(prob, specs, seeds, policy, plan, probes, data, ckpt, bar, ckpt_e
         n = min(n, (plan.steps - done) // plan.block, plan.max_blocks)
         visiting = bool(visit_every) and done == len(visits) * visit_every
         if visiting:  # a visited step: the state before it now, its gradient after the chunk
-            before = _first_seeds((carry["run"].params, carry["run"].state), n_seed)
+            before = _first_seeds((carry["run"].params, carry["run"].state), lanes, n_seed)
         if visit_every:  # chunks end at visited steps
             n = min(n, (visit_every - done % visit_every) // plan.block)
         tick = time.perf_counter()
         t0 = jnp.asarray(done, jnp.int32)
         carry, per_step, evals = chunk_all(carry, hvals, data, t0, jnp.asarray(n, jnp.int32))
         if visiting:
-            visits.append((*before, _first_seeds(carry["visit_grads"], n_seed)))
+            visits.append((*before, _first_seeds(carry["visit_grads"], lanes, n_seed)))
         n_evals = (done + n * plan.block) // plan.eval_every - done // plan.eval_every
         for k, v in per_step.items():  # [lanes, max_blocks, windows]: flatten time
             parts.setdefault(k, []).append(np.asarray(v)[:lanes, :n].reshape(lanes, -1))
@@ -952,16 +952,17 @@ def _visit_every(value, log_every: int, policy) -> int | None:
     return every
 
 
-def _first_seeds(tree, n_seed: int):
-    """Each configuration's first-seed lane (lanes are configuration-major), copied to the
-    host: the next chunk donates the carry's buffers, which a view would share."""
-    return jax.tree.map(lambda x: np.array(jax.device_get(x)[::n_seed]), tree)
+def _first_seeds(tree, lanes: int, n_seed: int):
+    """Each configuration's first-seed lane (lanes are configuration-major; a split run's
+    padding after ``lanes`` left out), copied to the host: the next chunk donates the carry's
+    buffers, which a view would share."""
+    return jax.tree.map(lambda x: np.array(jax.device_get(x)[:lanes:n_seed]), tree)
 
 
-def _visit_template(carry, n_seed: int):
+def _visit_template(carry, lanes: int, n_seed: int):
     """The shape of one recorded visit: (params, state, grads) of every configuration."""
     run = carry["run"]
-    shapes = jax.eval_shape(lambda t: jax.tree.map(lambda x: x[::n_seed], t),
+    shapes = jax.eval_shape(lambda t: jax.tree.map(lambda x: x[:lanes:n_seed], t),
                             (run.params, run.state, carry["visit_grads"]))  # fmt: skip
     return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
 
