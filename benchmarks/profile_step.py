@@ -15,7 +15,8 @@ the runtime and the host add.
 
 ``--plain`` profiles the engine benchmark's other peer instead, the plain jitted JAX loop (one
 seed-vmapped optax step per Python iteration): the same rows for the loop a user writes, so the
-two programs' operations can be compared one by one (only the default problem and optimizer).
+two programs' operations can be compared one by one (any --problem; the loop's optimizer is the
+benchmark's SGD at fp32, so --optimizer, --precision and --replicas are refused with it).
 
 Look up a row's operation in XLA's optimized HLO (``XLA_FLAGS=--xla_dump_to=DIR
 --xla_dump_hlo_as_text``, the ``*chunk_lane*after_optimizations.txt`` module) by its name.
@@ -37,8 +38,9 @@ from engine import PROBLEM, SPEC, plain_jax_loop  # noqa: E402
 
 
 # The profiler's own and the host's events (Python frames, dispatch, buffers, thread pools).
+# A Python loop's dispatch adds its own per call (the plain loop's DevicePut, ParseArguments).
 HOST_EVENTS = ("$", "end:", "PjitFunction", "CommonPjRt", "shard_args", "Allocate", "Slinky",
-               "Threadpool")  # fmt: skip
+               "Threadpool", "DevicePut", "ParseArguments", "Handle inputs")  # fmt: skip
 
 
 def thunk_times(trace_dir: Path) -> tuple[collections.Counter, collections.Counter]:
@@ -86,6 +88,9 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=0, help="noise replicas per run")
     ap.add_argument("--plain", action="store_true", help="profile the plain jitted JAX loop")
     args = ap.parse_args()
+    if args.plain and (args.optimizer != SPEC or args.precision != "fp32" or args.replicas):
+        ap.error("--plain profiles the engine benchmark's plain loop (SGD on its power-law "
+                 "schedule, fp32, no replicas): drop --optimizer, --precision and --replicas")
     import jax
 
     jax.config.update("jax_enable_x64", args.x64)
