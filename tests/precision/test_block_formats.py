@@ -23,6 +23,8 @@ from optimorph.precision.block import (
     E4M3,
     E5M2,
     INT8,
+    _midpoints,
+    _search,
     dynamic_map,
 )
 
@@ -305,6 +307,28 @@ def test_blockwise_quantizer_matches_reference(spec, signed, mode):
     assert tie.mean() < 1e-3
     same_bits(ours[~tie], ref[~tie])
     assert (ours.reshape(-1)[: 5 * 301 // fmt.block_size * fmt.block_size] == 0).all()
+
+
+@pytest.mark.parametrize("kind", sorted({kind for kind, _ in CODE_MAPS}))
+@pytest.mark.parametrize("signed", [True, False])
+def test_the_bucket_search_gives_searchsorted_indices(kind, signed):
+    """Every code map's tables (codes and float32 midpoints, and the float64 midpoints the
+    exact nearest rule searches), both sides: the entries themselves, their float neighbours,
+    signed zeros, values beyond the table and random ones at many scales."""
+    codes = CODE_MAPS[kind, signed]
+    rng = np.random.default_rng(7)
+    for table in (codes, (codes[:-1] + codes[1:]) / np.float32(2), _midpoints(codes)):
+        info = np.finfo(table.dtype)
+        x = np.concatenate([
+            table, np.nextafter(table, np.inf), np.nextafter(table, -np.inf),
+            [0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 1e-30, -1e-30, info.tiny, info.max, -info.max],
+            rng.uniform(-1.1, 1.1, 4000), rng.standard_normal(2000) * 1e-3,
+            rng.standard_normal(2000) * 1e-6,
+        ]).astype(table.dtype)  # fmt: skip
+        for side in ("left", "right"):
+            want = jnp.searchsorted(jnp.asarray(table), jnp.asarray(x), side=side)
+            got = jax.jit(lambda v, side=side: _search(table, v, side))(jnp.asarray(x))
+            np.testing.assert_array_equal(got, want, err_msg=f"{table.dtype} side={side}")
 
 
 def test_code_map_nan_block_and_storage():

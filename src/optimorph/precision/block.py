@@ -523,9 +523,63 @@ def dynamic_map(
     return np.sort(out)
 
 
-# jnp.searchsorted's binary search with its 8 steps unrolled: the same indices as the default
-# rolled loop, 2.5x faster on XLA CPU (64k elements against 255 midpoints: 0.50 ms, 1.25 ms).
-_SEARCH = "scan_unrolled"
+# Searches in a code map's sorted table (its codes, or their midpoints) by bucket. A float's bits,
+# read as an unsigned integer that orders like the floats, name its bucket by their top bits; a
+# small table holds how many entries lie in earlier buckets, and the few entries of the value's
+# own bucket are compared. The indices of jnp.searchsorted without its binary search's 8
+# dependent gathers: 6.7M float64 values against bnb8's 255 midpoints take 11 ms on XLA CPU
+# against 175 ms (the unrolled search; the rolled one is slower still).
+_PER_BUCKET = 2  # the most entries of a table in one bucket: its compares per value
+
+
+def _ordered_bits(x: Any, xp: Any = jnp) -> Any:
+    """Unsigned integers in the order of the finite floats ``x`` (-0.0 taken as +0.0), as
+    NumPy (``xp=np``) or jax arrays."""
+    uint = np.uint64 if x.dtype == np.float64 else np.uint32
+    top = uint(1 << (8 * np.dtype(uint).itemsize - 1))
+    x = xp.where(x == 0, xp.zeros_like(x), x)
+    bits = x.view(uint) if xp is np else jax.lax.bitcast_convert_type(x, uint)
+    return xp.where(bits >= top, ~bits, bits | top)
+
+
+def _bucket_table(values: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """``(shift, first, before)`` for a sorted table of distinct finite floats: the bucket of a
+    value is its ordered bits >> shift (the fewest top bits that put at most ``_PER_BUCKET``
+    entries in any bucket), and ``before[b - first]`` is how many entries lie in buckets below
+    b, for b from the first entry's bucket to the last one's."""
+    key = (values.dtype.str, values.tobytes())
+    if key not in _BUCKETS:
+        keys = _ordered_bits(values, np)
+        if not np.all(keys[1:] > keys[:-1]):
+            raise ValueError("bucket search needs sorted, distinct values")
+        width = 8 * values.dtype.itemsize
+        for bits in range(8, width + 1):
+            buckets = (keys >> np.uint64(width - bits)).astype(np.int64)
+            if np.unique(buckets, return_counts=True)[1].max() <= _PER_BUCKET:
+                break
+        first = int(buckets[0])
+        before = np.searchsorted(buckets, np.arange(first, buckets[-1] + 1), side="left")
+        _BUCKETS[key] = (width - bits, first, before.astype(np.int32))
+    return _BUCKETS[key]
+
+
+_BUCKETS: dict[tuple[str, bytes], tuple[int, int, np.ndarray]] = {}
+
+
+def _search(values: np.ndarray, x: Array, side: str = "left") -> Array:
+    """``jnp.searchsorted(values, x, side)`` (int32) for a sorted NumPy table of distinct finite
+    floats and finite ``x`` of the same dtype, by bucket (see ``_PER_BUCKET``): entries in
+    earlier buckets are below x, entries in later ones above it, and those of x's own bucket
+    sit at ``before[b]`` onwards, each compared (the table padded with +inf)."""
+    if x.dtype != values.dtype:
+        raise TypeError(f"_search: {x.dtype} values in a {values.dtype} table")
+    shift, first, before = _bucket_table(values)
+    bucket = (_ordered_bits(x) >> shift).astype(jnp.int32)
+    start = jnp.asarray(before)[jnp.clip(bucket - first, 0, len(before) - 1)]
+    padded = jnp.asarray(np.concatenate([values, np.full(_PER_BUCKET, np.inf, values.dtype)]))
+    compare = jnp.less if side == "left" else jnp.less_equal
+    return start + sum(compare(padded[start + k], x).astype(jnp.int32)
+                       for k in range(_PER_BUCKET))  # fmt: skip
 
 
 def _midpoints(codes: np.ndarray) -> np.ndarray:
@@ -545,14 +599,15 @@ def _nearest_exactly(x: Array, absmax: Array, ok: Array, codes: np.ndarray) -> A
     rounding. x / absmax in float64 (XLA may form it as x * (1 / absmax)) only finds the
     midpoint next to it; the two midpoints around that point are then checked exactly.
     """
-    mids = jnp.asarray(_midpoints(codes))
+    table = _midpoints(codes)
+    mids = jnp.asarray(table)
     x64 = _convert(x, np.float64)
     a64 = _convert(absmax, np.float64)
-    j = jnp.searchsorted(mids, jnp.where(ok, x64 / a64, 0), side="left", method=_SEARCH)
+    j = _search(table, jnp.where(ok, x64 / a64, 0))
     below = mids[jnp.clip(j - 1, 0, len(mids) - 1)] * a64 < x64  # exact products
     at = mids[jnp.clip(j, 0, len(mids) - 1)] * a64 < x64
     idx = j - ((j > 0) & ~below) + ((j < len(mids)) & at)
-    return jnp.where(ok, idx, jnp.searchsorted(mids, 0.0, side="left", method=_SEARCH))
+    return jnp.where(ok, idx, int(np.searchsorted(table, 0.0, side="left")))
 
 
 def _code_maps() -> dict[tuple[str, bool], np.ndarray]:
@@ -644,9 +699,9 @@ class CodeMapFormat(BlockFormat):
             idx = _nearest_exactly(blocks, safe, ok, codes)
         elif key is None:  # float32 only: within an ulp of a midpoint the choice may be off
             mids = (codes[:-1] + codes[1:]) / np.float32(2)
-            idx = jnp.searchsorted(jnp.asarray(mids), normed, side="left", method=_SEARCH)
+            idx = _search(mids, normed)
         else:
-            lo = jnp.searchsorted(jnp.asarray(codes), normed, side="right", method=_SEARCH)
+            lo = _search(codes, normed, side="right")
             lo = jnp.clip(lo - 1, 0, len(codes) - 2)
             c = jnp.asarray(codes)
             c_lo, c_hi = c[lo], c[lo + 1]
