@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optimorph import random_bits
 from optimorph.precision.formats import FP32, ROUNDINGS, SUBNORMALS, _check_choice
 from optimorph.precision.rounding import _convert, round_to_grid
 
@@ -378,7 +379,7 @@ class MXFormat(BlockFormat):
             h = jnp.asarray(_hadamard(self.block), blocks.dtype)
             signs = None
             if sign_key is not None:
-                signs = jax.random.rademacher(sign_key, blocks.shape, blocks.dtype)
+                signs = random_bits.rademacher(sign_key, blocks.shape, blocks.dtype)
                 blocks = blocks * signs
             blocks = jnp.matmul(blocks, h, precision=jax.lax.Precision.HIGHEST)
         q, e, special = self._quantize_blocks(blocks, elem_key, subnormals == "flush")
@@ -706,7 +707,7 @@ class CodeMapFormat(BlockFormat):
             c = jnp.asarray(codes)
             c_lo, c_hi = c[lo], c[lo + 1]
             p = jnp.clip((normed - c_lo) / (c_hi - c_lo), 0, 1)
-            u = jax.random.uniform(key, normed.shape, jnp.float32)
+            u = random_bits.uniform(key, normed.shape, jnp.float32)
             idx = lo + (u < p).astype(lo.dtype)
         y = jnp.asarray(codes)[idx] * jnp.where(ok, absmax, 0)
         y = jnp.where(special, jnp.nan, y)

@@ -41,6 +41,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from optimorph import random_bits
 from optimorph.precision.block import BlockFormat, MXFormat
 from optimorph.precision.formats import Format
 
@@ -74,7 +75,7 @@ def reduced_product(fmt: Format | MXFormat, a: Array, b: Array, key: Array | Non
     signs = None
     if fmt.transform == "rht":
         nblocks = -(-a.shape[-1] // fmt.block)
-        signs = jax.random.rademacher(k_signs, (nblocks, fmt.block), jnp.float32)
+        signs = random_bits.rademacher(k_signs, (nblocks, fmt.block), jnp.float32)
     elements = (k_a, k_b) if fmt.rounding == "stochastic" else (None, None)
     qa = fmt.reduction_operand(a, elements[0], signs)
     qb = fmt.reduction_operand(b, elements[1], signs)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optimorph import random_bits
 from optimorph.precision.formats import FP32, Format, _format_of
 
 Array = jax.Array
@@ -88,7 +89,7 @@ def _round_stochastic(x: Array, fmt: Format, work: Format, key: Array) -> Array:
     nbits = 64 if x.dtype == np.float64 else 32
     uint = jnp.uint64 if nbits == 64 else jnp.uint32
     drop = work.mantissa_bits - fmt.mantissa_bits
-    rand = jax.random.bits(key, x.shape, uint)
+    rand = random_bits.bits(key, x.shape, uint)
     a = jnp.abs(x)
     bits = jax.lax.bitcast_convert_type(a, uint)
     if drop > 0:
@@ -224,7 +225,7 @@ def round_to_grid(
         nbits = 64 if x.dtype == np.float64 else 32
         uint = jnp.uint64 if nbits == 64 else jnp.uint32
         drop = work.mantissa_bits - mantissa_bits
-        rand = jax.random.bits(key, x.shape, uint)
+        rand = random_bits.bits(key, x.shape, uint)
         bits = jax.lax.bitcast_convert_type(a, uint)
         if drop > 0:  # add `drop` random bits and truncate them: a carry is a round-up
             bits = (bits + (rand >> (nbits - drop))) & ~uint((1 << drop) - 1)
