@@ -28,22 +28,17 @@ def test_bits_are_jax_random_bits(dtype):
                                   jax.vmap(lambda k: jax.random.bits(k, (7,), dtype))(keys))
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_uniform_is_jax_random_uniform(dtype):
+@pytest.mark.parametrize(
+    "name, dtype",
+    [("uniform", jnp.float32), ("uniform", jnp.float64), ("rademacher", jnp.float32),
+     ("rademacher", jnp.float64), ("rademacher", jnp.int32)],
+)  # fmt: skip
+def test_uniforms_and_signs_are_jax_randoms(name, dtype):
+    ours = jax.jit(getattr(random_bits, name), static_argnums=(1, 2))
     for key in KEYS:
         for shape in SHAPES:
-            want = jax.random.uniform(key, shape, dtype)
-            got = jax.jit(random_bits.uniform, static_argnums=(1, 2))(key, shape, dtype)
-            assert got.dtype == want.dtype
-            np.testing.assert_array_equal(got, want)
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.int32])
-def test_rademacher_is_jax_random_rademacher(dtype):
-    for key in KEYS:
-        for shape in SHAPES:
-            want = jax.random.rademacher(key, shape, dtype)
-            got = jax.jit(random_bits.rademacher, static_argnums=(1, 2))(key, shape, dtype)
+            want = getattr(jax.random, name)(key, shape, dtype)
+            got = ours(key, shape, dtype)
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
 
