@@ -116,6 +116,32 @@ def test_a_stalled_reference_fails_the_headline_check():
     assert (status(0.65), status(0.2), status(None)) == (FAILED, HELD, OPEN)
 
 
+def test_a_state_kept_in_float32_is_set_aside_from_the_fp32_parameter_claim():
+    """bnb8-lib keeps tensors under 4096 elements in float32, so on least squares (256 weights)
+    its run is the reference's (d/floor 0): it stores no low-bit state there, and must neither
+    refute nor support "no low-bit state is p-equivalent at fp32 parameters"."""
+    from optimorph.experiments.findings import FAILED, HELD
+    from optimorph.experiments.low_bit_states import findings
+
+    config = LowBitConfig(states=("fp32", "bnb8", "bnb8-lib"))
+    base = {"problem": "least squares h=1", "h": 1.0, "optimizer": config.optimizers[0],
+            "params": "fp32", "final_loss": 1.0, "final_diff": 0.0, "diff_ci_low": 0.0,
+            "diff_ci_high": 0.0, "tost_p": 0.0, "stalled_ref": 0.0, "stalled": 0.0}
+
+    def status(lib_bytes):
+        rows = [dict(base, states="fp32", d_floor=0.0, outcome="equivalent", bytes_per_param=8.0),
+                dict(base, states="bnb8", d_floor=5e4, outcome="different", bytes_per_param=2.03),
+                dict(base, states="bnb8-lib", d_floor=0.0, outcome="equivalent",
+                     bytes_per_param=lib_bytes)]  # fmt: skip
+        row = next(f for f in findings(config, rows)
+                   if f["claim"].startswith("no low-bit state is p-equivalent"))  # fmt: skip
+        return row["status"], row["measured"]
+
+    held, measured = status(8.0)
+    assert held == HELD and "set aside" in measured and "bnb8-lib (8 bytes" in measured
+    assert status(2.03)[0] == FAILED  # low-bit and equivalent: a counterexample
+
+
 @pytest.mark.parametrize("recipe, setting", [
     ("low-bit-states", {"states": ("fp32", "bnb9")}),
     ("low-bit-states", {"states": ("bnb8",)}),
