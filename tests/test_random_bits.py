@@ -43,6 +43,13 @@ def test_uniforms_and_signs_are_jax_randoms(name, dtype):
             np.testing.assert_array_equal(got, want)
 
 
+def test_what_jax_refuses_is_refused_the_same_way():
+    with pytest.raises(ValueError, match="unsigned"):
+        jax.random.bits(jax.random.key(0), (3,), jnp.int32)
+    with pytest.raises(ValueError, match="unsigned"):
+        random_bits.bits(jax.random.key(0), (3,), jnp.int32)
+
+
 def test_other_generators_are_left_to_jax():
     key = jax.random.key(1, impl="rbg")
     u32, f32 = jnp.uint32, jnp.float32

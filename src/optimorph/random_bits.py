@@ -39,8 +39,9 @@ def bits(key: Any, shape: Sequence[int], dtype: Any) -> jax.Array:
     """``jax.random.bits(key, shape, dtype)``: unsigned integers of 8, 16, 32 or 64 bits."""
     dtype, shape = np.dtype(dtype), tuple(shape)
     pair = _threefry_pair(key)
-    if pair is None or dtype.itemsize not in (1, 2, 4, 8) or math.prod(shape) >= 2**32:
-        return jax.random.bits(key, shape, dtype)
+    wide = dtype.itemsize == 8 and not jax.config.jax_enable_x64  # jax narrows it, or refuses
+    if pair is None or dtype.kind != "u" or wide or math.prod(shape) >= 2**32:
+        return jax.random.bits(key, shape, dtype)  # jax's values, or jax's error
     counts = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
     hi, lo = _threefry2x32(pair[0], pair[1], jnp.zeros_like(counts), counts)
     if dtype.itemsize == 8:
@@ -52,7 +53,7 @@ def uniform(key: Any, shape: Sequence[int], dtype: Any) -> jax.Array:
     """``jax.random.uniform(key, shape, dtype)`` on [0, 1) for float32 and float64: the
     mantissa of 1.0 filled with random bits, minus 1 (jax's construction)."""
     dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
+    if dtype != np.float32 and (dtype != np.float64 or not jax.config.jax_enable_x64):
         return jax.random.uniform(key, tuple(shape), dtype)
     uint = np.dtype(f"uint{8 * dtype.itemsize}")
     word = bits(key, shape, uint) >> uint.type(8 * dtype.itemsize - np.finfo(dtype).nmant)
