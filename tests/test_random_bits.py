@@ -48,6 +48,11 @@ def test_what_jax_refuses_is_refused_the_same_way():
         jax.random.bits(jax.random.key(0), (3,), jnp.int32)
     with pytest.raises(ValueError, match="unsigned"):
         random_bits.bits(jax.random.key(0), (3,), jnp.int32)
+    raw = jnp.array([0, 1], jnp.int32)  # a raw key must be uint32: jax says so, not a cast
+    with pytest.raises(TypeError):
+        jax.random.bits(raw, (3,), jnp.uint32)
+    with pytest.raises(TypeError):
+        random_bits.bits(raw, (3,), jnp.uint32)
 
 
 def test_other_generators_are_left_to_jax():

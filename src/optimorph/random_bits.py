@@ -9,9 +9,10 @@ counters and the key schedule are jax's: ``jax._src.random.threefry2x32``; teste
 ``jax.random.bits``, ``uniform`` and ``rademacher`` for every width, several keys and
 shapes).
 
-Only jax's default generator is reproduced: Threefry keys with ``jax_threefry_partitionable``
-(jax's default since 0.5). Any other key or setting goes to jax's own functions, so the values
-are always jax's.
+Only jax's default generator on a CPU is reproduced: Threefry keys with
+``jax_threefry_partitionable`` (jax's default since 0.5). Any other key, setting or backend
+goes to jax's own functions (a GPU fuses the hash in a kernel of its own), so the values are
+always jax's.
 
 >>> import jax, jax.numpy as jnp
 >>> key = jax.random.key(0)
@@ -72,16 +73,17 @@ def rademacher(key: Any, shape: Sequence[int], dtype: Any) -> jax.Array:
 def _threefry_pair(key: Any) -> tuple[jax.Array, jax.Array] | None:
     """The two uint32 words of a Threefry key (typed, or raw under the default generator), or
     None when jax would draw some other way."""
-    if not jax.config.jax_threefry_partitionable:
-        return None
+    if not jax.config.jax_threefry_partitionable or jax.default_backend() != "cpu":
+        return None  # off CPU jax fuses the hash itself (a GPU kernel): nothing to gain
     key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         if str(jax.random.key_impl(key)) != "threefry2x32" or key.shape:
             return None
         data = jax.random.key_data(key)
-    elif jax.config.jax_default_prng_impl == "threefry2x32" and key.shape == (2,):
-        data = key.astype(jnp.uint32) if key.dtype != jnp.uint32 else key
-    else:
+    elif (jax.config.jax_default_prng_impl == "threefry2x32" and key.shape == (2,)
+          and key.dtype == jnp.uint32):  # fmt: skip
+        data = key
+    else:  # another generator, or a raw key jax refuses: jax's values or its error
         return None
     return data[0], data[1]
 

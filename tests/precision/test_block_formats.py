@@ -331,6 +331,13 @@ def test_the_bucket_search_gives_searchsorted_indices(kind, signed):
             np.testing.assert_array_equal(got, want, err_msg=f"{table.dtype} side={side}")
 
 
+def test_the_bucket_search_refuses_a_table_it_cannot_bucket():
+    dense = np.nextafter(np.float32(0.5), np.float32(1), dtype=np.float32)
+    table = np.array([0.5, dense, np.nextafter(dense, np.float32(1))], np.float32)
+    with pytest.raises(ValueError, match="too close"):
+        _search(table, jnp.asarray([0.5], jnp.float32))
+
+
 def test_code_map_nan_block_and_storage():
     fmt = parse_format("bnb8")
     x = jnp.ones(600).at[300].set(jnp.nan)

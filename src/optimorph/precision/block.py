@@ -531,6 +531,7 @@ def dynamic_map(
 # dependent gathers: 6.7M float64 values against bnb8's 255 midpoints take 11 ms on XLA CPU
 # against 175 ms (the unrolled search; the rolled one is slower still).
 _PER_BUCKET = 2  # the most entries of a table in one bucket: its compares per value
+_MAX_BUCKET_BITS = 24  # at most 2**24 buckets (the code maps need 13 to 18 bits)
 
 
 def _ordered_bits(x: Any, xp: Any = jnp) -> Any:
@@ -554,10 +555,12 @@ def _bucket_table(values: np.ndarray) -> tuple[int, int, np.ndarray]:
         if not np.all(keys[1:] > keys[:-1]):
             raise ValueError("bucket search needs sorted, distinct values")
         width = 8 * values.dtype.itemsize
-        for bits in range(8, width + 1):
+        for bits in range(8, _MAX_BUCKET_BITS + 1):
             buckets = (keys >> np.uint64(width - bits)).astype(np.int64)
             if np.unique(buckets, return_counts=True)[1].max() <= _PER_BUCKET:
                 break
+        else:  # entries too close for 2**_MAX_BUCKET_BITS buckets: no compact table
+            raise ValueError("bucket search: the table's entries are too close together")
         first = int(buckets[0])
         before = np.searchsorted(buckets, np.arange(first, buckets[-1] + 1), side="left")
         _BUCKETS[key] = (width - bits, first, before.astype(np.int32))
